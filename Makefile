@@ -1,0 +1,18 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+.PHONY: setup demo test lint bench
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	./scripts/demo.sh
+
+test: setup
+	.venv/bin/python -m ruff check workermanager tests bench
+	.venv/bin/python -m pytest -p no:cacheprovider -q
+
+lint: setup
+	.venv/bin/python -m ruff check workermanager tests bench
+
+bench: setup
+	.venv/bin/python bench/run_all.py

@@ -1,0 +1,3 @@
+from workermanager.cli import main
+
+raise SystemExit(main())

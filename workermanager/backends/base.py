@@ -1,0 +1,54 @@
+"""The interface every backend implements: the daemon's children talk to job servers only here.
+
+A backend object is built in the master (so bad options fail before any fork) and `open`ed in
+each child after fork, so that no socket or database connection is ever shared between
+processes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workermanager.worker import Job, Worker
+
+
+class BackendError(Exception):
+    """A backend cannot do its work now (server down, bad options); the message says which."""
+
+
+class Backend(abc.ABC):
+    #: the name the per-job log line shows ("TheSchwartz", "Gearman")
+    log_name: str = ""
+
+    def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[Worker]]) -> None:
+        """Validate `options` (the config's worker_options) without connecting anywhere.
+
+        Raise ValueError naming the option for bad options.
+        """
+        self.options = dict(options)
+        self.worker_classes = list(worker_classes)
+        self.worker_by_funcname = {cls.function_name(): cls for cls in self.worker_classes}
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect, in the child after fork. May raise BackendError; the child then backs off."""
+
+    @abc.abstractmethod
+    def grab(self, timeout: float) -> Job | None:
+        """Wait up to `timeout` seconds for one job of our worker classes and claim it.
+
+        Returns None when nothing came in time. A server outage is reported as BackendError;
+        the caller backs off and calls again. The returned job has `worker_class` set.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop connections. Jobs grabbed and not finished come back per the backend's rules."""
+
+    def release(self, job: Job) -> None:
+        """Give up a grabbed job that will not be run (fast shutdown): the server hands it out again.
+
+        The default does nothing: the lease or the dropped connection brings the job back.
+        """
