@@ -1,0 +1,251 @@
+"""One child's life: set up workers, loop grab -> run -> log, exit after its quota of jobs.
+
+The child never dies of a job: the job's exceptions settle the job, a backend outage makes the
+child back off and retry. It exits (and the master forks a fresh one) after `works_limit`
+jobs, when it grows past the memory limit, when asked to stop, or when its master is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+
+import psutil
+
+from workermanager import proctitle
+from workermanager.backends import Backend, BackendError
+from workermanager.config import Config
+from workermanager.joblog import JobLog, JobRecord, outcome_word
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, Reporter
+from workermanager.worker import Job, Worker, run_job
+
+log = logging.getLogger("workermanager.child")
+
+#: longest a grab blocks, so that stop requests and a dead master are noticed promptly
+GRAB_SLICE = 0.5
+#: backoff after a backend outage: from the first to the last, doubling
+OUTAGE_BACKOFF = (0.1, 5.0)
+
+
+class JobTimeout(BaseException):
+    """Raised inside a job that outlived its timeout. A BaseException so that job code's
+    `except Exception` cannot swallow it."""
+
+
+class FastStop(BaseException):
+    """SIGINT: abandon the current job and exit now."""
+
+
+@dataclasses.dataclass
+class ChildPlan:
+    """What the master hands a child at fork: all built before forking, nothing connected."""
+
+    config: Config
+    backend: Backend
+    worker_classes: Sequence[type[Worker]]
+    slot: int
+    generation: int
+    works_limit: int
+    report_fd: int | None
+    master_pid: int
+
+
+class Child:
+    def __init__(self, plan: ChildPlan) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.backend = plan.backend
+        self.reporter = Reporter(plan.report_fd)
+        self.joblog = JobLog(plan.config.logfile, plan.config.log_format)
+        self.workers: dict[str, Worker] = {}
+        self.works_done = 0
+        self.stop_reason: str | None = None
+        self.reopen_requested = False
+        self.current_job: Job | None = None
+        self.process = psutil.Process()
+
+    # -- signals -------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_graceful_stop)
+        signal.signal(signal.SIGQUIT, self._on_graceful_stop)
+        signal.signal(signal.SIGINT, self._on_fast_stop)
+        signal.signal(signal.SIGUSR1, self._on_reopen)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL if name == "SIGCHLD" else signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+
+    def _on_graceful_stop(self, signum: int, frame: object) -> None:
+        self.stop_reason = self.stop_reason or "asked to stop"
+
+    def _on_fast_stop(self, signum: int, frame: object) -> None:
+        raise FastStop()
+
+    def _on_reopen(self, signum: int, frame: object) -> None:
+        self.reopen_requested = True
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        raise JobTimeout()
+
+    # -- life ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """The child's main; returns its exit status."""
+        self._install_signals()
+        self._set_title("starting")
+        try:
+            for cls in self.plan.worker_classes:
+                worker = cls()
+                worker.setup()
+                self.workers[cls.function_name()] = worker
+        except FastStop:
+            return 0
+        except Exception:
+            log.exception("child %d: worker setup failed", os.getpid())
+            return EXIT_BOOT_FAILURE
+        self.reporter.send("ready", works_limit=self.plan.works_limit, rss=self._rss())
+        try:
+            self._loop()
+        except FastStop:
+            self.stop_reason = "fast stop"
+            self._abandon_current_job()
+        finally:
+            self.reporter.send("exiting", reason=self.stop_reason or "unknown")
+            self._close_backend()
+            self.joblog.close()
+        return 0
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        opened = False
+        while self._keep_going():
+            if self.reopen_requested:
+                self.reopen_requested = False
+                self.joblog.reopen()
+            self._set_title("idle")
+            try:
+                if not opened:
+                    self.backend.open()
+                    opened = True
+                job = self.backend.grab(GRAB_SLICE)
+            except BackendError as exc:
+                backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
+                log.error("child %d: %s; retrying in %.1fs", os.getpid(), exc, backoff)
+                self._pause(backoff)
+                continue
+            if backoff:
+                log.warning("child %d: backend is back", os.getpid())
+                backoff = 0.0
+            if job is not None:
+                self._run(job)
+
+    def _keep_going(self) -> bool:
+        if self.stop_reason:
+            return False
+        if os.getppid() != self.plan.master_pid:
+            self.stop_reason = "master is gone"
+            log.warning("child %d: master %d is gone; exiting", os.getpid(), self.plan.master_pid)
+            return False
+        return True
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._keep_going() and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _run(self, job: Job) -> None:
+        cls = job.worker_class
+        assert cls is not None, "backends set worker_class on every job they hand out"
+        worker = self.workers[cls.function_name()]
+        timeout = cls.job_timeout()
+        self.current_job = job
+        self.reporter.send("start", funcname=job.funcname, job_id=job.handle, timeout=timeout)
+        self._set_title(job.funcname)
+        started_wall = time.time()
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            outcome = run_job(worker, job)
+        except JobTimeout:
+            outcome = self._settle_timed_out(job, timeout)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        process_ms = int((time.monotonic() - started) * 1000)
+        self.current_job = None
+        self.works_done += 1
+        word = outcome_word(outcome)
+        delay_ms = None if job.insert_time is None else max(0, int((started_wall - job.insert_time) * 1000))
+        self.joblog.write(JobRecord(
+            backend=self.backend.log_name, outcome=word, funcname=job.funcname,
+            process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=os.getpid(),
+            job_id=job.handle, worker_class=f"{cls.__module__}.{cls.__qualname__}"))
+        rss = self._rss()
+        self.reporter.send("done", outcome=word, funcname=job.funcname, works_done=self.works_done,
+                           process_ms=process_ms, delay_ms=delay_ms, rss=rss)
+        self._check_limits(rss, outcome)
+
+    def _settle_timed_out(self, job: Job, timeout: float) -> str:
+        log.error("child %d: job %s (%s) timed out after %gs", os.getpid(), job.handle, job.funcname, timeout)
+        self.stop_reason = "a job timed out"  # its state may be damaged: replace the child
+        if not job.is_finished:
+            try:
+                job.failed(f"timed out after {timeout:g}s")
+            except Exception:
+                log.exception("child %d: cannot record the timeout of job %s", os.getpid(), job.handle)
+        return job.outcome or "failed"
+
+    def _check_limits(self, rss: int, outcome: str) -> None:
+        if self.works_done >= self.plan.works_limit:
+            self.stop_reason = self.stop_reason or "recycled"
+        limit_mb = self.config.max_memory_per_child
+        if limit_mb and rss > limit_mb * 1024 * 1024:
+            log.warning("child %d: RSS %d MiB over max_memory_per_child %g MiB; recycling",
+                        os.getpid(), rss // (1024 * 1024), limit_mb)
+            self.stop_reason = "over memory limit"
+
+    def _abandon_current_job(self) -> None:
+        job = self.current_job
+        if job is None or job.is_finished:
+            return
+        try:
+            self.backend.release(job)
+        except Exception:
+            log.exception("child %d: cannot release job %s", os.getpid(), job.handle)
+
+    def _close_backend(self) -> None:
+        try:
+            self.backend.close()
+        except Exception:
+            log.debug("child %d: backend close failed", os.getpid(), exc_info=True)
+
+    def _rss(self) -> int:
+        try:
+            return self.process.memory_info().rss
+        except psutil.Error:
+            return 0
+
+    def _set_title(self, state: str) -> None:
+        proctitle.set_child_title(self.plan.slot, state, self.works_done, self.plan.works_limit)
+
+
+def run_child(plan: ChildPlan) -> int:
+    """Entry point in the forked child; returns the exit status for os._exit."""
+    try:
+        status = Child(plan).run()
+    except BaseException:
+        log.exception("child %d: unexpected error", os.getpid())
+        status = 1
+    flush_log_handlers()
+    return status
+
+
+def flush_log_handlers() -> None:
+    """Flush logging handlers: the child leaves by os._exit, which skips interpreter cleanup."""
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass

@@ -1,0 +1,120 @@
+"""The command line: `workermanager [-hdn] [-c N] [-w M] -f conf.yml` runs the daemon; a few
+subcommands do the rest (init-db, insert, submit, status, report).
+
+Exit statuses: 2 for usage errors (with the usage), 1 for anything else that stops a start,
+0 after a clean stop. Every error is one line naming what and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from workermanager import __version__
+
+USAGE = "workermanager [-hdn] [-c concurrency] [-w works_per_child] -f conf_file"
+SUBCOMMANDS: dict[str, str] = {
+    "init-db": "workermanager.commands.initdb",
+    "insert": "workermanager.commands.insert",
+    "submit": "workermanager.commands.submit",
+    "status": "workermanager.commands.status",
+    "report": "workermanager.commands.report",
+}
+
+log = logging.getLogger("workermanager")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def daemon_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workermanager", usage=USAGE,
+        description="Prefork worker-process manager for TheSchwartz and Gearman jobs. "
+                    f"Subcommands: {', '.join(SUBCOMMANDS)} (workermanager SUBCOMMAND -h).")
+    parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    parser.add_argument("-n", "--foreground", "--no-daemon", action="store_true",
+                        help="stay in the foreground (do not daemonize)")
+    parser.add_argument("-c", "--concurrency", type=positive_int, metavar="N",
+                        help="number of children (default 4, or the config's concurrency)")
+    parser.add_argument("-w", "--works-per-child", type=positive_int, metavar="M",
+                        help="jobs per child before it is recycled (default 100)")
+    parser.add_argument("-f", "--config", required=True, metavar="conf_file", help="YAML config file")
+    parser.add_argument("--version", action="version", version=f"workermanager {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        import importlib
+        command: Callable[[list[str]], int] = importlib.import_module(SUBCOMMANDS[args[0]]).main
+        return command(args[1:])
+    options = daemon_parser().parse_args(args)
+    return run_daemon(options)
+
+
+def fail(message: str) -> int:
+    print(f"workermanager: {message}", file=sys.stderr)
+    return 1
+
+
+def run_daemon(options: argparse.Namespace) -> int:
+    """Validate everything on the terminal, then detach (unless -n) and run the master."""
+    from workermanager import config as config_module
+    from workermanager import daemonize, pidfile
+    from workermanager.master import Master
+
+    overrides = {"concurrency": options.concurrency, "works_per_child": options.works_per_child,
+                 "debug": options.debug, "foreground": options.foreground}
+
+    def load() -> config_module.Config:
+        return config_module.load(options.config, overrides)
+
+    try:
+        config = load()
+        config_module.apply_environment(config)
+        master = Master(config, reload_config=load)
+        if config.pidfile:
+            pidfile.check_free(config.pidfile)
+        daemonize.check_writable(config.logfile, "logfile")
+        daemonize.check_writable(config.errorlogfile, "errorlogfile")
+    except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
+        return fail(str(exc))
+
+    if not config.foreground:
+        daemonize.detach(config)
+    error_log = daemonize.ErrorLog(config)
+    master.on_reopen_logs = error_log.reopen
+    try:
+        if config.pidfile:
+            pidfile.write(config.pidfile)
+        daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile])
+    except (pidfile.PidFileError, OSError) as exc:
+        log.error("%s", exc)
+        if config.pidfile:
+            pidfile.remove(config.pidfile)
+        return 1
+    from workermanager.status import StatusPublisher
+
+    publisher = StatusPublisher(config)
+    master.on_state = publisher.publish
+    try:
+        return master.run()
+    finally:
+        publisher.remove()
+        if config.pidfile:
+            pidfile.remove(config.pidfile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

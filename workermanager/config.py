@@ -1,0 +1,280 @@
+"""YAML config file -> one frozen, validated Config.
+
+Each setting is declared once, in SETTINGS: its key, type, default, the command-line flag
+that overrides it and the check its value must pass. Every error names the key and the file,
+because an operator reading "invalid value" at 3 a.m. must not have to guess which of forty
+lines is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from workermanager.worker import Worker
+
+LOG_FORMATS = ("classic", "ltsv", "json")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; str() is the one line the operator sees."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint, or None when fine
+    is_path: bool = False
+
+
+def _positive(value: Any) -> str | None:
+    return None if value >= 1 else "must be 1 or more"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if str(value).lower() in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("type", str, "TheSchwartz", "backend: TheSchwartz or Gearman",
+            _one_of("theschwartz", "gearman")),
+    Setting("workers", list, None, "worker classes, as package.module.Class or package.module:Class"),
+    Setting("worker_options", dict, {}, "backend options: databases, prioritize, job_servers, prefix, ..."),
+    Setting("inc_path", (str, list), [], "folders prepended to sys.path before importing workers",
+            is_path=True),
+    Setting("pidfile", str, None, "pid file of the master", is_path=True),
+    Setting("logfile", str, None, "per-job log; standard output when unset", is_path=True),
+    Setting("errorlogfile", str, None, "daemon and error log; standard error when unset", is_path=True),
+    Setting("env", dict, {}, "environment variables set for the daemon when not already set"),
+    Setting("concurrency", int, 4, "number of children", _positive),
+    Setting("works_per_child", int, 100, "jobs a child runs before it is recycled", _positive),
+    Setting("works_per_child_jitter", int, 0, "up to this many extra jobs per child, at random",
+            _not_negative),
+    Setting("graceful_timeout", (int, float), 30, "seconds running jobs get on TERM before KILL",
+            _not_negative),
+    Setting("max_memory_per_child", (int, float), 0,
+            "MiB of RSS after which a child is recycled after its job (0: no limit)", _not_negative),
+    Setting("log_format", str, "classic", "per-job log format: classic, ltsv or json",
+            _one_of(*LOG_FORMATS)),
+    Setting("user", str, None, "user to run as (the master drops privileges before forking)"),
+    Setting("group", str, None, "group to run as"),
+    Setting("status_file", str, None, "JSON file the master keeps current for `workermanager status`",
+            is_path=True),
+    Setting("metrics", dict, {}, "metrics: {listen: host:port} serves Prometheus text"),
+)
+
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the daemon was told, validated. Paths are absolute."""
+
+    path: str
+    type: str
+    workers: tuple[str, ...]
+    worker_options: Mapping[str, Any]
+    inc_path: tuple[str, ...]
+    pidfile: str | None
+    logfile: str | None
+    errorlogfile: str | None
+    env: Mapping[str, str]
+    concurrency: int
+    works_per_child: int
+    works_per_child_jitter: int
+    graceful_timeout: float
+    max_memory_per_child: float
+    log_format: str
+    user: str | None
+    group: str | None
+    status_file: str | None
+    metrics: Mapping[str, Any]
+    debug: bool = False
+    foreground: bool = False
+
+    @property
+    def base_dir(self) -> str:
+        return os.path.dirname(self.path)
+
+    @property
+    def backend_log_name(self) -> str:
+        return "Gearman" if self.type.lower() == "gearman" else "TheSchwartz"
+
+
+def load(path: str, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate the YAML file at `path`; `overrides` (from flags) win over its keys."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line} malformed YAML: {problem}") from None
+    return from_mapping(raw, path, overrides)
+
+
+def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Validate an already parsed config; `path` is where it came from (for messages and paths)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys, not {type(raw).__name__}")
+    base_dir = os.path.dirname(os.path.abspath(path))
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(SETTINGS_BY_KEY)})")
+    merged = dict(raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    for setting in SETTINGS:
+        values[setting.key] = _validated(setting, merged.get(setting.key), path, base_dir)
+    if not values["workers"]:
+        raise ConfigError(f"{path}: key 'workers' is required: list at least one worker class")
+    for index, name in enumerate(values["workers"]):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{path}: key 'workers' item {index + 1} must be a class path string")
+    options = dict(values["worker_options"] or {})
+    options.setdefault("base_dir", base_dir)
+    return Config(
+        path=os.path.abspath(path),
+        type=values["type"],
+        workers=tuple(w.strip() for w in values["workers"]),
+        worker_options=options,
+        inc_path=tuple(values["inc_path"]),
+        pidfile=values["pidfile"],
+        logfile=values["logfile"],
+        errorlogfile=values["errorlogfile"],
+        env={str(k): str(v) for k, v in (values["env"] or {}).items()},
+        concurrency=values["concurrency"],
+        works_per_child=values["works_per_child"],
+        works_per_child_jitter=values["works_per_child_jitter"],
+        graceful_timeout=float(values["graceful_timeout"]),
+        max_memory_per_child=float(values["max_memory_per_child"]),
+        log_format=values["log_format"].lower(),
+        user=values["user"],
+        group=values["group"],
+        status_file=values["status_file"],
+        metrics=dict(values["metrics"] or {}),
+        debug=bool((overrides or {}).get("debug")),
+        foreground=bool((overrides or {}).get("foreground")),
+    )
+
+
+def _validated(setting: Setting, value: Any, path: str, base_dir: str) -> Any:
+    if value is None:
+        value = setting.default
+        if value is None:
+            return None
+    elif not isinstance(value, setting.kind) or (isinstance(value, bool) and setting.kind in (int, (int, float))):
+        expected = setting.kind.__name__ if isinstance(setting.kind, type) else \
+            " or ".join(k.__name__ for k in setting.kind)
+        raise ConfigError(f"{path}: key {setting.key!r} must be {_article(expected)}, "
+                          f"not {type(value).__name__} ({value!r})")
+    if setting.check is not None:
+        complaint = setting.check(value)
+        if complaint:
+            raise ConfigError(f"{path}: key {setting.key!r} {complaint} (got {value!r})")
+    if setting.is_path:
+        if isinstance(value, list):
+            return [_resolve(str(v), base_dir) for v in value]
+        return _resolve(str(value), base_dir) if setting.key != "inc_path" else [_resolve(value, base_dir)]
+    return value
+
+
+def _resolve(value: str, base_dir: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def apply_environment(config: Config) -> None:
+    """Set `env` keys not already set, and put `inc_path` in front of sys.path."""
+    for key, value in config.env.items():
+        os.environ.setdefault(key, value)
+    for folder in reversed(config.inc_path):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def import_worker_classes(config: Config) -> list[type[Worker]]:
+    """Import every class named in `workers`; ConfigError names the class, the file and the cause.
+
+    A class without its own `funcname` runs jobs under the name written in the config, so
+    `Sandbox::Worker::A` in a migrated config keeps matching the jobs Perl clients insert.
+    """
+    classes = []
+    for written in config.workers:
+        cls = import_class(written, config.path)
+        if cls.funcname is None and "::" in written:
+            cls.funcname = written
+        classes.append(cls)
+    names = [cls.function_name() for cls in classes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{config.path}: key 'workers' lists function {name!r} twice")
+    return classes
+
+
+def import_class(written: str, path: str) -> type[Worker]:
+    """`package.module.Class`, `package.module:Class` or Perl-style `Package::Module::Class`."""
+    dotted = written.replace("::", ".")
+    if ":" in dotted:
+        module_name, _, attr = dotted.partition(":")
+    else:
+        module_name, _, attr = dotted.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{path}: worker {written!r} is not a class path (package.module.Class)")
+    module = _import_module(written, module_name, path)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"{path}: worker {written!r}: module {module_name!r} has no {attr!r}")
+    if not (isinstance(obj, type) and issubclass(obj, Worker)):
+        raise ConfigError(f"{path}: worker {written!r} is not a subclass of workermanager.Worker")
+    return obj
+
+
+def _import_module(written: str, module_name: str, path: str) -> Any:
+    candidates = [module_name]
+    if module_name != module_name.lower():
+        candidates.append(module_name.lower())  # Sandbox::Worker::A -> sandbox.worker
+    error: BaseException | None = None
+    for candidate in candidates:
+        try:
+            return importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if exc.name and not candidate.startswith(exc.name) and error is None:
+                error = exc  # the module exists but imports something missing: report that
+                break
+            error = error or exc
+        except Exception as exc:  # any error in the worker module's own code
+            error = exc
+            break
+    raise ConfigError(f"{path}: worker {written!r} does not import: "
+                      f"{type(error).__name__}: {error}") from None

@@ -1,0 +1,356 @@
+"""The prefork master: keep N children alive, recycle them, and stop them gracefully.
+
+One loop, readable on a screen: sleep until a signal, a child's message or a timer; handle
+the signals; read the scoreboard; reap; kill jobs past their timeout; top the pool up. Signal
+handlers only record the signal, so logging and forking never happen inside one.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import random
+import select
+import signal
+import time
+from collections.abc import Callable
+
+from workermanager import proctitle
+from workermanager.backends import Backend, backend_class
+from workermanager.child import ChildPlan, flush_log_handlers, run_child
+from workermanager.config import Config, import_worker_classes
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState
+from workermanager.worker import Worker
+
+log = logging.getLogger("workermanager.master")
+
+HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
+#: a child that dies abnormally younger than this counts towards respawn backoff
+YOUNG_DEATH_SECONDS = 10.0
+#: respawn delay grows from the first to the second value while children keep dying young
+RESPAWN_BACKOFF = (0.1, 30.0)
+#: the child's own alarm settles a job at its timeout; the master kills it this much later
+KILL_GRACE_SECONDS = 2.0
+#: fast stop (INT) waits this long for children to hand their jobs back
+FAST_STOP_SECONDS = 3.0
+
+
+class Master:
+    def __init__(self, config: Config, reload_config: Callable[[], Config],
+                 on_reopen_logs: Callable[[], None] = lambda: None,
+                 on_state: Callable[[Master], None] = lambda master: None) -> None:
+        self.config = config
+        self.reload_config = reload_config
+        self.on_reopen_logs = on_reopen_logs
+        self.on_state = on_state
+        self.worker_classes: list[type[Worker]] = import_worker_classes(config)
+        self.backend: Backend = backend_class(config.type)(config.worker_options, self.worker_classes)
+        self.concurrency = config.concurrency
+        self.generation = 1
+        self.children: dict[int, ChildState] = {}
+        self.pending_signals: collections.deque[int] = collections.deque()
+        self.started_at = time.time()
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.young_deaths = 0
+        self.next_spawn_at = 0.0
+        self.restarts: collections.Counter[str] = collections.Counter()
+        self._wakeup_r = self._wakeup_w = -1
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the pool until a stop signal; returns the exit status. Call after daemonizing."""
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self._install_signals()
+        log.info("master %d started: %s, %d children, %d jobs each", os.getpid(), self.config.type,
+                 self.concurrency, self.config.works_per_child)
+        try:
+            while True:
+                self._sleep(self._next_timeout())
+                self._handle_signals()
+                self._reap()
+                if self.stopping:
+                    if not self.children:
+                        break
+                    self._enforce_stop_deadline()
+                else:
+                    self._kill_timed_out_jobs()
+                    self._maintain_pool()
+                self._publish()
+        finally:
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+        log.info("master %d stopped", os.getpid())
+        return 0
+
+    def _next_timeout(self) -> float:
+        timeout = 1.0
+        if not self.stopping and self._missing_children() > 0:
+            timeout = min(timeout, max(0.0, self.next_spawn_at - time.monotonic()))
+        return timeout
+
+    def _sleep(self, timeout: float) -> None:
+        fds = [self._wakeup_r] + [child.read_fd for child in self.children.values()]
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd == self._wakeup_r:
+                _drain(fd)
+            else:
+                self._read_child(fd)
+
+    def _read_child(self, fd: int) -> None:
+        child = next((c for c in self.children.values() if c.read_fd == fd), None)
+        if child is None:
+            return
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the child closed its end; it is exiting and will be reaped
+            return
+        for message in child.feed(data):
+            child.apply(message)
+            if message.get("event") == "exiting":
+                child.kill_reason = child.kill_reason or message.get("reason")
+
+    # -- signals ---------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
+        signal.set_wakeup_fd(self._wakeup_w)
+        for name in HANDLED_SIGNALS:
+            signal.signal(getattr(signal, name), self._record_signal)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.popleft()
+            handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
+            if handler is not None:
+                handler()
+
+    def handle_sigchld(self) -> None:
+        """Reaping happens on every loop turn; the signal only wakes the loop."""
+
+    def handle_sigterm(self) -> None:
+        if self.stopping:
+            return
+        log.info("master %d: graceful stop; waiting up to %gs for running jobs",
+                 os.getpid(), self.config.graceful_timeout)
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        self._signal_children(signal.SIGTERM, self.children.values())
+
+    handle_sigquit = handle_sigterm
+
+    def handle_sigint(self) -> None:
+        log.info("master %d: fast stop", os.getpid())
+        self.stopping = True
+        deadline = time.monotonic() + FAST_STOP_SECONDS
+        self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
+        self._signal_children(signal.SIGINT, self.children.values())
+
+    def handle_sighup(self) -> None:
+        log.info("master %d: reloading %s", os.getpid(), self.config.path)
+        self.on_reopen_logs()
+        try:
+            config = self.reload_config()
+            classes = import_worker_classes(config)
+            backend = backend_class(config.type)(config.worker_options, classes)
+        except Exception as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        self.config, self.worker_classes, self.backend = config, classes, backend
+        self.concurrency = config.concurrency
+        old = [c for c in self.children.values() if c.generation == self.generation]
+        self.generation += 1
+        self._signal_children(signal.SIGTERM, old, reason="replaced by reload")
+        self.young_deaths, self.next_spawn_at = 0, 0.0
+
+    def handle_sigusr1(self) -> None:
+        self.on_reopen_logs()
+        self._signal_children(signal.SIGUSR1, self.children.values(), mark=False)
+
+    def handle_sigttin(self) -> None:
+        self.concurrency += 1
+        log.info("master %d: concurrency raised to %d", os.getpid(), self.concurrency)
+
+    def handle_sigttou(self) -> None:
+        if self.concurrency <= 1:
+            log.warning("master %d: concurrency stays at 1 (TTOU ignored)", os.getpid())
+            return
+        self.concurrency -= 1
+        log.info("master %d: concurrency lowered to %d", os.getpid(), self.concurrency)
+
+    def _signal_children(self, signum: int, children, reason: str = "asked to stop", mark: bool = True) -> None:
+        for child in list(children):
+            if mark:
+                child.stopping = True
+                child.kill_reason = child.kill_reason or reason
+            _kill(child.pid, signum)
+
+    # -- children --------------------------------------------------------------------------
+    def _current_children(self) -> list[ChildState]:
+        return [c for c in self.children.values() if c.generation == self.generation and not c.stopping]
+
+    def _missing_children(self) -> int:
+        return self.concurrency - len(self._current_children())
+
+    def _maintain_pool(self) -> None:
+        missing = self._missing_children()
+        if missing < 0:
+            self._retire(-missing)
+        while missing > 0 and time.monotonic() >= self.next_spawn_at:
+            self._spawn()
+            missing -= 1
+            if self.young_deaths:
+                break  # under backoff: one child at a time, then wait again
+
+    def _retire(self, count: int) -> None:
+        """Stop `count` children of the current generation, idle ones first."""
+        candidates = sorted(self._current_children(), key=lambda c: (c.state == "busy", -c.started_at))
+        self._signal_children(signal.SIGTERM, candidates[:count], reason="pool shrunk")
+
+    def _free_slot(self) -> int:
+        used = {c.slot for c in self._current_children()}
+        return next(slot for slot in range(1, len(used) + 2) if slot not in used)
+
+    def _spawn(self) -> None:
+        slot = self._free_slot()
+        jitter = random.randint(0, self.config.works_per_child_jitter) if self.config.works_per_child_jitter else 0
+        read_fd, write_fd = os.pipe()
+        plan = ChildPlan(config=self.config, backend=self.backend, worker_classes=self.worker_classes,
+                         slot=slot, generation=self.generation,
+                         works_limit=self.config.works_per_child + jitter,
+                         report_fd=write_fd, master_pid=os.getpid())
+        flush_log_handlers()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the master's loop
+            status = 1
+            try:
+                os.close(read_fd)
+                for child in self.children.values():
+                    os.close(child.read_fd)
+                os.close(self._wakeup_r)
+                os.close(self._wakeup_w)
+                status = run_child(plan)
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,
+                                        started_at=time.time(), read_fd=read_fd,
+                                        works_limit=plan.works_limit)
+        log.info("child %d started (slot %d, generation %d, %d jobs)", pid, slot, self.generation,
+                 plan.works_limit)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self._drain_child(child)
+            os.close(child.read_fd)
+            self._account_exit(child, status)
+
+    def _drain_child(self, child: ChildState) -> None:
+        while True:
+            try:
+                data = os.read(child.read_fd, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            for message in child.feed(data):
+                child.apply(message)
+                if message.get("event") == "exiting":
+                    child.kill_reason = child.kill_reason or message.get("reason")
+
+    def _account_exit(self, child: ChildState, status: int) -> None:
+        age = time.time() - child.started_at
+        reason = child.kill_reason or "exited"
+        if os.WIFSIGNALED(status):
+            how = f"killed by {_signal_name(os.WTERMSIG(status))}"
+            abnormal = child.kill_reason is None or child.kill_reason.startswith("job ")
+        else:
+            code = os.WEXITSTATUS(status)
+            how = f"exit status {code}"
+            abnormal = code != 0
+            if code == EXIT_BOOT_FAILURE:
+                reason = "worker setup failed"
+        if child.job_funcname:
+            log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
+        self.restarts[reason if not abnormal else "died"] += 1
+        level = logging.WARNING if abnormal else logging.INFO
+        log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
+                child.works_done, age)
+        if abnormal and age < YOUNG_DEATH_SECONDS and not self.stopping:
+            self.young_deaths += 1
+            delay = min(RESPAWN_BACKOFF[1], RESPAWN_BACKOFF[0] * 2 ** (self.young_deaths - 1))
+            self.next_spawn_at = time.monotonic() + delay
+            log.warning("children keep dying young (%d in a row); next start in %.1fs", self.young_deaths, delay)
+        elif not abnormal or child.works_done:
+            self.young_deaths = 0
+
+    def _kill_timed_out_jobs(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            running_for = child.job_running_for(now)
+            if running_for is None or child.job_timeout is None or child.kill_reason == "job timed out":
+                continue
+            if running_for > child.job_timeout + KILL_GRACE_SECONDS:
+                log.error("child %d: job %s (%s) ran %.1fs, past its timeout %gs: killing the child",
+                          child.pid, child.job_id, child.job_funcname, running_for, child.job_timeout)
+                child.kill_reason = "job timed out"
+                _kill(child.pid, signal.SIGKILL)
+
+    def _enforce_stop_deadline(self) -> None:
+        if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            for child in self.children.values():
+                if child.kill_reason != "stop deadline passed":
+                    log.warning("child %d still running at the stop deadline: killing it", child.pid)
+                    child.kill_reason = "stop deadline passed"
+                    _kill(child.pid, signal.SIGKILL)
+
+    def _publish(self) -> None:
+        state = "stopping" if self.stopping else ""
+        proctitle.set_master_title(self.config.path, len(self.children), self.concurrency, state)
+        self.on_state(self)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -1,0 +1,123 @@
+"""What the master knows about each child, fed by one-line messages over a pipe per child.
+
+Children write small JSON lines (well under PIPE_BUF, so each write is atomic); the master
+reads them in its loop. The scoreboard is what the master uses to kill a job past its timeout,
+to show state in `status`, in process titles and in metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+#: child exit status meaning "could not start: setup or backend configuration failed"
+EXIT_BOOT_FAILURE = 3
+
+
+def encode(event: str, **fields: Any) -> bytes:
+    fields["event"] = event
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+class Reporter:
+    """The child's end of its pipe. A dead master (EPIPE) is noticed, never fatal."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, event: str, **fields: Any) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, encode(event, **fields))
+        except OSError:
+            self.fd = None
+
+
+@dataclasses.dataclass
+class ChildState:
+    pid: int
+    slot: int
+    generation: int
+    started_at: float  # epoch seconds
+    read_fd: int
+    works_done: int = 0
+    works_limit: int = 0
+    job_funcname: str | None = None
+    job_id: str | None = None
+    job_started: float | None = None  # monotonic
+    job_started_wall: float | None = None
+    job_timeout: float | None = None
+    rss: int = 0
+    stopping: bool = False  # we asked it to stop (TERM sent)
+    kill_reason: str | None = None
+    buffer: bytes = b""
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def state(self) -> str:
+        return "busy" if self.job_funcname else "idle"
+
+    def job_running_for(self, now: float | None = None) -> float | None:
+        if self.job_started is None:
+            return None
+        return (now if now is not None else time.monotonic()) - self.job_started
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Split pipe bytes into messages; a garbled line is skipped, not fatal to the master."""
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        messages = []
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                messages.append(message)
+        return messages
+
+    def apply(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "start":
+            self.job_funcname = message.get("funcname")
+            self.job_id = message.get("job_id")
+            self.job_started = time.monotonic()
+            self.job_started_wall = time.time()
+            self.job_timeout = message.get("timeout")
+        elif event == "done":
+            self.job_funcname = self.job_id = None
+            self.job_started = self.job_started_wall = self.job_timeout = None
+            self.works_done = message.get("works_done", self.works_done + 1)
+            self.rss = message.get("rss", self.rss)
+            if message.get("outcome") == "completed":
+                self.completed += 1
+            else:
+                self.failed += 1
+        elif event == "ready":
+            self.works_limit = message.get("works_limit", 0)
+            self.rss = message.get("rss", self.rss)
+
+    def as_dict(self, now_wall: float) -> dict[str, Any]:
+        running_for = self.job_running_for()
+        return {
+            "pid": self.pid,
+            "slot": self.slot,
+            "generation": self.generation,
+            "state": self.state,
+            "uptime": round(now_wall - self.started_at, 3),
+            "works_done": self.works_done,
+            "works_limit": self.works_limit,
+            "completed": self.completed,
+            "failed": self.failed,
+            "job": None if self.job_funcname is None else {
+                "funcname": self.job_funcname,
+                "id": self.job_id,
+                "running_for": None if running_for is None else round(running_for, 3),
+            },
+            "rss": self.rss,
+        }
