@@ -1,0 +1,1 @@
+"""Example workers, Python versions of the Perl WorkerManager's Sandbox::Worker examples."""

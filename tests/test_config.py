@@ -1,0 +1,106 @@
+"""The config loader: the Perl WorkerManager's keys, our additions, and one clear error each."""
+
+import os
+import textwrap
+
+import pytest
+
+from workermanager import config as cfg
+
+GOOD = """
+type: TheSchwartz
+workers:
+  - sandbox.worker.A
+  - sandbox.worker:B
+worker_options:
+  databases:
+    - dsn: dbi:SQLite:dbname=var/q.db
+inc_path: lib
+pidfile: run/wm.pid
+logfile: log/job.log
+errorlogfile: /var/log/wm-error.log
+env:
+  LANG: C
+"""
+
+
+def write(tmp_path, text, name="conf.yml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_perl_keys_load_and_relative_paths_resolve_against_the_config_folder(tmp_path):
+    config = cfg.load(write(tmp_path, GOOD))
+    assert config.type == "TheSchwartz"
+    assert config.workers == ("sandbox.worker.A", "sandbox.worker:B")
+    assert config.inc_path == (str(tmp_path / "lib"),)
+    assert config.pidfile == str(tmp_path / "run/wm.pid")
+    assert config.logfile == str(tmp_path / "log/job.log")
+    assert config.errorlogfile == "/var/log/wm-error.log"
+    assert config.env == {"LANG": "C"}
+    assert config.worker_options["base_dir"] == str(tmp_path)
+    assert (config.concurrency, config.works_per_child, config.log_format) == (4, 100, "classic")
+
+
+def test_flags_override_the_file(tmp_path):
+    path = write(tmp_path, GOOD + "concurrency: 8\nworks_per_child: 50\n")
+    config = cfg.load(path, {"concurrency": 2, "works_per_child": None})
+    assert (config.concurrency, config.works_per_child) == (2, 50)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("colour: blue\n", "unknown key 'colour'"),
+    ("concurrency: many\n", "key 'concurrency' must be an int, not str"),
+    ("concurrency: 0\n", "key 'concurrency' must be 1 or more"),
+    ("works_per_child: true\n", "key 'works_per_child' must be an int, not bool"),
+    ("log_format: xml\n", "key 'log_format' must be one of classic, ltsv, json"),
+    ("type: Redis\n", "key 'type' must be one of theschwartz, gearman"),
+    ("worker_options: [1, 2]\n", "key 'worker_options' must be a dict"),
+])
+def test_bad_values_name_the_key_and_the_file(tmp_path, extra, message):
+    path = write(tmp_path, GOOD + extra)
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(path)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(path)
+
+
+def test_missing_file_malformed_yaml_and_missing_workers(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="config file not found"):
+        cfg.load(str(tmp_path / "nope.yml"))
+    with pytest.raises(cfg.ConfigError, match=r"line \d+ malformed YAML"):
+        cfg.load(write(tmp_path, "workers: [a\n  b: c\n"))
+    with pytest.raises(cfg.ConfigError, match="key 'workers' is required"):
+        cfg.load(write(tmp_path, "type: TheSchwartz\n"))
+    with pytest.raises(cfg.ConfigError, match="must be a mapping"):
+        cfg.load(write(tmp_path, "- a\n- b\n"))
+
+
+def test_worker_classes_import_with_clear_errors(tmp_path):
+    lib = tmp_path / "lib" / "mypkg"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("")
+    (lib / "good.py").write_text(
+        "from workermanager import Worker\n"
+        "class W(Worker):\n    def work(self, job):\n        return 1\n"
+        "class NotAWorker:\n    pass\n")
+    (lib / "broken.py").write_text("import no_such_module_here\n")
+    base = "inc_path: lib\nworkers:\n  - {}\n"
+
+    config = cfg.load(write(tmp_path, base.format("mypkg.good.W")))
+    cfg.apply_environment(config)
+    classes = cfg.import_worker_classes(config)
+    assert classes[0].function_name() == "mypkg.good.W"
+
+    for written, message in [
+        ("mypkg.broken.X", "does not import: ModuleNotFoundError: No module named 'no_such_module_here'"),
+        ("mypkg.good.Missing", "module 'mypkg.good' has no 'Missing'"),
+        ("mypkg.good.NotAWorker", "is not a subclass of workermanager.Worker"),
+        ("nosuchpkg.Thing", "does not import"),
+    ]:
+        config = cfg.load(write(tmp_path, base.format(written), name="bad.yml"))
+        with pytest.raises(cfg.ConfigError) as caught:
+            cfg.import_worker_classes(config)
+        assert written in str(caught.value) and message in str(caught.value)
+        assert str(caught.value).startswith(os.path.join(str(tmp_path), "bad.yml"))
