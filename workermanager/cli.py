@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -74,11 +75,12 @@ def run_daemon(options: argparse.Namespace) -> int:
     from workermanager import daemonize, pidfile
     from workermanager.master import Master
 
+    config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
     overrides = {"concurrency": options.concurrency, "works_per_child": options.works_per_child,
                  "debug": options.debug, "foreground": options.foreground}
 
     def load() -> config_module.Config:
-        return config_module.load(options.config, overrides)
+        return config_module.load(config_path, overrides)
 
     try:
         config = load()
