@@ -1,0 +1,156 @@
+"""One TCP connection to one job server: connect, send packets, read whole packets with a deadline.
+
+Clients and workers build on this; it knows nothing of jobs. Every blocking step takes a deadline so
+that no caller can hang on a silent server, and every failure surfaces as `GearmanConnectionError`
+(server gone) or `ProtocolError` (server mad), after which the connection is closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from collections import deque
+
+from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD, RES, Decoder, Packet, ProtocolError
+
+DEFAULT_PORT = 4730
+READ_SIZE = 256 * 1024
+
+
+class GearmanConnectionError(ConnectionError):
+    """A job server is unreachable or dropped the connection; the message names it."""
+
+
+def parse_address(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """"host", "host:port" or "[v6addr]:port" -> (host, port); ValueError names the bad part."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"job server address must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif spec.count(":") == 1:
+        host, port_text = spec.split(":")
+    else:
+        host, port_text = spec, ""
+    if not host:
+        raise ValueError(f"job server address {spec!r} has no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"job server address {spec!r} has a bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Connection:
+    """A connection to one server. Not thread-safe; one per process (open it after fork)."""
+
+    def __init__(self, address: tuple[str, int] | str, connect_timeout: float = 2.0,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.address = parse_address(address) if isinstance(address, str) else address
+        self.name = format_address(self.address)
+        self.connect_timeout = connect_timeout
+        self.max_payload = max_payload
+        self.sock: socket.socket | None = None
+        self.pending: deque[Packet] = deque()
+        self._decoder = Decoder(RES, max_payload, self.name)
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise GearmanConnectionError(f"job server {self.name}: not connected")
+        return self.sock.fileno()
+
+    def connect(self, timeout: float | None = None) -> None:
+        if self.sock is not None:
+            return
+        limit = self.connect_timeout if timeout is None else min(timeout, self.connect_timeout)
+        try:
+            sock = socket.create_connection(self.address, timeout=max(limit, 0.01))
+        except OSError as exc:
+            raise GearmanConnectionError(f"job server {self.name}: cannot connect: {_reason(exc)}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        self.sock = sock
+        self.pending.clear()
+        self._decoder = Decoder(RES, self.max_payload, self.name)
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        self.pending.clear()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            raise GearmanConnectionError(f"job server {self.name}: not connected")
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise GearmanConnectionError(f"job server {self.name}: send failed: {_reason(exc)}") from exc
+
+    def read_available(self) -> list[Packet]:
+        """Read what the socket has now (call when select says readable) and return new packets.
+
+        Packets are also kept in `pending` for callers that consume them one at a time.
+        """
+        if self.sock is None:
+            raise GearmanConnectionError(f"job server {self.name}: not connected")
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            self.close()
+            raise GearmanConnectionError(f"job server {self.name}: read failed: {_reason(exc)}") from exc
+        if not data:
+            self.close()
+            raise GearmanConnectionError(f"job server {self.name}: connection closed by the server")
+        try:
+            packets = self._decoder.feed(data)
+        except ProtocolError:
+            self.close()
+            raise
+        self.pending.extend(packets)
+        return packets
+
+    def wait_readable(self, timeout: float) -> bool:
+        if self.sock is None:
+            raise GearmanConnectionError(f"job server {self.name}: not connected")
+        readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        return bool(readable)
+
+    def receive(self, deadline: float | None) -> Packet | None:
+        """The next packet, waiting until `deadline` (monotonic; None = forever); None on timeout."""
+        while not self.pending:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            if self.wait_readable(3600.0 if wait is None else wait):
+                self.read_available()
+        return self.pending.popleft()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.name} {'up' if self.connected else 'down'}>"
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if exc.errno is not None and exc.strerror:
+        return f"{exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc) or type(exc).__name__

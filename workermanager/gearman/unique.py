@@ -1,0 +1,51 @@
+"""The unique-id format this project's client writes, so workers learn what gearmand does not carry.
+
+gearmand passes a job's unique id to the worker (JOB_ASSIGN_UNIQ) but no enqueue time and no
+attempt count. Our client therefore writes them into the unique id:
+
+    wm1:<runnable since, epoch ms>:<attempt>:<mode>:<random hex>
+
+- runnable since: when the job was submitted, or the run-at time of an epoch (scheduled) job, so
+  the worker's queue delay is the time the job waited while it could have run;
+- attempt: failures before this attempt (0 for a fresh job), so retries survive resubmission;
+- mode: "b" background, "f" foreground; only background jobs are retried by resubmission (a
+  foreground client is waiting on the original handle and must get its WORK_FAIL);
+- random: makes the id unique, so gearmand never coalesces two of our jobs.
+
+An id in any other shape (another client's, or one the caller chose to coalesce jobs) parses to
+None: the job's delay is unknown and it is never resubmitted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+PREFIX = "wm1"
+
+
+@dataclass(frozen=True)
+class UniqueInfo:
+    runnable_since: float  # epoch seconds
+    attempt: int
+    background: bool
+    nonce: str
+
+
+def make_unique(background: bool, attempt: int = 0, runnable_since: float | None = None) -> str:
+    since = time.time() if runnable_since is None else runnable_since
+    mode = "b" if background else "f"
+    return f"{PREFIX}:{int(since * 1000)}:{int(attempt)}:{mode}:{os.urandom(8).hex()}"
+
+
+def parse_unique(unique: str | bytes) -> UniqueInfo | None:
+    if isinstance(unique, bytes):
+        unique = unique.decode("ascii", errors="replace")
+    parts = unique.split(":")
+    if len(parts) != 5 or parts[0] != PREFIX:
+        return None
+    _, since, attempt, mode, nonce = parts
+    if not (since.isdigit() and attempt.isdigit() and mode in ("b", "f") and nonce):
+        return None
+    return UniqueInfo(int(since) / 1000.0, int(attempt), mode == "b", nonce)

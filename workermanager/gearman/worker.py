@@ -1,0 +1,351 @@
+"""A Gearman worker: register functions, grab one job at a time from several job servers.
+
+`grab_job(timeout)` is the heart of it and the daemon's only entry: it asks ONE server at a time
+(GRAB_JOB_UNIQ), so the worker never holds a job it did not ask for; a server that answers NO_JOB
+is told PRE_SLEEP and woken by its NOOP; when every server sleeps, the worker waits in select()
+for the first NOOP, a reconnection time or the deadline. A server that drops is retried with a
+capped exponential backoff while the others keep serving.
+
+`work()` is a simple loop over grab_job for scripts that want Perl Gearman::Worker's behaviour:
+the registered callable gets the job; a return value completes it, an exception fails it.
+
+With `prefix` (as in Perl's Gearman::Worker), function "f" is registered as "prefix\\tf", and a
+job's `funcname` is shown without the prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workermanager.gearman.codec import PacketType as T
+from workermanager.gearman.codec import ProtocolError, request
+from workermanager.gearman.connection import Connection, GearmanConnectionError, parse_address
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Ability:
+    callable: Callable[[GrabbedJob], Any] | None
+    timeout: int | None
+
+
+@dataclass
+class _Server:
+    conn: Connection
+    awake: bool = True            # may have work: GRAB from it before sleeping
+    sleeping: bool = False        # PRE_SLEEP sent, no NOOP yet
+    retry_at: float = 0.0         # monotonic time of the next connection attempt
+    backoff: float = 0.0
+    last_error: str = ""
+    failures: int = field(default=0)
+
+
+class GrabbedJob:
+    """A job handed to this worker. Its methods report to the server that assigned it."""
+
+    def __init__(self, server: _Server, handle: str, funcname: str, unique: str, arg: bytes) -> None:
+        self._server = server
+        self.handle = handle
+        self.funcname = funcname
+        self.unique = unique
+        self.arg = arg
+        self.finished = False
+
+    @property
+    def server(self) -> str:
+        return self._server.conn.name
+
+    def _send(self, ptype: T, *args: bytes | str | int) -> None:
+        self._server.conn.send(request(ptype, self.handle, *args))
+
+    def status(self, numerator: int, denominator: int) -> None:
+        self._send(T.WORK_STATUS, int(numerator), int(denominator))
+
+    def data(self, data: bytes | str) -> None:
+        self._send(T.WORK_DATA, data)
+
+    def warning(self, data: bytes | str) -> None:
+        self._send(T.WORK_WARNING, data)
+
+    def complete(self, result: bytes | str = b"") -> None:
+        self.finished = True
+        self._send(T.WORK_COMPLETE, result)
+
+    def fail(self) -> None:
+        self.finished = True
+        self._send(T.WORK_FAIL)
+
+    def exception(self, message: bytes | str) -> None:
+        """Fail the job with a message: WORK_EXCEPTION.
+
+        gearmand 1.x ends the job here: clients that set the "exceptions" option get the message,
+        the others a WORK_FAIL. A WORK_FAIL sent after it would only earn a JOB_NOT_FOUND error,
+        so this is the job's last word (the protocol document's older servers wanted both).
+        """
+        self.finished = True
+        self._send(T.WORK_EXCEPTION, message)
+
+    def __repr__(self) -> str:
+        return f"<GrabbedJob {self.funcname} {self.handle} from {self.server}>"
+
+
+class Worker:
+    """A worker of one or more job servers; open it (or let grab_job connect) after fork."""
+
+    def __init__(self, job_servers: Iterable[str] | str, prefix: str | None = None,
+                 client_id: str | None = None, connect_timeout: float = 1.0,
+                 max_backoff: float = 1.0) -> None:
+        if isinstance(job_servers, str):
+            job_servers = [job_servers]
+        addresses = [parse_address(s) for s in job_servers]
+        if not addresses:
+            raise ValueError("a Gearman worker needs at least one job server")
+        self.prefix = prefix or None
+        self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.max_backoff = max_backoff
+        self.servers = [_Server(Connection(a, connect_timeout)) for a in addresses]
+        self.abilities: dict[str, _Ability] = {}
+        self._pending: _Server | None = None   # the server asked with GRAB_JOB_UNIQ, if any
+        self._turn = 0
+
+    # registration ----------------------------------------------------------------------------
+
+    def _wire_name(self, funcname: str) -> str:
+        return f"{self.prefix}\t{funcname}" if self.prefix else funcname
+
+    def register(self, funcname: str, func: Callable[[GrabbedJob], Any] | None = None,
+                 timeout: float | None = None) -> None:
+        """Announce `funcname` (CAN_DO, or CAN_DO_TIMEOUT with whole seconds) to every server."""
+        if not funcname or "\0" in funcname:
+            raise ValueError(f"bad function name {funcname!r}")
+        ability = _Ability(func, None if timeout is None else max(1, int(timeout)))
+        self.abilities[funcname] = ability
+        for server in self.servers:
+            if server.conn.connected:
+                self._safe_send(server, self._can_do(funcname, ability))
+                server.awake = True
+
+    def unregister(self, funcname: str) -> None:
+        self.abilities.pop(funcname, None)
+        for server in self.servers:
+            if server.conn.connected:
+                self._safe_send(server, request(T.CANT_DO, self._wire_name(funcname)))
+
+    def _can_do(self, funcname: str, ability: _Ability) -> bytes:
+        if ability.timeout is None:
+            return request(T.CAN_DO, self._wire_name(funcname))
+        return request(T.CAN_DO_TIMEOUT, self._wire_name(funcname), ability.timeout)
+
+    # connections -----------------------------------------------------------------------------
+
+    @property
+    def connected_count(self) -> int:
+        return sum(1 for s in self.servers if s.conn.connected)
+
+    def connect(self) -> None:
+        """Try every server now; those down are retried by grab_job with backoff."""
+        for server in self.servers:
+            if not server.conn.connected:
+                server.retry_at = 0.0
+        self._reconnect_due(time.monotonic() + self.servers[0].conn.connect_timeout)
+
+    def close(self) -> None:
+        """Drop every connection; gearmand re-queues any job this worker held and did not finish."""
+        for server in self.servers:
+            server.conn.close()
+        self._pending = None
+
+    def _open(self, server: _Server, deadline: float) -> None:
+        conn = server.conn
+        conn.connect(max(0.05, deadline - time.monotonic()))
+        hello = [request(T.SET_CLIENT_ID, self.client_id)]
+        hello += [self._can_do(name, ab) for name, ab in self.abilities.items()]
+        conn.send(b"".join(hello))
+        server.awake, server.sleeping = True, False
+        if server.failures:
+            log.info("job server %s: reconnected", conn.name)
+        server.failures, server.backoff, server.last_error = 0, 0.0, ""
+
+    def _lost(self, server: _Server, error: Exception) -> None:
+        server.conn.close()
+        if self._pending is server:
+            self._pending = None
+        server.failures += 1
+        server.backoff = min(self.max_backoff, max(0.05, server.backoff * 2))
+        server.retry_at = time.monotonic() + server.backoff
+        server.last_error = str(error)
+        level = logging.WARNING if server.failures == 1 else logging.DEBUG
+        log.log(level, "%s; retrying in %.2fs", error, server.backoff)
+
+    def _safe_send(self, server: _Server, data: bytes) -> bool:
+        try:
+            server.conn.send(data)
+            return True
+        except GearmanConnectionError as exc:
+            self._lost(server, exc)
+            return False
+
+    def _reconnect_due(self, deadline: float) -> None:
+        now = time.monotonic()
+        for server in self.servers:
+            if not server.conn.connected and server.retry_at <= now:
+                try:
+                    self._open(server, deadline)
+                except GearmanConnectionError as exc:
+                    self._lost(server, exc)
+
+    def down_servers(self) -> list[str]:
+        """'name: last error' for each server not connected now (for error messages)."""
+        return [f"{s.conn.name}: {s.last_error or 'not connected'}" for s in self.servers
+                if not s.conn.connected]
+
+    # grabbing --------------------------------------------------------------------------------
+
+    def _next_awake(self) -> _Server | None:
+        count = len(self.servers)
+        for step in range(count):
+            server = self.servers[(self._turn + step) % count]
+            if server.conn.connected and server.awake:
+                self._turn = (self._turn + step + 1) % count
+                return server
+        return None
+
+    def grab_job(self, timeout: float) -> GrabbedJob | None:
+        """One job from any server, or None when none came within `timeout` seconds.
+
+        Never spins: with every server asleep or down it blocks in select until a NOOP, the next
+        reconnection time or the deadline. Returns at most a few milliseconds after the deadline
+        (plus a connect timeout when a down server is being retried).
+        """
+        if not self.abilities:
+            raise RuntimeError("register at least one function before grabbing jobs")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            self._reconnect_due(deadline)
+            job = self._take_buffered()
+            if job is not None:
+                return job
+            if self._pending is None:
+                server = self._next_awake()
+                if server is not None:
+                    if self._safe_send(server, request(T.GRAB_JOB_UNIQ)):
+                        self._pending = server
+                        server.awake = False
+                    continue
+            now = time.monotonic()
+            wait = max(0.0, deadline - now)
+            retry_times = [s.retry_at for s in self.servers if not s.conn.connected]
+            if retry_times:
+                wait = min(wait, max(0.0, min(retry_times) - now))
+            conns = [s.conn for s in self.servers if s.conn.connected]
+            if conns:
+                readable = select.select(conns, [], [], wait)[0]
+            else:
+                time.sleep(wait)
+                readable = []
+            for conn in readable:
+                try:
+                    conn.read_available()
+                except (GearmanConnectionError, ProtocolError) as exc:
+                    self._lost(next(s for s in self.servers if s.conn is conn), exc)
+            job = self._take_buffered()
+            if job is not None:
+                return job
+            if now >= deadline:
+                return None
+
+    def _take_buffered(self) -> GrabbedJob | None:
+        """Handle packets already read; return the job our outstanding GRAB brought, if it came."""
+        job = None
+        for server in self.servers:
+            conn = server.conn
+            while conn.pending:
+                packet = conn.pending.popleft()
+                if packet.type == T.NOOP:
+                    server.awake, server.sleeping = True, False
+                elif packet.type == T.NO_JOB:
+                    if self._pending is server:
+                        self._pending = None
+                    if not server.awake and self._safe_send(server, request(T.PRE_SLEEP)):
+                        server.sleeping = True
+                elif packet.type in (T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN):
+                    if self._pending is server:
+                        self._pending = None
+                    server.awake = True  # there may be more where this came from
+                    job = self._make_job(server, packet.type, packet.args)
+                elif packet.type == T.ERROR:
+                    log.warning("job server %s: error %s: %s", conn.name,
+                                packet.args[0].decode(errors="replace"),
+                                packet.args[1].decode(errors="replace"))
+                else:
+                    log.debug("job server %s: ignoring %r", conn.name, packet)
+            if job is not None:
+                return job
+        return job
+
+    def _make_job(self, server: _Server, ptype: T, args: tuple[bytes, ...]) -> GrabbedJob:
+        if ptype == T.JOB_ASSIGN_UNIQ:
+            handle, func, unique, arg = args
+        else:
+            (handle, func, arg), unique = args, b""
+        name = func.decode("utf-8", errors="replace")
+        if self.prefix and name.startswith(self.prefix + "\t"):
+            name = name[len(self.prefix) + 1:]
+        return GrabbedJob(server, handle.decode("ascii", errors="replace"), name,
+                          unique.decode("utf-8", errors="replace"), arg)
+
+    # the simple loop -------------------------------------------------------------------------
+
+    def work(self, max_jobs: int | None = None, stop_if: Callable[[], bool] | None = None,
+             poll: float = 1.0) -> int:
+        """Run registered callables until `max_jobs` ran or `stop_if()` says stop; returns the count.
+
+        A callable's return value completes the job (bytes as is, str as UTF-8, None as empty,
+        other values as JSON); an exception sends WORK_EXCEPTION (see GrabbedJob.exception).
+        """
+        done = 0
+        while (max_jobs is None or done < max_jobs) and not (stop_if and stop_if()):
+            job = self.grab_job(poll)
+            if job is None:
+                continue
+            self.run(job)
+            done += 1
+        return done
+
+    def run(self, job: GrabbedJob) -> None:
+        ability = self.abilities.get(job.funcname)
+        try:
+            if ability is None or ability.callable is None:
+                raise LookupError(f"no callable registered for {job.funcname!r}")
+            result = ability.callable(job)
+        except Exception as exc:
+            log.debug("job %s raised", job.handle, exc_info=True)
+            try:
+                job.exception(f"{type(exc).__name__}: {exc}")
+            except GearmanConnectionError as conn_exc:
+                self._lost(job._server, conn_exc)
+            return
+        try:
+            job.complete(encode_result(result))
+        except GearmanConnectionError as exc:
+            self._lost(job._server, exc)
+
+
+def encode_result(result: Any) -> bytes:
+    """bytes as is, str as UTF-8, None as empty, anything else as JSON."""
+    if result is None:
+        return b""
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return bytes(result)
+    if isinstance(result, str):
+        return result.encode("utf-8")
+    return json.dumps(result, separators=(",", ":")).encode("utf-8")
