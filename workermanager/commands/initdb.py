@@ -1,0 +1,45 @@
+"""`workermanager init-db`: create the TheSchwartz tables (idempotent)."""
+
+from __future__ import annotations
+
+import argparse
+
+from workermanager.commands import fail, load_config
+from workermanager.config import ConfigError
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="workermanager init-db",
+                                     description="Create the TheSchwartz tables in every configured "
+                                                 "database, or in --dsn. Safe to run again.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("-f", "--config", metavar="conf_file", help="YAML config file")
+    group.add_argument("--dsn", help="one database: dbi:SQLite:dbname=..., postgresql://..., ...")
+    parser.add_argument("--user", help="database user (with --dsn)")
+    parser.add_argument("--password", help="database password (with --dsn)")
+    parser.add_argument("--prefix", default="", help="table name prefix (with --dsn)")
+    options = parser.parse_args(argv)
+
+    from workermanager.theschwartz import init_db
+
+    try:
+        if options.dsn:
+            databases = [{"dsn": options.dsn, "user": options.user, "pass": options.password,
+                          "prefix": options.prefix}]
+            base_dir = None
+        else:
+            config = load_config(options.config)
+            if config.type.lower() != "theschwartz":
+                return fail(f"{config.path}: init-db is for type TheSchwartz, not {config.type}")
+            databases = config.worker_options.get("databases")
+            if not databases:
+                return fail(f"{config.path}: key 'worker_options.databases' is required for init-db")
+            base_dir = config.base_dir
+        init_db(databases, base_dir=base_dir)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except Exception as exc:  # a database error: one line, not a traceback
+        return fail(f"init-db failed: {type(exc).__name__}: {exc}")
+    print("workermanager: schema ready")
+    return 0
+
