@@ -37,6 +37,16 @@ KILL_GRACE_SECONDS = 2.0
 FAST_STOP_SECONDS = 3.0
 
 
+class MasterListener:
+    """Hooks for observers of the pool (metrics). Called in the master's loop; must be quick."""
+
+    def job_done(self, message: dict) -> None:
+        """A child finished a job: message has funcname, outcome, process_ms, delay_ms, rss."""
+
+    def child_exited(self, reason: str) -> None:
+        """A child left: 'recycled', 'over memory limit', 'died', 'asked to stop', ..."""
+
+
 class Master:
     def __init__(self, config: Config, reload_config: Callable[[], Config],
                  on_reopen_logs: Callable[[], None] = lambda: None,
@@ -57,6 +67,8 @@ class Master:
         self.young_deaths = 0
         self.next_spawn_at = 0.0
         self.restarts: collections.Counter[str] = collections.Counter()
+        #: objects told of finished jobs and exited children (metrics); see MasterListener
+        self.listeners: list[MasterListener] = []
         self._wakeup_r = self._wakeup_w = -1
 
     # -- the loop --------------------------------------------------------------------------
@@ -113,10 +125,17 @@ class Master:
             return
         if not data:  # the child closed its end; it is exiting and will be reaped
             return
+        self._apply_messages(child, data)
+
+    def _apply_messages(self, child: ChildState, data: bytes) -> None:
         for message in child.feed(data):
             child.apply(message)
-            if message.get("event") == "exiting":
+            event = message.get("event")
+            if event == "exiting":
                 child.kill_reason = child.kill_reason or message.get("reason")
+            elif event == "done":
+                for listener in self.listeners:
+                    listener.job_done(message)
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -274,10 +293,7 @@ class Master:
                 return
             if not data:
                 return
-            for message in child.feed(data):
-                child.apply(message)
-                if message.get("event") == "exiting":
-                    child.kill_reason = child.kill_reason or message.get("reason")
+            self._apply_messages(child, data)
 
     def _account_exit(self, child: ChildState, status: int) -> None:
         age = time.time() - child.started_at
@@ -293,7 +309,10 @@ class Master:
                 reason = "worker setup failed"
         if child.job_funcname:
             log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
-        self.restarts[reason if not abnormal else "died"] += 1
+        restart_reason = "died" if abnormal else reason
+        self.restarts[restart_reason] += 1
+        for listener in self.listeners:
+            listener.child_exited(restart_reason)
         level = logging.WARNING if abnormal else logging.INFO
         log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
                 child.works_done, age)
