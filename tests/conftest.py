@@ -3,3 +3,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# Private PostgreSQL / MariaDB servers (tests/dbservers.py): session fixtures and a fresh database per test.
+from dbservers import mariadb_db, mariadb_server, postgres_db, postgres_server  # noqa: E402,F401
