@@ -6,6 +6,10 @@ is told PRE_SLEEP and woken by its NOOP; when every server sleeps, the worker wa
 for the first NOOP, a reconnection time or the deadline. A server that drops is retried with a
 capped exponential backoff while the others keep serving.
 
+gearmand sends no NOOP when a scheduled (SUBMIT_JOB_EPOCH) job comes due, so a sleeping server is
+asked again every `poll_interval` seconds (default 1 s; None turns it off): that is what makes
+epoch jobs, and so our retries, run on time.
+
 `work()` is a simple loop over grab_job for scripts that want Perl Gearman::Worker's behaviour:
 the registered callable gets the job; a return value completes it, an exception fails it.
 
@@ -43,6 +47,7 @@ class _Server:
     conn: Connection
     awake: bool = True            # may have work: GRAB from it before sleeping
     sleeping: bool = False        # PRE_SLEEP sent, no NOOP yet
+    slept_at: float = 0.0         # monotonic time of the PRE_SLEEP
     retry_at: float = 0.0         # monotonic time of the next connection attempt
     backoff: float = 0.0
     last_error: str = ""
@@ -103,7 +108,7 @@ class Worker:
 
     def __init__(self, job_servers: Iterable[str] | str, prefix: str | None = None,
                  client_id: str | None = None, connect_timeout: float = 1.0,
-                 max_backoff: float = 1.0) -> None:
+                 max_backoff: float = 1.0, poll_interval: float | None = 1.0) -> None:
         if isinstance(job_servers, str):
             job_servers = [job_servers]
         addresses = [parse_address(s) for s in job_servers]
@@ -112,6 +117,7 @@ class Worker:
         self.prefix = prefix or None
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
         self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
         self.servers = [_Server(Connection(a, connect_timeout)) for a in addresses]
         self.abilities: dict[str, _Ability] = {}
         self._pending: _Server | None = None   # the server asked with GRAB_JOB_UNIQ, if any
@@ -210,12 +216,13 @@ class Worker:
 
     # grabbing --------------------------------------------------------------------------------
 
-    def _next_awake(self) -> _Server | None:
+    def _next_awake(self, peek: bool = False) -> _Server | None:
         count = len(self.servers)
         for step in range(count):
             server = self.servers[(self._turn + step) % count]
             if server.conn.connected and server.awake:
-                self._turn = (self._turn + step + 1) % count
+                if not peek:
+                    self._turn = (self._turn + step + 1) % count
                 return server
         return None
 
@@ -243,6 +250,15 @@ class Worker:
                     continue
             now = time.monotonic()
             wait = max(0.0, deadline - now)
+            if self.poll_interval is not None:
+                for server in self.servers:
+                    if server.sleeping and server.conn.connected:
+                        due = server.slept_at + self.poll_interval
+                        if due <= now:
+                            server.awake, server.sleeping = True, False
+                        wait = min(wait, max(0.0, due - now))
+                if self._pending is None and self._next_awake(peek=True) is not None:
+                    continue
             retry_times = [s.retry_at for s in self.servers if not s.conn.connected]
             if retry_times:
                 wait = min(wait, max(0.0, min(retry_times) - now))
@@ -276,7 +292,7 @@ class Worker:
                     if self._pending is server:
                         self._pending = None
                     if not server.awake and self._safe_send(server, request(T.PRE_SLEEP)):
-                        server.sleeping = True
+                        server.sleeping, server.slept_at = True, time.monotonic()
                 elif packet.type in (T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN):
                     if self._pending is server:
                         self._pending = None

@@ -1,0 +1,183 @@
+"""The Gearman codec on its own, and our client and worker against a fake server that talks nonsense."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workermanager.gearman import Client, GearmanError, ProtocolError, Worker
+from workermanager.gearman.codec import (
+    ARG_COUNTS,
+    REQ,
+    RES,
+    Decoder,
+    Packet,
+    PacketType,
+    encode,
+    request,
+    response,
+)
+
+
+def test_every_packet_type_round_trips_with_a_binary_last_argument():
+    for ptype, count in ARG_COUNTS.items():
+        args = tuple(f"a{i}".encode() for i in range(count - 1)) + ((b"\0bin\0ary\xff",) if count else ())
+        wire = encode(ptype, *args, magic=RES)
+        assert Decoder(RES).feed(wire) == [Packet(ptype, args, RES)]
+
+
+def test_the_protocol_documents_example_bytes():
+    assert request(PacketType.CAN_DO, "reverse") == bytes.fromhex("00524551" "00000001" "00000007" "72657665727365")
+    assert request(PacketType.SUBMIT_JOB, "reverse", "", "test") == (
+        b"\0REQ" + struct.pack(">II", 7, 13) + b"reverse\0\0test")
+    packets = Decoder(RES).feed(b"\0RES" + struct.pack(">II", 11, 20) + b"H:lap:1\0reverse\0test")
+    assert packets == [Packet(PacketType.JOB_ASSIGN, (b"H:lap:1", b"reverse", b"test"), RES)]
+
+
+def test_byte_by_byte_feeding_gives_the_same_packets():
+    wire = response(PacketType.NOOP) + response(PacketType.JOB_ASSIGN_UNIQ, "H:1", "f", "u", b"x\0y") \
+        + response(PacketType.NO_JOB)
+    decoder = Decoder(RES)
+    got = [p for byte in wire for p in decoder.feed(bytes([byte]))]
+    assert [p.type for p in got] == [PacketType.NOOP, PacketType.JOB_ASSIGN_UNIQ, PacketType.NO_JOB]
+    assert got[1].args == (b"H:1", b"f", b"u", b"x\0y")
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("wire, words", [
+    (b"HTTP/1.1 200 OK\r\n", "bad magic"),
+    (b"\0REQ" + struct.pack(">II", 6, 0), "bad magic"),           # a request where responses belong
+    (b"\0RES" + struct.pack(">II", 99, 0), "unknown packet type 99"),
+    (b"\0RES" + struct.pack(">II", 5, 0), "unknown packet type 5"),  # the unused number
+    (b"\0RES" + struct.pack(">II", 13, 2**31), "over the limit"),
+    (b"\0RES" + struct.pack(">II", 13, 3) + b"abc", "WORK_COMPLETE needs 2 arguments"),
+    (b"\0RES" + struct.pack(">II", 6, 1) + b"x", "NOOP takes no arguments"),
+])
+def test_malformed_input_raises_one_clear_error(wire, words):
+    decoder = Decoder(RES, where="server x")
+    with pytest.raises(ProtocolError, match=words):
+        decoder.feed(wire)
+    with pytest.raises(ProtocolError):  # the stream cannot be trusted any more
+        decoder.feed(response(PacketType.NOOP))
+
+
+def test_a_huge_announced_size_is_refused_before_any_payload_is_buffered():
+    decoder = Decoder(RES, max_payload=1024)
+    with pytest.raises(ProtocolError, match="2000 bytes, over the limit of 1024"):
+        decoder.feed(b"\0RES" + struct.pack(">II", 13, 2000))
+
+
+def test_encode_refuses_nul_in_a_non_final_argument_and_wrong_counts():
+    with pytest.raises(ValueError, match="NUL"):
+        request(PacketType.SUBMIT_JOB, "f\0x", "", b"")
+    with pytest.raises(ValueError, match="takes 3 argument"):
+        request(PacketType.SUBMIT_JOB, "f")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_any_byte_stream_gives_packets_or_a_protocol_error(chunks):
+    decoder = Decoder(None, max_payload=4096)
+    try:
+        for chunk in chunks:
+            for packet in decoder.feed(chunk):
+                assert packet.magic in (REQ, RES)
+                assert len(packet.args) == ARG_COUNTS[packet.type]
+    except ProtocolError as exc:
+        assert str(exc)
+    assert decoder.buffered <= 12 + 4096
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(ARG_COUNTS)), st.data())
+def test_encoded_packets_always_decode_to_themselves(ptype, data):
+    count = ARG_COUNTS[ptype]
+    head = [data.draw(st.binary(max_size=20).filter(lambda b: b"\0" not in b)) for _ in range(max(0, count - 1))]
+    args = tuple(head + ([data.draw(st.binary(max_size=50))] if count else []))
+    split = data.draw(st.integers(0, 12 + sum(map(len, args)) + count))
+    wire = encode(ptype, *args, magic=REQ)
+    decoder = Decoder(REQ)
+    assert decoder.feed(wire[:split]) + decoder.feed(wire[split:]) == [Packet(ptype, args, REQ)]
+
+
+# --- a fake job server that sends what it is told ------------------------------------------------
+
+class FakeServer:
+    """Accepts connections on loopback and answers each with fixed bytes, then keeps it open."""
+
+    def __init__(self, reply: bytes, close_after: bool = False) -> None:
+        self.reply = reply
+        self.close_after = close_after
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            try:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+                if self.close_after:
+                    conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.parametrize("reply", [
+    b"garbage that is not gearman\n",
+    b"\0RES" + struct.pack(">II", 77, 0),
+    b"\0RES" + struct.pack(">II", 11, 0xFFFFFFFF),
+    b"\0RES" + struct.pack(">II", 11, 4) + b"H:1\0",
+])
+def test_worker_drops_a_mad_server_and_keeps_its_deadline(reply, caplog):
+    fake = FakeServer(reply)
+    try:
+        worker = Worker(fake.address, max_backoff=0.2)
+        worker.register("f")
+        started = time.monotonic()
+        assert worker.grab_job(1.0) is None
+        assert time.monotonic() - started < 5
+        assert any("ProtocolError" in r.getMessage() or "magic" in r.getMessage() or "packet" in r.getMessage()
+                   or "argument" in r.getMessage() for r in caplog.records)
+        worker.close()
+    finally:
+        fake.close()
+
+
+def test_client_reports_a_mad_server_instead_of_hanging():
+    fake = FakeServer(b"\0RES" + struct.pack(">II", 8, 10**9), close_after=False)
+    try:
+        client = Client(fake.address, exceptions=False)
+        with pytest.raises(GearmanError, match="no job server took the job"):
+            client.submit_background("f", b"x")
+    finally:
+        fake.close()
+
+
+def test_worker_survives_a_server_that_hangs_up():
+    fake = FakeServer(b"", close_after=True)
+    try:
+        worker = Worker(fake.address, max_backoff=0.1)
+        worker.register("f")
+        assert worker.grab_job(0.5) is None
+        assert worker.down_servers() or worker.connected_count <= 1
+    finally:
+        fake.close()

@@ -1,0 +1,218 @@
+"""The Gearman backend: the daemon's children as workers of one or more gearmand job servers.
+
+worker_options:
+    job_servers: ["host:port", ...] or one string; the port defaults to 4730
+    prefix: optional; functions are registered as "prefix\\tfuncname" (Perl Gearman::Worker's)
+
+Each worker class registers `function_name()` with CAN_DO_TIMEOUT `job_timeout()`. A child grabs a
+job only when it is ready to run it (one GRAB_JOB_UNIQ to one server at a time), so on graceful
+TERM it holds nothing it will not run; on fast stop and close the connection drops and gearmand
+hands any unfinished job to another worker.
+
+What each Job method does on Gearman, which has no retry queue of its own:
+- completed(result): WORK_COMPLETE; bytes as is, str as UTF-8, None empty, other values JSON.
+- failed(msg): WORK_EXCEPTION(msg). gearmand 1.x ends the job there and tells clients without the
+  "exceptions" option WORK_FAIL, so no WORK_FAIL follows (it would be answered JOB_NOT_FOUND).
+  When the job is a background job of our client (see workermanager.gearman.unique) and the
+  worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
+  retry_delay, with its attempt count raised in the unique id; after the last attempt it is logged
+  as failed for good. Foreground jobs and other clients' jobs are never resubmitted: their client
+  is the one to decide.
+- permanent_failure(msg): the same WORK_EXCEPTION, never resubmitted.
+- declined(): a background job of our client is resubmitted as an epoch job due after
+  max(1 s, retry_delay) with the same attempt count, and the original is completed with an empty
+  result (nobody waits for it). Any other job gets WORK_FAIL: its client waits for an answer, and
+  handing the job straight back to the queue would make the same children decline it in a loop.
+- status(n, d): WORK_STATUS; data(bytes) and warning(bytes) send WORK_DATA and WORK_WARNING.
+- insert_time: from our client's unique id; None for other clients' jobs (the log shows delay:-).
+
+Outages: grab() never raises for a server being down. It serves the servers that are up, retries
+the others with a capped backoff (at most 1 s apart, so a restarted gearmand is served again within
+a second or so), and with every server down it waits out its timeout and returns None; the library
+logs a warning when a server is lost and when it is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workermanager.backends.base import Backend, BackendError
+from workermanager.gearman.client import Client, GearmanError
+from workermanager.gearman.connection import GearmanConnectionError, parse_address
+from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
+from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
+from workermanager.worker import Job
+from workermanager.worker import Worker as WorkerClass
+
+log = logging.getLogger(__name__)
+
+
+def decode_arg(raw: bytes) -> Any:
+    """JSON when it parses, else a UTF-8 str, else the bytes themselves."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class GearmanJob(Job):
+    def __init__(self, backend: GearmanBackend, grabbed: GrabbedJob, worker_class: type[WorkerClass]) -> None:
+        super().__init__()
+        self._backend = backend
+        self._grabbed = grabbed
+        self.worker_class = worker_class
+        self.funcname = grabbed.funcname
+        self.raw_arg = grabbed.arg
+        self.arg = decode_arg(grabbed.arg)
+        self.unique = grabbed.unique
+        self.info: UniqueInfo | None = parse_unique(grabbed.unique)
+        self.insert_time = self.info.runnable_since if self.info else None
+        self.failures = self.info.attempt if self.info else 0
+
+    @property
+    def handle(self) -> str:
+        return f"{self._grabbed.server}//{self._grabbed.handle}"
+
+    @property
+    def resubmittable(self) -> bool:
+        return self.info is not None and self.info.background
+
+    def _send(self, what: str, send: Any, *args: Any) -> None:
+        try:
+            send(*args)
+        except GearmanConnectionError as exc:
+            # The server dropped us: it will hand the job to another worker. Nothing to undo.
+            log.warning("job %s: cannot send %s: %s", self.handle, what, exc)
+
+    def completed(self, result: Any = None) -> None:
+        self._finish("completed")
+        self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result))
+
+    def failed(self, msg: str, exit_status: int | None = None) -> None:
+        self._finish("failed")
+        cls = self.worker_class
+        attempt = self.failures + 1  # failures including this one
+        if self.resubmittable and cls is not None and cls.should_retry(attempt):
+            delay = cls.retry_delay_for(attempt)
+            if self._resubmit(attempt, delay):
+                log.info("job %s (%s) failed (attempt %d of %d), retrying in %gs: %s", self.handle,
+                         self.funcname, attempt, cls.max_retries + 1, delay, msg)
+        elif self.resubmittable and cls is not None:
+            log.warning("job %s (%s) failed for good after %d attempts: %s", self.handle,
+                        self.funcname, attempt, msg)
+        self._send("WORK_EXCEPTION", self._grabbed.exception, msg)
+
+    def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
+        self._finish("permanent_failure")
+        self._send("WORK_EXCEPTION", self._grabbed.exception, msg)
+
+    def declined(self) -> None:
+        self._finish("declined")
+        cls = self.worker_class
+        if self.resubmittable:
+            delay = max(1.0, cls.retry_delay_for(self.failures) if cls is not None else 0.0)
+            if self._resubmit(self.failures, delay):
+                self._send("WORK_COMPLETE", self._grabbed.complete, b"")
+                return
+        self._send("WORK_FAIL", self._grabbed.fail)
+
+    def status(self, numerator: int, denominator: int) -> None:
+        self._send("WORK_STATUS", self._grabbed.status, numerator, denominator)
+
+    def data(self, data: bytes | str) -> None:
+        self._send("WORK_DATA", self._grabbed.data, data)
+
+    def warning(self, data: bytes | str) -> None:
+        self._send("WORK_WARNING", self._grabbed.warning, data)
+
+    def _resubmit(self, attempt: int, delay: float) -> bool:
+        when = time.time() + delay
+        unique = make_unique(True, attempt, runnable_since=when)
+        try:
+            self._backend.client().submit_at(self.funcname, self.raw_arg, when, unique=unique)
+            return True
+        except (GearmanError, GearmanConnectionError) as exc:
+            log.error("job %s (%s): cannot resubmit, the job is lost: %s", self.handle, self.funcname, exc)
+            return False
+
+
+class GearmanBackend(Backend):
+    log_name = "Gearman"
+
+    def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[WorkerClass]]) -> None:
+        super().__init__(options, worker_classes)
+        servers = self.options.get("job_servers")
+        if isinstance(servers, str):
+            servers = [servers]
+        if not servers or not isinstance(servers, (list, tuple)):
+            raise ValueError("worker_options.job_servers: give one or more \"host:port\" job servers")
+        for spec in servers:
+            try:
+                parse_address(spec)
+            except ValueError as exc:
+                raise ValueError(f"worker_options.job_servers: {exc}") from None
+        prefix = self.options.get("prefix")
+        if prefix is not None and (not isinstance(prefix, str) or "\t" in prefix or "\0" in prefix):
+            raise ValueError(f"worker_options.prefix: must be a string without tabs, got {prefix!r}")
+        if not self.worker_classes:
+            raise ValueError("the Gearman backend needs at least one worker class")
+        self.job_servers = [str(s) for s in servers]
+        self.prefix = prefix or None
+        self._worker: Worker | None = None
+        self._client: Client | None = None
+
+    def open(self) -> None:
+        worker = Worker(self.job_servers, prefix=self.prefix)
+        worker.client_id = f"workermanager-{worker.client_id}"
+        for cls in self.worker_classes:
+            worker.register(cls.function_name(), timeout=cls.job_timeout())
+        worker.connect()
+        self._worker = worker
+
+    def client(self) -> Client:
+        """A client for resubmissions, made on first use (most children never need one)."""
+        if self._client is None:
+            self._client = Client(self.job_servers, prefix=self.prefix, exceptions=False)
+        return self._client
+
+    def grab(self, timeout: float) -> Job | None:
+        if self._worker is None:
+            raise BackendError("Gearman backend: grab before open")
+        grabbed = self._worker.grab_job(timeout)
+        if grabbed is None:
+            return None
+        cls = self.worker_by_funcname.get(grabbed.funcname)
+        if cls is None:  # only if the server confuses functions; never run what we did not ask for
+            log.error("job %s for unknown function %r: failing it", grabbed.handle, grabbed.funcname)
+            try:
+                grabbed.fail()
+            except GearmanConnectionError:
+                pass
+            return None
+        return GearmanJob(self, grabbed, cls)
+
+    def release(self, job: Job) -> None:
+        """Drop the connection the job came on: gearmand gives the job to another worker."""
+        if isinstance(job, GearmanJob):
+            job._grabbed._server.conn.close()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def worker(self) -> Worker | None:
+        """The library worker (for tests and status), None before open."""
+        return self._worker
