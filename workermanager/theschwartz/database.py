@@ -1,0 +1,198 @@
+"""One configured database: a lazy, fork-safe connection, retries on busy, dead-marking, funcmap cache.
+
+Everything the client does runs through `Database.run`, so the policy for a busy or vanished
+database is written once: a busy database is waited for (bounded), an unreachable one is marked
+dead for `retry_seconds` (as Perl TheSchwartz does) and the caller moves to the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from workermanager.theschwartz.dialects import dialect_for
+from workermanager.theschwartz.dsn import ParsedDSN
+from workermanager.theschwartz.errors import DatabaseError, DatabaseUnavailable
+from workermanager.theschwartz.sql import Queries
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: attempts of one unit of work while the database reports busy/locked/deadlock
+MAX_ATTEMPTS = 60
+#: connections inherited over fork; kept referenced so that they are never closed in the child
+#: (closing an SQLite file descriptor would drop the locks of this process's own connection)
+_inherited: list[Any] = []
+
+
+class Database:
+    """A database of the queue, as one entry of `databases:` describes it."""
+
+    def __init__(self, dsn: ParsedDSN, prefix: str = "", retry_seconds: float = 30.0) -> None:
+        self.dsn = dsn
+        self.prefix = prefix or ""
+        self.retry_seconds = retry_seconds
+        self.dialect = dialect_for(dsn.driver)
+        self.q = Queries(self.prefix, self.dialect)
+        # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user"); so do we, so
+        # that a handle printed by one client is understood by the other.
+        self.hashdsn = hashlib.md5(f"{dsn.original}|{dsn.user or ''}".encode()).hexdigest()
+        self._conn: Any = None
+        self._pid: int | None = None
+        self.dead_until = 0.0
+        self.last_error: str | None = None
+        self._funcname2id: dict[str, int] = {}
+        self._funcid2name: dict[int, str] = {}
+        self._missing_until: dict[str, float] = {}
+
+    @property
+    def label(self) -> str:
+        """How messages name this database (no password)."""
+        d = self.dsn
+        if d.driver == "sqlite":
+            return f"sqlite:{d.database}"
+        where = f"{d.host or 'localhost'}{':' + str(d.port) if d.port else ''}"
+        return f"{d.driver}://{where}/{d.database}"
+
+    # --- connection -------------------------------------------------------------------------------
+
+    def connection(self, create: bool = False) -> Any:
+        """The open connection of this process, opened on first use and again after a fork."""
+        if self._conn is not None and self._pid != os.getpid():
+            _inherited.append(self._conn)
+            self._conn = None
+        if self._conn is None:
+            self._conn = self.dialect.connect(self.dsn, create=create)
+            self._pid = os.getpid()
+            self._funcname2id.clear()
+            self._funcid2name.clear()
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._pid == os.getpid():
+                try:
+                    conn.close()
+                except Exception:  # closing a broken connection: nothing left to save
+                    pass
+            else:
+                _inherited.append(conn)
+
+    # --- liveness ---------------------------------------------------------------------------------
+
+    def is_dead(self) -> bool:
+        """True while a recent failure keeps this database out of use; false again after retry_seconds."""
+        if self.dead_until and time.monotonic() >= self.dead_until:
+            self.dead_until = 0.0
+        return bool(self.dead_until)
+
+    def mark_dead(self, reason: str) -> None:
+        if not self.dead_until:
+            log.warning("database %s unavailable (%s); skipping it for %ss", self.label, reason,
+                        self.retry_seconds)
+        self.dead_until = time.monotonic() + self.retry_seconds
+        self.last_error = reason
+        self.close()
+
+    # --- work -------------------------------------------------------------------------------------
+
+    def run(self, work: Callable[[Any], T], *, write: bool, durable: bool = False,
+            create: bool = False) -> T:
+        """Run `work(cursor)`, in one transaction when `write`; redo it while the database is busy.
+
+        Raises DatabaseUnavailable (and marks this database dead) when it cannot be reached, and
+        DatabaseError for any other failure of the database.
+        """
+        dialect = self.dialect
+        for attempt in range(MAX_ATTEMPTS):
+            conn = None
+            try:
+                conn = self.connection(create=create)
+                cursor = conn.cursor()
+                if write:
+                    dialect.begin(conn, durable)
+                result = work(cursor)
+                if write:
+                    dialect.commit(conn)
+                return result
+            except dialect.errors as exc:
+                if conn is not None:
+                    self._rollback(conn)
+                if dialect.is_retryable(exc) and attempt + 1 < MAX_ATTEMPTS:
+                    time.sleep(min(0.002 * 2 ** min(attempt, 6), 0.1) * random.uniform(0.5, 1.5))
+                    continue
+                if dialect.is_unreachable(exc):
+                    self.mark_dead(str(exc))
+                    raise DatabaseUnavailable(f"database {self.label}: {exc}") from exc
+                raise DatabaseError(f"database {self.label}: {exc}") from exc
+            except BaseException:
+                if conn is not None:
+                    self._rollback(conn)
+                raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
+        """One row of a read-only query, outside any transaction."""
+        def work(cursor: Any) -> tuple | None:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+        return self.run(work, write=False)
+
+    def fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        def work(cursor: Any) -> list[tuple]:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        return self.run(work, write=False)
+
+    def _rollback(self, conn: Any) -> None:
+        # a funcmap row created in the rolled-back transaction is gone: forget what we cached
+        self._funcname2id.clear()
+        self._funcid2name.clear()
+        try:
+            self.dialect.rollback(conn)
+        except Exception:  # the connection is broken: drop it, the next run reconnects
+            self.close()
+
+    # --- funcmap ----------------------------------------------------------------------------------
+
+    def funcname_to_id(self, cursor: Any, funcname: str, create: bool = True) -> int | None:
+        """The funcid of `funcname`, cached per connection; created (inside the caller's
+        transaction) when missing and `create`, else None."""
+        funcid = self._funcname2id.get(funcname)
+        if funcid is not None:
+            return funcid
+        if not create and self._missing_until.get(funcname, 0.0) > time.monotonic():
+            return None
+        self._load_funcmap(cursor)
+        funcid = self._funcname2id.get(funcname)
+        if funcid is None and create:
+            funcid = self.dialect.insert_ignore(cursor, self.q.funcmap, ("funcname",), (funcname,), "funcid")
+            if funcid is None:  # another process inserted it just now
+                cursor.execute(self.q.funcmap_by_name, (funcname,))
+                row = cursor.fetchone()
+                funcid = row[0] if row else None
+            if funcid is None:
+                raise DatabaseError(f"database {self.label}: cannot find or create funcname {funcname!r}")
+            self._funcname2id[funcname] = funcid
+            self._funcid2name[funcid] = funcname
+        if funcid is None:
+            # no job can exist for a name the funcmap lacks; look again in a moment, not every grab
+            self._missing_until[funcname] = time.monotonic() + 1.0
+        return funcid
+
+    def funcid_to_name(self, cursor: Any, funcid: int) -> str | None:
+        if funcid not in self._funcid2name:
+            self._load_funcmap(cursor)
+        return self._funcid2name.get(funcid)
+
+    def _load_funcmap(self, cursor: Any) -> None:
+        cursor.execute(self.q.funcmap_all)
+        for funcid, funcname in cursor.fetchall():
+            self._funcname2id[funcname] = funcid
+            self._funcid2name[funcid] = funcname

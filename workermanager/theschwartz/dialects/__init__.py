@@ -1,0 +1,116 @@
+"""What differs between SQLite, PostgreSQL and MySQL, behind one small interface.
+
+The SQL that is the same everywhere lives in `workermanager.theschwartz.sql`; a dialect adds only
+connecting, the schema's DDL, the placeholder style, transactions, the claim of a job, and the
+classification of errors into "try again", "database unreachable" and "bad statement".
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from workermanager.theschwartz.dsn import ParsedDSN
+
+#: dialect name (ParsedDSN.driver) -> module:Class
+DIALECTS = {
+    "sqlite": "workermanager.theschwartz.dialects.sqlite:SQLiteDialect",
+    "postgres": "workermanager.theschwartz.dialects.postgres:PostgresDialect",
+    "mysql": "workermanager.theschwartz.dialects.mysql:MySQLDialect",
+}
+
+
+class Dialect(abc.ABC):
+    """One database family. Stateless apart from configuration: one instance serves many connections."""
+
+    name: str = ""
+    #: the DB-API placeholder of the driver; common SQL is written with "?" and converted
+    placeholder: str = "?"
+    #: longest error message the error table takes (MySQL's VARCHAR(255)); None: no limit
+    error_message_max: int | None = None
+
+    # --- connecting -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+        """An autocommit DB-API connection; `create` allows creating the database (init-db only)."""
+
+    @abc.abstractmethod
+    def ddl(self, prefix: str) -> list[str]:
+        """Idempotent statements creating TheSchwartz's tables (names prefixed) and indexes."""
+
+    def after_init(self, conn: Any) -> None:
+        """Database-wide settings made once by init-db (SQLite: WAL)."""
+
+    # --- transactions -----------------------------------------------------------------------------
+
+    def begin(self, conn: Any, durable: bool) -> None:
+        """Start a write transaction. `durable`: the commit must survive a power loss."""
+        conn.cursor().execute("BEGIN")
+
+    def commit(self, conn: Any) -> None:
+        conn.cursor().execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        conn.cursor().execute("ROLLBACK")
+
+    # --- errors -----------------------------------------------------------------------------------
+
+    #: the driver's base exception class(es), for `except`
+    errors: tuple[type[BaseException], ...] = ()
+
+    @abc.abstractmethod
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Busy, lock timeout, deadlock, serialization failure: the same work may simply be redone."""
+
+    @abc.abstractmethod
+    def is_unreachable(self, exc: BaseException) -> bool:
+        """The database cannot be used now (down, missing, unreadable): mark it dead, use the others."""
+
+    # --- statements -------------------------------------------------------------------------------
+
+    def sql(self, text: str) -> str:
+        """Common SQL written with '?' placeholders, in this driver's style."""
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def now(self, cursor: Any) -> int:
+        """The queue's clock in epoch seconds. Perl TheSchwartz uses the client's clock for SQLite."""
+        return int(time.time())
+
+    @abc.abstractmethod
+    def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
+                      id_column: str) -> int | None:
+        """Insert one row; return its new id, or None when a unique key already holds it."""
+
+    def claim(self, cursor: Any, job_table: str, jobid: int, old_grabbed_until: int,
+              new_grabbed_until: int, now: int) -> bool:
+        """Lease one job: a conditional UPDATE that only one worker can win (rowcount tells)."""
+        cursor.execute(self.sql(
+            f"UPDATE {job_table} SET grabbed_until = ? WHERE jobid = ? AND grabbed_until = ?"
+            " AND grabbed_until <= ? AND run_after <= ?"),
+            (new_grabbed_until, jobid, old_grabbed_until, now, now))
+        return cursor.rowcount == 1
+
+    def wait_for_jobs(self, conn: Any, timeout: float) -> bool:
+        """Block up to `timeout` for a sign of new jobs (PostgreSQL LISTEN). False: no such hook, poll."""
+        return False
+
+    def notify_new_jobs(self, cursor: Any, prefix: str) -> None:
+        """Inside an insert transaction: wake waiting workers where the database can (NOTIFY)."""
+
+
+def dialect_for(driver: str) -> Dialect:
+    """The dialect for a ParsedDSN.driver; ValueError when it is not (yet) available."""
+    try:
+        target = DIALECTS[driver]
+    except KeyError:
+        raise ValueError(f"no SQL dialect for database driver {driver!r}") from None
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"database driver {driver!r} is not available: {exc}") from None
+    return getattr(module, class_name)()

@@ -1,0 +1,143 @@
+"""SQLite: the embedded default. WAL, a busy timeout, and durable commits where they matter.
+
+WAL lets readers run beside the one writer; `synchronous` is switched per transaction: FULL for
+inserts (a job whose insert returned survives a power loss), NORMAL for the worker side, where a
+lost commit can at worst make a job run again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dsn import ParsedDSN
+
+BUSY_TIMEOUT_MS = 10_000
+
+_RETRYABLE = ("database is locked", "database table is locked", "database is busy")
+_UNREACHABLE = ("unable to open database file", "disk i/o error", "file is not a database",
+                "database disk image is malformed", "readonly database", "no such file")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that remembers its `synchronous` setting, so it is only changed when needed."""
+
+    synchronous: str = ""
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    placeholder = "?"
+    errors = (sqlite3.Error,)
+
+    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+        # mode=rw: a worker pointed at a missing file gets "unable to open", not a new empty database
+        mode = "rwc" if create else "rw"
+        if create:
+            os.makedirs(os.path.dirname(dsn.database), exist_ok=True)
+        uri = f"file:{quote(dsn.database)}?mode={mode}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=_Connection,
+                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            self._synchronous(conn, "FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def ddl(self, prefix: str) -> list[str]:
+        # The types are Perl TheSchwartz's (schema.sql); only the AUTO_INCREMENT keys are spelled the
+        # SQLite way. AUTOINCREMENT: a jobid is never reused, so old error and exitstatus rows can
+        # never be mistaken for a new job's.
+        p = prefix
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {p}funcmap (
+                funcid          INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+                funcname        VARCHAR(255) NOT NULL,
+                UNIQUE(funcname)
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS {p}job (
+                jobid           INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+                funcid          INT UNSIGNED NOT NULL,
+                arg             MEDIUMBLOB,
+                uniqkey         VARCHAR(255) NULL,
+                insert_time     INTEGER UNSIGNED,
+                run_after       INTEGER UNSIGNED NOT NULL,
+                grabbed_until   INTEGER UNSIGNED NOT NULL,
+                priority        SMALLINT UNSIGNED,
+                coalesce        VARCHAR(255),
+                UNIQUE(funcid, uniqkey)
+            )""",
+            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_runafter ON {p}job (funcid, run_after)",
+            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_coalesce ON {p}job (funcid, coalesce)",
+            f"""CREATE TABLE IF NOT EXISTS {p}note (
+                jobid           BIGINT UNSIGNED NOT NULL,
+                notekey         VARCHAR(255),
+                value           MEDIUMBLOB,
+                PRIMARY KEY (jobid, notekey)
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS {p}error (
+                error_time      INTEGER UNSIGNED NOT NULL,
+                jobid           BIGINT UNSIGNED NOT NULL,
+                message         VARCHAR(255) NOT NULL,
+                funcid          INT UNSIGNED NOT NULL DEFAULT 0
+            )""",
+            f"CREATE INDEX IF NOT EXISTS {p}error_funcid_errortime ON {p}error (funcid, error_time)",
+            f"CREATE INDEX IF NOT EXISTS {p}error_time ON {p}error (error_time)",
+            f"CREATE INDEX IF NOT EXISTS {p}error_jobid ON {p}error (jobid)",
+            f"""CREATE TABLE IF NOT EXISTS {p}exitstatus (
+                jobid           BIGINT UNSIGNED PRIMARY KEY NOT NULL,
+                funcid          INT UNSIGNED NOT NULL DEFAULT 0,
+                status          SMALLINT UNSIGNED,
+                completion_time INTEGER UNSIGNED,
+                delete_after    INTEGER UNSIGNED
+            )""",
+            f"CREATE INDEX IF NOT EXISTS {p}exitstatus_funcid ON {p}exitstatus (funcid)",
+            f"CREATE INDEX IF NOT EXISTS {p}exitstatus_deleteafter ON {p}exitstatus (delete_after)",
+        ]
+
+    def begin(self, conn: Any, durable: bool) -> None:
+        self._synchronous(conn, "FULL" if durable else "NORMAL")
+        # IMMEDIATE takes the write lock now (waiting per busy_timeout) instead of failing at the
+        # first write with a deadlock-style SQLITE_BUSY that no waiting can resolve.
+        conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, sqlite3.OperationalError):
+            return False
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return True
+        return any(text in str(exc).lower() for text in _RETRYABLE)
+
+    def is_unreachable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, sqlite3.DatabaseError) or self.is_retryable(exc):
+            return False
+        return any(text in str(exc).lower() for text in _UNREACHABLE)
+
+    def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
+                      id_column: str) -> int | None:
+        marks = ", ".join("?" for _ in columns)
+        cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                       tuple(values))
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    @staticmethod
+    def _synchronous(conn: Any, level: str) -> None:
+        if getattr(conn, "synchronous", None) != level:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            conn.synchronous = level

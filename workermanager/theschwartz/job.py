@@ -1,0 +1,240 @@
+"""Jobs of the SQL queue: the grabbed job a worker settles, its handle, and the spec of a new job.
+
+The finishing calls follow Perl TheSchwartz::Job: completed deletes the row (keeping an exit
+status when the worker class asks for it), failed writes an error row and either schedules a
+retry or removes the job, declined leaves it alone, replace_with inserts the successors and
+completes this job in one transaction. `failures` counts error rows, as Perl does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workermanager.theschwartz.args import STORABLE_MESSAGE, StorableArgError, decode_arg, is_storable
+from workermanager.worker import Job, JobAlreadyFinished, Worker
+
+if TYPE_CHECKING:
+    from workermanager.theschwartz.client import Client
+    from workermanager.theschwartz.database import Database
+
+#: error rows older than this are removed lazily when a new one is written (Perl: 7 days)
+ERROR_MAX_AGE = 7 * 86400
+#: share of exit-status writes that also remove expired exit statuses (Perl: 10%)
+EXITSTATUS_CLEAN_SHARE = 0.10
+
+
+@dataclass
+class JobSpec:
+    """A job to insert: what `Client.insert_jobs` and `Job.replace_with` take."""
+
+    funcname: str
+    arg: Any = None
+    run_after: float | None = None
+    priority: int | None = None
+    uniqkey: str | None = None
+    coalesce: str | None = None
+
+    @classmethod
+    def coerce(cls, value: Any) -> JobSpec:
+        """Accept a JobSpec, a (funcname, arg) tuple, a dict of JobSpec fields, or a funcname."""
+        if isinstance(value, JobSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, tuple) and len(value) == 2:
+            return cls(value[0], value[1])
+        if isinstance(value, dict):
+            return cls(**value)
+        raise TypeError(f"expected a JobSpec, (funcname, arg) or dict, got {value!r}")
+
+
+class JobHandle:
+    """Names one job in one database: "<md5 of dsn|user>-<jobid>", the string Perl TheSchwartz uses."""
+
+    def __init__(self, client: Client, hashdsn: str, jobid: int) -> None:
+        self.client = client
+        self.hashdsn = hashdsn
+        self.jobid = int(jobid)
+
+    def __str__(self) -> str:
+        return f"{self.hashdsn}-{self.jobid}"
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobHandle) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def job(self) -> TheSchwartzJob | None:
+        """The job while it is still queued, else None."""
+        return self.client.lookup_job(self)
+
+    def is_pending(self) -> bool:
+        return self.job() is not None
+
+    def exit_status(self) -> int | None:
+        """The exit status kept for the finished job (0 completed, else failed), or None."""
+        db = self.client.database_for(self.hashdsn)
+        row = db.fetchone(db.q.exitstatus_for_job, (self.jobid,))
+        return None if row is None else row[0]
+
+    def failure_log(self) -> list[str]:
+        """The messages of the job's error rows, oldest first."""
+        db = self.client.database_for(self.hashdsn)
+        return [row[0] for row in db.fetchall(db.q.errors_for_job, (self.jobid,))]
+
+    def failures(self) -> int:
+        db = self.client.database_for(self.hashdsn)
+        row = db.fetchone(db.q.count_errors, (self.jobid,))
+        return int(row[0]) if row else 0
+
+
+class TheSchwartzJob(Job):
+    """A job row, grabbed (leased) by `Client.find_job_for_workers` or looked up by handle."""
+
+    def __init__(self, client: Client, db: Database, row: tuple, funcname: str,
+                 worker_class: type[Worker] | None = None) -> None:
+        super().__init__()
+        (self.jobid, self.funcid, raw, self.uniqkey, self.insert_time, self.run_after,
+         self.grabbed_until, self.priority, self.coalesce) = row
+        self.raw_arg = raw
+        self.funcname = funcname
+        self.worker_class = worker_class
+        self.client = client
+        self.db = db
+        self._failures: int | None = None
+
+    # --- what the worker reads --------------------------------------------------------------------
+
+    @property
+    def handle(self) -> str:
+        return f"{self.db.hashdsn}-{self.jobid}"
+
+    @property
+    def job_handle(self) -> JobHandle:
+        return JobHandle(self.client, self.db.hashdsn, self.jobid)
+
+    @property
+    def arg(self) -> Any:  # type: ignore[override]
+        """The decoded argument; StorableArgError when a Perl client stored a Storable image."""
+        return decode_arg(self.raw_arg)
+
+    @property
+    def arg_error(self) -> str | None:
+        """Why the arg cannot be read ("arg is a Perl Storable value ..."), or None."""
+        return STORABLE_MESSAGE if self.raw_arg is not None and is_storable(self.raw_arg) else None
+
+    @property
+    def failures(self) -> int:  # type: ignore[override]
+        """How many error rows the job has: its failures so far, as Perl TheSchwartz counts them."""
+        if self._failures is None:
+            self._failures = self.job_handle.failures()
+        return self._failures
+
+    def failure_log(self) -> list[str]:
+        return self.job_handle.failure_log()
+
+    def exit_status(self) -> int | None:
+        return self.job_handle.exit_status()
+
+    # --- finishing calls --------------------------------------------------------------------------
+
+    def completed(self, result: Any = None) -> None:
+        """Done: delete the row; keep exit status 0 when the worker class keeps exit statuses."""
+        def work(cursor: Any) -> None:
+            self._write_exit_status(cursor, 0)
+            cursor.execute(self.db.q.delete_job, (self.jobid,))
+        self._settle("completed", work)
+
+    def failed(self, msg: str, exit_status: int | None = None) -> None:
+        """Record the failure; retry per max_retries/retry_delay, else remove with exit status (default 1)."""
+        if self.arg_error:  # a Storable arg fails the same way every time: never retry it
+            self.permanent_failure(msg, exit_status)
+            return
+        self._check_unfinished("failed")
+        failures = self.failures + 1  # this one included
+        cls = self.worker_class or Worker
+        retry = cls.should_retry(failures)
+        delay = cls.retry_delay_for(failures) if retry else 0.0
+        self._fail(msg, exit_status, retry, delay)
+
+    def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
+        """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
+        self._fail(msg, exit_status, False, 0.0, outcome="permanent_failure")
+
+    def declined(self, run_after: float | None = None) -> None:
+        """Not now, and not a failure. As in Perl: without `run_after` the job stays leased until its
+        grab_for ends; with it, the lease is dropped and the job runs again from `run_after`."""
+        self._check_unfinished("declined")
+        if run_after is not None:
+            def work(cursor: Any) -> None:
+                cursor.execute(self.db.q.retry_job, (int(run_after), self.jobid))
+            self.db.run(work, write=True)
+        self.outcome = "declined"
+
+    def replace_with(self, *jobs: Any) -> None:
+        """Insert `jobs` (JobSpec, (funcname, arg) or dict) into this job's database and complete
+        this job, in one durable transaction: either all of it happens or none."""
+        specs = [JobSpec.coerce(j) for j in jobs]
+
+        def work(cursor: Any) -> None:
+            for spec in specs:
+                self.client.insert_spec(cursor, self.db, spec)
+            self._write_exit_status(cursor, 0)
+            cursor.execute(self.db.q.delete_job, (self.jobid,))
+        self._settle("replaced", work, durable=True)
+
+    def set_exit_status(self, status: int) -> None:
+        """Keep `status` for this job when its worker class has keep_exit_status_for > 0."""
+        self.db.run(lambda cursor: self._write_exit_status(cursor, status), write=True)
+
+    # --- the parts -------------------------------------------------------------------------------
+
+    def _check_unfinished(self, outcome: str) -> None:
+        if self.outcome is not None:
+            raise JobAlreadyFinished(f"job {self.handle} already {self.outcome}; cannot mark it {outcome}")
+
+    def _settle(self, outcome: str, work: Any, durable: bool = False) -> None:
+        self._check_unfinished(outcome)
+        self.db.run(work, write=True, durable=durable)
+        self.outcome = outcome
+
+    def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float,
+              outcome: str = "failed") -> None:
+        q = self.db.q
+        message = str(msg if msg is not None else "")
+        limit = self.db.dialect.error_message_max
+        if limit:
+            message = message[:limit]
+
+        def work(cursor: Any) -> None:
+            now = self.db.dialect.now(cursor)
+            cursor.execute(q.insert_error, (now, self.jobid, message, self.funcid))
+            cursor.execute(q.clean_errors, (now - ERROR_MAX_AGE,))
+            if retry:
+                run_after = now + int(delay) if delay else self.run_after
+                cursor.execute(q.retry_job, (run_after, self.jobid))
+            else:
+                self._write_exit_status(cursor, exit_status or 1)
+                cursor.execute(q.delete_job, (self.jobid,))
+        self._settle(outcome, work)
+        self._failures = None
+
+    def _write_exit_status(self, cursor: Any, status: int) -> None:
+        keep = int((self.worker_class or Worker).keep_exit_status_for or 0)
+        if keep <= 0:
+            return
+        q = self.db.q
+        now = self.db.dialect.now(cursor)
+        cursor.execute(q.delete_exitstatus, (self.jobid,))
+        cursor.execute(q.insert_exitstatus, (self.jobid, self.funcid, status, now, now + keep))
+        if random.random() < EXITSTATUS_CLEAN_SHARE:
+            cursor.execute(q.clean_exitstatus, (now,))
+
+
+__all__ = ["JobHandle", "JobSpec", "StorableArgError", "TheSchwartzJob"]

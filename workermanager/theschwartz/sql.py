@@ -1,0 +1,68 @@
+"""The SQL that is the same on SQLite, PostgreSQL and MySQL, written once with '?' placeholders.
+
+Table names carry the configured prefix; a dialect converts placeholders to its driver's style.
+"""
+
+from __future__ import annotations
+
+from workermanager.theschwartz.dialects import Dialect
+
+JOB_COLUMNS = ("jobid", "funcid", "arg", "uniqkey", "insert_time", "run_after", "grabbed_until",
+               "priority", "coalesce")
+INSERT_COLUMNS = JOB_COLUMNS[1:]
+
+
+class Queries:
+    """Every fixed statement of the queue for one (prefix, dialect), formatted once."""
+
+    def __init__(self, prefix: str, dialect: Dialect) -> None:
+        self.prefix = prefix
+        self.job = f"{prefix}job"
+        self.funcmap = f"{prefix}funcmap"
+        self.error = f"{prefix}error"
+        self.exitstatus = f"{prefix}exitstatus"
+        self.note = f"{prefix}note"
+        cols = ", ".join(JOB_COLUMNS)
+        s = dialect.sql
+        self.funcmap_all = f"SELECT funcid, funcname FROM {self.funcmap}"
+        self.funcmap_by_name = s(f"SELECT funcid FROM {self.funcmap} WHERE funcname = ?")
+        self.job_by_id = s(f"SELECT {cols} FROM {self.job} WHERE jobid = ?")
+        # One funcid per query, in (funcid, run_after) index order: the scan stops after LIMIT rows
+        # however long the queue is. Oldest runnable first; jobid breaks ties within the index.
+        self.candidates = s(
+            f"SELECT {cols} FROM {self.job} WHERE funcid = ? AND run_after <= ? AND grabbed_until <= ?"
+            " ORDER BY run_after LIMIT ?")
+        self.delete_job = s(f"DELETE FROM {self.job} WHERE jobid = ?")
+        self.retry_job = s(f"UPDATE {self.job} SET run_after = ?, grabbed_until = 0 WHERE jobid = ?")
+        self.insert_error = s(
+            f"INSERT INTO {self.error} (error_time, jobid, message, funcid) VALUES (?, ?, ?, ?)")
+        self.clean_errors = s(f"DELETE FROM {self.error} WHERE error_time < ?")
+        self.errors_for_job = s(f"SELECT message FROM {self.error} WHERE jobid = ? ORDER BY error_time")
+        self.count_errors = s(f"SELECT COUNT(*) FROM {self.error} WHERE jobid = ?")
+        self.delete_exitstatus = s(f"DELETE FROM {self.exitstatus} WHERE jobid = ?")
+        self.insert_exitstatus = s(
+            f"INSERT INTO {self.exitstatus} (jobid, funcid, status, completion_time, delete_after)"
+            " VALUES (?, ?, ?, ?, ?)")
+        self.clean_exitstatus = s(f"DELETE FROM {self.exitstatus} WHERE delete_after < ?")
+        self.exitstatus_for_job = s(f"SELECT status FROM {self.exitstatus} WHERE jobid = ?")
+        self._dialect = dialect
+        self._cols = cols
+
+    def prioritized_candidates(self, n_funcids: int) -> str:
+        """Candidates across funcids by priority (higher first), then age: Perl's `prioritize`."""
+        marks = ", ".join("?" for _ in range(n_funcids))
+        return self._dialect.sql(
+            f"SELECT {self._cols} FROM {self.job} WHERE funcid IN ({marks}) AND run_after <= ?"
+            " AND grabbed_until <= ? ORDER BY priority DESC, jobid LIMIT ?")
+
+    def coalescing_candidates(self, op: str) -> str:
+        """Candidates of one funcid whose coalesce value equals (=) or starts with (LIKE) a value."""
+        return self._dialect.sql(
+            f"SELECT {self._cols} FROM {self.job} WHERE funcid = ? AND coalesce {op} ? AND run_after <= ?"
+            " AND grabbed_until <= ? ORDER BY jobid LIMIT ?")
+
+    def list_jobs(self, n_funcids: int, conditions: list[str], prioritize: bool) -> str:
+        marks = ", ".join("?" for _ in range(n_funcids))
+        where = " AND ".join([f"funcid IN ({marks})", *conditions])
+        order = "priority DESC, jobid" if prioritize else "jobid"
+        return self._dialect.sql(f"SELECT {self._cols} FROM {self.job} WHERE {where} ORDER BY {order} LIMIT ?")
