@@ -14,7 +14,8 @@ import psycopg
 import pymysql
 import pytest
 
-from dbservers import MariaDBServer, PostgresServer, ServerUnavailable
+import dbservers
+from dbservers import MariaDBServer, PostgresServer, ServerStartError, ServerUnavailable
 from helpers import IN_CI, require_program
 
 SCHEMA_DIR = "/usr/share/doc/libtheschwartz-perl"
@@ -107,6 +108,24 @@ def test_stop_start_and_kill_keep_committed_data(server_class):
             cur = conn.cursor()
             cur.execute("SELECT n FROM kept ORDER BY n")
             assert [row[0] for row in cur.fetchall()] == [1, 2]
+
+
+def test_a_server_that_cannot_start_says_why():
+    try:
+        broken = PostgresServer(settings={"shared_buffers": "lots"})
+    except ServerUnavailable as missing:
+        _missing(str(missing))
+    with pytest.raises(ServerStartError, match="shared_buffers"):
+        with broken:
+            pass
+    assert not broken.running and not broken.base_dir
+
+
+def test_missing_programs_name_the_package(monkeypatch):
+    monkeypatch.setattr(dbservers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(dbservers.os, "access", lambda path, mode: False)
+    with pytest.raises(ServerUnavailable, match="mariadb-server"):
+        MariaDBServer()
 
 
 # -- the Perl peer ------------------------------------------------------------------------
