@@ -14,6 +14,7 @@ from typing import Any
 from workermanager.backends.base import Backend, BackendError
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import DatabaseError
+from workermanager.theschwartz.job import TheSchwartzJob
 from workermanager.worker import Job, Worker
 
 #: idle polling: first wait, growth factor, cap (a new job starts within ~50 ms of its insert)
@@ -90,4 +91,9 @@ class TheSchwartzBackend(Backend):
             self.client = None
 
     def release(self, job: Job) -> None:
-        """Fast shutdown: the lease ends by itself; declining now would only shorten nothing."""
+        """Fast shutdown: drop the lease so another child may take the job at once."""
+        if isinstance(job, TheSchwartzJob) and not job.is_finished:
+            try:
+                job.declined(run_after=job.run_after)
+            except DatabaseError:  # the lease still ends by itself after grab_for
+                pass

@@ -1,0 +1,314 @@
+"""The SQL queue on real SQLite files: every behaviour of the library, one process at a time."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+from helpers import wait_for
+
+from workermanager.theschwartz import (
+    Client,
+    DatabaseUnavailable,
+    JobSpec,
+    StorableArgError,
+    init_db,
+)
+from workermanager.worker import JobAlreadyFinished, Worker
+
+PERL_COLUMNS = {
+    "funcmap": ["funcid", "funcname"],
+    "job": ["jobid", "funcid", "arg", "uniqkey", "insert_time", "run_after", "grabbed_until", "priority",
+            "coalesce"],
+    "note": ["jobid", "notekey", "value"],
+    "error": ["error_time", "jobid", "message", "funcid"],
+    "exitstatus": ["jobid", "funcid", "status", "completion_time", "delete_after"],
+}
+
+
+class Ok(Worker):
+    funcname = "Test::Ok"
+    keep_exit_status_for = 3600
+
+    def work(self, job):
+        return None
+
+
+class Flaky(Worker):
+    funcname = "Test::Flaky"
+    max_retries = 2
+    retry_delay = 0
+    keep_exit_status_for = 3600
+
+    def work(self, job):
+        raise RuntimeError(f"boom {job.failures}")
+
+
+class Later(Worker):
+    funcname = "Test::Later"
+    max_retries = 1
+    retry_delay = 1000
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = str(tmp_path / "queue.db")
+    init_db({"path": path})
+    return path
+
+
+@pytest.fixture
+def client(db_path):
+    c = Client([{"path": db_path}])
+    yield c
+    c.close()
+
+
+def test_init_db_is_idempotent_and_has_perl_tables(db_path):
+    init_db({"path": db_path})
+    conn = sqlite3.connect(db_path)
+    for table, columns in PERL_COLUMNS.items():
+        assert [row[1] for row in conn.execute(f"PRAGMA table_info({table})")] == columns
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_prefix_names_the_tables(tmp_path):
+    path = str(tmp_path / "p.db")
+    init_db([{"path": path, "prefix": "ts_"}])
+    conn = sqlite3.connect(path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"ts_job", "ts_funcmap", "ts_error", "ts_exitstatus", "ts_note"} <= tables
+    client = Client([{"path": path, "prefix": "ts_"}])
+    client.insert(Ok.funcname, 1)
+    assert client.work_until_done([Ok]) == 1
+
+
+def test_dsn_string_and_relative_path_against_base_dir(tmp_path):
+    init_db("dbi:SQLite:dbname=rel.db", base_dir=str(tmp_path))
+    assert os.path.exists(tmp_path / "rel.db")
+    client = Client("sqlite:rel.db", base_dir=str(tmp_path))
+    assert client.insert("x", 1) is not None
+
+
+def test_handle_round_trips_and_job_fields(client):
+    before = time.time()
+    handle = client.insert(Ok.funcname, {"to": "a@example.com"}, priority=3, coalesce="example.com")
+    job = client.lookup_job(str(handle))
+    assert job.handle == str(handle) and job.funcname == Ok.funcname
+    assert job.arg == {"to": "a@example.com"} and job.raw_arg == b'{"to":"a@example.com"}'
+    assert job.priority == 3 and job.coalesce == "example.com"
+    assert before - 1 <= job.insert_time <= time.time() + 1
+    assert client.lookup_job(handle).jobid == job.jobid
+    assert handle.is_pending()
+
+
+def test_bytes_and_str_args(client):
+    h1 = client.insert("f", b"\x00\xffbinary")
+    h2 = client.insert("f", "plain")
+    h3 = client.insert("f", b"text-like bytes")
+    assert client.lookup_job(h1).arg == b"\x00\xffbinary"
+    assert client.lookup_job(h2).arg == "plain"
+    # the column has no type tag (Perl writes BLOBs): valid UTF-8 reads as str, raw_arg keeps the bytes
+    assert client.lookup_job(h3).raw_arg == b"text-like bytes"
+
+
+def test_uniqkey_is_unique_per_funcname(client):
+    assert client.insert("a", 1, uniqkey="k") is not None
+    assert client.insert("a", 2, uniqkey="k") is None
+    assert client.insert("b", 3, uniqkey="k") is not None
+
+
+def test_insert_jobs_in_one_transaction(client):
+    handles = client.insert_jobs([("a", 1), JobSpec("a", 2, uniqkey="u"), {"funcname": "a", "arg": 3},
+                                  JobSpec("a", 4, uniqkey="u")])
+    assert [h is None for h in handles] == [False, False, False, True]
+    assert len({h.hashdsn for h in handles if h}) == 1
+    with pytest.raises(ValueError):
+        client.insert_jobs([("a", 5), ("", 6)])  # a bad spec rolls back the good one
+    assert sorted(j.arg for j in client.list_jobs("a")) == [1, 2, 3]
+
+
+def test_completed_deletes_and_keeps_exit_status(client):
+    handle = client.insert(Ok.funcname, 1)
+    assert client.work_once([Ok])
+    assert client.lookup_job(handle) is None
+    assert handle.exit_status() == 0 and handle.failure_log() == []
+
+
+def test_failed_retries_then_gives_up_with_exit_status(client):
+    handle = client.insert(Flaky.funcname, "x")
+    assert client.work_until_done([Flaky]) == 3  # first try + max_retries
+    assert client.lookup_job(handle) is None
+    assert handle.failure_log() == ["RuntimeError: boom 0", "RuntimeError: boom 1", "RuntimeError: boom 2"]
+    assert handle.failures() == 3 and handle.exit_status() == 1
+
+
+def test_retry_delay_moves_run_after(client):
+    handle = client.insert(Later.funcname, 1)
+    job = client.find_job_for_workers([Later])
+    job.failed("not yet", exit_status=7)
+    job = client.lookup_job(handle)
+    assert job.failures == 1 and job.run_after >= time.time() + 990 and job.grabbed_until == 0
+    assert client.find_job_for_workers([Later]) is None
+
+
+def test_permanent_failure_with_exit_status(client):
+    handle = client.insert(Flaky.funcname, 1)
+    job = client.find_job_for_workers([Flaky])
+    job.permanent_failure("no way", exit_status=9)
+    assert client.lookup_job(handle) is None
+    assert handle.exit_status() == 9 and handle.failure_log() == ["no way"]
+
+
+def test_second_finishing_call_is_refused(client):
+    client.insert(Ok.funcname, 1)
+    job = client.find_job_for_workers([Ok])
+    job.completed()
+    for call in (job.completed, lambda: job.failed("x"), lambda: job.permanent_failure("x"), job.declined,
+                 lambda: job.replace_with(("a", 1))):
+        with pytest.raises(JobAlreadyFinished):
+            call()
+
+
+def test_declined_keeps_the_lease_or_reschedules(client):
+    handle = client.insert(Ok.funcname, 1)
+    job = client.find_job_for_workers([Ok])
+    job.declined()
+    assert client.lookup_job(handle).grabbed_until > time.time()  # as Perl: back after the lease
+    assert client.find_job_for_workers([Ok]) is None
+    assert client.lookup_job(handle).failures == 0
+    handle2 = client.insert(Ok.funcname, 2)
+    job2 = client.find_job_for_workers([Ok])
+    job2.declined(run_after=time.time())
+    assert job2.handle == str(handle2)
+    assert client.find_job_for_workers([Ok]).handle == str(handle2)
+
+
+def test_replace_with_is_atomic(client):
+    handle = client.insert("meta", 1)
+    job = client.find_job_for_workers(["meta"])
+    with pytest.raises(ValueError):
+        job.replace_with(("child", 1), ("", 2))  # the bad second job undoes the first
+    assert not job.is_finished
+    assert client.list_jobs("child") == [] and client.lookup_job(handle) is not None
+    job.replace_with(("child", 1), JobSpec("child", 2, priority=5))
+    assert client.lookup_job(handle) is None
+    assert sorted(j.arg for j in client.list_jobs("child")) == [1, 2]
+
+
+def test_run_after_in_the_future_waits(client):
+    client.insert(Ok.funcname, 1, run_after=time.time() + 3600)
+    assert client.find_job_for_workers([Ok]) is None
+    assert len(client.list_jobs(Ok.funcname)) == 1
+
+
+def test_priority_order_with_prioritize(db_path):
+    client = Client([{"path": db_path}], prioritize=True)
+    for priority in (1, 5, None, 3, 5):
+        client.insert("p", priority, priority=priority)
+    order = []
+    while (job := client.find_job_for_workers(["p"])) is not None:
+        order.append(job.priority)
+        job.completed()
+    assert order == [5, 5, 3, 1, None]
+
+
+def test_coalesce(client):
+    client.insert("mail", "a", coalesce="example.com")
+    client.insert("mail", "b", coalesce="example.org")
+    client.insert("mail", "c", coalesce="other.net")
+    assert client.find_job_with_coalescing_value("mail", "example.org").arg == "b"
+    assert client.find_job_with_coalescing_prefix("mail", "example.").arg == "a"
+    assert client.find_job_with_coalescing_prefix("mail", "example.") is None  # both leased now
+    assert [j.arg for j in client.list_jobs("mail", coalesce="other%", coalesce_op="LIKE")] == ["c"]
+
+
+def test_expired_lease_is_grabbed_again(client):
+    handle = client.insert("short", 1)
+    first = client.find_job_for_workers(["short"], grab_for=1)
+    assert first is not None and client.find_job_for_workers(["short"]) is None
+    again = wait_for(lambda: client.find_job_for_workers(["short"]), timeout=5, interval=0.1,
+                     what="the job to come back after its lease")
+    assert again.handle == str(handle) and again.grabbed_until > first.grabbed_until
+
+
+def test_storable_arg_fails_permanently_without_reaching_the_worker(client, db_path):
+    frozen = bytes.fromhex("050b030000000108810000000161")  # Storable::nfreeze({a => 1})
+    handle = client.insert(Ok.funcname, frozen)
+    ok = client.insert(Ok.funcname, "fine")
+    ran = []
+
+    class Spy(Ok):
+        def work(self, job):
+            ran.append(job.arg)
+    assert client.work_until_done([Spy]) == 1
+    assert ran == ["fine"] and client.lookup_job(ok) is None
+    assert client.lookup_job(handle) is None
+    assert handle.failure_log()[0].startswith("arg is a Perl Storable value")
+    with pytest.raises(StorableArgError):
+        client.lookup_job(client.insert("x", frozen)).arg
+
+
+def test_funcname_to_id_is_cached(client):
+    db = client.databases[0]
+    funcid = client.funcname_to_id(db, "cached")
+    assert client.funcname_to_id(db, "cached") == funcid
+    assert db._funcname2id["cached"] == funcid
+
+
+def test_multiple_databases_with_one_dead(tmp_path):
+    good = str(tmp_path / "good.db")
+    init_db({"path": good})
+    dead = str(tmp_path / "missing-dir" / "dead.db")
+    client = Client([{"path": dead}, {"path": good}], retry_seconds=60)
+    handles = [client.insert("multi", i) for i in range(10)]
+    assert all(h is not None for h in handles)
+    assert client.databases[0].is_dead() and not client.databases[1].is_dead()
+    assert client.work_until_done([type("W", (Ok,), {"funcname": "multi"})]) == 10
+    # every database dead: a clear error, not an empty queue
+    lonely = Client([{"path": dead}])
+    with pytest.raises(DatabaseUnavailable, match="dead.db"):
+        lonely.find_job_for_workers(["multi"])
+    with pytest.raises(DatabaseUnavailable):
+        lonely.insert("multi", 1)
+
+
+def test_dead_database_is_retried_after_retry_seconds(tmp_path):
+    path = str(tmp_path / "later" / "q.db")
+    client = Client([{"path": path}], retry_seconds=0.2)
+    with pytest.raises(DatabaseUnavailable):
+        client.insert("f", 1)
+    init_db({"path": path})
+    wait_for(lambda: not client.databases[0].is_dead(), timeout=5, what="retry time")
+    assert client.insert("f", 1) is not None
+
+
+def test_inserts_spread_over_databases_and_workers_read_all(tmp_path):
+    paths = [str(tmp_path / f"q{i}.db") for i in range(3)]
+    init_db([{"path": p} for p in paths])
+    client = Client([{"path": p} for p in paths])
+    handles = [client.insert("spread", i, uniqkey=f"u{i}") for i in range(60)]
+    assert len({h.hashdsn for h in handles}) == 3
+    assert client.insert("spread", 0, uniqkey="u0") is None  # same uniqkey -> same database
+    assert client.work_until_done([type("W", (Ok,), {"funcname": "spread"})]) == 60
+
+
+def test_connection_is_reopened_after_fork(client):
+    client.insert("fork", 1)
+    first = client.databases[0].connection()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's connection
+        code = 0
+        try:
+            if client.databases[0].connection() is first:
+                code = 3
+            elif client.find_job_for_workers(["fork"]) is None:
+                code = 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.databases[0].connection() is first
+    assert client.find_job_for_workers(["fork"]) is None  # the child holds the lease
