@@ -7,7 +7,6 @@ import sqlite3
 import time
 
 import pytest
-from helpers import wait_for
 
 from workermanager.theschwartz import (
     Client,
@@ -17,6 +16,8 @@ from workermanager.theschwartz import (
     init_db,
 )
 from workermanager.worker import JobAlreadyFinished, Worker
+
+from helpers import wait_for
 
 PERL_COLUMNS = {
     "funcmap": ["funcid", "funcname"],
@@ -248,7 +249,7 @@ def test_storable_arg_fails_permanently_without_reaching_the_worker(client, db_p
     assert client.lookup_job(handle) is None
     assert handle.failure_log()[0].startswith("arg is a Perl Storable value")
     with pytest.raises(StorableArgError):
-        client.lookup_job(client.insert("x", frozen)).arg
+        _ = client.lookup_job(client.insert("x", frozen)).arg
 
 
 def test_funcname_to_id_is_cached(client):

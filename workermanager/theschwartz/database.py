@@ -48,7 +48,6 @@ class Database:
         self.last_error: str | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
-        self._missing_until: dict[str, float] = {}
 
     @property
     def label(self) -> str:
@@ -167,8 +166,6 @@ class Database:
         funcid = self._funcname2id.get(funcname)
         if funcid is not None:
             return funcid
-        if not create and self._missing_until.get(funcname, 0.0) > time.monotonic():
-            return None
         self._load_funcmap(cursor)
         funcid = self._funcname2id.get(funcname)
         if funcid is None and create:
@@ -181,10 +178,7 @@ class Database:
                 raise DatabaseError(f"database {self.label}: cannot find or create funcname {funcname!r}")
             self._funcname2id[funcname] = funcid
             self._funcid2name[funcid] = funcname
-        if funcid is None:
-            # no job can exist for a name the funcmap lacks; look again in a moment, not every grab
-            self._missing_until[funcname] = time.monotonic() + 1.0
-        return funcid
+        return funcid  # None: no job can exist yet for a name the funcmap lacks
 
     def funcid_to_name(self, cursor: Any, funcid: int) -> str | None:
         if funcid not in self._funcid2name:

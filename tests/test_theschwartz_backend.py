@@ -1,0 +1,87 @@
+"""The daemon's TheSchwartz backend on a real SQLite file: options, grab, outage, release."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from workermanager.backends import BackendError, backend_class
+from workermanager.backends.theschwartz import TheSchwartzBackend
+from workermanager.theschwartz import Client, init_db
+from workermanager.worker import Worker, run_job
+
+
+class Mail(Worker):
+    funcname = "Sandbox::Worker::Mail"
+    grab_for = 60
+
+    def work(self, job):
+        return job.arg
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = str(tmp_path / "q.db")
+    init_db({"path": path})
+    return path
+
+
+def test_registry_names_the_backend():
+    assert backend_class("TheSchwartz") is TheSchwartzBackend
+    assert TheSchwartzBackend.log_name == "TheSchwartz"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "databases"),
+    ({"databases": []}, "databases"),
+    ({"databases": [{"dsn": "dbi:Nope:x"}]}, r"databases\[0\].*dbi:Nope:x"),
+    ({"databases": [{"path": "q.db"}], "frobnicate": 1}, "frobnicate"),
+    ({"databases": [{"path": "q.db"}], "retry_seconds": "soon"}, "retry_seconds"),
+])
+def test_bad_options_fail_before_connecting(options, message):
+    with pytest.raises(ValueError, match=message):
+        TheSchwartzBackend(options, [Mail])
+
+
+def test_relative_paths_and_default_prefix(tmp_path):
+    init_db([{"path": str(tmp_path / "rel.db"), "prefix": "wm_"}])
+    backend = TheSchwartzBackend({"databases": ["dbi:SQLite:dbname=rel.db"], "prefix": "wm_",
+                                  "base_dir": str(tmp_path)}, [Mail])
+    backend.open()
+    Client([{"path": str(tmp_path / "rel.db"), "prefix": "wm_"}]).insert(Mail.funcname, "hi")
+    job = backend.grab(1.0)
+    assert job is not None and job.worker_class is Mail and job.arg == "hi"
+    assert run_job(Mail(), job) == "completed"
+    backend.close()
+
+
+def test_grab_times_out_with_none_and_wakes_for_a_new_job(db_path):
+    backend = TheSchwartzBackend({"databases": [{"path": db_path}]}, [Mail])
+    backend.open()
+    assert backend.grab(0.05) is None
+    proc = multiprocessing.get_context("fork").Process(
+        target=lambda: Client([{"path": db_path}]).insert(Mail.funcname, {"n": 1}))
+    proc.start()
+    job = backend.grab(20.0)
+    proc.join(10)
+    assert job is not None and job.arg == {"n": 1}
+    backend.close()
+
+
+def test_outage_is_a_backend_error(tmp_path):
+    backend = TheSchwartzBackend({"databases": [{"path": str(tmp_path / "gone" / "q.db")}]}, [Mail])
+    backend.open()
+    with pytest.raises(BackendError, match="gone/q.db"):
+        backend.grab(0.1)
+
+
+def test_release_hands_the_job_out_again(db_path):
+    Client([{"path": db_path}]).insert(Mail.funcname, 1)
+    backend = TheSchwartzBackend({"databases": [{"path": db_path}]}, [Mail])
+    backend.open()
+    job = backend.grab(1.0)
+    assert backend.grab(0.05) is None
+    backend.release(job)
+    again = backend.grab(1.0)
+    assert again is not None and again.handle == job.handle

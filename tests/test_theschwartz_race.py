@@ -1,0 +1,84 @@
+"""Several real processes on one SQLite queue: no job is leased twice, nothing says "database is locked"."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import traceback
+
+import pytest
+
+from workermanager.backends.theschwartz import TheSchwartzBackend
+from workermanager.theschwartz import Client, init_db
+from workermanager.worker import Worker
+
+JOBS = 400
+WORKERS = 4
+
+
+class Noop(Worker):
+    funcname = "Race::Noop"
+
+
+def _inserter(path, done, errors):
+    try:
+        client = Client([{"path": path}])
+        for start in range(0, JOBS, 20):
+            if start % 40:
+                client.insert_jobs([(Noop.funcname, i) for i in range(start, start + 20)])
+            else:
+                for i in range(start, start + 20):
+                    client.insert(Noop.funcname, i)
+    except Exception:
+        errors.put(traceback.format_exc())
+    finally:
+        done.set()
+
+
+def _worker(path, done, results, errors, complete):
+    backend = TheSchwartzBackend({"databases": [{"path": path}]}, [Noop])
+    seen = []
+    try:
+        backend.open()
+        idle_since = None
+        while True:
+            job = backend.grab(0.05)
+            if job is None:
+                if done.is_set():
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > 0.5:
+                        break
+                continue
+            idle_since = None
+            seen.append(job.arg)
+            if complete:
+                job.completed()
+    except Exception:
+        errors.put(traceback.format_exc())
+    finally:
+        backend.close()
+        results.put(seen)
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete", "lease-only"])
+def test_four_workers_and_an_inserter_never_share_a_job(tmp_path, complete):
+    path = str(tmp_path / "race.db")
+    init_db({"path": path})
+    ctx = multiprocessing.get_context("fork")
+    done, results, errors = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(path, done, results, errors, complete)) for _ in range(WORKERS)]
+    procs.append(ctx.Process(target=_inserter, args=(path, done, errors)))
+    for proc in procs:
+        proc.start()
+    seen = [results.get(timeout=120) for _ in range(WORKERS)]
+    for proc in procs:
+        proc.join(timeout=30)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == []
+    everything = [arg for part in seen for arg in part]
+    assert sorted(everything) == list(range(JOBS)), "a job was run twice or lost"
+    assert sum(1 for part in seen if part) >= 2  # the work really was shared
+    client = Client([{"path": path}])
+    assert len(client.list_jobs(Noop.funcname, limit=1000)) == (0 if complete else JOBS)
