@@ -1,0 +1,114 @@
+"""Perl TheSchwartz (Debian's libtheschwartz-perl) and this library share one SQLite queue.
+
+Skipped on a developer machine without the Perl modules, a failure in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from workermanager.theschwartz import Client, init_db
+from workermanager.worker import Worker
+
+from helpers import IN_CI, require_program
+
+PEER = os.path.join(os.path.dirname(__file__), "perl", "schwartz_peer.pl")
+
+
+@pytest.fixture(scope="module")
+def perl():
+    path = require_program("perl", "perl")
+    for module, package in (("TheSchwartz", "libtheschwartz-perl"), ("DBD::SQLite", "libdbd-sqlite3-perl")):
+        if subprocess.run([path, f"-M{module}", "-e1"], capture_output=True).returncode != 0:
+            message = f"Perl module {module} missing: install Debian's {package} (make test does)"
+            pytest.fail(message) if IN_CI else pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def queue(tmp_path):
+    path = str(tmp_path / "shared.db")
+    dsn = f"dbi:SQLite:dbname={path}"
+    init_db(dsn)
+    client = Client([{"dsn": dsn, "user": "", "pass": ""}])
+    yield dsn, client
+    client.close()
+
+
+def run_peer(perl, dsn, *args) -> list[str]:
+    result = subprocess.run([perl, PEER, dsn, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"perl peer failed: {result.stderr}"
+    return result.stdout.splitlines()
+
+
+def values(lines, key):
+    return [line.split("=", 1)[1] for line in lines if line.startswith(key + "=")]
+
+
+class PeerEcho(Worker):
+    funcname = "Peer::Echo"
+    keep_exit_status_for = 3600
+    seen: list = []
+
+    def work(self, job):
+        PeerEcho.seen.append(job.arg)
+
+
+class PeerFail(Worker):
+    funcname = "Peer::Fail"
+    keep_exit_status_for = 3600
+
+    def work(self, job):
+        job.permanent_failure("python says no", exit_status=5)
+
+
+def test_perl_inserts_and_our_worker_completes(perl, queue):
+    dsn, client = queue
+    handles = values(run_peer(perl, dsn, "insert", "Peer::Echo", '{"to": "a@example.com"}', "3"), "handle")
+    assert len(handles) == 3
+    job = client.lookup_job(handles[0])  # Perl's handle string names the same job here
+    assert job is not None and job.arg == {"to": "a@example.com"}
+    PeerEcho.seen = []
+    assert client.work_until_done([PeerEcho]) == 3
+    assert PeerEcho.seen == [{"to": "a@example.com"}] * 3
+    assert values(run_peer(perl, dsn, "status", handles[0]), "exit") == ["0"]
+
+
+def test_we_insert_and_a_perl_worker_completes(perl, queue):
+    dsn, client = queue
+    h1 = client.insert("Peer::Echo", {"n": 1})
+    h2 = client.insert("Peer::Echo", "plain words")
+    args = values(run_peer(perl, dsn, "work", "Peer::Echo", "complete"), "arg")
+    assert sorted(args) == sorted(['{"n":1}', "plain words"])
+    assert client.lookup_job(h1) is None and client.lookup_job(h2) is None
+    assert h1.exit_status() == 0 and h2.exit_status() == 0
+
+
+def test_perl_failures_are_read_here(perl, queue):
+    dsn, client = queue
+    handle = client.insert("Peer::Echo", "doomed")
+    run_peer(perl, dsn, "work", "Peer::Echo", "fail")
+    assert handle.exit_status() == 3
+    assert handle.failure_log() == ["perl says no"] and handle.failures() == 1
+
+
+def test_our_failures_are_read_by_perl(perl, queue):
+    dsn, client = queue
+    handle = client.insert(PeerFail.funcname, "x")
+    assert client.work_once([PeerFail])
+    lines = run_peer(perl, dsn, "status", str(handle))
+    assert values(lines, "exit") == ["5"]
+    assert values(lines, "error") == ["python says no"] and values(lines, "failures") == ["1"]
+
+
+def test_a_storable_arg_from_perl_fails_permanently_here(perl, queue):
+    dsn, client = queue
+    [handle] = values(run_peer(perl, dsn, "insert_ref", "Peer::Echo"), "handle")
+    PeerEcho.seen = []
+    assert client.work_until_done([PeerEcho]) == 0
+    assert PeerEcho.seen == [] and client.lookup_job(handle) is None
+    errors = values(run_peer(perl, dsn, "status", handle), "error")
+    assert len(errors) == 1 and errors[0].startswith("arg is a Perl Storable value")
