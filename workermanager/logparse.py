@@ -1,0 +1,134 @@
+"""Reading per-job log lines back: classic, ltsv and json, plain or gzip-rotated files.
+
+`workermanager report` sizes a fleet from months of logs written by different versions and
+settings, so the format is sniffed per line (a file may switch format after a config change)
+and a line that cannot be read is counted and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
+GZIP_MAGIC = b"\x1f\x8b"
+
+CLASSIC = re.compile(
+    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\s+(?P<backend>\S+)\s+job\s+(?P<outcome>\S+)\s+"
+    r"(?P<funcname>\S+)\s+process:(?P<process>\d+)\s+delay:(?P<delay>\d+|-)\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    """One finished job as its log line tells it. Times are epoch seconds (the log's local time)."""
+
+    time: float
+    outcome: str  # "completed" or "failed"
+    funcname: str
+    process_ms: int
+    delay_ms: int | None
+
+
+class BadLine(ValueError):
+    """A line that is not a job line of any known format."""
+
+
+def parse_stamp(text: str) -> float:
+    """The log's time stamp (local time, no zone, as the daemon writes it) as epoch seconds."""
+    return time.mktime(time.strptime(text, STAMP_FORMAT))
+
+
+def parse_line(line: str) -> LogEntry:
+    """One log line in any of the three formats; BadLine when it is none of them."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            fields: Any = json.loads(text)
+        except ValueError:
+            raise BadLine("malformed JSON") from None
+        if not isinstance(fields, dict):
+            raise BadLine("JSON line is not an object")
+        return _from_fields(fields)
+    if "\t" in text or text.startswith("time:"):
+        fields = {}
+        for part in text.split("\t"):
+            key, sep, value = part.partition(":")
+            if not sep:
+                raise BadLine(f"LTSV field without a colon: {part[:40]!r}")
+            fields[key] = None if value == "-" else value
+        return _from_fields(fields)
+    match = CLASSIC.fullmatch(text)
+    if match is None:
+        raise BadLine("not a classic, ltsv or json job line")
+    return _from_fields(match.groupdict())
+
+
+def _from_fields(fields: dict[str, Any]) -> LogEntry:
+    try:
+        stamp = parse_stamp(str(fields["time"]))
+        outcome = str(fields["outcome"])
+        funcname = str(fields["funcname"])
+        process = _milliseconds(fields["process"])
+        delay = fields.get("delay")
+        delay_ms = None if delay in (None, "-") else _milliseconds(delay)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadLine(f"missing or bad field: {exc}") from None
+    if process is None or not funcname:
+        raise BadLine("no process time or funcname")
+    return LogEntry(stamp, outcome, funcname, process, delay_ms)
+
+
+def _milliseconds(value: Any) -> int | None:
+    if value is None or value == "-":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a number of milliseconds: {value!r}")
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"negative milliseconds: {value!r}")
+    return number
+
+
+def open_log(path: str) -> IO[str]:
+    """A text stream over `path`, gunzipped when it is gzip (sniffed, whatever its name)."""
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - the caller closes it
+
+
+@dataclasses.dataclass
+class ReadStats:
+    lines: int = 0
+    skipped: int = 0
+    #: files (or their tails) that could not be read: "path: reason"
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_entries(paths: list[str], stats: ReadStats) -> Iterator[LogEntry]:
+    """Every readable job line of `paths`, in file order; blank lines are ignored, bad ones
+    counted in `stats.skipped`; a file cut short (a gzip still being written) keeps what it had."""
+    for path in paths:
+        try:
+            handle = open_log(path)
+        except OSError as exc:
+            stats.problems.append(f"{path}: {exc.strerror or exc}")
+            continue
+        with handle:
+            try:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    stats.lines += 1
+                    try:
+                        yield parse_line(line)
+                    except BadLine:
+                        stats.skipped += 1
+            except (OSError, EOFError) as exc:
+                stats.problems.append(f"{path}: stopped reading: {exc}")
