@@ -7,7 +7,7 @@
 #   schwartz_peer.pl DSN work FUNCNAME MODE            work until done; MODE complete|fail|echo; print args
 #   schwartz_peer.pl DSN status HANDLE                 print "exit=<status>" and one "error=<msg>" per row
 #   schwartz_peer.pl DSN insert_bench N                time N single inserts; print "seconds=<s>"
-#   schwartz_peer.pl DSN work_bench FUNCNAME            work no-op jobs until done; print "done=<n>"
+#   schwartz_peer.pl DSN work_bench FUNCNAME            work no-op jobs until done; print start=, end=, done=
 use strict;
 use warnings;
 use TheSchwartz;
@@ -71,7 +71,9 @@ if ($command eq 'insert') {
     $Peer::Worker::MODE = 'bench';
     alias_worker($funcname);
     $client->can_do($funcname);
+    printf "start=%.6f\n", time;
     $client->work_until_done;
+    printf "end=%.6f\n", time;
     print "done=$Peer::Worker::COUNT\n";
 } else {
     die "unknown command $command\n";
