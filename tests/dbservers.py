@@ -14,6 +14,7 @@ port; they should start their own instance rather than stop the session's one.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import pwd
@@ -62,6 +63,18 @@ def _service_ids() -> tuple[int, int] | None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         entry = pwd.getpwnam(SERVICE_ACCOUNT)
     return entry.pw_uid, entry.pw_gid
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the forked child: SIGKILL it when the test process dies without cleaning up (kill -9,
+    a hard timeout), so no orphan servers pile up on a shared machine. PostgreSQL's backends
+    notice their postmaster's death and exit by themselves. Linux ties this to the thread that
+    started the server: start servers from the main thread (or one that outlives them)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _find(names: list[str], dirs: list[str], package: str) -> str:
@@ -246,7 +259,7 @@ class _PrivateServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(self._server_argv(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                          **self._as_service())
+                                          preexec_fn=_die_with_parent, **self._as_service())
         deadline = time.monotonic() + START_TIMEOUT
         last_error: Exception | None = None
         while time.monotonic() < deadline:
