@@ -1,0 +1,182 @@
+"""`workermanager status -f conf.yml [--json]`: is the daemon of this config running, what is each
+child doing, and how full is the queue.
+
+The daemon's side comes from the status file the master keeps current (status.status_path);
+the queue's side is read here, by this command, so a slow database never stalls the master.
+Exit statuses follow LSB `status`: 0 running, 1 dead but the pid file is left, 3 not running,
+4 cannot tell (the config cannot be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from workermanager import pidfile
+from workermanager.commands import fail, load_config
+from workermanager.config import Config, ConfigError
+from workermanager.status import status_path
+
+RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
+#: a master's process may be this much older than the started_at it wrote (pid reuse check)
+START_SLACK_SECONDS = 5.0
+
+
+def read_state(path: str) -> dict[str, Any] | None:
+    """The status file's content, or None when it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def is_master(pid: int, started_at: float | None) -> bool:
+    """True when `pid` lives and is not a newer process that reused the dead master's pid."""
+    if not pidfile.is_alive(pid):
+        return False
+    if started_at is None:
+        return True
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() <= float(started_at) + START_SLACK_SECONDS
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
+    """(LSB exit status, one-line message, the master's state when it runs)."""
+    path = status_path(config)
+    state = read_state(path)
+    try:
+        pid_in_file = pidfile.read_pid(config.pidfile) if config.pidfile else None
+    except pidfile.PidFileError:
+        pid_in_file = None
+    if state is not None and isinstance(state.get("pid"), int):
+        pid = state["pid"]
+        if is_master(pid, state.get("started_at")):
+            return RUNNING, f"running as pid {pid}", state
+        stale = f"status file {path} is stale (pid {pid} is not running)"
+    else:
+        stale = ""
+    if pid_in_file is not None:
+        if pidfile.is_alive(pid_in_file):
+            return RUNNING, f"running as pid {pid_in_file} (no status yet in {path})", None
+        return DEAD_WITH_PIDFILE, (f"not running, but pid file {config.pidfile} names pid {pid_in_file}, "
+                                   "which is dead"), None
+    return NOT_RUNNING, "not running" + (f": {stale}" if stale else f" (no status file {path})"), None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s"
+
+
+def format_bytes(count: int | None) -> str:
+    if not count:
+        return "-"
+    return f"{count / (1024 * 1024):.1f}M"
+
+
+def format_daemon(message: str, state: dict[str, Any] | None, path: str) -> list[str]:
+    lines = [f"workermanager {message}"]
+    if state is None:
+        return lines
+    children = state.get("children") or []
+    lines.append(f"  uptime {format_duration(state.get('uptime'))}, {state.get('type')}, "
+                 f"{len(children)}/{state.get('concurrency')} children, "
+                 f"{state.get('works_per_child')} jobs each, generation {state.get('generation')}"
+                 + (", STOPPING" if state.get("stopping") else ""))
+    lines.append(f"  config {state.get('config')}")
+    updated = state.get("updated_at")
+    age = "" if updated is None else f" (updated {format_duration(time.time() - updated)} ago)"
+    lines.append(f"  status {path}{age}")
+    restarts = state.get("restarts") or {}
+    if restarts:
+        lines.append("  child exits: " + ", ".join(f"{why} {n}" for why, n in sorted(restarts.items())))
+    lines.append("")
+    lines.append(f"  {'slot':>4} {'pid':>7} {'state':<6} {'jobs':>9} {'failed':>6} {'rss':>8} {'up':>9}  current job")
+    for child in children:
+        job = child.get("job")
+        current = "-" if not job else (f"{job.get('funcname')} id {job.get('id')} "
+                                       f"running {format_duration(job.get('running_for'))}")
+        lines.append(f"  {child.get('slot'):>4} {child.get('pid'):>7} {child.get('state'):<6} "
+                     f"{child.get('works_done')}/{child.get('works_limit'):<4} {child.get('failed', 0):>6} "
+                     f"{format_bytes(child.get('rss')):>8} {format_duration(child.get('uptime')):>9}  {current}")
+    return lines
+
+
+def format_queue(queue: dict[str, Any]) -> list[str]:
+    lines = ["", f"queue ({queue['backend']}: {', '.join(queue['sources']) or 'no sources'})"]
+    functions = queue["functions"]
+    if queue["backend"] == "Gearman":
+        lines.append(f"  {'function':<36} {'queued':>7} {'running':>7} {'workers':>7}  job server")
+        for f in functions:
+            lines.append(f"  {f['funcname']:<36} {f['ready']:>7} {f['running']:>7} {f['workers']:>7}  {f['source']}")
+    else:
+        lines.append(f"  {'function':<36} {'ready':>7} {'later':>7} {'running':>7} {'errors/1h':>9}  last error")
+        for f in functions:
+            lines.append(f"  {f['funcname']:<36} {f['ready']:>7} {f['scheduled']:>7} {f['running']:>7} "
+                         f"{f['errors']:>9}  {_one_line(f['last_error'])}")
+    if not functions:
+        lines.append("  (no jobs queued)")
+    lines.extend(f"  problem: {p}" for p in queue["problems"])
+    return lines
+
+
+def _one_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="workermanager status",
+        description="Show the daemon of a config (pid, uptime, children, current jobs) and its queue. "
+                    "Exit 0 running, 1 dead with a pid file left, 3 not running, 4 unknown.")
+    parser.add_argument("-f", "--config", required=True, metavar="conf_file", help="YAML config file")
+    parser.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    parser.add_argument("--no-queue", action="store_true", help="do not read the queue (database or job servers)")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="give up on a job server after this long (default 5)")
+    options = parser.parse_args(argv)
+    try:
+        config = load_config(options.config)
+    except ConfigError as exc:
+        return fail(str(exc), UNKNOWN)
+    code, message, state = daemon_status(config)
+    queue = None
+    if not options.no_queue:
+        from workermanager.queuestatus import queue_status
+
+        queue = queue_status(config.type, config.worker_options, config.base_dir, options.timeout).as_dict()
+    path = status_path(config)
+    if options.json:
+        print(json.dumps({"running": code == RUNNING, "exit_status": code, "message": message,
+                          "status_file": path, "config": config.path, "daemon": state, "queue": queue},
+                         indent=2))
+    else:
+        lines = format_daemon(message, state, path)
+        if queue is not None:
+            lines.extend(format_queue(queue))
+        print("\n".join(lines))
+    return code
