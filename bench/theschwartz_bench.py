@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from workermanager.theschwartz import Client, init_db  # noqa: E402
 
 FUNCNAME = "Bench::Noop"
+ROUNDS = 3
 PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "perl",
                     "schwartz_peer.pl")
 
@@ -184,16 +185,20 @@ def main() -> None:
         rows.append((f"grab+complete no-op, {args.processes} procs ({n_grab})", fmt(py_grab), fmt(perl_grab),
                      ratio(py_grab, perl_grab)))
 
-        path = fresh_db(workdir, "small.db")
-        bulk_load(path, small)
-        small_rate, _ = python_grab_rate(path, args.processes, measured // args.processes)
+        # Best of ROUNDS: the machine is shared, and one run of 1000 jobs lasts only ~0.1 s.
+        small_rates = []
+        for round_ in range(ROUNDS):
+            path = fresh_db(workdir, f"small{round_}.db")
+            bulk_load(path, small)
+            small_rates.append(python_grab_rate(path, args.processes, measured // args.processes)[0])
         path = fresh_db(workdir, "big.db")
         t0 = time.perf_counter()
         bulk_load(path, big)
         load_seconds = time.perf_counter() - t0
-        big_rate, _ = python_grab_rate(path, args.processes, measured // args.processes)
-        rows.append((f"grab+complete, {small:,} queued ({measured} run)", fmt(small_rate), "", ""))
-        rows.append((f"grab+complete, {big:,} queued ({measured} run)", fmt(big_rate), "",
+        big_rates = [python_grab_rate(path, args.processes, measured // args.processes)[0] for _ in range(ROUNDS)]
+        small_rate, big_rate = max(small_rates), max(big_rates)
+        rows.append((f"grab+complete, {small:,} queued ({measured} run, best of {ROUNDS})", fmt(small_rate), "", ""))
+        rows.append((f"grab+complete, {big:,} queued ({measured} run, best of {ROUNDS})", fmt(big_rate), "",
                      f"{big_rate / small_rate:.2f} of small"))
         plan = query_plan(path)
     finally:

@@ -44,6 +44,7 @@ class SQLiteDialect(Dialect):
                                timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the upper index levels of a big queue stay hot
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             self._synchronous(conn, "FULL")
