@@ -1,7 +1,7 @@
 """A private gearmand for tests and benchmarks: loopback, a free port, its log in a temp dir.
 
 `GearmandServer` is a plain context manager (bench scripts use it); the `gearmand` and
-`gearmand_pair` pytest fixtures wrap it. The server runs in the foreground of its own process
+`gearmand_pair` pytest fixtures wrap it (import `gearmand_fixture`, `gearmand_pair_fixture`). The server runs in the foreground of its own process
 group and is stopped (TERM, then KILL) at the end; `kill()` and `start()` again on the same port
 let tests simulate an outage.
 """
@@ -46,7 +46,9 @@ class GearmandServer:
 
     def start(self, timeout: float = 10.0) -> GearmandServer:
         args = [self.program, "--listen=127.0.0.1", f"--port={self.port}", f"--log-file={self.log_file}",
-                f"--threads={self.threads}", "--verbose=WARNING", *self.extra_args]
+                f"--threads={self.threads}", *self.extra_args]
+        if not any(a.startswith("--verbose") for a in self.extra_args):
+            args.append("--verbose=WARNING")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -112,13 +114,13 @@ def _server() -> GearmandServer:
     return GearmandServer(require_program("gearmand", "gearman-job-server"))
 
 
-@pytest.fixture
-def gearmand() -> Iterator[GearmandServer]:
+@pytest.fixture(name="gearmand")
+def gearmand_fixture() -> Iterator[GearmandServer]:
     with _server() as server:
         yield server
 
 
-@pytest.fixture
-def gearmand_pair() -> Iterator[tuple[GearmandServer, GearmandServer]]:
+@pytest.fixture(name="gearmand_pair")
+def gearmand_pair_fixture() -> Iterator[tuple[GearmandServer, GearmandServer]]:
     with _server() as first, _server() as second:
         yield first, second

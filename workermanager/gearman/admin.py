@@ -60,7 +60,7 @@ class Admin:
     def status(self) -> list[FunctionStatus]:
         rows = []
         for line in self._rows("status"):
-            parts = line.split("\t")
+            parts = line.rsplit("\t", 3)  # a prefixed name ("prefix\tfunc") holds a tab itself
             if len(parts) != 4:
                 raise AdminError(f"{self.name}: status: bad row {line!r}")
             rows.append(FunctionStatus(parts[0], *(self._number(p, line) for p in parts[1:])))

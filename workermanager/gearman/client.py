@@ -336,7 +336,8 @@ class Client:
             else:
                 log.warning("job server %s: unexpected %r", server.conn.name, packet)
             return
-        handle = args[0].decode("ascii", errors="replace") if args else ""
+        # gearmand 1.1 turns WORK_EXCEPTION into a WORK_FAIL whose handle keeps its NUL terminator
+        handle = args[0].rstrip(b"\0").decode("ascii", errors="replace") if args else ""
         tasks = server.running.get(handle, [])
         for task in tasks:
             self._apply(task, ptype, args)

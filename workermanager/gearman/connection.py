@@ -85,14 +85,29 @@ class Connection:
         self.pending.clear()
         self._decoder = Decoder(RES, self.max_payload, self.name)
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
+        """Close; with `linger`, first let the server read everything we sent.
+
+        Closing a socket with unread input (a NOOP the server sent meanwhile) makes the kernel
+        send RST, and gearmand then drops what it had not read yet, such as our last
+        WORK_COMPLETE: the job would run again. So a lingering close sends FIN, reads and discards
+        until the server's own EOF (or `linger` seconds), and only then closes.
+        """
         sock, self.sock = self.sock, None
         self.pending.clear()
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if sock is None:
+            return
+        try:
+            if linger > 0:
+                sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + linger
+                while (wait := deadline - time.monotonic()) > 0:
+                    if not select.select([sock], [], [], wait)[0] or not sock.recv(READ_SIZE):
+                        break
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
     def send(self, data: bytes) -> None:
         if self.sock is None:

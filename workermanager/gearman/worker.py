@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Ability:
     callable: Callable[[GrabbedJob], Any] | None
-    timeout: int | None
+    timeout: int | None  # milliseconds, as gearmand reads CAN_DO_TIMEOUT
 
 
 @dataclass
@@ -130,10 +130,15 @@ class Worker:
 
     def register(self, funcname: str, func: Callable[[GrabbedJob], Any] | None = None,
                  timeout: float | None = None) -> None:
-        """Announce `funcname` (CAN_DO, or CAN_DO_TIMEOUT with whole seconds) to every server."""
+        """Announce `funcname` to every server: CAN_DO, or CAN_DO_TIMEOUT when `timeout` (seconds).
+
+        gearmand 1.x reads the CAN_DO_TIMEOUT value as milliseconds (and raises anything under
+        1000 to 1000), so `timeout` seconds go on the wire as milliseconds. When it runs out,
+        gearmand takes the job back and queues it again.
+        """
         if not funcname or "\0" in funcname:
             raise ValueError(f"bad function name {funcname!r}")
-        ability = _Ability(func, None if timeout is None else max(1, int(timeout)))
+        ability = _Ability(func, None if timeout is None else max(1000, int(timeout * 1000)))
         self.abilities[funcname] = ability
         for server in self.servers:
             if server.conn.connected:
@@ -167,7 +172,7 @@ class Worker:
     def close(self) -> None:
         """Drop every connection; gearmand re-queues any job this worker held and did not finish."""
         for server in self.servers:
-            server.conn.close()
+            server.conn.close(linger=1.0)
         self._pending = None
 
     def _open(self, server: _Server, deadline: float) -> None:
