@@ -119,8 +119,12 @@ def test_ttin_ttou_change_the_pool_size(tmp_path, queue, daemons):
     daemon.signal(signal.SIGTTIN)
     wait_for(lambda: len(daemon.children()) == 3, 10, what="3 children")
     daemon.signal(signal.SIGTTOU)
+    wait_for(lambda: len(daemon.children()) == 2, 10, what="2 children")
     daemon.signal(signal.SIGTTOU)
     wait_for(lambda: len(daemon.children()) == 1, 10, what="1 child")
+    daemon.signal(signal.SIGTTOU)  # never below one child
+    daemon.wait_error_log("concurrency stays at 1")
+    assert len(daemon.children()) == 1
 
 
 def test_usr1_reopens_the_job_log_after_logrotate_renamed_it(tmp_path, queue, daemons):

@@ -73,6 +73,7 @@ def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
     from workermanager import daemonize, pidfile
+    from workermanager import metrics as metrics_module
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -86,10 +87,10 @@ def run_daemon(options: argparse.Namespace) -> int:
         config = load()
         config_module.apply_environment(config)
         master = Master(config, reload_config=load)
-        if config.pidfile:
-            pidfile.check_free(config.pidfile)
+        stale_warning = pidfile.check_free(config.pidfile) if config.pidfile else None
         daemonize.check_writable(config.logfile, "logfile")
         daemonize.check_writable(config.errorlogfile, "errorlogfile")
+        metrics_module.check_listen(config)
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
         return fail(str(exc))
 
@@ -97,9 +98,12 @@ def run_daemon(options: argparse.Namespace) -> int:
         daemonize.detach(config)
     error_log = daemonize.ErrorLog(config)
     master.on_reopen_logs = error_log.reopen
+    if stale_warning:
+        log.warning("%s", stale_warning)
     try:
         if config.pidfile:
             pidfile.write(config.pidfile)
+        metrics = metrics_module.start(config, master)  # before the drop: ports below 1024
         daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile])
     except (pidfile.PidFileError, OSError) as exc:
         log.error("%s", exc)
@@ -109,7 +113,7 @@ def run_daemon(options: argparse.Namespace) -> int:
     from workermanager.status import StatusPublisher
 
     publisher = StatusPublisher(config)
-    master.on_state = publisher.publish
+    master.on_state = publisher.publish if metrics is None else metrics.with_gauges(publisher.publish)
     try:
         return master.run()
     finally:

@@ -111,7 +111,7 @@ class Master:
             return
         for fd in readable:
             if fd == self._wakeup_r:
-                _drain(fd)
+                self.pending_signals.extend(_drain(fd))
             else:
                 self._read_child(fd)
 
@@ -146,7 +146,8 @@ class Master:
             signal.signal(getattr(signal, name), self._record_signal)
 
     def _record_signal(self, signum: int, frame: object) -> None:
-        self.pending_signals.append(signum)
+        """Nothing to do: the C-level handler wrote the signal number to the wakeup pipe, one
+        byte per delivery, which the loop reads (Python-level calls may merge repeats)."""
 
     def _handle_signals(self) -> None:
         while self.pending_signals:
@@ -194,6 +195,7 @@ class Master:
         self.young_deaths, self.next_spawn_at = 0, 0.0
 
     def handle_sigusr1(self) -> None:
+        log.info("master %d: reopening log files", os.getpid())
         self.on_reopen_logs()
         self._signal_children(signal.SIGUSR1, self.children.values(), mark=False)
 
@@ -360,12 +362,14 @@ def _kill(pid: int, signum: int) -> None:
             raise
 
 
-def _drain(fd: int) -> None:
+def _drain(fd: int) -> bytes:
+    data = b""
     try:
-        while os.read(fd, 4096):
-            pass
+        while chunk := os.read(fd, 4096):
+            data += chunk
     except (BlockingIOError, InterruptedError):
         pass
+    return data
 
 
 def _signal_name(signum: int) -> str:

@@ -34,16 +34,20 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def check_free(path: str) -> None:
-    """Raise PidFileError when a live process holds `path`; say so when a stale one is replaced."""
+def check_free(path: str) -> str | None:
+    """Raise PidFileError when a live process holds `path`.
+
+    Returns a warning to log (once logging is set up) when a stale file will be replaced.
+    """
     pid = read_pid(path)
     if pid is not None and pid != os.getpid() and is_alive(pid):
         raise PidFileError(f"{path}: workermanager already running as pid {pid}")
-    if pid is not None or os.path.exists(path):
-        log.warning("replacing stale pid file %s (pid %s is not running)", path, pid)
     folder = os.path.dirname(path) or "."
     if not os.access(folder, os.W_OK):
         raise PidFileError(f"{path}: cannot write pid file: folder {folder} is not writable")
+    if pid is not None or os.path.exists(path):
+        return f"replacing stale pid file {path} (pid {pid} is not running)"
+    return None
 
 
 def write(path: str, pid: int | None = None) -> None:

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""The daemon on SQLite TheSchwartz against the Perl WorkerManager's way, in the same run.
+
+Measures, on copies of one prepared database (same schema, same jobs):
+  * throughput of `workermanager -n -c 4 -w 100` over N no-op jobs;
+  * the Perl peer: 4 Perl TheSchwartz processes, recycled every 100 jobs, sleeping 5 s when idle;
+  * SQLite's own ceiling for the same statements: one connection looping grab + delete;
+  * idle pickup latency (insert -> start with an empty queue and idle children), p50/p99;
+  * `-w 1` throughput (a fresh child per job);
+  * memory: master RSS, child RSS and USS.
+Prints a table with ratios; run `python bench/daemon_bench.py --help` for sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from workermanager.theschwartz import init_db  # noqa: E402
+
+BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
+PERL_PEER = os.path.join(ROOT, "bench", "perl", "theschwartz_prefork.pl")
+
+
+def prepare_db(path: str, funcname: str, count: int) -> None:
+    """Create the schema with our init-db, then bulk-load `count` ready jobs in one transaction."""
+    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT OR IGNORE INTO funcmap (funcname) VALUES (?)", (funcname,))
+        funcid = db.execute("SELECT funcid FROM funcmap WHERE funcname = ?", (funcname,)).fetchone()[0]
+        now = int(time.time())
+        db.executemany("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until, priority) "
+                       "VALUES (?, ?, ?, ?, 0, 0)", ((funcid, b"{}", now, now) for _ in range(count)))
+    db.close()
+
+
+def jobs_left(path: str) -> int:
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
+    finally:
+        db.close()
+
+
+def wait_empty(path: str, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while jobs_left(path) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"queue not empty after {timeout}s: {jobs_left(path)} left")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+class Daemon:
+    def __init__(self, folder: str, db: str, workers: list[str], concurrency: int, works: int) -> None:
+        self.folder = folder
+        self.conf = os.path.join(folder, "bench.yml")
+        with open(self.conf, "w") as handle:
+            yaml.safe_dump({"workers": workers, "inc_path": BENCH_WORKERS,
+                            "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={db}"}]},
+                            "logfile": os.path.join(folder, "job.log"),
+                            "errorlogfile": os.path.join(folder, "error.log")}, handle)
+        self.args = ["-n", "-c", str(concurrency), "-w", str(works)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "workermanager", *self.args, "-f", self.conf],
+                                        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+                                        start_new_session=True)
+
+    def wait_children(self, count: int, timeout: float = 20) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kids = psutil.Process(self.process.pid).children()
+            ready = [k for k in kids if "idle" in " ".join(k.cmdline())]
+            if len(ready) >= count:
+                return kids
+            time.sleep(0.02)
+        raise RuntimeError("children did not become idle")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
+    db = os.path.join(folder, f"ours-w{works}.db")
+    shutil.copy(template, db)
+    daemon = Daemon(folder, db, ["benchworkers.Noop"], concurrency, works)
+    started = time.monotonic()
+    daemon.start()
+    try:
+        finished = wait_empty(db, 1800)
+    finally:
+        daemon.stop()
+    return jobs / (finished - started)
+
+
+def run_perl(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
+    db = os.path.join(folder, "perl.db")
+    shutil.copy(template, db)
+    out = subprocess.run(["perl", PERL_PEER, f"dbi:SQLite:dbname={db}", "Bench::Noop", str(concurrency),
+                          str(works)], capture_output=True, text=True, timeout=3600, check=True)
+    elapsed = float(out.stdout.split("elapsed=")[1].split()[0])
+    return jobs / elapsed
+
+
+def run_ceiling(folder: str, template: str, jobs: int) -> float:
+    """One connection, the same statements the queue uses, as fast as SQLite goes."""
+    db_path = os.path.join(folder, "ceiling.db")
+    shutil.copy(template, db_path)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    funcid = db.execute("SELECT funcid FROM funcmap WHERE funcname = 'Bench::Noop'").fetchone()[0]
+    started = time.monotonic()
+    done = 0
+    while True:
+        now = int(time.time())
+        row = db.execute("SELECT jobid, grabbed_until FROM job WHERE funcid = ? AND run_after <= ? "
+                         "AND grabbed_until <= ? LIMIT 1", (funcid, now, now)).fetchone()
+        if row is None:
+            break
+        db.execute("UPDATE job SET grabbed_until = ? WHERE jobid = ? AND grabbed_until = ?",
+                   (now + 3600, row[0], row[1]))
+        db.execute("DELETE FROM job WHERE jobid = ?", (row[0],))
+        done += 1
+    elapsed = time.monotonic() - started
+    db.close()
+    return done / elapsed
+
+
+def measure_pickup(folder: str, samples: int, concurrency: int) -> tuple[list[float], dict[str, float]]:
+    from workermanager.theschwartz import Client
+
+    db = os.path.join(folder, "pickup.db")
+    init_db([{"dsn": f"dbi:SQLite:dbname={db}"}])
+    stamps = os.path.join(folder, "stamps.txt")
+    daemon = Daemon(folder, db, ["benchworkers.Stamp"], concurrency, 100000)
+    daemon.start({"WM_BENCH_STAMPS": stamps})
+    client = Client([{"dsn": f"dbi:SQLite:dbname={db}"}])
+    try:
+        kids = daemon.wait_children(concurrency)
+        time.sleep(1.0)  # let the children's polling back off to its idle cap: the case measured
+        for sample in range(samples):
+            client.insert("Bench::Stamp", {"sent": time.time()})
+            deadline = time.monotonic() + 10
+            while jobs_left(db) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.3 + 0.2 * (sample % 3))  # idle again, at varied phases of the poll backoff
+        memory = memory_of(daemon.process.pid, kids)
+    finally:
+        client.close()
+        daemon.stop()
+    with open(stamps) as handle:
+        latencies = [(float(b) - float(a)) * 1000 for a, b in (line.split() for line in handle)]
+    return latencies, memory
+
+
+def memory_of(master_pid: int, kids: list[psutil.Process]) -> dict[str, float]:
+    mib = 1024 * 1024
+    master = psutil.Process(master_pid).memory_full_info()
+    infos = [k.memory_full_info() for k in kids if k.is_running()]
+    return {"master_rss": master.rss / mib,
+            "child_rss": statistics.mean(i.rss for i in infos) / mib,
+            "child_uss": statistics.mean(i.uss for i in infos) / mib}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--w1-jobs", type=int, default=2000, help="jobs for the -w 1 run")
+    parser.add_argument("--pickup-samples", type=int, default=100)
+    parser.add_argument("--skip-perl", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this file")
+    options = parser.parse_args()
+
+    folder = tempfile.mkdtemp(prefix="wm-bench-")
+    results: dict[str, float] = {}
+    try:
+        template = os.path.join(folder, "template.db")
+        prepare_db(template, "Bench::Noop", options.jobs)
+        results["ceiling_jobs_per_s"] = run_ceiling(folder, template, options.jobs)
+        results["ours_jobs_per_s"] = run_ours(folder, template, options.jobs, 4, 100)
+        if not options.skip_perl:
+            results["perl_jobs_per_s"] = run_perl(folder, template, options.jobs, 4, 100)
+        w1_template = os.path.join(folder, "w1.db")
+        prepare_db(w1_template, "Bench::Noop", options.w1_jobs)
+        results["ours_w1_jobs_per_s"] = run_ours(folder, w1_template, options.w1_jobs, 4, 1)
+        latencies, memory = measure_pickup(folder, options.pickup_samples, 4)
+        results["pickup_p50_ms"] = percentile(latencies, 0.5)
+        results["pickup_p99_ms"] = percentile(latencies, 0.99)
+        results.update(memory)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    ours = results["ours_jobs_per_s"]
+    print(f"jobs: {options.jobs} no-op, -c 4 -w 100, SQLite TheSchwartz schema")
+    print(f"  workermanager          {ours:10.0f} jobs/s")
+    if "perl_jobs_per_s" in results:
+        perl = results["perl_jobs_per_s"]
+        print(f"  Perl peer (TheSchwartz) {perl:9.0f} jobs/s   ratio ours/perl = {ours / perl:.1f}x (goal >= 30x)")
+    ceiling = results["ceiling_jobs_per_s"]
+    print(f"  SQLite ceiling (1 conn) {ceiling:9.0f} jobs/s   ours/ceiling = {100 * ours / ceiling:.0f}% (goal >= 30%)")
+    print(f"  -w 1 (fork per job)     {results['ours_w1_jobs_per_s']:9.0f} jobs/s   (goal >= 200)")
+    print(f"idle pickup latency: p50 {results['pickup_p50_ms']:.1f} ms, p99 {results['pickup_p99_ms']:.1f} ms"
+          " (goal p99 < 100 ms)")
+    print(f"memory: master RSS {results['master_rss']:.1f} MiB, child RSS {results['child_rss']:.1f} MiB, "
+          f"child USS {results['child_uss']:.1f} MiB (goal USS < 10 MiB)")
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
