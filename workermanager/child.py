@@ -122,9 +122,6 @@ class Child:
         backoff = 0.0
         opened = False
         while self._keep_going():
-            if self.reopen_requested:
-                self.reopen_requested = False
-                self.joblog.reopen()
             self._set_title("idle")
             try:
                 if not opened:
@@ -178,6 +175,9 @@ class Child:
         self.works_done += 1
         word = outcome_word(outcome)
         delay_ms = None if job.insert_time is None else max(0, int((started_wall - job.insert_time) * 1000))
+        if self.reopen_requested:  # USR1 may have come while this job ran: its line goes to the new file
+            self.reopen_requested = False
+            self.joblog.reopen()
         self.joblog.write(JobRecord(
             backend=self.backend.log_name, outcome=word, funcname=job.funcname,
             process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=os.getpid(),
