@@ -72,7 +72,7 @@ def fail(message: str) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, pidfile
+    from workermanager import daemonize, pidfile, runfolder
     from workermanager import metrics as metrics_module
     from workermanager.master import Master
 
@@ -104,7 +104,8 @@ def run_daemon(options: argparse.Namespace) -> int:
         if config.pidfile:
             pidfile.write(config.pidfile)
         metrics = metrics_module.start(config, master)  # before the drop: ports below 1024
-        daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile])
+        daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile,
+                                           *runfolder.folders_to_own(config)])
     except (pidfile.PidFileError, OSError) as exc:
         log.error("%s", exc)
         if config.pidfile:
