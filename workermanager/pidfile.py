@@ -15,7 +15,9 @@ class PidFileError(Exception):
 def read_pid(path: str) -> int | None:
     """The pid written in `path`, or None when there is no usable one."""
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
+        # utf-8, not ascii: its codec is loaded at start; a master that dropped privileges may not
+        # be able to import another one from a Python installed in a private home folder
+        with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read().strip()
     except FileNotFoundError:
         return None
