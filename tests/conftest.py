@@ -5,4 +5,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 # Private PostgreSQL / MariaDB servers (tests/dbservers.py): session fixtures and a fresh database per test.
+# A TheSchwartz queue on each of SQLite, PostgreSQL and MariaDB: tests/sql_queues.py.
+from sql_queues import queue_db, queue_kind  # noqa: E402,F401
+
 from dbservers import mariadb_db, mariadb_server, postgres_db, postgres_server  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""The SQL queue on real SQLite files: every behaviour of the library, one process at a time."""
+"""The SQL queue on real databases (SQLite files, PostgreSQL, MariaDB): every behaviour of the library,
+one process at a time. Tests taking `client` or `queue_db` run on all three."""
 
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def client(db_path):
-    c = Client([{"path": db_path}])
+def client(queue_db):
+    c = Client([queue_db])
     yield c
     c.close()
 
@@ -205,8 +206,8 @@ def test_run_after_in_the_future_waits(client):
     assert len(client.list_jobs(Ok.funcname)) == 1
 
 
-def test_priority_order_with_prioritize(db_path):
-    client = Client([{"path": db_path}], prioritize=True)
+def test_priority_order_with_prioritize(queue_db):
+    client = Client([queue_db], prioritize=True)
     for priority in (1, 5, None, 3, 5):
         client.insert("p", priority, priority=priority)
     order = []
@@ -235,7 +236,7 @@ def test_expired_lease_is_grabbed_again(client):
     assert again.handle == str(handle) and again.grabbed_until > first.grabbed_until
 
 
-def test_storable_arg_fails_permanently_without_reaching_the_worker(client, db_path):
+def test_storable_arg_fails_permanently_without_reaching_the_worker(client):
     frozen = bytes.fromhex("050b030000000108810000000161")  # Storable::nfreeze({a => 1})
     handle = client.insert(Ok.funcname, frozen)
     ok = client.insert(Ok.funcname, "fine")

@@ -77,8 +77,11 @@ class Client:
     """TheSchwartz client over one or more databases."""
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
-                 retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE) -> None:
+                 retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
+                 skip_locked: bool = True) -> None:
         self.databases = build_databases(databases, base_dir, retry_seconds)
+        for db in self.databases:  # False: always the conditional UPDATE (tests, old-server behaviour)
+            db.use_skip_locked = bool(skip_locked)
         self.prioritize = bool(prioritize)
         self.batch_size = int(batch_size)
         self._by_hash = {db.hashdsn: db for db in self.databases}
@@ -120,7 +123,9 @@ class Client:
         for db in self._insert_order(specs[0].uniqkey):
             def work(cursor: Any, db: Database = db) -> list[int | None]:
                 ids = [self.insert_spec(cursor, db, spec) for spec in specs]
-                db.dialect.notify_new_jobs(cursor, db.prefix)
+                if any(jobid is not None for jobid in ids):
+                    funcids = [db._funcname2id[spec.funcname] for spec in specs]
+                    db.dialect.notify_new_jobs(cursor, db.prefix, funcids)
                 return ids
             try:
                 ids = db.run(work, write=True, durable=True)
@@ -269,6 +274,9 @@ class Client:
 
     def _grab_from(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                    limit: int, coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
+        # run() connects (classifying a failure) before the flag of this connection is read
+        if db.run(lambda cursor: db.skip_locked, write=False):
+            return self._grab_skip_locked(db, wanted, coalescing)
         for _ in range(GRAB_ROUNDS):
             rows, now = db.run(lambda cursor: self._candidates(cursor, db, wanted, limit, coalescing),
                                write=False)
@@ -284,6 +292,63 @@ class Client:
                     continue
                 return job
         return None
+
+    def _grab_skip_locked(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
+                          coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
+        """Lease with SELECT ... FOR UPDATE SKIP LOCKED: rows another worker is leasing right now are
+        passed over instead of fought for, so one statement (PostgreSQL) or one short transaction
+        (MySQL) finds the first free job whatever the number of workers."""
+        longest = max(seconds for _, seconds in wanted.values())
+        while True:
+            def work(cursor: Any) -> tuple[tuple | None, str, int]:
+                now = db.dialect.now(cursor)
+                for select_sql, params, funcname in self._lease_queries(cursor, db, wanted, coalescing, now):
+                    seconds = wanted[funcname][1] if funcname else longest
+                    row = db.dialect.lease_skip_locked(cursor, select_sql, params, db.q.job, now + seconds)
+                    if row is None:
+                        continue
+                    if not funcname:  # several funcids in one query (prioritize): the row tells which
+                        funcname = db._funcid2name.get(row[1]) or ""
+                        exact = wanted.get(funcname, (None, longest))[1]
+                        if exact != seconds:  # we hold the lease: shorten it to this worker's grab_for
+                            cursor.execute(db.q.set_grabbed_until, (now + exact, row[0]))
+                            seconds = exact
+                    return row, funcname, now + seconds
+                return None, "", now
+            row, funcname, new_until = db.run(work, write=db.dialect.lease_in_transaction)
+            if row is None:
+                return None
+            cls = wanted.get(funcname or "", (None, 0))[0]
+            job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
+            job.raw_arg = as_bytes(job.raw_arg)
+            if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
+                log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
+                job.permanent_failure(job.arg_error)
+                continue
+            return job
+
+    def _lease_queries(self, cursor: Any, db: Database, wanted: Mapping[str, Any],
+                       coalescing: tuple[str, str] | None, now: int):
+        """(select, params, funcname or None) for each query a SKIP LOCKED lease tries, in order."""
+        ids = {}
+        for name in wanted:
+            funcid = db.funcname_to_id(cursor, name, create=False)
+            if funcid is not None:
+                ids[funcid] = name
+        if not ids:
+            return
+        if coalescing is not None:
+            op, value = coalescing
+            funcid = next(iter(ids))
+            yield db.q.coalescing_candidates(op), (funcid, value, now, now, 1), ids[funcid]
+            return
+        if self.prioritize:
+            yield db.q.prioritized_candidates(len(ids)), (*ids, now, now, 1), None
+            return
+        order = list(ids)
+        random.shuffle(order)  # no function starves the others
+        for funcid in order:
+            yield db.q.candidates, (funcid, now, now, 1), ids[funcid]
 
     def _candidates(self, cursor: Any, db: Database, wanted: Mapping[str, Any], limit: int,
                     coalescing: tuple[str, str] | None) -> tuple[list[tuple], int]:

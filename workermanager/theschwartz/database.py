@@ -44,10 +44,15 @@ class Database:
         self.hashdsn = hashlib.md5(f"{dsn.original}|{dsn.user or ''}".encode()).hexdigest()
         self._conn: Any = None
         self._pid: int | None = None
+        #: connections opened so far in this object's life (tests and logs read it)
+        self.opened = 0
         self.dead_until = 0.0
         self.last_error: str | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
+        #: lease with SELECT ... FOR UPDATE SKIP LOCKED where the server has it (False: never)
+        self.use_skip_locked = True
+        self._skip_locked = False
 
     @property
     def label(self) -> str:
@@ -66,11 +71,26 @@ class Database:
             _inherited.append(self._conn)
             self._conn = None
         if self._conn is None:
-            self._conn = self.dialect.connect(self.dsn, create=create)
-            self._pid = os.getpid()
+            conn = self.dialect.connect(self.dsn, create=create)
             self._funcname2id.clear()
             self._funcid2name.clear()
+            try:
+                self._skip_locked = self.use_skip_locked and self.dialect.supports_skip_locked(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._pid = conn, os.getpid()
+            self.opened += 1
         return self._conn
+
+    @property
+    def skip_locked(self) -> bool:
+        """Whether leases on the current connection use SKIP LOCKED (read it inside run())."""
+        return self._skip_locked
+
+    def is_connected(self) -> bool:
+        """An open connection of this process exists (it may still turn out broken on use)."""
+        return self._conn is not None and self._pid == os.getpid()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -109,8 +129,11 @@ class Database:
         DatabaseError for any other failure of the database.
         """
         dialect = self.dialect
+        reconnected = False
         for attempt in range(MAX_ATTEMPTS):
             conn = None
+            reused = self.is_connected()
+            committing = False
             try:
                 conn = self.connection(create=create)
                 cursor = conn.cursor()
@@ -118,6 +141,7 @@ class Database:
                     dialect.begin(conn, durable)
                 result = work(cursor)
                 if write:
+                    committing = True
                     dialect.commit(conn)
                 return result
             except dialect.errors as exc:
@@ -127,9 +151,16 @@ class Database:
                     time.sleep(min(0.002 * 2 ** min(attempt, 6), 0.1) * random.uniform(0.5, 1.5))
                     continue
                 if dialect.is_unreachable(exc):
-                    self.mark_dead(str(exc))
-                    raise DatabaseUnavailable(f"database {self.label}: {exc}") from exc
-                raise DatabaseError(f"database {self.label}: {exc}") from exc
+                    # A connection that broke while idle (server restarted, idle timeout) fails
+                    # on its next statement: open a fresh one and redo the work once, unless the
+                    # failure hit the COMMIT itself, whose outcome nobody knows.
+                    if reused and not committing and not reconnected:
+                        reconnected = True
+                        self.close()
+                        continue
+                    self.mark_dead(_one_line(exc))
+                    raise DatabaseUnavailable(f"database {self.label}: {_one_line(exc)}") from exc
+                raise DatabaseError(f"database {self.label}: {_one_line(exc)}") from exc
             except BaseException:
                 if conn is not None:
                     self._rollback(conn)
@@ -190,3 +221,8 @@ class Database:
         for funcid, funcname in cursor.fetchall():
             self._funcname2id[funcname] = funcid
             self._funcid2name[funcid] = funcname
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver's message on one line (libpq's span several), for logs that are read line by line."""
+    return " ".join(str(exc).split()) or type(exc).__name__

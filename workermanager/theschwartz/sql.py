@@ -33,6 +33,7 @@ class Queries:
             f"SELECT {cols} FROM {self.job} WHERE funcid = ? AND run_after <= ? AND grabbed_until <= ?"
             " ORDER BY run_after LIMIT ?")
         self.delete_job = s(f"DELETE FROM {self.job} WHERE jobid = ?")
+        self.set_grabbed_until = s(f"UPDATE {self.job} SET grabbed_until = ? WHERE jobid = ?")
         self.retry_job = s(f"UPDATE {self.job} SET run_after = ?, grabbed_until = 0 WHERE jobid = ?")
         self.insert_error = s(
             f"INSERT INTO {self.error} (error_time, jobid, message, funcid) VALUES (?, ?, ?, ?)")
@@ -53,7 +54,7 @@ class Queries:
         marks = ", ".join("?" for _ in range(n_funcids))
         return self._dialect.sql(
             f"SELECT {self._cols} FROM {self.job} WHERE funcid IN ({marks}) AND run_after <= ?"
-            " AND grabbed_until <= ? ORDER BY priority DESC, jobid LIMIT ?")
+            " AND grabbed_until <= ? ORDER BY priority IS NULL, priority DESC, jobid LIMIT ?")
 
     def coalescing_candidates(self, op: str) -> str:
         """Candidates of one funcid whose coalesce value equals (=) or starts with (LIKE) a value."""
@@ -64,5 +65,5 @@ class Queries:
     def list_jobs(self, n_funcids: int, conditions: list[str], prioritize: bool) -> str:
         marks = ", ".join("?" for _ in range(n_funcids))
         where = " AND ".join([f"funcid IN ({marks})", *conditions])
-        order = "priority DESC, jobid" if prioritize else "jobid"
+        order = "priority IS NULL, priority DESC, jobid" if prioritize else "jobid"
         return self._dialect.sql(f"SELECT {self._cols} FROM {self.job} WHERE {where} ORDER BY {order} LIMIT ?")

@@ -94,11 +94,44 @@ class Dialect(abc.ABC):
             (new_grabbed_until, jobid, old_grabbed_until, now, now))
         return cursor.rowcount == 1
 
-    def wait_for_jobs(self, conn: Any, timeout: float) -> bool:
-        """Block up to `timeout` for a sign of new jobs (PostgreSQL LISTEN). False: no such hook, poll."""
+    # --- SELECT ... FOR UPDATE SKIP LOCKED ------------------------------------------------------
+
+    #: lease_skip_locked needs an explicit transaction (False: it is one statement, autocommit)
+    lease_in_transaction: bool = True
+
+    def supports_skip_locked(self, conn: Any) -> bool:
+        """Whether the server behind `conn` has SKIP LOCKED (asked once per connection)."""
         return False
 
-    def notify_new_jobs(self, cursor: Any, prefix: str) -> None:
+    def lease_skip_locked(self, cursor: Any, select_sql: str, params: Sequence[Any], job_table: str,
+                          new_grabbed_until: int) -> tuple | None:
+        """Lease the first row of `select_sql` (the job columns, in order, LIMIT 1) that no other
+        transaction holds: lock it with SKIP LOCKED, then move its grabbed_until. Returns the row as
+        it was before the lease, or None. Runs inside a transaction (see lease_in_transaction)."""
+        cursor.execute(f"{select_sql} FOR UPDATE SKIP LOCKED", tuple(params))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(self.sql(f"UPDATE {job_table} SET grabbed_until = ? WHERE jobid = ?"),
+                       (new_grabbed_until, row[0]))
+        return tuple(row)
+
+    # --- wakeups ----------------------------------------------------------------------------------
+
+    #: the database can push "new jobs" to idle workers (PostgreSQL LISTEN/NOTIFY)
+    can_listen: bool = False
+
+    def listen(self, conn: Any, prefix: str) -> None:
+        """Start receiving new-job notifications of the tables `prefix` names on `conn`."""
+
+    def unlisten(self, conn: Any, prefix: str) -> None:
+        """Stop receiving them (a busy worker lets notifications pile up otherwise)."""
+
+    def pending_notifications(self, conn: Any) -> list[str] | None:
+        """Payloads received on `conn` so far, without blocking; None when the database cannot push."""
+        return None
+
+    def notify_new_jobs(self, cursor: Any, prefix: str, funcids: Sequence[int] = ()) -> None:
         """Inside an insert transaction: wake waiting workers where the database can (NOTIFY)."""
 
 

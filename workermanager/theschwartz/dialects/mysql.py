@@ -1,0 +1,165 @@
+"""MySQL and MariaDB (PyMySQL): Perl TheSchwartz's schema.sql, SKIP LOCKED where the server has it.
+
+The queue's clock is the server's, as Perl TheSchwartz reads UNIX_TIMESTAMP() on MySQL: hosts
+whose clocks drift still agree on run_after and grabbed_until. The offset to the server clock is
+asked once per connection, not per statement.
+
+Sessions run at READ COMMITTED: a locking read then locks only the rows it returns, not the
+gaps of the (funcid, run_after) index, so concurrent grabs and inserts do not block each other.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pymysql
+
+from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dsn import ParsedDSN
+
+CONNECT_TIMEOUT = 5
+#: deadlock, lock wait timeout
+_RETRYABLE = {1213, 1205}
+#: can't connect / server gone / lost connection / shutdown / killed / too many connections /
+#: unknown database / access denied: the database is not usable now, use the others
+_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129}
+_DUPLICATE_KEY = 1062
+
+
+class MySQLDialect(Dialect):
+    name = "mysql"
+    placeholder = "%s"
+    error_message_max = 255
+    errors = (pymysql.MySQLError,)
+
+    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+        params: dict[str, Any] = {"database": dsn.database, "autocommit": True, "charset": "utf8mb4",
+                                  "connect_timeout": CONNECT_TIMEOUT, "binary_prefix": True}
+        socket = dsn.options.get("mysql_socket") or dsn.options.get("unix_socket")
+        if socket:
+            params["unix_socket"] = socket
+        else:
+            params["host"] = dsn.host or "localhost"
+        if dsn.port:
+            params["port"] = dsn.port
+        if dsn.user:
+            params["user"] = dsn.user
+        if dsn.password:
+            params["password"] = dsn.password
+        conn = pymysql.connect(**params)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                cursor.execute("SELECT UNIX_TIMESTAMP(), VERSION()")
+                server_now, version = cursor.fetchone()
+            conn.wm_clock_offset = float(server_now) - time.time()
+            conn.wm_skip_locked = _has_skip_locked(str(version))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def ddl(self, prefix: str) -> list[str]:
+        p = prefix
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {p}funcmap (
+                funcid          INT UNSIGNED PRIMARY KEY NOT NULL AUTO_INCREMENT,
+                funcname        VARCHAR(255) NOT NULL,
+                UNIQUE(funcname)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS {p}job (
+                jobid           BIGINT UNSIGNED PRIMARY KEY NOT NULL AUTO_INCREMENT,
+                funcid          INT UNSIGNED NOT NULL,
+                arg             MEDIUMBLOB,
+                uniqkey         VARCHAR(255) NULL,
+                insert_time     INTEGER UNSIGNED,
+                run_after       INTEGER UNSIGNED NOT NULL,
+                grabbed_until   INTEGER UNSIGNED NOT NULL,
+                priority        SMALLINT UNSIGNED,
+                coalesce        VARCHAR(255),
+                INDEX (funcid, run_after),
+                UNIQUE(funcid, uniqkey),
+                INDEX (funcid, coalesce)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS {p}note (
+                jobid           BIGINT UNSIGNED NOT NULL,
+                notekey         VARCHAR(255),
+                PRIMARY KEY (jobid, notekey),
+                value           MEDIUMBLOB
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS {p}error (
+                error_time      INTEGER UNSIGNED NOT NULL,
+                jobid           BIGINT UNSIGNED NOT NULL,
+                message         VARCHAR(255) NOT NULL,
+                funcid          INT UNSIGNED NOT NULL DEFAULT 0,
+                INDEX (funcid, error_time),
+                INDEX (error_time),
+                INDEX (jobid)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS {p}exitstatus (
+                jobid           BIGINT UNSIGNED PRIMARY KEY NOT NULL,
+                funcid          INT UNSIGNED NOT NULL DEFAULT 0,
+                status          SMALLINT UNSIGNED,
+                completion_time INTEGER UNSIGNED,
+                delete_after    INTEGER UNSIGNED,
+                INDEX (funcid),
+                INDEX (delete_after)
+            ) ENGINE=InnoDB""",
+        ]
+
+    def begin(self, conn: Any, durable: bool) -> None:
+        conn.begin()
+
+    def commit(self, conn: Any) -> None:
+        conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        if conn.open:
+            conn.rollback()
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return _errno(exc) in _RETRYABLE
+
+    def is_unreachable(self, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.InterfaceError):  # (0, '') on a connection already closed
+            return True
+        return _errno(exc) in _UNREACHABLE
+
+    def now(self, cursor: Any) -> int:
+        offset = getattr(cursor.connection, "wm_clock_offset", 0.0)
+        return int(time.time() + offset)
+
+    def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
+                      id_column: str) -> int | None:
+        # Not INSERT IGNORE: that would also turn truncations and bad values into warnings. A
+        # duplicate key fails only this statement; the transaction goes on.
+        marks = ", ".join("%s" for _ in columns)
+        try:
+            cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", tuple(values))
+        except pymysql.IntegrityError as exc:
+            if _errno(exc) == _DUPLICATE_KEY:
+                return None
+            raise
+        return int(cursor.lastrowid)
+
+    def supports_skip_locked(self, conn: Any) -> bool:
+        return bool(getattr(conn, "wm_skip_locked", False))
+
+
+def _errno(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _has_skip_locked(version: str) -> bool:
+    """MariaDB 10.6+ and MySQL 8.0.1+ have SKIP LOCKED; VERSION() tells them apart."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    if not match:
+        return False
+    major, minor, patch = (int(x) for x in match.groups())
+    if "mariadb" in version.lower():
+        return (major, minor) >= (10, 6)
+    return (major, minor, patch) >= (8, 0, 1)

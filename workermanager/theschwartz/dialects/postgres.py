@@ -1,0 +1,170 @@
+"""PostgreSQL (psycopg 3): Perl TheSchwartz's Pg schema, SKIP LOCKED leases, LISTEN/NOTIFY wakeups.
+
+Perl's Pg schema (schema-postgres.sql) is kept as it is: funcmap and job have no primary key,
+only SERIAL/BIGSERIAL columns, because Perl finds a new row's id through the sequence
+`<table>_<column>_seq`; error.message is TEXT. init-db adds nothing Perl would trip over.
+
+Commits: the session runs with synchronous_commit off, and a durable transaction (an insert)
+turns it back on for itself; a crash may undo the last worker-side commits (grab, completed),
+and the worst outcome is a job that runs again, the same promise as SQLite's synchronous=NORMAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dsn import ParsedDSN
+
+CONNECT_TIMEOUT = 5
+#: SQLSTATEs that mean "the same work may simply be done again"
+_RETRYABLE = {"40001", "40P01", "55P03"}
+#: SQLSTATEs that mean "this database is not usable now" (besides connection-level failures)
+_UNREACHABLE = {"57P01", "57P02", "57P03", "53300", "3D000", "28000", "28P01", "53100", "58030"}
+
+
+def channel_for(prefix: str) -> str:
+    """The NOTIFY channel of one queue (one table prefix) in a database."""
+    return f"theschwartz_{prefix}job"
+
+
+class PostgresDialect(Dialect):
+    name = "postgres"
+    placeholder = "%s"
+    errors = (psycopg.Error,)
+    lease_in_transaction = False
+    can_listen = True
+
+    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+        params: dict[str, Any] = {"dbname": dsn.database, "autocommit": True,
+                                  "connect_timeout": CONNECT_TIMEOUT, "application_name": "workermanager"}
+        for key, value in (("host", dsn.host), ("port", dsn.port), ("user", dsn.user),
+                           ("password", dsn.password)):
+            if value not in (None, ""):
+                params[key] = value
+        for key, value in dsn.options.items():  # sslmode=..., options=... pass straight to libpq
+            params.setdefault(key, value)
+        conn = psycopg.connect(**params)
+        try:
+            # Perl's DBD::Pg clients set UTC too; our columns are epoch integers either way.
+            conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute("SET synchronous_commit TO off")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def ddl(self, prefix: str) -> list[str]:
+        p = prefix
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {p}funcmap (
+                funcid          SERIAL,
+                funcname        VARCHAR(255) NOT NULL,
+                UNIQUE(funcname)
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS {p}job (
+                jobid           BIGSERIAL,
+                funcid          INT NOT NULL,
+                arg             BYTEA,
+                uniqkey         VARCHAR(255) NULL,
+                insert_time     INTEGER,
+                run_after       INTEGER NOT NULL,
+                grabbed_until   INTEGER NOT NULL,
+                priority        SMALLINT,
+                coalesce        VARCHAR(255)
+            )""",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {p}job_funcid_uniqkey ON {p}job (funcid, uniqkey)",
+            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_runafter ON {p}job (funcid, run_after)",
+            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_coalesce ON {p}job (funcid, coalesce)",
+            # Not in Perl's schema: lookups, completes and leases go by jobid (Perl's own
+            # statements use it too); without it every one of them scans the table.
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {p}job_jobid ON {p}job (jobid)",
+            f"""CREATE TABLE IF NOT EXISTS {p}note (
+                jobid           BIGINT NOT NULL,
+                notekey         VARCHAR(255),
+                PRIMARY KEY (jobid, notekey),
+                value           BYTEA
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS {p}error (
+                error_time      INTEGER NOT NULL,
+                jobid           BIGINT NOT NULL,
+                message         TEXT NOT NULL,
+                funcid          INT NOT NULL DEFAULT 0
+            )""",
+            f"CREATE INDEX IF NOT EXISTS {p}error_funcid_errortime ON {p}error (funcid, error_time)",
+            f"CREATE INDEX IF NOT EXISTS {p}error_time ON {p}error (error_time)",
+            f"CREATE INDEX IF NOT EXISTS {p}error_jobid ON {p}error (jobid)",
+            f"""CREATE TABLE IF NOT EXISTS {p}exitstatus (
+                jobid           BIGINT PRIMARY KEY NOT NULL,
+                funcid          INT NOT NULL DEFAULT 0,
+                status          SMALLINT,
+                completion_time INTEGER,
+                delete_after    INTEGER
+            )""",
+            f"CREATE INDEX IF NOT EXISTS {p}exitstatus_funcid ON {p}exitstatus (funcid)",
+            f"CREATE INDEX IF NOT EXISTS {p}exitstatus_deleteafter ON {p}exitstatus (delete_after)",
+        ]
+
+    def begin(self, conn: Any, durable: bool) -> None:
+        conn.execute("BEGIN")
+        if durable:
+            conn.execute("SET LOCAL synchronous_commit TO on")
+
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        if conn.closed or conn.broken:
+            return
+        conn.execute("ROLLBACK")
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) in _RETRYABLE
+
+    def is_unreachable(self, exc: BaseException) -> bool:
+        state = getattr(exc, "sqlstate", None)
+        if state is None:
+            # libpq's own failures (connection refused, server closed the connection, the
+            # connection is closed) carry no SQLSTATE
+            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state.startswith("08") or state in _UNREACHABLE
+
+    def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
+                      id_column: str) -> int | None:
+        marks = ", ".join("%s" for _ in columns)
+        cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                       f" ON CONFLICT DO NOTHING RETURNING {id_column}", tuple(values))
+        row = cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    def supports_skip_locked(self, conn: Any) -> bool:
+        return conn.info.server_version >= 90500
+
+    def lease_skip_locked(self, cursor: Any, select_sql: str, params: Sequence[Any], job_table: str,
+                          new_grabbed_until: int) -> tuple | None:
+        # One statement, one round trip, its own transaction: the CTE locks the first free row,
+        # the UPDATE leases it, RETURNING hands back the row as it was before.
+        cursor.execute(f"WITH c AS ({select_sql} FOR UPDATE SKIP LOCKED)"
+                       f" UPDATE {job_table} AS j SET grabbed_until = %s FROM c WHERE j.jobid = c.jobid"
+                       " RETURNING c.*", (*params, new_grabbed_until))
+        row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def listen(self, conn: Any, prefix: str) -> None:
+        conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel_for(prefix))))
+
+    def unlisten(self, conn: Any, prefix: str) -> None:
+        conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel_for(prefix))))
+        self.pending_notifications(conn)  # drop what arrived meanwhile
+
+    def pending_notifications(self, conn: Any) -> list[str] | None:
+        return [n.payload for n in conn.notifies(timeout=0)]
+
+    def notify_new_jobs(self, cursor: Any, prefix: str, funcids: Sequence[int] = ()) -> None:
+        # Delivered at COMMIT, to listeners only; identical payloads in one transaction merge.
+        payload = ",".join(str(i) for i in sorted(set(funcids)))
+        cursor.execute("SELECT pg_notify(%s, %s)", (channel_for(prefix), payload))
