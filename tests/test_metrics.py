@@ -112,7 +112,9 @@ def test_port_is_free_when_the_master_dies_under_busy_children(tmp_path, queue):
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait_exit(10)
         assert any(child.is_running() for child in children)
-        with socket.socket() as sock:  # no SO_REUSEADDR: nothing may hold the port at all
+        assert not any(_listens(child, port) for child in children)
+        with socket.socket() as sock:  # a new master can listen again (our scrape left a TIME_WAIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
             sock.listen()
     finally:
