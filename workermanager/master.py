@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import gc
 import logging
 import os
 import random
@@ -138,6 +139,10 @@ class Master:
                     listener.job_done(message)
 
     # -- signals ---------------------------------------------------------------------------
+    @staticmethod
+    def _signal_numbers() -> set[signal.Signals]:
+        return {getattr(signal, name) for name in HANDLED_SIGNALS}
+
     def _install_signals(self) -> None:
         os.set_blocking(self._wakeup_w, False)
         os.set_blocking(self._wakeup_r, False)
@@ -252,18 +257,24 @@ class Master:
                          works_limit=self.config.works_per_child + jitter,
                          report_fd=write_fd, master_pid=os.getpid())
         flush_log_handlers()
+        gc.freeze()  # objects that exist now stay out of the children's collections: no copy-on-write
+        # Signals stay blocked from before fork until the child has its own handlers, so a TERM
+        # sent to a brand-new child waits for the child's handler instead of reaching the master's.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self._signal_numbers())
         pid = os.fork()
         if pid == 0:  # the child: never returns into the master's loop
             status = 1
             try:
+                signal.set_wakeup_fd(-1)
                 os.close(read_fd)
                 for child in self.children.values():
                     os.close(child.read_fd)
                 os.close(self._wakeup_r)
                 os.close(self._wakeup_w)
-                status = run_child(plan)
+                status = run_child(plan, unblock=blocked)
             finally:
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,
