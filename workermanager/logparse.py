@@ -8,6 +8,7 @@ and a line that cannot be read is counted and skipped, never fatal.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import re
@@ -38,6 +39,7 @@ class BadLine(ValueError):
     """A line that is not a job line of any known format."""
 
 
+@functools.lru_cache(maxsize=4096)  # busy fleets write many lines per second: parse each once
 def parse_stamp(text: str) -> float:
     """The log's time stamp (local time, no zone, as the daemon writes it) as epoch seconds."""
     return time.mktime(time.strptime(text, STAMP_FORMAT))
