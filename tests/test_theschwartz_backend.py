@@ -1,4 +1,4 @@
-"""The daemon's TheSchwartz backend on a real SQLite file: options, grab, outage, release."""
+"""The daemon's TheSchwartz backend on real databases: options, grab, outage, release."""
 
 from __future__ import annotations
 
@@ -56,12 +56,12 @@ def test_relative_paths_and_default_prefix(tmp_path):
     backend.close()
 
 
-def test_grab_times_out_with_none_and_wakes_for_a_new_job(db_path):
-    backend = TheSchwartzBackend({"databases": [{"path": db_path}]}, [Mail])
+def test_grab_times_out_with_none_and_wakes_for_a_new_job(queue_db):
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Mail])
     backend.open()
     assert backend.grab(0.05) is None
     proc = multiprocessing.get_context("fork").Process(
-        target=lambda: Client([{"path": db_path}]).insert(Mail.funcname, {"n": 1}))
+        target=lambda: Client([queue_db]).insert(Mail.funcname, {"n": 1}))
     proc.start()
     job = backend.grab(20.0)
     proc.join(10)
@@ -76,9 +76,9 @@ def test_outage_is_a_backend_error(tmp_path):
         backend.grab(0.1)
 
 
-def test_release_hands_the_job_out_again(db_path):
-    Client([{"path": db_path}]).insert(Mail.funcname, 1)
-    backend = TheSchwartzBackend({"databases": [{"path": db_path}]}, [Mail])
+def test_release_hands_the_job_out_again(queue_db):
+    Client([queue_db]).insert(Mail.funcname, 1)
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Mail])
     backend.open()
     job = backend.grab(1.0)
     assert backend.grab(0.05) is None

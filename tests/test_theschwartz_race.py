@@ -1,4 +1,5 @@
-"""Several real processes on one SQLite queue: no job is leased twice, nothing says "database is locked"."""
+"""Several real processes on one queue (SQLite, PostgreSQL, MariaDB): no job is leased twice, nothing
+says "database is locked"."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import traceback
 import pytest
 
 from workermanager.backends.theschwartz import TheSchwartzBackend
-from workermanager.theschwartz import Client, init_db
+from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
 JOBS = 400
@@ -20,9 +21,9 @@ class Noop(Worker):
     funcname = "Race::Noop"
 
 
-def _inserter(path, done, errors):
+def _inserter(entry, done, errors):
     try:
-        client = Client([{"path": path}])
+        client = Client([entry])
         for start in range(0, JOBS, 20):
             if start % 40:
                 client.insert_jobs([(Noop.funcname, i) for i in range(start, start + 20)])
@@ -35,8 +36,8 @@ def _inserter(path, done, errors):
         done.set()
 
 
-def _worker(path, done, results, errors, complete):
-    backend = TheSchwartzBackend({"databases": [{"path": path}]}, [Noop])
+def _worker(entry, done, results, errors, complete):
+    backend = TheSchwartzBackend({"databases": [entry]}, [Noop])
     seen = []
     try:
         backend.open()
@@ -61,9 +62,8 @@ def _worker(path, done, results, errors, complete):
 
 
 @pytest.mark.parametrize("complete", [True, False], ids=["complete", "lease-only"])
-def test_four_workers_and_an_inserter_never_share_a_job(tmp_path, complete):
-    path = str(tmp_path / "race.db")
-    init_db({"path": path})
+def test_four_workers_and_an_inserter_never_share_a_job(queue_db, complete):
+    path = queue_db
     ctx = multiprocessing.get_context("fork")
     done, results, errors = ctx.Event(), ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(path, done, results, errors, complete)) for _ in range(WORKERS)]
@@ -80,5 +80,5 @@ def test_four_workers_and_an_inserter_never_share_a_job(tmp_path, complete):
     everything = [arg for part in seen for arg in part]
     assert sorted(everything) == list(range(JOBS)), "a job was run twice or lost"
     assert sum(1 for part in seen if part) >= 2  # the work really was shared
-    client = Client([{"path": path}])
+    client = Client([path])
     assert len(client.list_jobs(Noop.funcname, limit=1000)) == (0 if complete else JOBS)

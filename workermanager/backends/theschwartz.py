@@ -2,7 +2,11 @@
 
 Options (the config's worker_options): `databases` (list of {dsn|path, user, pass, prefix} or DSN
 strings), `prefix` (default table prefix for entries without one), `prioritize`, `retry_seconds`,
-`base_dir` (for relative SQLite paths, when the config loader has not resolved them already).
+`base_dir` (for relative SQLite paths, when the config loader has not resolved them already),
+`listeners_per_host` (PostgreSQL: idle children per host woken by one insert, default 2).
+
+Idle waiting is `theschwartz.wakeup`: LISTEN/NOTIFY with turns on PostgreSQL, polling with a
+50 ms cap elsewhere.
 """
 
 from __future__ import annotations
@@ -15,14 +19,10 @@ from workermanager.backends.base import Backend, BackendError
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
+from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Job, Worker
 
-#: idle polling: first wait, growth factor, cap (a new job starts within ~50 ms of its insert)
-POLL_FIRST = 0.005
-POLL_FACTOR = 2.0
-POLL_MAX = 0.05
-
-_KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir"}
+_KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir", "listeners_per_host"}
 
 
 class TheSchwartzBackend(Backend):
@@ -56,36 +56,48 @@ class TheSchwartzBackend(Backend):
             raise ValueError("worker_options.retry_seconds: a number of seconds") from None
         if self.retry_seconds <= 0:
             raise ValueError("worker_options.retry_seconds: must be positive")
+        try:
+            self.listeners = int(self.options.get("listeners_per_host", LISTENERS_PER_HOST))
+        except (TypeError, ValueError):
+            raise ValueError("worker_options.listeners_per_host: a whole number") from None
+        if self.listeners < 1:
+            raise ValueError("worker_options.listeners_per_host: at least 1")
         self.client: Client | None = None
+        self.wakeup: Wakeup | None = None
 
     def open(self) -> None:
         """Build the client in the child; connections open lazily on first use, in this process."""
         self.client = Client(self.databases, prioritize=self.prioritize,
                              base_dir=self.options.get("base_dir"), retry_seconds=self.retry_seconds)
+        self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
 
     def grab(self, timeout: float) -> Job | None:
-        """Lease one job, polling with backoff (5 ms doubling to 50 ms) for up to `timeout` seconds."""
+        """Lease one job, waiting up to `timeout` seconds (see theschwartz.wakeup for how)."""
         if self.client is None:
             self.open()
-        assert self.client is not None
+        assert self.client is not None and self.wakeup is not None
         deadline = time.monotonic() + max(0.0, timeout)
-        pause = POLL_FIRST
+        self.wakeup.reset()
         while True:
             try:
                 job = self.client.find_job_for_workers(self.worker_classes)
             except DatabaseError as exc:  # DatabaseUnavailable included
+                self.wakeup.close()
                 raise BackendError(f"TheSchwartz: {exc}") from exc
             if job is not None:
+                self.wakeup.busy()
                 if job.worker_class is None:
                     job.worker_class = self.worker_by_funcname.get(job.funcname)
                 return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            time.sleep(min(pause, remaining))
-            pause = min(pause * POLL_FACTOR, POLL_MAX)
+            self.wakeup.wait(remaining)
 
     def close(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.close()
+            self.wakeup = None
         if self.client is not None:
             self.client.close()
             self.client = None
