@@ -1,4 +1,5 @@
-"""Perl TheSchwartz (Debian's libtheschwartz-perl) and this library share one SQLite queue.
+"""Perl TheSchwartz (Debian's libtheschwartz-perl) and this library share one queue, on SQLite,
+PostgreSQL (DBD::Pg) and MariaDB (DBD::mysql), both ways.
 
 Skipped on a developer machine without the Perl modules, a failure in CI (CI=true).
 """
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from workermanager.theschwartz import Client, init_db
+from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
 from helpers import IN_CI, require_program
@@ -18,10 +19,14 @@ from helpers import IN_CI, require_program
 PEER = os.path.join(os.path.dirname(__file__), "perl", "schwartz_peer.pl")
 
 
-@pytest.fixture(scope="module")
-def perl():
+DBD = {"sqlite": ("DBD::SQLite", "libdbd-sqlite3-perl"), "postgres": ("DBD::Pg", "libdbd-pg-perl"),
+       "mysql": ("DBD::mysql", "libdbd-mysql-perl")}
+
+
+@pytest.fixture
+def perl(queue_kind):
     path = require_program("perl", "perl")
-    for module, package in (("TheSchwartz", "libtheschwartz-perl"), ("DBD::SQLite", "libdbd-sqlite3-perl")):
+    for module, package in (("TheSchwartz", "libtheschwartz-perl"), DBD[queue_kind]):
         if subprocess.run([path, f"-M{module}", "-e1"], capture_output=True).returncode != 0:
             message = f"Perl module {module} missing: install Debian's {package} (make test does)"
             pytest.fail(message) if IN_CI else pytest.skip(message)
@@ -29,17 +34,20 @@ def perl():
 
 
 @pytest.fixture
-def queue(tmp_path):
-    path = str(tmp_path / "shared.db")
-    dsn = f"dbi:SQLite:dbname={path}"
-    init_db(dsn)
-    client = Client([{"dsn": dsn, "user": "", "pass": ""}])
-    yield dsn, client
+def queue(queue_db, tmp_path):
+    entry = dict(queue_db)
+    if "path" in entry:  # SQLite: the DBI form, as Perl writes it (handles hash the DSN string)
+        entry = {"dsn": f"dbi:SQLite:dbname={entry['path']}", "user": "", "pass": ""}
+    client = Client([entry])
+    yield entry, client
     client.close()
 
 
-def run_peer(perl, dsn, *args) -> list[str]:
-    result = subprocess.run([perl, PEER, dsn, *args], capture_output=True, text=True, timeout=60)
+def run_peer(perl, entry, *args) -> list[str]:
+    env = dict(os.environ, WM_PEER_USER=entry.get("user") or "", WM_PEER_PASS=entry.get("pass") or "",
+               WM_PEER_PREFIX=entry.get("prefix") or "")
+    result = subprocess.run([perl, PEER, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
+                            env=env)
     assert result.returncode == 0, f"perl peer failed: {result.stderr}"
     return result.stdout.splitlines()
 

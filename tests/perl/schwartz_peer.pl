@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 # Perl TheSchwartz as a peer of workermanager.theschwartz, driven by tests/test_theschwartz_perl.py
-# and bench/theschwartz_bench.py.
+# and bench/theschwartz_bench.py. For PostgreSQL and MySQL set WM_PEER_USER, WM_PEER_PASS and,
+# for prefixed tables, WM_PEER_PREFIX.
 #
 #   schwartz_peer.pl DSN insert FUNCNAME ARG [COUNT]   insert COUNT jobs with a plain-string ARG; print handles
 #   schwartz_peer.pl DSN insert_ref FUNCNAME           insert one job whose arg is a hashref (Storable)
@@ -35,7 +36,10 @@ sub work {
 package main;
 
 my ($dsn, $command, @rest) = @ARGV;
-my $client = TheSchwartz->new(databases => [{ dsn => $dsn, user => '', pass => '' }]);
+# Server databases: user, password and table prefix come from the environment (never argv).
+my %db = (dsn => $dsn, user => $ENV{WM_PEER_USER} // '', pass => $ENV{WM_PEER_PASS} // '');
+$db{prefix} = $ENV{WM_PEER_PREFIX} if $ENV{WM_PEER_PREFIX};
+my $client = TheSchwartz->new(databases => [\%db]);
 $| = 1;
 
 if ($command eq 'insert') {
