@@ -14,7 +14,7 @@ import sys
 
 from workermanager.config import Config
 
-LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s.%(msecs)03d [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
 class ErrorLog:
