@@ -91,6 +91,7 @@ def run_daemon(options: argparse.Namespace) -> int:
         daemonize.check_writable(config.logfile, "logfile")
         daemonize.check_writable(config.errorlogfile, "errorlogfile")
         metrics_module.check_listen(config)
+        daemonize.resolve_identity(config)
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
         return fail(str(exc))
 

@@ -72,17 +72,29 @@ def detach(config: Config) -> None:
     context.open()
 
 
+def resolve_identity(config: Config) -> tuple[pwd.struct_passwd | None, int | None]:
+    """The account and group id to run as; OSError names an unknown user or group.
+
+    Called before detaching too, so a typo in `user:` fails on the terminal.
+    """
+    try:
+        user = pwd.getpwnam(config.user) if config.user else None
+    except KeyError:
+        raise OSError(f"{config.path}: key 'user': no such user {config.user!r}") from None
+    try:
+        gid = grp.getgrnam(config.group).gr_gid if config.group else (user.pw_gid if user else None)
+    except KeyError:
+        raise OSError(f"{config.path}: key 'group': no such group {config.group!r}") from None
+    return user, gid
+
+
 def drop_privileges(config: Config, own_paths: list[str]) -> None:
     """Become `user`/`group` (when started as root), handing them the files they must write."""
     if config.user is None and config.group is None:
         return
     if os.getuid() != 0:
         return  # not root: we already run as whoever started us
-    try:
-        user = pwd.getpwnam(config.user) if config.user else None
-        gid = grp.getgrnam(config.group).gr_gid if config.group else (user.pw_gid if user else None)
-    except KeyError as exc:
-        raise OSError(f"{config.path}: unknown user or group {exc.args[0]}") from None
+    user, gid = resolve_identity(config)
     uid = user.pw_uid if user else None
     for path in own_paths:
         if path and os.path.exists(path):

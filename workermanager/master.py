@@ -21,7 +21,7 @@ from collections.abc import Callable
 from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import ChildPlan, flush_log_handlers, run_child
-from workermanager.config import Config, import_worker_classes
+from workermanager.config import Config, ConfigError, import_worker_classes
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState
 from workermanager.worker import Worker
 
@@ -57,7 +57,7 @@ class Master:
         self.on_reopen_logs = on_reopen_logs
         self.on_state = on_state
         self.worker_classes: list[type[Worker]] = import_worker_classes(config)
-        self.backend: Backend = backend_class(config.type)(config.worker_options, self.worker_classes)
+        self.backend: Backend = build_backend(config, self.worker_classes)
         self.concurrency = config.concurrency
         self.generation = 1
         self.children: dict[int, ChildState] = {}
@@ -188,7 +188,7 @@ class Master:
         try:
             config = self.reload_config()
             classes = import_worker_classes(config)
-            backend = backend_class(config.type)(config.worker_options, classes)
+            backend = build_backend(config, classes)
         except Exception as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
@@ -361,6 +361,14 @@ class Master:
         state = "stopping" if self.stopping else ""
         proctitle.set_master_title(self.config.path, len(self.children), self.concurrency, state)
         self.on_state(self)
+
+
+def build_backend(config: Config, worker_classes: list[type[Worker]]) -> Backend:
+    """The configured backend, built (not connected); bad options raise ConfigError naming the file."""
+    try:
+        return backend_class(config.type)(config.worker_options, worker_classes)
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
 
 
 def _kill(pid: int, signum: int) -> None:
