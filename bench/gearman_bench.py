@@ -30,9 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from gearmand_server import GearmandServer  # noqa: E402
-
 from workermanager.gearman import Admin, Client  # noqa: E402
+
+from gearmand_server import GearmandServer  # noqa: E402
 
 FUNC = "Bench::Noop"
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
