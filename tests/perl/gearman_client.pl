@@ -1,0 +1,34 @@
+#!/usr/bin/perl
+# Perl Gearman::Client for interop tests and benchmarks.
+#   gearman_client.pl SERVERS MODE FUNC [ARG|COUNT]
+# SERVERS: comma-separated host:port. MODE:
+#   fg        run one foreground job, print its result (or "EXCEPTION: ..." / "FAIL")
+#   bg        submit one background job, print its handle
+#   latency   run COUNT foreground jobs one after another, print each round trip in microseconds
+use strict;
+use warnings;
+use Gearman::Client;
+use Time::HiRes qw(time);
+
+my ($servers, $mode, $func, $arg) = @ARGV;
+my $client = Gearman::Client->new(job_servers => [split /,/, $servers], exceptions => 1);
+$| = 1;
+if ($mode eq 'fg') {
+    my $exception;
+    my $ref = $client->do_task($func, $arg, { on_exception => sub { $exception = shift } });
+    if (defined $exception) { print "EXCEPTION: $exception\n" }
+    elsif (defined $ref) { print $$ref, "\n" }
+    else { print "FAIL\n" }
+} elsif ($mode eq 'bg') {
+    my $handle = $client->dispatch_background($func, $arg);
+    print defined $handle ? "$handle\n" : "FAIL\n";
+} elsif ($mode eq 'latency') {
+    for (1 .. $arg) {
+        my $t0 = time;
+        my $ref = $client->do_task($func, "x");
+        die "job failed\n" unless defined $ref;
+        printf "%d\n", (time - $t0) * 1e6;
+    }
+} else {
+    die "unknown mode $mode\n";
+}
