@@ -173,7 +173,13 @@ class Child:
         try:
             outcome = run_job(worker, job)
         except JobTimeout:
-            outcome = self._settle_timed_out(job, timeout)
+            outcome = self._settle_abandoned(job, f"timed out after {timeout:g}s", "a job timed out")
+        except SystemExit as exc:
+            outcome = self._settle_abandoned(job, f"worker called sys.exit({exc.code!r})", "a job called sys.exit")
+        except Exception as exc:  # the job ran, but its outcome could not be recorded (outage)
+            log.error("child %d: job %s (%s) ran but its outcome was not recorded: %s; it will run "
+                      "again when its lease ends", os.getpid(), job.handle, job.funcname, exc)
+            outcome = "unrecorded"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         process_ms = int((time.monotonic() - started) * 1000)
@@ -193,14 +199,16 @@ class Child:
                            process_ms=process_ms, delay_ms=delay_ms, rss=rss)
         self._check_limits(rss, outcome)
 
-    def _settle_timed_out(self, job: Job, timeout: float) -> str:
-        log.error("child %d: job %s (%s) timed out after %gs", os.getpid(), job.handle, job.funcname, timeout)
-        self.stop_reason = "a job timed out"  # its state may be damaged: replace the child
+    def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
+        """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,
+        whose state the job may have left damaged."""
+        log.error("child %d: job %s (%s) %s", os.getpid(), job.handle, job.funcname, why)
+        self.stop_reason = stop_reason
         if not job.is_finished:
             try:
-                job.failed(f"timed out after {timeout:g}s")
-            except Exception:
-                log.exception("child %d: cannot record the timeout of job %s", os.getpid(), job.handle)
+                job.failed(why)
+            except Exception as exc:
+                log.error("child %d: cannot record the failure of job %s: %s", os.getpid(), job.handle, exc)
         return job.outcome or "failed"
 
     def _check_limits(self, rss: int, outcome: str) -> None:

@@ -34,6 +34,8 @@ YOUNG_DEATH_SECONDS = 10.0
 RESPAWN_BACKOFF = (0.1, 30.0)
 #: the child's own alarm settles a job at its timeout; the master kills it this much later
 KILL_GRACE_SECONDS = 2.0
+#: the master reads children's messages at most this often (they wait in the pipes meanwhile)
+SCOREBOARD_INTERVAL = 0.01
 #: fast stop (INT) waits this long for children to hand their jobs back
 FAST_STOP_SECONDS = 3.0
 
@@ -71,6 +73,7 @@ class Master:
         #: objects told of finished jobs and exited children (metrics); see MasterListener
         self.listeners: list[MasterListener] = []
         self._wakeup_r = self._wakeup_w = -1
+        self._last_read = 0.0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -110,6 +113,14 @@ class Master:
             readable, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
+        if self._wakeup_r not in readable:
+            # Only scoreboard news: let a few more messages gather (at most one turn per
+            # SCOREBOARD_INTERVAL), so busy children do not wake the master twice per job.
+            pause = self._last_read + SCOREBOARD_INTERVAL - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+                readable, _, _ = select.select(fds, [], [], 0)
+            self._last_read = time.monotonic()
         for fd in readable:
             if fd == self._wakeup_r:
                 self.pending_signals.extend(_drain(fd))
