@@ -67,6 +67,9 @@ class Child:
         self.reopen_requested = False
         self.current_job: Job | None = None
         self.process = psutil.Process()
+        self._statm_fd: int | None = None
+        self._title_state = ""
+        self._title_set_at = 0.0
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -101,7 +104,7 @@ class Child:
         self._install_signals()
         if unblock is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
-        self._set_title("starting")
+        self._set_title("starting", force=True)
         try:
             for cls in self.plan.worker_classes:
                 worker = cls()
@@ -128,7 +131,6 @@ class Child:
         backoff = 0.0
         opened = False
         while self._keep_going():
-            self._set_title("idle")
             try:
                 if not opened:
                     self.backend.open()
@@ -144,6 +146,8 @@ class Child:
                 backoff = 0.0
             if job is not None:
                 self._run(job)
+            else:
+                self._set_title("idle", force=True)
 
     def _keep_going(self) -> bool:
         if self.stop_reason:
@@ -166,7 +170,7 @@ class Child:
         timeout = cls.job_timeout()
         self.current_job = job
         self.reporter.send("start", funcname=job.funcname, job_id=job.handle, timeout=timeout)
-        self._set_title(job.funcname)
+        self._set_title(job.funcname, force=self._title_state in ("idle", "starting"))
         started_wall = time.time()
         started = time.monotonic()
         signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -194,10 +198,10 @@ class Child:
             backend=self.backend.log_name, outcome=word, funcname=job.funcname,
             process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=os.getpid(),
             job_id=job.handle, worker_class=f"{cls.__module__}.{cls.__qualname__}"))
-        rss = self._rss()
+        rss = self._rss() if self.config.max_memory_per_child or self.works_done % RSS_EVERY == 1 else None
         self.reporter.send("done", outcome=word, funcname=job.funcname, works_done=self.works_done,
                            process_ms=process_ms, delay_ms=delay_ms, rss=rss)
-        self._check_limits(rss, outcome)
+        self._check_limits(rss or 0, outcome)
 
     def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
         """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,
@@ -236,26 +240,37 @@ class Child:
             log.debug("child %d: backend close failed", os.getpid(), exc_info=True)
 
     def _rss(self) -> int:
-        return resident_bytes(self.process)
+        """This process's RSS: a pread of /proc/self/statm (one syscall) where there is one."""
+        if self._statm_fd is None:
+            try:
+                self._statm_fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._statm_fd = -1
+        if self._statm_fd >= 0:
+            try:
+                return int(os.pread(self._statm_fd, 128, 0).split()[1]) * _PAGE_SIZE
+            except (OSError, ValueError, IndexError):
+                pass
+        try:
+            return self.process.memory_info().rss
+        except psutil.Error:
+            return 0
 
-    def _set_title(self, state: str) -> None:
+    def _set_title(self, state: str, force: bool = False) -> None:
+        """Busy children retitle at most every TITLE_INTERVAL: a title is for a person at `ps`,
+        and two prctl calls per job are a measurable share of a no-op job."""
+        now = time.monotonic()
+        if state == self._title_state or (not force and now - self._title_set_at < TITLE_INTERVAL):
+            return
+        self._title_state, self._title_set_at = state, now
         proctitle.set_child_title(self.plan.slot, state, self.works_done, self.plan.works_limit)
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes(process: psutil.Process) -> int:
-    """This process's RSS: /proc/self/statm when there is one (a read per job costs ~5 us, a
-    psutil call ~40 us), psutil elsewhere."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        try:
-            return process.memory_info().rss
-        except psutil.Error:
-            return 0
+#: without a memory limit, RSS is read for the scoreboard every this many jobs
+RSS_EVERY = 32
+#: a busy child's process title changes at most this often (seconds)
+TITLE_INTERVAL = 0.25
 
 
 def run_child(plan: ChildPlan, unblock: set[signal.Signals] | None = None) -> int:

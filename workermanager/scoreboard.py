@@ -93,7 +93,7 @@ class ChildState:
             self.job_funcname = self.job_id = None
             self.job_started = self.job_started_wall = self.job_timeout = None
             self.works_done = message.get("works_done", self.works_done + 1)
-            self.rss = message.get("rss", self.rss)
+            self.rss = message.get("rss") or self.rss
             if message.get("outcome") == "completed":
                 self.completed += 1
             else:
