@@ -9,6 +9,7 @@ job server allows.
 from __future__ import annotations
 
 import abc
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -137,6 +138,20 @@ class Worker:
     def should_retry(cls, failures: int) -> bool:
         """True when a job that has now failed `failures` times (this one included) may run again."""
         return failures <= cls.max_retries
+
+
+def decode_arg(raw: bytes) -> Any:
+    """The argument a worker sees, the same on every backend: JSON when it parses, else UTF-8
+    text, else the bytes themselves. Never unpickled: job data is written by whoever can reach the
+    queue."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def run_job(worker: Worker, job: Job) -> str:

@@ -34,7 +34,6 @@ logs a warning when a server is lost and when it is back.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -45,22 +44,10 @@ from workermanager.gearman.client import Client, GearmanError
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
 from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
 from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
-from workermanager.worker import Job
+from workermanager.worker import Job, decode_arg
 from workermanager.worker import Worker as WorkerClass
 
 log = logging.getLogger(__name__)
-
-
-def decode_arg(raw: bytes) -> Any:
-    """JSON when it parses, else a UTF-8 str, else the bytes themselves."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 class GearmanJob(Job):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workermanager.worker import decode_arg as decode_worker_arg
+
 STORABLE_MESSAGE = ("arg is a Perl Storable value (a Perl client inserted a reference); "
                     "this worker reads JSON, text or bytes: insert a JSON string from Perl instead")
 
@@ -52,14 +54,7 @@ def decode_arg(raw: bytes | None) -> Any:
         return None
     if is_storable(raw):
         raise StorableArgError()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    return decode_worker_arg(raw)
 
 
 def as_bytes(value: Any) -> bytes | None:
