@@ -182,7 +182,7 @@ def test_a_child_over_max_memory_is_recycled_after_its_job(tmp_path, queue, daem
 def test_a_worker_whose_setup_raises_backs_off_instead_of_fork_bombing(tmp_path, queue, daemons):
     _, path = queue
     daemon = make(daemons, tmp_path, path, ["testworkers.BadSetup"], ("-n", "-c", "4")).start()
-    daemon.wait_error_log("children keep dying young (5 in a row)", timeout=20)
+    daemon.wait_error_log("children keep dying before they are ready (5 in a row)", timeout=20)
     log = daemon.error_log()
     assert "cannot reach the thumbnail service" in log
     started = log.count("started (slot")

@@ -28,9 +28,7 @@ from workermanager.worker import Worker
 log = logging.getLogger("workermanager.master")
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
-#: a child that dies abnormally younger than this counts towards respawn backoff
-YOUNG_DEATH_SECONDS = 10.0
-#: respawn delay grows from the first to the second value while children keep dying young
+#: respawn delay grows from the first to the second value while children die before they are ready
 RESPAWN_BACKOFF = (0.1, 30.0)
 #: the child's own alarm settles a job at its timeout; the master kills it this much later
 KILL_GRACE_SECONDS = 2.0
@@ -340,13 +338,17 @@ class Master:
         level = logging.WARNING if abnormal else logging.INFO
         log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
                 child.works_done, age)
-        if abnormal and age < YOUNG_DEATH_SECONDS and not self.stopping:
+        if abnormal and not child.ready and not self.stopping:
+            # It died before its workers were set up: the cause (an import, a setup() that raises)
+            # will kill the next one too, so slow down instead of forking in a loop.
             self.young_deaths += 1
             delay = min(RESPAWN_BACKOFF[1], RESPAWN_BACKOFF[0] * 2 ** (self.young_deaths - 1))
             self.next_spawn_at = time.monotonic() + delay
-            log.warning("children keep dying young (%d in a row); next start in %.1fs", self.young_deaths, delay)
-        elif not abnormal or child.works_done:
-            self.young_deaths = 0
+            log.warning("children keep dying before they are ready (%d in a row); next start in %.1fs",
+                        self.young_deaths, delay)
+        elif child.ready:
+            # A child that got as far as running jobs proves the setup works: replace it at once.
+            self.young_deaths, self.next_spawn_at = 0, 0.0
 
     def _kill_timed_out_jobs(self) -> None:
         now = time.monotonic()

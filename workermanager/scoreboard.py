@@ -53,6 +53,7 @@ class ChildState:
     job_timeout: float | None = None
     rss: int = 0
     stopping: bool = False  # we asked it to stop (TERM sent)
+    ready: bool = False  # its workers are set up (it said "ready")
     kill_reason: str | None = None
     buffer: bytes = b""
     completed: int = 0
@@ -99,6 +100,7 @@ class ChildState:
             else:
                 self.failed += 1
         elif event == "ready":
+            self.ready = True
             self.works_limit = message.get("works_limit", 0)
             self.rss = message.get("rss", self.rss)
 
