@@ -136,9 +136,13 @@ class Child:
                     self.backend.open()
                     opened = True
                 job = self.backend.grab(GRAB_SLICE)
-            except BackendError as exc:
+            except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
-                log.error("child %d: %s; retrying in %.1fs", os.getpid(), exc, backoff)
+                if isinstance(exc, BackendError):
+                    log.error("child %d: %s; retrying in %.1fs", os.getpid(), exc, backoff)
+                else:
+                    log.error("child %d: backend error %s: %s; retrying in %.1fs", os.getpid(),
+                              type(exc).__name__, exc, backoff, exc_info=True)
                 self._pause(backoff)
                 continue
             if backoff:
