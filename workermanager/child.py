@@ -66,7 +66,6 @@ class Child:
         self.stop_reason: str | None = None
         self.reopen_requested = False
         self.current_job: Job | None = None
-        self.process = psutil.Process()
         self._statm_fd: int | None = None
         self._title_state = ""
         self._title_set_at = 0.0
@@ -256,7 +255,7 @@ class Child:
             except (OSError, ValueError, IndexError):
                 pass
         try:
-            return self.process.memory_info().rss
+            return psutil.Process().memory_info().rss
         except psutil.Error:
             return 0
 

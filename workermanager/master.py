@@ -72,6 +72,7 @@ class Master:
         self.listeners: list[MasterListener] = []
         self._wakeup_r = self._wakeup_w = -1
         self._last_read = 0.0
+        self._routine_recycles = 0  # recycled children whose replacements are not yet forked
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -116,7 +117,7 @@ class Master:
             # SCOREBOARD_INTERVAL), so busy children do not wake the master twice per job.
             pause = self._last_read + SCOREBOARD_INTERVAL - time.monotonic()
             if pause > 0:
-                time.sleep(pause)
+                select.select([self._wakeup_r], [], [], pause)  # a signal (SIGCHLD) ends the pause
                 readable, _, _ = select.select(fds, [], [], 0)
             self._last_read = time.monotonic()
         for fd in readable:
@@ -289,8 +290,11 @@ class Master:
         self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,
                                         started_at=time.time(), read_fd=read_fd,
                                         works_limit=plan.works_limit)
-        log.info("child %d started (slot %d, generation %d, %d jobs)", pid, slot, self.generation,
-                 plan.works_limit)
+        # A routine recycle's replacement is news only at debug level: with -w 1 it is every job.
+        level = logging.DEBUG if self._routine_recycles else logging.INFO
+        self._routine_recycles = max(0, self._routine_recycles - 1)
+        log.log(level, "child %d started (slot %d, generation %d, %d jobs)", pid, slot, self.generation,
+                plan.works_limit)
 
     def _reap(self) -> None:
         while True:
@@ -335,7 +339,9 @@ class Master:
         self.restarts[restart_reason] += 1
         for listener in self.listeners:
             listener.child_exited(restart_reason)
-        level = logging.WARNING if abnormal else logging.INFO
+        routine = not abnormal and reason == "recycled"
+        self._routine_recycles += routine
+        level = logging.WARNING if abnormal else logging.DEBUG if routine else logging.INFO
         log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
                 child.works_done, age)
         if abnormal and not child.ready and not self.stopping:

@@ -1,7 +1,7 @@
 """The master's state as a JSON file, so `workermanager status` can read it without a socket.
 
 Written through a temp file and a rename (readers never see half a file), at most twice a
-second while jobs stream by, and at once when children come or go.
+second while jobs stream by, and within a tenth of a second when children come or go.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL = 0.5
+#: when children came or went: soon, but not once per fork when children live for one job (-w 1)
+CHANGE_INTERVAL = 0.1
 
 
 def status_path(config: Config) -> str:
@@ -63,7 +65,9 @@ class StatusPublisher:
     def publish(self, master: Master) -> None:
         pids = frozenset(master.children)
         now = time.monotonic()
-        if pids == self._last_pids and now - self._last_write < MIN_INTERVAL and not master.stopping:
+        since = now - self._last_write
+        changed = pids != self._last_pids or master.stopping
+        if since < (CHANGE_INTERVAL if changed else MIN_INTERVAL):
             return
         self._last_pids, self._last_write = pids, now
         self._write(snapshot(master))
