@@ -103,26 +103,38 @@ class Daemon:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def drain_rate(db: str, jobs: int, process: subprocess.Popen) -> float:
+    """Jobs per second from the first job taken to the empty queue (start-up is not counted)."""
+    deadline = time.monotonic() + 3600
+    while (left := jobs_left(db)) == jobs:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args!r} took no job")
+        time.sleep(0.002)
+    started = time.monotonic()
+    finished = wait_empty(db, 3600)
+    return left / (finished - started)
+
+
 def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
     db = os.path.join(folder, f"ours-w{works}.db")
     shutil.copy(template, db)
     daemon = Daemon(folder, db, ["benchworkers.Noop"], concurrency, works)
-    started = time.monotonic()
     daemon.start()
     try:
-        finished = wait_empty(db, 1800)
+        return drain_rate(db, jobs, daemon.process)
     finally:
         daemon.stop()
-    return jobs / (finished - started)
 
 
 def run_perl(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
     db = os.path.join(folder, "perl.db")
     shutil.copy(template, db)
-    out = subprocess.run(["perl", PERL_PEER, f"dbi:SQLite:dbname={db}", "Bench::Noop", str(concurrency),
-                          str(works)], capture_output=True, text=True, timeout=3600, check=True)
-    elapsed = float(out.stdout.split("elapsed=")[1].split()[0])
-    return jobs / elapsed
+    process = subprocess.Popen(["perl", PERL_PEER, f"dbi:SQLite:dbname={db}", "Bench::Noop", str(concurrency),
+                                str(works)], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return drain_rate(db, jobs, process)
+    finally:
+        process.wait(60)
 
 
 def run_ceiling(folder: str, template: str, jobs: int) -> float:
