@@ -46,6 +46,12 @@ def parse_unique(unique: str | bytes) -> UniqueInfo | None:
     if len(parts) != 5 or parts[0] != PREFIX:
         return None
     _, since, attempt, mode, nonce = parts
-    if not (since.isdigit() and attempt.isdigit() and mode in ("b", "f") and nonce):
+    # isdigit() alone accepts "²" and other Unicode digits that int() refuses: a unique id from
+    # another client is data, and a ValueError here would leave its job grabbed and never run.
+    if not (_is_number(since) and _is_number(attempt) and mode in ("b", "f") and nonce):
         return None
     return UniqueInfo(int(since) / 1000.0, int(attempt), mode == "b", nonce)
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
