@@ -190,6 +190,11 @@ class GearmanStore(JobStore):
         with GearmanClient(self.addresses) as client:
             return client.submit_background_many(funcname, list(args))
 
+    def insert_with_unique(self, funcname: str, arg: Any, unique: str) -> str:
+        """A job whose unique id another client chose (it may look like ours and not be)."""
+        with GearmanClient(self.addresses) as client:
+            return client.submit_background(funcname, arg, unique=unique)
+
 
 def job_args(ids: Iterable[str], **extra: Any) -> list[dict[str, Any]]:
     return [{"id": ident, **extra} for ident in ids]
@@ -374,15 +379,20 @@ BAD_ARGS = {
 
 def bad_rows(store: JobStore, folder: str, good: int = 40, concurrency: int = 2, timeout: float = 60,
              keep: Callable[[Daemon], None] = lambda d: None) -> Counts:
-    """Scenario 7: bad args among good jobs (and, on SQL, a row for a funcid nobody maps); the
-    bad ones end failed, the good ones done, the daemon alive and at full strength."""
+    """Scenario 7: bad args among good jobs (on SQL also a row for a funcid nobody maps, on
+    Gearman a unique id that mimics ours); the bad ones end failed, the good ones done, the
+    daemon alive and at full strength."""
     ids = new_ids("g", good)
     half = good // 2
-    store.insert("Chaos::Ledger", job_args(ids[:half]))
+    first, second = ids[:half], ids[half:]
+    store.insert("Chaos::Ledger", job_args(first))
     store.insert("Chaos::Ledger", list(BAD_ARGS.values()))
     if isinstance(store, SchwartzStore):
         store.insert_unknown_funcid()
-    store.insert("Chaos::Ledger", job_args(ids[half:]))
+    else:  # our unique-id format with a Unicode digit: a good job all the same
+        ids.append("odd-unique")
+        store.insert_with_unique("Chaos::Ledger", {"id": "odd-unique"}, "wm1:\u00b2:0:b:x")
+    store.insert("Chaos::Ledger", job_args(second))
     daemon = make_daemon(folder, store, ["chaosworkers.Ledger"], concurrency)
     keep(daemon)
     daemon.start(wait_children=concurrency)
