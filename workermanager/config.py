@@ -131,6 +131,10 @@ def load(path: str, overrides: Mapping[str, Any] | None = None) -> Config:
         line = f" line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{line} malformed YAML: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting deeper than the stack
+        raise ConfigError(f"{path}: unusable YAML: {str(exc).splitlines()[0][:200]}") from None
     return from_mapping(raw, path, overrides)
 
 
