@@ -435,3 +435,26 @@ def unwritable_job_log(store: JobStore, folder: str, logfile: str, jobs: int = 1
     return count(scenario, store.kind, daemon, ids, children,
                  reported=daemon.error_log().count("cannot write job log"),
                  master_alive=daemon.process is not None and daemon.process.poll() is None)
+
+
+def poison_job(store: JobStore, folder: str, window: float = 6.0, concurrency: int = 4,
+               keep: Callable[[Daemon], None] = lambda d: None) -> tuple[Counts, int]:
+    """Scenario 5b: one job aborts every child that runs it. Other jobs must still be done, and
+    the daemon must not fork as fast as the job server can hand the job out again. Returns
+    (counts, the bound on child starts over the window: the same as scenario 6's)."""
+    store.insert("Chaos::Abort", [{"id": "poison", "crashes": 10**9}])
+    daemon = make_daemon(folder, store, ["chaosworkers.Abort", "chaosworkers.Ledger"], concurrency)
+    keep(daemon)
+    daemon.start(wait_children=concurrency)
+    ids = new_ids("n", 20)
+    store.insert("Chaos::Ledger", job_args(ids))
+    time.sleep(window)  # the observation window is the measurement
+    wait_all_done(daemon, ids, 30)
+    started = started_children(daemon)
+    try:  # between two crashes the pool is whole again, unless the master forks in a loop
+        children = wait_pool(daemon, concurrency, timeout=10)
+    except AssertionError:
+        children = len(daemon.children())
+    bound = concurrency + math.ceil(math.log2(window / 0.1 + 1)) + 3
+    return count("poison job", store.kind, daemon, ids, children, started_in_window=started,
+                 aborts=done_counter(daemon, "abort")["poison"], window_s=window), bound

@@ -28,6 +28,7 @@ from chaos_harness import (
     make_daemon,
     misbehaving_workers,
     new_ids,
+    poison_job,
     server_outage,
     setup_fork_bomb_window,
     term_and_restart,
@@ -170,6 +171,20 @@ def test_aborting_exiting_hanging_leaking_jobs_come_back_and_the_pool_stays(stor
     assert counts.extra["timed_out"] >= 2, line          # the hangs, settled as failed and retried
     assert counts.extra["failed_lines"] >= 4, line       # the hangs and the sys.exits
     assert counts.extra["over_memory"] >= 2, line        # the leaks, recycled after their job
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "gearman"])
+def test_a_job_that_aborts_every_child_does_not_make_the_master_fork_in_a_loop(kind, request, tmp_path,
+                                                                              daemons, report):
+    if kind == "gearman":
+        request.applymarker(pytest.mark.xfail(
+            strict=False, reason="gearmand hands a poison job straight back and the master respawns a "
+                                 "child that was ready at once (b0a883c): ~200 child starts a second"))
+    counts, bound = poison_job(_store_of(kind, request, tmp_path), folder(tmp_path), window=5.0,
+                               concurrency=4, keep=daemons)
+    line = report(counts)
+    assert counts.lost == 0 and counts.children == 4, line  # the other jobs are done meanwhile
+    assert counts.extra["started_in_window"] <= bound, f"{line} (bound {bound})"
 
 
 # -- 6: setup or import raises ------------------------------------------------------------------
