@@ -30,6 +30,9 @@ log = logging.getLogger("workermanager.master")
 HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
 #: respawn delay grows from the first to the second value while children die before they are ready
 RESPAWN_BACKOFF = (0.1, 30.0)
+#: the same for children that crash after setup with no job finished in between (capped low:
+#: kill -9 storms must not leave the pool short for long)
+CRASH_BACKOFF = (0.05, 1.0)
 #: the child's own alarm settles a job at its timeout; the master kills it this much later
 KILL_GRACE_SECONDS = 2.0
 #: the master reads children's messages at most this often (they wait in the pipes meanwhile)
@@ -66,6 +69,7 @@ class Master:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.young_deaths = 0
+        self.crash_streak = 0
         self.next_spawn_at = 0.0
         self.restarts: collections.Counter[str] = collections.Counter()
         #: objects told of finished jobs and exited children (metrics); see MasterListener
@@ -145,6 +149,7 @@ class Master:
             if event == "exiting":
                 child.kill_reason = child.kill_reason or message.get("reason")
             elif event == "done":
+                self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
                 for listener in self.listeners:
                     listener.job_done(message)
 
@@ -246,7 +251,7 @@ class Master:
         while missing > 0 and time.monotonic() >= self.next_spawn_at:
             self._spawn()
             missing -= 1
-            if self.young_deaths:
+            if self.young_deaths or self.crash_streak > 1:
                 break  # under backoff: one child at a time, then wait again
 
     def _retire(self, count: int) -> None:
@@ -353,8 +358,17 @@ class Master:
             log.warning("children keep dying before they are ready (%d in a row); next start in %.1fs",
                         self.young_deaths, delay)
         elif child.ready:
-            # A child that got as far as running jobs proves the setup works: replace it at once.
-            self.young_deaths, self.next_spawn_at = 0, 0.0
+            # Its setup works, so the cause is not the next child's: replace it at once, unless
+            # children keep crashing with no job finishing in between (a job that kills whoever
+            # runs it, handed straight back by the job server): then slow down, briefly.
+            self.young_deaths = 0
+            self.crash_streak = self.crash_streak + 1 if abnormal and not self.stopping else 0
+            delay = 0.0 if self.crash_streak <= 1 else \
+                min(CRASH_BACKOFF[1], CRASH_BACKOFF[0] * 2 ** (self.crash_streak - 2))
+            self.next_spawn_at = time.monotonic() + delay
+            if delay:
+                log.warning("children keep crashing with no job finished in between (%d in a row); "
+                            "next start in %.2fs", self.crash_streak, delay)
 
     def _kill_timed_out_jobs(self) -> None:
         now = time.monotonic()
