@@ -298,6 +298,8 @@ class Client:
         """Lease with SELECT ... FOR UPDATE SKIP LOCKED: rows another worker is leasing right now are
         passed over instead of fought for, so one statement (PostgreSQL) or one short transaction
         (MySQL) finds the first free job whatever the number of workers."""
+        if db.dialect.leases_by_names:
+            return self._grab_by_names(db, wanted, coalescing)
         longest = max(seconds for _, seconds in wanted.values())
         while True:
             def work(cursor: Any) -> tuple[tuple | None, str, int]:
@@ -320,6 +322,34 @@ class Client:
                 return None
             cls = wanted.get(funcname or "", (None, 0))[0]
             job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
+            job.raw_arg = as_bytes(job.raw_arg)
+            if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
+                log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
+                job.permanent_failure(job.arg_error)
+                continue
+            return job
+
+    def _grab_by_names(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
+                       coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
+        """Lease in one autocommit statement that resolves the funcnames itself (PostgreSQL): one
+        round trip per grab, whether or not the funcmap knows every name yet."""
+        pairs = [(name, seconds) for name, (_, seconds) in wanted.items()]
+        if coalescing is not None:
+            pairs = pairs[:1]
+        elif not self.prioritize:
+            random.shuffle(pairs)  # no function starves the others
+        while True:
+            def work(cursor: Any) -> tuple[tuple[tuple, str] | None, int]:
+                now = db.dialect.now(cursor)
+                return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now,
+                                                 prioritize=self.prioritize, coalescing=coalescing), now
+            found, now = db.run(work, write=False)
+            if found is None:
+                return None
+            row, funcname = found
+            cls, seconds = wanted[funcname]
+            db.remember_funcname(funcname, row[1])
+            job = TheSchwartzJob(self, db, (*row[:6], now + seconds, *row[7:]), funcname, cls)
             job.raw_arg = as_bytes(job.raw_arg)
             if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
                 log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)

@@ -211,6 +211,11 @@ class Database:
             self._funcid2name[funcid] = funcname
         return funcid  # None: no job can exist yet for a name the funcmap lacks
 
+    def remember_funcname(self, funcname: str, funcid: int) -> None:
+        """Cache a pair a committed statement just read from the funcmap (a lease by name)."""
+        self._funcname2id[funcname] = funcid
+        self._funcid2name[funcid] = funcname
+
     def funcid_to_name(self, cursor: Any, funcid: int) -> str | None:
         if funcid not in self._funcid2name:
             self._load_funcmap(cursor)

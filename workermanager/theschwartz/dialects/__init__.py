@@ -116,6 +116,19 @@ class Dialect(abc.ABC):
                        (new_grabbed_until, row[0]))
         return tuple(row)
 
+    #: lease_by_names exists: one statement finds the funcids, locks a free row and leases it
+    leases_by_names: bool = False
+
+    def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
+                       wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
+                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
+        """Lease one free job of the (funcname, grab_for seconds) pairs, in ONE autocommit statement
+        that also resolves funcnames through the funcmap (so no funcmap query and no cache miss per
+        grab). Tries the funcnames in the order given (or by priority with `prioritize`); with
+        `coalescing` (op, value) only rows whose coalesce matches. Returns (the row as it was before
+        the lease, its funcname), or None. Only where `leases_by_names` is true."""
+        raise NotImplementedError
+
     # --- wakeups ----------------------------------------------------------------------------------
 
     #: the database can push "new jobs" to idle workers (PostgreSQL LISTEN/NOTIFY)
