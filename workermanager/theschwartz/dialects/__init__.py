@@ -47,6 +47,11 @@ class Dialect(abc.ABC):
 
     # --- transactions -----------------------------------------------------------------------------
 
+    #: a write of ONE statement may run in autocommit (its own transaction): one round trip
+    #: instead of BEGIN + statement + COMMIT. False where a transaction sets per-write options
+    #: (SQLite's `synchronous`).
+    single_statement_autocommit: bool = False
+
     def begin(self, conn: Any, durable: bool) -> None:
         """Start a write transaction. `durable`: the commit must survive a power loss."""
         conn.cursor().execute("BEGIN")

@@ -34,6 +34,7 @@ class MySQLDialect(Dialect):
     placeholder = "%s"
     error_message_max = 255
     errors = (pymysql.MySQLError,)
+    single_statement_autocommit = True
 
     def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
         params: dict[str, Any] = {"database": dsn.database, "autocommit": True, "charset": "utf8mb4",

@@ -39,6 +39,7 @@ class PostgresDialect(Dialect):
     placeholder = "%s"
     errors = (psycopg.Error,)
     lease_in_transaction = False
+    single_statement_autocommit = True  # the session's synchronous_commit (off) applies
     can_listen = True
 
     def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
