@@ -21,9 +21,10 @@ class Noop(Worker):
     funcname = "Race::Noop"
 
 
-def _inserter(entry, done, errors):
+def _inserter(entry, done, errors, ready):
     try:
         client = Client([entry])
+        ready.wait(60)  # every worker is connected and polling: the race is real
         for start in range(0, JOBS, 20):
             if start % 40:
                 client.insert_jobs([(Noop.funcname, i) for i in range(start, start + 20)])
@@ -36,11 +37,13 @@ def _inserter(entry, done, errors):
         done.set()
 
 
-def _worker(entry, done, results, errors, complete):
+def _worker(entry, done, results, errors, complete, ready):
     backend = TheSchwartzBackend({"databases": [entry]}, [Noop])
     seen = []
     try:
         backend.open()
+        backend.grab(0)  # connected, schema seen
+        ready.wait(60)
         idle_since = None
         while True:
             job = backend.grab(0.05)
@@ -66,8 +69,10 @@ def test_four_workers_and_an_inserter_never_share_a_job(queue_db, complete):
     path = queue_db
     ctx = multiprocessing.get_context("fork")
     done, results, errors = ctx.Event(), ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(path, done, results, errors, complete)) for _ in range(WORKERS)]
-    procs.append(ctx.Process(target=_inserter, args=(path, done, errors)))
+    ready = ctx.Barrier(WORKERS + 1)
+    procs = [ctx.Process(target=_worker, args=(path, done, results, errors, complete, ready))
+             for _ in range(WORKERS)]
+    procs.append(ctx.Process(target=_inserter, args=(path, done, errors, ready)))
     for proc in procs:
         proc.start()
     seen = [results.get(timeout=120) for _ in range(WORKERS)]
