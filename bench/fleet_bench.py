@@ -126,23 +126,22 @@ def run_perl(server: PostgresServer, jobs: int) -> float:
 
 
 def run_ceiling(server: PostgresServer, jobs: int) -> float:
-    """One connection: the queue's own lease statement (SKIP LOCKED CTE) + DELETE, autocommit,
+    """One connection: the queue's own lease statement (SKIP LOCKED, by funcname) + DELETE, autocommit,
     synchronous_commit off as the workers' session has it."""
     db = server.create_database("ceiling")
     bulk_load(server, db, "Bench::Noop", jobs)
     client = Client([entry_for(db)])
     dbh = client.databases[0]
     conn = dbh.connection()
-    funcid = client.funcname_to_id(dbh, "Bench::Noop")
     cur = conn.cursor()
     done = 0
     started = time.monotonic()
     while True:
         now = int(time.time())
-        row = dbh.dialect.lease_skip_locked(cur, dbh.q.candidates, (funcid, now, now, 1), dbh.q.job, now + 60)
-        if row is None:
+        found = dbh.dialect.lease_by_names(cur, dbh.q.job, dbh.q.funcmap, [("Bench::Noop", 60)], now)
+        if found is None:
             break
-        cur.execute(dbh.q.delete_job, (row[0],))
+        cur.execute(dbh.q.delete_job, (found[0][0],))
         done += 1
     elapsed = time.monotonic() - started
     client.close()

@@ -276,7 +276,7 @@ class Client:
                    limit: int, coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
         # run() connects (classifying a failure) before the flag of this connection is read
         if db.run(lambda cursor: db.skip_locked, write=False):
-            return self._grab_skip_locked(db, wanted, coalescing)
+            return self._grab_by_names(db, wanted, coalescing)
         for _ in range(GRAB_ROUNDS):
             rows, now = db.run(lambda cursor: self._candidates(cursor, db, wanted, limit, coalescing),
                                write=False)
@@ -293,46 +293,12 @@ class Client:
                 return job
         return None
 
-    def _grab_skip_locked(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
-                          coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
-        """Lease with SELECT ... FOR UPDATE SKIP LOCKED: rows another worker is leasing right now are
-        passed over instead of fought for, so one statement (PostgreSQL) or one short transaction
-        (MySQL) finds the first free job whatever the number of workers."""
-        if db.dialect.leases_by_names:
-            return self._grab_by_names(db, wanted, coalescing)
-        longest = max(seconds for _, seconds in wanted.values())
-        while True:
-            def work(cursor: Any) -> tuple[tuple | None, str, int]:
-                now = db.dialect.now(cursor)
-                for select_sql, params, funcname in self._lease_queries(cursor, db, wanted, coalescing, now):
-                    seconds = wanted[funcname][1] if funcname else longest
-                    row = db.dialect.lease_skip_locked(cursor, select_sql, params, db.q.job, now + seconds)
-                    if row is None:
-                        continue
-                    if not funcname:  # several funcids in one query (prioritize): the row tells which
-                        funcname = db._funcid2name.get(row[1]) or ""
-                        exact = wanted.get(funcname, (None, longest))[1]
-                        if exact != seconds:  # we hold the lease: shorten it to this worker's grab_for
-                            cursor.execute(db.q.set_grabbed_until, (now + exact, row[0]))
-                            seconds = exact
-                    return row, funcname, now + seconds
-                return None, "", now
-            row, funcname, new_until = db.run(work, write=db.dialect.lease_in_transaction)
-            if row is None:
-                return None
-            cls = wanted.get(funcname or "", (None, 0))[0]
-            job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
-            job.raw_arg = as_bytes(job.raw_arg)
-            if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
-                log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
-                job.permanent_failure(job.arg_error)
-                continue
-            return job
-
     def _grab_by_names(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                        coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
-        """Lease in one autocommit statement that resolves the funcnames itself (PostgreSQL): one
-        round trip per grab, whether or not the funcmap knows every name yet."""
+        """Lease with FOR UPDATE SKIP LOCKED: rows another worker is leasing right now are passed
+        over instead of fought for. The statements resolve the funcnames themselves, so a name the
+        funcmap lacks costs no funcmap query. PostgreSQL: one autocommit statement, one round trip;
+        MySQL: one short transaction (BEGIN, a probe per funcname until one has a job, UPDATE, COMMIT)."""
         pairs = [(name, seconds) for name, (_, seconds) in wanted.items()]
         if coalescing is not None:
             pairs = pairs[:1]
@@ -343,7 +309,7 @@ class Client:
                 now = db.dialect.now(cursor)
                 return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now,
                                                  prioritize=self.prioritize, coalescing=coalescing), now
-            found, now = db.run(work, write=False)
+            found, now = db.run(work, write=db.dialect.lease_in_transaction)
             if found is None:
                 return None
             row, funcname = found
@@ -356,29 +322,6 @@ class Client:
                 job.permanent_failure(job.arg_error)
                 continue
             return job
-
-    def _lease_queries(self, cursor: Any, db: Database, wanted: Mapping[str, Any],
-                       coalescing: tuple[str, str] | None, now: int):
-        """(select, params, funcname or None) for each query a SKIP LOCKED lease tries, in order."""
-        ids = {}
-        for name in wanted:
-            funcid = db.funcname_to_id(cursor, name, create=False)
-            if funcid is not None:
-                ids[funcid] = name
-        if not ids:
-            return
-        if coalescing is not None:
-            op, value = coalescing
-            funcid = next(iter(ids))
-            yield db.q.coalescing_candidates(op), (funcid, value, now, now, 1), ids[funcid]
-            return
-        if self.prioritize:
-            yield db.q.prioritized_candidates(len(ids)), (*ids, now, now, 1), None
-            return
-        order = list(ids)
-        random.shuffle(order)  # no function starves the others
-        for funcid in order:
-            yield db.q.candidates, (funcid, now, now, 1), ids[funcid]
 
     def _candidates(self, cursor: Any, db: Database, wanted: Mapping[str, Any], limit: int,
                     coalescing: tuple[str, str] | None) -> tuple[list[tuple], int]:

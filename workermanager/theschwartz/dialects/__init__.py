@@ -101,37 +101,22 @@ class Dialect(abc.ABC):
 
     # --- SELECT ... FOR UPDATE SKIP LOCKED ------------------------------------------------------
 
-    #: lease_skip_locked needs an explicit transaction (False: it is one statement, autocommit)
+    #: lease_by_names needs an explicit transaction (False: it is one statement, autocommit)
     lease_in_transaction: bool = True
 
     def supports_skip_locked(self, conn: Any) -> bool:
-        """Whether the server behind `conn` has SKIP LOCKED (asked once per connection)."""
+        """Whether the server behind `conn` has SKIP LOCKED (asked once per connection); where it
+        does, leases go through lease_by_names, which such a dialect implements."""
         return False
-
-    def lease_skip_locked(self, cursor: Any, select_sql: str, params: Sequence[Any], job_table: str,
-                          new_grabbed_until: int) -> tuple | None:
-        """Lease the first row of `select_sql` (the job columns, in order, LIMIT 1) that no other
-        transaction holds: lock it with SKIP LOCKED, then move its grabbed_until. Returns the row as
-        it was before the lease, or None. Runs inside a transaction (see lease_in_transaction)."""
-        cursor.execute(f"{select_sql} FOR UPDATE SKIP LOCKED", tuple(params))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        cursor.execute(self.sql(f"UPDATE {job_table} SET grabbed_until = ? WHERE jobid = ?"),
-                       (new_grabbed_until, row[0]))
-        return tuple(row)
-
-    #: lease_by_names exists: one statement finds the funcids, locks a free row and leases it
-    leases_by_names: bool = False
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
-        """Lease one free job of the (funcname, grab_for seconds) pairs, in ONE autocommit statement
-        that also resolves funcnames through the funcmap (so no funcmap query and no cache miss per
-        grab). Tries the funcnames in the order given (or by priority with `prioritize`); with
-        `coalescing` (op, value) only rows whose coalesce matches. Returns (the row as it was before
-        the lease, its funcname), or None. Only where `leases_by_names` is true."""
+        """Lease one free job of the (funcname, grab_for seconds) pairs with FOR UPDATE SKIP LOCKED,
+        resolving the funcnames through the funcmap inside the statements (so no funcmap query and
+        no cache miss per grab for a name the funcmap lacks yet). Tries the funcnames in the order
+        given (or by priority with `prioritize`); with `coalescing` (op, value) only rows whose
+        coalesce matches. Returns (the row as it was before the lease, its funcname), or None."""
         raise NotImplementedError
 
     # --- wakeups ----------------------------------------------------------------------------------

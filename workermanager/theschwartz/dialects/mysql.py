@@ -19,6 +19,7 @@ import pymysql
 
 from workermanager.theschwartz.dialects import Dialect
 from workermanager.theschwartz.dsn import ParsedDSN
+from workermanager.theschwartz.sql import JOB_COLUMNS
 
 CONNECT_TIMEOUT = 5
 #: deadlock, lock wait timeout
@@ -148,6 +149,52 @@ class MySQLDialect(Dialect):
 
     def supports_skip_locked(self, conn: Any) -> bool:
         return bool(getattr(conn, "wm_skip_locked", False))
+
+    def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
+                       wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
+                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
+        # In a transaction (lease_in_transaction): MySQL has no UPDATE ... RETURNING.
+        # The funcid comes from a subquery on the funcmap: a locking read does not lock the rows
+        # of a subquery, and a name the funcmap lacks simply matches nothing (no funcmap reload).
+        cols = ", ".join(JOB_COLUMNS)
+        ready = "run_after <= %s AND grabbed_until <= %s"
+        seconds = dict(wanted)
+        if prioritize and coalescing is None:
+            marks = ", ".join("%s" for _ in wanted)
+            cursor.execute(
+                f"SELECT {cols}, (SELECT funcname FROM {funcmap_table} m WHERE m.funcid = j.funcid)"
+                f" FROM {job_table} j WHERE funcid IN (SELECT funcid FROM {funcmap_table} WHERE funcname IN ({marks}))"
+                f" AND {ready} ORDER BY priority IS NULL, priority DESC, jobid LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (*seconds, now, now))
+            probes = [cursor.fetchone()]
+        else:
+            probes = self._probe_each(cursor, job_table, funcmap_table, [name for name, _ in wanted], now, coalescing)
+        for row in probes:
+            if row is None:
+                continue
+            funcname = row[len(JOB_COLUMNS)]
+            cursor.execute(f"UPDATE {job_table} SET grabbed_until = %s WHERE jobid = %s",
+                           (now + int(seconds[funcname]), row[0]))
+            return tuple(row[:len(JOB_COLUMNS)]), funcname
+        return None
+
+    @staticmethod
+    def _probe_each(cursor: Any, job_table: str, funcmap_table: str, names: Sequence[str], now: int,
+                    coalescing: tuple[str, str] | None):
+        """One locking probe per funcname, in order, until one finds a free row (lazily)."""
+        cols = ", ".join(JOB_COLUMNS)
+        extra, order, params = "", "run_after", ()
+        if coalescing is not None:
+            op, value = coalescing
+            if op.upper() not in ("=", "LIKE"):
+                raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {op!r}")
+            extra, order, params = f" AND coalesce {op} %s", "jobid", (value,)
+        for name in names:
+            cursor.execute(
+                f"SELECT {cols}, %s FROM {job_table} WHERE funcid = (SELECT funcid FROM {funcmap_table}"
+                f" WHERE funcname = %s){extra} AND run_after <= %s AND grabbed_until <= %s"
+                f" ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED", (name, name, *params, now, now))
+            yield cursor.fetchone()
 
 
 def _errno(exc: BaseException) -> int | None:

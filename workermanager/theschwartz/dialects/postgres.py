@@ -147,18 +147,6 @@ class PostgresDialect(Dialect):
     def supports_skip_locked(self, conn: Any) -> bool:
         return conn.info.server_version >= 90500
 
-    def lease_skip_locked(self, cursor: Any, select_sql: str, params: Sequence[Any], job_table: str,
-                          new_grabbed_until: int) -> tuple | None:
-        # One statement, one round trip, its own transaction: the CTE locks the first free row,
-        # the UPDATE leases it, RETURNING hands back the row as it was before.
-        cursor.execute(f"WITH c AS ({select_sql} FOR UPDATE SKIP LOCKED)"
-                       f" UPDATE {job_table} AS j SET grabbed_until = %s FROM c WHERE j.jobid = c.jobid"
-                       " RETURNING c.*", (*params, new_grabbed_until))
-        row = cursor.fetchone()
-        return None if row is None else tuple(row)
-
-    leases_by_names = True
-
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
