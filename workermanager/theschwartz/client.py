@@ -370,7 +370,7 @@ class Client:
 
         def work(cursor: Any) -> bool:
             return db.dialect.claim(cursor, db.q.job, jobid, old_grabbed_until, new_until, now)
-        if not db.run(work, write=True, durable=False):
+        if not db.run(work, write=not db.dialect.single_statement_autocommit, durable=False):
             return None
         job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
         job.raw_arg = as_bytes(job.raw_arg)

@@ -177,7 +177,7 @@ class TheSchwartzJob(Job):
         if run_after is not None:
             def work(cursor: Any) -> None:
                 cursor.execute(self.db.q.retry_job, (int(run_after), self.jobid))
-            self.db.run(work, write=True)
+            self.db.run(work, write=not self.db.dialect.single_statement_autocommit)
         self.outcome = "declined"
 
     def replace_with(self, *jobs: Any) -> None:
