@@ -275,7 +275,7 @@ class Client:
     def _grab_from(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                    limit: int, coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
         # run() connects (classifying a failure) before the flag of this connection is read
-        if db.run(lambda cursor: db.skip_locked, write=False):
+        if db.skip_locked if db.is_connected() else db.run(lambda cursor: db.skip_locked, write=False):
             return self._grab_by_names(db, wanted, coalescing)
         for _ in range(GRAB_ROUNDS):
             rows, now = db.run(lambda cursor: self._candidates(cursor, db, wanted, limit, coalescing),

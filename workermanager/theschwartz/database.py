@@ -30,6 +30,21 @@ MAX_ATTEMPTS = 60
 _inherited: list[Any] = []
 
 
+def _this_pid() -> int:
+    """This process's pid without a system call per use (Database.run checks it several times per
+    job): kept up to date across fork by the hook below."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_forked)
+
+
 class Database:
     """A database of the queue, as one entry of `databases:` describes it."""
 
@@ -67,7 +82,7 @@ class Database:
 
     def connection(self, create: bool = False) -> Any:
         """The open connection of this process, opened on first use and again after a fork."""
-        if self._conn is not None and self._pid != os.getpid():
+        if self._conn is not None and self._pid != _this_pid():
             _inherited.append(self._conn)
             self._conn = None
         if self._conn is None:
@@ -79,7 +94,7 @@ class Database:
             except BaseException:
                 conn.close()
                 raise
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid = conn, _this_pid()
             self.opened += 1
         return self._conn
 
@@ -90,12 +105,12 @@ class Database:
 
     def is_connected(self) -> bool:
         """An open connection of this process exists (it may still turn out broken on use)."""
-        return self._conn is not None and self._pid == os.getpid()
+        return self._conn is not None and self._pid == _this_pid()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            if self._pid == os.getpid():
+            if self._pid == _this_pid():
                 try:
                     conn.close()
                 except Exception:  # closing a broken connection: nothing left to save
