@@ -81,7 +81,7 @@ def test_how_a_stream_is_split_never_changes_what_it_decodes_to(wire, tail, data
     assert (decode_all(chunks)[1] is None) == (decode_all([stream])[1] is None)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=1, max_size=200))
 def test_a_worker_fed_random_bytes_by_its_server_returns_within_its_deadline(reply):
     server = FakeServer(reply)
@@ -135,7 +135,7 @@ def assert_sane(config: Config) -> None:
         assert path is None or os.path.isabs(path)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS), yaml_values, max_size=8))
 def test_any_mapping_of_known_keys_gives_a_config_or_a_config_error(raw):
     try:
