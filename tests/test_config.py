@@ -57,6 +57,8 @@ def test_flags_override_the_file(tmp_path):
     ("log_format: xml\n", "key 'log_format' must be one of classic, ltsv, json"),
     ("type: Redis\n", "key 'type' must be one of theschwartz, gearman"),
     ("worker_options: [1, 2]\n", "key 'worker_options' must be a dict"),
+    ("inc_path: [lib, 1]\n", "key 'inc_path' item 2 must be a path string, not int"),
+    ("env: {PATHS: [a, b]}\n", "key 'env' entry 'PATHS' must be a string or number, not list"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path, extra, message):
     path = write(tmp_path, GOOD + extra)

@@ -160,6 +160,10 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
     for index, name in enumerate(values["workers"]):
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{path}: key 'workers' item {index + 1} must be a class path string")
+    for key, value in (values["env"] or {}).items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{path}: key 'env' entry {key!r} must be a string or number, "
+                              f"not {type(value).__name__}")
     options = dict(values["worker_options"] or {})
     options.setdefault("base_dir", base_dir)
     return Config(
@@ -203,6 +207,10 @@ def _validated(setting: Setting, value: Any, path: str, base_dir: str) -> Any:
             raise ConfigError(f"{path}: key {setting.key!r} {complaint} (got {value!r})")
     if setting.is_path:
         if isinstance(value, list):
+            for index, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise ConfigError(f"{path}: key {setting.key!r} item {index + 1} must be a path string, "
+                                      f"not {type(item).__name__} ({item!r})")
             return [_resolve(str(v), base_dir) for v in value]
         return _resolve(str(value), base_dir) if setting.key != "inc_path" else [_resolve(value, base_dir)]
     return value

@@ -4,7 +4,8 @@ worker_options:
     job_servers: ["host:port", ...] or one string; the port defaults to 4730
     prefix: optional; functions are registered as "prefix\\tfuncname" (Perl Gearman::Worker's)
 
-Each worker class registers `function_name()` with CAN_DO_TIMEOUT `job_timeout()`. A child grabs a
+Each worker class registers `function_name()` with CAN_DO_TIMEOUT `job_timeout()` plus a grace
+(the child settles a job at its timeout; gearmand must not hand it out again at that same moment). A child grabs a
 job only when it is ready to run it (one GRAB_JOB_UNIQ to one server at a time), so on graceful
 TERM it holds nothing it will not run; on fast stop and close the connection drops and gearmand
 hands any unfinished job to another worker.
@@ -48,6 +49,11 @@ from workermanager.worker import Job, decode_arg
 from workermanager.worker import Worker as WorkerClass
 
 log = logging.getLogger(__name__)
+
+#: seconds past a job's timeout before gearmand takes it back: the child's alarm settles the job at
+#: the timeout and the master kills a stuck child 2 s later; only a child that is gone by then
+#: should lose the job to another worker
+SERVER_TIMEOUT_GRACE = 5
 
 
 class GearmanJob(Job):
@@ -160,7 +166,7 @@ class GearmanBackend(Backend):
         worker = Worker(self.job_servers, prefix=self.prefix)
         worker.client_id = f"workermanager-{worker.client_id}"
         for cls in self.worker_classes:
-            worker.register(cls.function_name(), timeout=cls.job_timeout())
+            worker.register(cls.function_name(), timeout=cls.job_timeout() + SERVER_TIMEOUT_GRACE)
         worker.connect()
         self._worker = worker
 
