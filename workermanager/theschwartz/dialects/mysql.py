@@ -173,6 +173,8 @@ class MySQLDialect(Dialect):
             if row is None:
                 continue
             funcname = row[len(JOB_COLUMNS)]
+            if funcname not in seconds:  # the funcmap's spelling; its collation ignores case
+                funcname = next(n for n in seconds if n.lower() == str(funcname).lower())
             cursor.execute(f"UPDATE {job_table} SET grabbed_until = %s WHERE jobid = %s",
                            (now + int(seconds[funcname]), row[0]))
             return tuple(row[:len(JOB_COLUMNS)]), funcname
