@@ -384,6 +384,11 @@ class Client:
 
     def _live_databases(self) -> list[Database]:
         live = [db for db in self.databases if not db.is_dead()]
+        if not live:
+            # Every database failed lately. A reader has nothing else to ask, so it asks them again
+            # now (its caller's backoff paces this) instead of idling out retry_seconds after a
+            # short blip; `retry_seconds` still steers work away from a dead one while others live.
+            live = list(self.databases)
         random.shuffle(live)
         return live
 
