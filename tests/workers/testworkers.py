@@ -79,13 +79,8 @@ class BadSetup(Worker):
         record(job)
 
 
-class ShortLease(Worker):
+class ShortLease(Sleep):
     """A job whose lease runs out quickly, so a killed child's job comes back within the test."""
 
     funcname = "Test::ShortLease"
     grab_for = 3
-
-    def work(self, job):
-        record(job, "start")
-        time.sleep(float(job.arg["sleep"]))
-        record(job, "end")
