@@ -8,4 +8,6 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 # A TheSchwartz queue on each of SQLite, PostgreSQL and MariaDB: tests/sql_queues.py.
 from sql_queues import queue_db, queue_kind  # noqa: E402,F401
 
+# The real daemon (tests/daemon_harness.py): `daemons` stops what a test started; `sqlite_queue`.
+from daemon_harness import daemons, sqlite_queue  # noqa: E402,F401
 from dbservers import mariadb_db, mariadb_server, postgres_db, postgres_server  # noqa: E402,F401

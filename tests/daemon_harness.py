@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import psutil
+import pytest
 import yaml
+
+from workermanager.theschwartz import Client, init_db
 
 from helpers import wait_for
 
@@ -149,3 +152,22 @@ def deadline_loop(seconds: float):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         yield
+
+
+@pytest.fixture
+def sqlite_queue(tmp_path):
+    """A fresh SQLite TheSchwartz queue: (client, path)."""
+    path = str(tmp_path / "queue.db")
+    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
+    client = Client([{"dsn": f"dbi:SQLite:dbname={path}"}])
+    yield client, path
+    client.close()
+
+
+@pytest.fixture
+def daemons():
+    """Daemons a test started; each is stopped (TERM, then KILL of its session) at teardown."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()

@@ -6,29 +6,8 @@ import os
 import signal
 import sqlite3
 
-import pytest
-
-from workermanager.theschwartz import Client, init_db
-
 from daemon_harness import Daemon
 from helpers import wait_for
-
-
-@pytest.fixture
-def queue(tmp_path):
-    path = str(tmp_path / "queue.db")
-    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    client = Client([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    yield client, path
-    client.close()
-
-
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def make(daemons, tmp_path, path, workers, flags=("-n",), **settings):
@@ -45,8 +24,8 @@ def jobs_left(path: str) -> int:
         return db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
 
 
-def test_200_jobs_all_complete_across_recycled_children(tmp_path, queue, daemons):
-    client, path = queue
+def test_200_jobs_all_complete_across_recycled_children(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     handles = [str(client.insert("Test::Noop", {"n": i})) for i in range(200)]
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], ("-n", "-c", "4", "-w", "10")).start()
     lines = daemon.wait_job_lines(200, timeout=60)
@@ -58,8 +37,8 @@ def test_200_jobs_all_complete_across_recycled_children(tmp_path, queue, daemons
     wait_for(lambda: jobs_left(path) == 0, 10, what="an empty job table")
 
 
-def test_classic_log_line_format(tmp_path, queue, daemons):
-    client, path = queue
+def test_classic_log_line_format(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     client.insert("Test::Noop", {})
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], log_format="classic").start()
     wait_for(lambda: os.path.exists(daemon.joblog) and open(daemon.joblog).read(), 20, what="a job line")
@@ -68,8 +47,8 @@ def test_classic_log_line_format(tmp_path, queue, daemons):
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d TheSchwartz job completed Test::Noop process:\d+ delay:\d+\n", line)
 
 
-def test_term_lets_running_jobs_finish_then_exits_zero(tmp_path, queue, daemons):
-    client, path = queue
+def test_term_lets_running_jobs_finish_then_exits_zero(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     for i in range(4):
         client.insert("Test::Sleep", {"sleep": 2, "n": i})
     pidfile = str(tmp_path / "wm.pid")
@@ -85,8 +64,8 @@ def test_term_lets_running_jobs_finish_then_exits_zero(tmp_path, queue, daemons)
     assert jobs_left(path) == 0
 
 
-def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, queue, daemons):
-    client, path = queue
+def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     handle = str(client.insert("Test::ShortLease", {"sleep": 0.5}))
     daemon = make(daemons, tmp_path, path, ["testworkers.ShortLease"], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
@@ -99,8 +78,8 @@ def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, q
     assert "killed by SIGKILL" in daemon.wait_error_log(f"child {victim} exited")
 
 
-def test_a_failing_job_is_retried_per_max_retries_and_the_child_survives(tmp_path, queue, daemons):
-    client, path = queue
+def test_a_failing_job_is_retried_per_max_retries_and_the_child_survives(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     handle = str(client.insert("Test::Fail", {}))
     daemon = make(daemons, tmp_path, path, ["testworkers.Fail"], ("-n", "-c", "1")).start(wait_children=1)
     child = daemon.children()[0].pid
@@ -113,8 +92,8 @@ def test_a_failing_job_is_retried_per_max_retries_and_the_child_survives(tmp_pat
     assert [c.pid for c in daemon.children()] == [child]
 
 
-def test_ttin_ttou_change_the_pool_size(tmp_path, queue, daemons):
-    _, path = queue
+def test_ttin_ttou_change_the_pool_size(tmp_path, sqlite_queue, daemons):
+    _, path = sqlite_queue
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], ("-n", "-c", "2")).start(wait_children=2)
     daemon.signal(signal.SIGTTIN)
     wait_for(lambda: len(daemon.children()) == 3, 10, what="3 children")
@@ -127,8 +106,8 @@ def test_ttin_ttou_change_the_pool_size(tmp_path, queue, daemons):
     assert len(daemon.children()) == 1
 
 
-def test_usr1_reopens_the_job_log_after_logrotate_renamed_it(tmp_path, queue, daemons):
-    client, path = queue
+def test_usr1_reopens_the_job_log_after_logrotate_renamed_it(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], ("-n", "-c", "2")).start(wait_children=2)
     client.insert("Test::Noop", {"n": 1})
     daemon.wait_job_lines(1)
@@ -144,8 +123,8 @@ def test_usr1_reopens_the_job_log_after_logrotate_renamed_it(tmp_path, queue, da
         assert len(rotated.readlines()) == 1
 
 
-def test_hup_reloads_the_config_and_applies_the_new_concurrency(tmp_path, queue, daemons):
-    _, path = queue
+def test_hup_reloads_the_config_and_applies_the_new_concurrency(tmp_path, sqlite_queue, daemons):
+    _, path = sqlite_queue
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], concurrency=2).start(wait_children=2)
     first = {c.pid for c in daemon.children()}
     daemon.write_config({**daemon.config, "concurrency": 3})
@@ -154,8 +133,8 @@ def test_hup_reloads_the_config_and_applies_the_new_concurrency(tmp_path, queue,
              15, what="3 new children")
 
 
-def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, queue, daemons):
-    client, path = queue
+def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     client.insert("Test::Hang", {})
     daemon = make(daemons, tmp_path, path, ["testworkers.Hang"], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
@@ -167,8 +146,8 @@ def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, q
     assert "timed out after 1s" in daemon.error_log()
 
 
-def test_a_child_over_max_memory_is_recycled_after_its_job(tmp_path, queue, daemons):
-    client, path = queue
+def test_a_child_over_max_memory_is_recycled_after_its_job(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
     daemon = make(daemons, tmp_path, path, ["testworkers.Hog"], ("-n", "-c", "1"),
                   max_memory_per_child=200).start(wait_children=1)
     first = daemon.children()[0].pid
@@ -179,8 +158,8 @@ def test_a_child_over_max_memory_is_recycled_after_its_job(tmp_path, queue, daem
     wait_for(lambda: [c.pid for c in daemon.children() if c.pid != first], 10, what="a fresh child")
 
 
-def test_a_worker_whose_setup_raises_backs_off_instead_of_fork_bombing(tmp_path, queue, daemons):
-    _, path = queue
+def test_a_worker_whose_setup_raises_backs_off_instead_of_fork_bombing(tmp_path, sqlite_queue, daemons):
+    _, path = sqlite_queue
     daemon = make(daemons, tmp_path, path, ["testworkers.BadSetup"], ("-n", "-c", "4")).start()
     daemon.wait_error_log("children keep dying before they are ready (5 in a row)", timeout=20)
     log = daemon.error_log()
@@ -190,8 +169,8 @@ def test_a_worker_whose_setup_raises_backs_off_instead_of_fork_bombing(tmp_path,
     assert daemon.process.poll() is None
 
 
-def test_daemon_mode_pidfile_second_start_refused_term_stops(tmp_path, queue, daemons):
-    _, path = queue
+def test_daemon_mode_pidfile_second_start_refused_term_stops(tmp_path, sqlite_queue, daemons):
+    _, path = sqlite_queue
     pidfile = str(tmp_path / "run" / "wm.pid")
     os.mkdir(tmp_path / "run")
     daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], ("-c", "2"), pidfile=pidfile)
@@ -212,8 +191,8 @@ def test_daemon_mode_pidfile_second_start_refused_term_stops(tmp_path, queue, da
             pass
 
 
-def test_a_stale_pidfile_is_replaced(tmp_path, queue, daemons):
-    _, path = queue
+def test_a_stale_pidfile_is_replaced(tmp_path, sqlite_queue, daemons):
+    _, path = sqlite_queue
     pidfile = str(tmp_path / "wm.pid")
     with open(pidfile, "w") as handle:
         handle.write("999999\n")

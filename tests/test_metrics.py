@@ -12,8 +12,6 @@ import urllib.request
 import psutil
 import pytest
 
-from workermanager.theschwartz import Client, init_db
-
 from daemon_harness import Daemon
 from helpers import free_port, wait_for
 
@@ -33,15 +31,6 @@ def value(samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-@pytest.fixture
-def queue(tmp_path):
-    path = str(tmp_path / "queue.db")
-    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    client = Client([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    yield client, path
-    client.close()
-
-
 def make_daemon(tmp_path, path, workers, port, flags=("-n",), **settings) -> Daemon:
     config = {"workers": workers, "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]},
               "metrics": {"listen": f"127.0.0.1:{port}", "queue_interval": 0.2}}
@@ -49,8 +38,8 @@ def make_daemon(tmp_path, path, workers, port, flags=("-n",), **settings) -> Dae
     return Daemon(str(tmp_path), config, flags)
 
 
-def test_jobs_histograms_exits_children_and_queue_depth(tmp_path, queue):
-    client, path = queue
+def test_jobs_histograms_exits_children_and_queue_depth(tmp_path, sqlite_queue):
+    client, path = sqlite_queue
     port = free_port()
     daemon = make_daemon(tmp_path, path, ["testworkers.Noop", "testworkers.Fail", "testworkers.Sleep"],
                          port, ("-n", "-c", "2", "-w", "5"))
@@ -99,8 +88,8 @@ def _listens(process: psutil.Process, port: int) -> bool:
         return False
 
 
-def test_port_is_free_when_the_master_dies_under_busy_children(tmp_path, queue):
-    client, path = queue
+def test_port_is_free_when_the_master_dies_under_busy_children(tmp_path, sqlite_queue):
+    client, path = sqlite_queue
     port = free_port()
     daemon = make_daemon(tmp_path, path, ["testworkers.Sleep"], port, ("-n", "-c", "2"))
     client.insert("Test::Sleep", {"sleep": 30})
@@ -121,8 +110,8 @@ def test_port_is_free_when_the_master_dies_under_busy_children(tmp_path, queue):
         daemon.stop()
 
 
-def test_bad_metrics_settings_fail_on_the_terminal(tmp_path, queue):
-    client, path = queue
+def test_bad_metrics_settings_fail_on_the_terminal(tmp_path, sqlite_queue):
+    client, path = sqlite_queue
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()

@@ -241,14 +241,6 @@ def test_one_of_two_databases_down_work_goes_on(request, tmp_path):
 
 # --- the daemon ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
 def start_daemon(daemons, folder, entry, flags, **options):
     config = {"workers": ["testworkers.Noop"], "worker_options": {"databases": [entry], **options}}
     daemon = Daemon(str(folder), config, flags)
