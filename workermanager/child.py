@@ -204,7 +204,7 @@ class Child:
         rss = self._rss() if self.config.max_memory_per_child or self.works_done % RSS_EVERY == 1 else None
         self.reporter.send("done", outcome=word, funcname=job.funcname, works_done=self.works_done,
                            process_ms=process_ms, delay_ms=delay_ms, rss=rss)
-        self._check_limits(rss or 0, outcome)
+        self._check_limits(rss or 0)
 
     def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
         """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,
@@ -218,7 +218,7 @@ class Child:
                 log.error("child %d: cannot record the failure of job %s: %s", os.getpid(), job.handle, exc)
         return job.outcome or "failed"
 
-    def _check_limits(self, rss: int, outcome: str) -> None:
+    def _check_limits(self, rss: int) -> None:
         if self.works_done >= self.plan.works_limit:
             self.stop_reason = self.stop_reason or "recycled"
         limit_mb = self.config.max_memory_per_child

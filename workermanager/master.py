@@ -132,15 +132,8 @@ class Master:
 
     def _read_child(self, fd: int) -> None:
         child = next((c for c in self.children.values() if c.read_fd == fd), None)
-        if child is None:
-            return
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not data:  # the child closed its end; it is exiting and will be reaped
-            return
-        self._apply_messages(child, data)
+        if child is not None:
+            self._drain_child(child)
 
     def _apply_messages(self, child: ChildState, data: bytes) -> None:
         for message in child.feed(data):
@@ -317,6 +310,7 @@ class Master:
             self._account_exit(child, status)
 
     def _drain_child(self, child: ChildState) -> None:
+        """Read and apply what the child wrote so far (its pipe is non-blocking)."""
         while True:
             try:
                 data = os.read(child.read_fd, 65536)
