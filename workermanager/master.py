@@ -76,6 +76,7 @@ class Master:
         self.listeners: list[MasterListener] = []
         self._wakeup_r = self._wakeup_w = -1
         self._last_read = 0.0
+        self._title: tuple = ()
         self._routine_recycles = 0  # recycled children whose replacements are not yet forked
 
     # -- the loop --------------------------------------------------------------------------
@@ -385,8 +386,10 @@ class Master:
                     _kill(child.pid, signal.SIGKILL)
 
     def _publish(self) -> None:
-        state = "stopping" if self.stopping else ""
-        proctitle.set_master_title(self.config.path, len(self.children), self.concurrency, state)
+        title = (self.config.path, len(self.children), self.concurrency, "stopping" if self.stopping else "")
+        if title != self._title:  # the loop turns up to 100 times a second; the title rarely changes
+            self._title = title
+            proctitle.set_master_title(*title)
         self.on_state(self)
 
 
