@@ -19,6 +19,7 @@ import psutil
 from workermanager import proctitle
 from workermanager.backends import Backend, BackendError
 from workermanager.config import Config
+from workermanager.jobalarm import JobAlarm
 from workermanager.joblog import JobLog, JobRecord, outcome_word
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, Reporter
 from workermanager.worker import Job, Worker, run_job
@@ -69,6 +70,10 @@ class Child:
         self._statm_fd: int | None = None
         self._title_state = ""
         self._title_set_at = 0.0
+        self.pid = os.getpid()
+        self.alarm = JobAlarm()
+        self._master_checked_at = 0.0
+        self._class_names: dict[type, str] = {}
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -91,7 +96,8 @@ class Child:
         self.reopen_requested = True
 
     def _on_alarm(self, signum: int, frame: object) -> None:
-        raise JobTimeout()
+        if self.alarm.expired():
+            raise JobTimeout()
 
     # -- life ----------------------------------------------------------------------------
     def run(self, unblock: set[signal.Signals] | None = None) -> int:
@@ -155,10 +161,15 @@ class Child:
     def _keep_going(self) -> bool:
         if self.stop_reason:
             return False
-        if os.getppid() != self.plan.master_pid:
-            self.stop_reason = "master is gone"
-            log.warning("child %d: master %d is gone; exiting", os.getpid(), self.plan.master_pid)
-            return False
+        # A dead master shows as a broken scoreboard pipe at once, or as a new parent; getppid is
+        # asked at most every MASTER_CHECK_INTERVAL, not once per job.
+        now = time.monotonic()
+        if self.reporter.broken or now - self._master_checked_at >= MASTER_CHECK_INTERVAL:
+            self._master_checked_at = now
+            if self.reporter.broken or os.getppid() != self.plan.master_pid:
+                self.stop_reason = "master is gone"
+                log.warning("child %d: master %d is gone; exiting", self.pid, self.plan.master_pid)
+                return False
         return True
 
     def _pause(self, seconds: float) -> None:
@@ -172,11 +183,11 @@ class Child:
         worker = self.workers[cls.function_name()]
         timeout = cls.job_timeout()
         self.current_job = job
-        self.reporter.send("start", funcname=job.funcname, job_id=job.handle, timeout=timeout)
+        self.reporter.job_started(job.funcname, job.handle, timeout)
         self._set_title(job.funcname, force=self._title_state in ("idle", "starting"))
         started_wall = time.time()
         started = time.monotonic()
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        self.alarm.start(timeout)
         try:
             outcome = run_job(worker, job)
         except JobTimeout:
@@ -188,7 +199,7 @@ class Child:
                       "again when its lease ends", os.getpid(), job.handle, job.funcname, exc)
             outcome = "unrecorded"
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.alarm.stop()
         process_ms = int((time.monotonic() - started) * 1000)
         self.current_job = None
         self.works_done += 1
@@ -199,12 +210,17 @@ class Child:
             self.joblog.reopen()
         self.joblog.write(JobRecord(
             backend=self.backend.log_name, outcome=word, funcname=job.funcname,
-            process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=os.getpid(),
-            job_id=job.handle, worker_class=f"{cls.__module__}.{cls.__qualname__}"))
+            process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=self.pid,
+            job_id=job.handle, worker_class=self._class_name(cls)))
         rss = self._rss() if self.config.max_memory_per_child or self.works_done % RSS_EVERY == 1 else None
-        self.reporter.send("done", outcome=word, funcname=job.funcname, works_done=self.works_done,
-                           process_ms=process_ms, delay_ms=delay_ms, rss=rss)
+        self.reporter.job_done(word, job.funcname, self.works_done, process_ms, delay_ms, rss)
         self._check_limits(rss or 0)
+
+    def _class_name(self, cls: type) -> str:
+        name = self._class_names.get(cls)
+        if name is None:
+            name = self._class_names[cls] = f"{cls.__module__}.{cls.__qualname__}"
+        return name
 
     def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
         """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,
@@ -274,6 +290,8 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 RSS_EVERY = 32
 #: a busy child's process title changes at most this often (seconds)
 TITLE_INTERVAL = 0.25
+#: how often a child asks whether its parent is still its master (seconds)
+MASTER_CHECK_INTERVAL = 0.25
 
 
 def run_child(plan: ChildPlan, unblock: set[signal.Signals] | None = None) -> int:

@@ -16,7 +16,7 @@ import time
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class JobRecord:
     backend: str  # "TheSchwartz" or "Gearman"
     outcome: str  # "completed" or "failed"
@@ -34,8 +34,20 @@ def outcome_word(outcome: str) -> str:
     return "completed" if outcome in ("completed", "replaced") else "failed"
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def local_stamp(epoch: float) -> str:
+    """`2009-10-21T22:21:40` in local time; formatted once per second, not once per line."""
+    global _last_stamp
+    second = int(epoch)
+    if _last_stamp[0] != second:
+        _last_stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)))
+    return _last_stamp[1]
+
+
 def format_record(record: JobRecord, log_format: str = "classic") -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.finished_at))
+    stamp = local_stamp(record.finished_at)
     delay = "-" if record.delay_ms is None else str(record.delay_ms)
     if log_format == "classic":
         return (f"{stamp} {record.backend} job {record.outcome} {record.funcname} "

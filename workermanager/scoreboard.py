@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import time
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
 from typing import Any
 
 #: child exit status meaning "could not start: setup or backend configuration failed"
@@ -22,19 +23,43 @@ def encode(event: str, **fields: Any) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
 
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
 class Reporter:
-    """The child's end of its pipe. A dead master (EPIPE) is noticed, never fatal."""
+    """The child's end of its pipe. A dead master (EPIPE) is noticed, never fatal.
+
+    The two messages sent per job are spelled out by hand: json.dumps' general machinery cost
+    more than the rest of a no-op job's bookkeeping. They are the same JSON the master reads.
+    """
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        #: the pipe broke: the master is gone
+        self.broken = False
 
     def send(self, event: str, **fields: Any) -> None:
+        self._write(encode(event, **fields))
+
+    def job_started(self, funcname: str, job_id: str, timeout: float) -> None:
+        self._write(f'{{"event":"start","funcname":{_json_str(funcname)},"job_id":{_json_str(job_id)},'
+                    f'"timeout":{float(timeout)!r}}}\n'.encode())
+
+    def job_done(self, outcome: str, funcname: str, works_done: int, process_ms: int,
+                 delay_ms: int | None, rss: int | None) -> None:
+        self._write(f'{{"event":"done","outcome":{_json_str(outcome)},"funcname":{_json_str(funcname)},'
+                    f'"works_done":{works_done:d},"process_ms":{process_ms:d},'
+                    f'"delay_ms":{_json_int(delay_ms)},"rss":{_json_int(rss)}}}\n'.encode())
+
+    def _write(self, line: bytes) -> None:
         if self.fd is None:
             return
         try:
-            os.write(self.fd, encode(event, **fields))
+            os.write(self.fd, line)
         except OSError:
             self.fd = None
+            self.broken = True
 
 
 @dataclasses.dataclass
