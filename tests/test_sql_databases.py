@@ -78,7 +78,7 @@ def test_a_perl_made_schema_works_and_init_db_leaves_it_usable(kind, request, po
 
 
 def _race_worker(entry, results, errors):
-    client = Client([entry], skip_locked=False)
+    client = Client([entry], lease_by_names=False)
     seen = []
     try:
         idle = 0

@@ -50,11 +50,14 @@ def _worker(entry, done, results, errors, complete, ready):
             if job is None:
                 if done.is_set():
                     idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since > 0.5:
+                    # the queue's clock has whole seconds (MySQL's is the server's): a job inserted
+                    # at second T may look one second early to a worker for up to a second
+                    if time.monotonic() - idle_since > 1.5:
                         break
                 continue
             idle_since = None
             seen.append(job.arg)
+            time.sleep(0.001)  # the job takes a moment: the other workers' polls come round meanwhile
             if complete:
                 job.completed()
     except Exception:

@@ -78,10 +78,10 @@ class Client:
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
-                 skip_locked: bool = True) -> None:
+                 lease_by_names: bool = True) -> None:
         self.databases = build_databases(databases, base_dir, retry_seconds)
-        for db in self.databases:  # False: always the conditional UPDATE (tests, old-server behaviour)
-            db.use_skip_locked = bool(skip_locked)
+        for db in self.databases:  # False: always candidates + conditional UPDATE (tests, Perl's way)
+            db.use_lease_by_names = bool(lease_by_names)
         self.prioritize = bool(prioritize)
         self.batch_size = int(batch_size)
         self._by_hash = {db.hashdsn: db for db in self.databases}
@@ -275,7 +275,7 @@ class Client:
     def _grab_from(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                    limit: int, coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
         # run() connects (classifying a failure) before the flag of this connection is read
-        if db.skip_locked if db.is_connected() else db.run(lambda cursor: db.skip_locked, write=False):
+        if db.leases_by_names if db.is_connected() else db.run(lambda cursor: db.leases_by_names, write=False):
             return self._grab_by_names(db, wanted, coalescing)
         for _ in range(GRAB_ROUNDS):
             rows, now = db.run(lambda cursor: self._candidates(cursor, db, wanted, limit, coalescing),
@@ -295,10 +295,11 @@ class Client:
 
     def _grab_by_names(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                        coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
-        """Lease with FOR UPDATE SKIP LOCKED: rows another worker is leasing right now are passed
-        over instead of fought for. The statements resolve the funcnames themselves, so a name the
-        funcmap lacks costs no funcmap query. PostgreSQL: one autocommit statement, one round trip;
-        MySQL: one short transaction (BEGIN, a probe per funcname until one has a job, UPDATE, COMMIT)."""
+        """Lease in one statement (Dialect.lease_by_names): no worker fights another for a row.
+        The statements resolve the funcnames themselves, so a name the funcmap lacks costs no
+        funcmap query. PostgreSQL: one autocommit statement with SKIP LOCKED, one round trip;
+        SQLite: one autocommit UPDATE ... RETURNING per funcname tried; MySQL: one short
+        transaction (BEGIN, a SKIP LOCKED probe per funcname until one has a job, UPDATE, COMMIT)."""
         pairs = [(name, seconds) for name, (_, seconds) in wanted.items()]
         if coalescing is not None:
             pairs = pairs[:1]
@@ -309,7 +310,7 @@ class Client:
                 now = db.dialect.now(cursor)
                 return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now,
                                                  prioritize=self.prioritize, coalescing=coalescing), now
-            found, now = db.run(work, write=db.dialect.lease_in_transaction)
+            found, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
             if found is None:
                 return None
             row, funcname = found
@@ -370,7 +371,7 @@ class Client:
 
         def work(cursor: Any) -> bool:
             return db.dialect.claim(cursor, db.q.job, jobid, old_grabbed_until, new_until, now)
-        if not db.run(work, write=not db.dialect.single_statement_autocommit, durable=False):
+        if not db.run(work, write=True, single_statement=True):
             return None
         job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
         job.raw_arg = as_bytes(job.raw_arg)

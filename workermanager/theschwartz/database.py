@@ -65,9 +65,9 @@ class Database:
         self.last_error: str | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
-        #: lease with SELECT ... FOR UPDATE SKIP LOCKED where the server has it (False: never)
-        self.use_skip_locked = True
-        self._skip_locked = False
+        #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)
+        self.use_lease_by_names = True
+        self._lease_by_names = False
 
     @property
     def label(self) -> str:
@@ -90,7 +90,7 @@ class Database:
             self._funcname2id.clear()
             self._funcid2name.clear()
             try:
-                self._skip_locked = self.use_skip_locked and self.dialect.supports_skip_locked(conn)
+                self._lease_by_names = self.use_lease_by_names and self.dialect.supports_lease_by_names(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -99,9 +99,10 @@ class Database:
         return self._conn
 
     @property
-    def skip_locked(self) -> bool:
-        """Whether leases on the current connection use SKIP LOCKED (read it inside run())."""
-        return self._skip_locked
+    def leases_by_names(self) -> bool:
+        """Whether leases on the current connection go through Dialect.lease_by_names (read it
+        inside run())."""
+        return self._lease_by_names
 
     def is_connected(self) -> bool:
         """An open connection of this process exists (it may still turn out broken on use)."""
@@ -137,13 +138,18 @@ class Database:
     # --- work -------------------------------------------------------------------------------------
 
     def run(self, work: Callable[[Any], T], *, write: bool, durable: bool = False,
-            create: bool = False) -> T:
+            create: bool = False, single_statement: bool = False) -> T:
         """Run `work(cursor)`, in one transaction when `write`; redo it while the database is busy.
+
+        `single_statement`: the work writes with one statement, which runs in autocommit where the
+        dialect allows (no BEGIN and COMMIT around it); never for a `durable` write.
 
         Raises DatabaseUnavailable (and marks this database dead) when it cannot be reached, and
         DatabaseError for any other failure of the database.
         """
         dialect = self.dialect
+        autocommit = write and single_statement and not durable and dialect.single_statement_autocommit
+        transaction = write and not autocommit
         reconnected = False
         for attempt in range(MAX_ATTEMPTS):
             conn = None
@@ -152,10 +158,12 @@ class Database:
             try:
                 conn = self.connection(create=create)
                 cursor = conn.cursor()
-                if write:
+                if transaction:
                     dialect.begin(conn, durable)
+                elif autocommit:
+                    dialect.prepare_autocommit_write(conn)
                 result = work(cursor)
-                if write:
+                if transaction:
                     committing = True
                     dialect.commit(conn)
                 return result

@@ -151,8 +151,7 @@ class TheSchwartzJob(Job):
         def work(cursor: Any) -> None:
             self._write_exit_status(cursor, 0)
             cursor.execute(self.db.q.delete_job, (self.jobid,))
-        alone = self.db.dialect.single_statement_autocommit and self._keep_exit_status_for() <= 0
-        self._settle("completed", work, transaction=not alone)
+        self._settle("completed", work, single_statement=self._keep_exit_status_for() <= 0)
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure; retry per max_retries/retry_delay, else remove with exit status (default 1)."""
@@ -177,7 +176,7 @@ class TheSchwartzJob(Job):
         if run_after is not None:
             def work(cursor: Any) -> None:
                 cursor.execute(self.db.q.retry_job, (int(run_after), self.jobid))
-            self.db.run(work, write=not self.db.dialect.single_statement_autocommit)
+            self.db.run(work, write=True, single_statement=True)
         self.outcome = "declined"
 
     def replace_with(self, *jobs: Any) -> None:
@@ -202,9 +201,9 @@ class TheSchwartzJob(Job):
         if self.outcome is not None:
             raise JobAlreadyFinished(f"job {self.handle} already {self.outcome}; cannot mark it {outcome}")
 
-    def _settle(self, outcome: str, work: Any, durable: bool = False, transaction: bool = True) -> None:
+    def _settle(self, outcome: str, work: Any, durable: bool = False, single_statement: bool = False) -> None:
         self._check_unfinished(outcome)
-        self.db.run(work, write=transaction, durable=durable)
+        self.db.run(work, write=True, durable=durable, single_statement=single_statement)
         self.outcome = outcome
 
     def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float,

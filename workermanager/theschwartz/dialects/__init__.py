@@ -48,9 +48,12 @@ class Dialect(abc.ABC):
     # --- transactions -----------------------------------------------------------------------------
 
     #: a write of ONE statement may run in autocommit (its own transaction): one round trip
-    #: instead of BEGIN + statement + COMMIT. False where a transaction sets per-write options
-    #: (SQLite's `synchronous`).
+    #: instead of BEGIN + statement + COMMIT (see prepare_autocommit_write).
     single_statement_autocommit: bool = False
+
+    def prepare_autocommit_write(self, conn: Any) -> None:
+        """Before a one-statement write in autocommit: set what `begin` would set for a write that
+        need not be durable (SQLite: synchronous=NORMAL)."""
 
     def begin(self, conn: Any, durable: bool) -> None:
         """Start a write transaction. `durable`: the commit must survive a power loss."""
@@ -99,24 +102,27 @@ class Dialect(abc.ABC):
             (new_grabbed_until, jobid, old_grabbed_until, now, now))
         return cursor.rowcount == 1
 
-    # --- SELECT ... FOR UPDATE SKIP LOCKED ------------------------------------------------------
+    # --- leasing in one statement ---------------------------------------------------------------
 
     #: lease_by_names needs an explicit transaction (False: it is one statement, autocommit)
     lease_in_transaction: bool = True
 
-    def supports_skip_locked(self, conn: Any) -> bool:
-        """Whether the server behind `conn` has SKIP LOCKED (asked once per connection); where it
-        does, leases go through lease_by_names, which such a dialect implements."""
+    def supports_lease_by_names(self, conn: Any) -> bool:
+        """Whether the database behind `conn` can lease a job without a race in one statement
+        (asked once per connection): SKIP LOCKED on PostgreSQL and MySQL 8, UPDATE ... RETURNING
+        under SQLite's single writer. Where it can, leases go through lease_by_names instead of
+        reading candidates and claiming one with a conditional UPDATE."""
         return False
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
-        """Lease one free job of the (funcname, grab_for seconds) pairs with FOR UPDATE SKIP LOCKED,
-        resolving the funcnames through the funcmap inside the statements (so no funcmap query and
-        no cache miss per grab for a name the funcmap lacks yet). Tries the funcnames in the order
-        given (or by priority with `prioritize`); with `coalescing` (op, value) only rows whose
-        coalesce matches. Returns (the row as it was before the lease, its funcname), or None."""
+        """Lease one free job of the (funcname, grab_for seconds) pairs, resolving the funcnames
+        through the funcmap inside the statements (so no funcmap query and no cache miss per grab
+        for a name the funcmap lacks yet). Tries the funcnames in the order given (or by priority
+        with `prioritize`); with `coalescing` (op, value) only rows whose coalesce matches.
+        Returns (the row, its grabbed_until not yet updated or already updated, and its funcname),
+        or None; the caller sets grabbed_until itself."""
         raise NotImplementedError
 
     # --- wakeups ----------------------------------------------------------------------------------

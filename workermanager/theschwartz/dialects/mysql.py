@@ -147,7 +147,7 @@ class MySQLDialect(Dialect):
             raise
         return int(cursor.lastrowid)
 
-    def supports_skip_locked(self, conn: Any) -> bool:
+    def supports_lease_by_names(self, conn: Any) -> bool:
         return bool(getattr(conn, "wm_skip_locked", False))
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,

@@ -144,7 +144,7 @@ class PostgresDialect(Dialect):
         row = cursor.fetchone()
         return None if row is None else int(row[0])
 
-    def supports_skip_locked(self, conn: Any) -> bool:
+    def supports_lease_by_names(self, conn: Any) -> bool:
         return conn.info.server_version >= 90500
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
