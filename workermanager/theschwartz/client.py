@@ -86,6 +86,7 @@ class Client:
         self.batch_size = int(batch_size)
         self._by_hash = {db.hashdsn: db for db in self.databases}
         self._worker_classes: dict[str, type[Worker]] = {}
+        self._wanted_cache: dict[Any, dict[str, tuple[type[Worker] | None, int]]] = {}
         self._workers: dict[type[Worker], Worker] = {}
 
     def close(self) -> None:
@@ -251,9 +252,20 @@ class Client:
         return None
 
     def _wanted(self, funcnames: Funcnames, grab_for: Any) -> dict[str, tuple[type[Worker] | None, int]]:
-        """funcname -> (worker class or None, lease seconds)."""
+        """funcname -> (worker class or None, lease seconds); worked out once per set of funcnames
+        (a daemon child asks with the same classes thousands of times a second)."""
         if isinstance(funcnames, str) or isinstance(funcnames, type):
             funcnames = [funcnames]
+        funcnames = tuple(funcnames)
+        key = None if isinstance(grab_for, Mapping) else (funcnames, grab_for)
+        wanted = self._wanted_cache.get(key) if key is not None else None
+        if wanted is None:
+            wanted = self._work_out_wanted(funcnames, grab_for)
+            if key is not None and len(self._wanted_cache) < 64:
+                self._wanted_cache[key] = wanted
+        return wanted
+
+    def _work_out_wanted(self, funcnames: Sequence[Any], grab_for: Any) -> dict[str, tuple[type[Worker] | None, int]]:
         wanted = {}
         for item in funcnames:
             if isinstance(item, type) and issubclass(item, Worker):
@@ -303,7 +315,7 @@ class Client:
         pairs = [(name, seconds) for name, (_, seconds) in wanted.items()]
         if coalescing is not None:
             pairs = pairs[:1]
-        elif not self.prioritize:
+        elif not self.prioritize and len(pairs) > 1:
             random.shuffle(pairs)  # no function starves the others
         while True:
             def work(cursor: Any) -> tuple[tuple[tuple, str] | None, int]:
@@ -384,6 +396,8 @@ class Client:
         return job
 
     def _live_databases(self) -> list[Database]:
+        if len(self.databases) == 1:  # the common case, without the list work
+            return self.databases
         live = [db for db in self.databases if not db.is_dead()]
         if not live:
             # Every database failed lately. A reader has nothing else to ask, so it asks them again
