@@ -14,8 +14,6 @@ import signal
 import time
 from collections.abc import Sequence
 
-import psutil
-
 from workermanager import proctitle
 from workermanager.backends import Backend, BackendError
 from workermanager.config import Config
@@ -270,6 +268,8 @@ class Child:
                 return int(os.pread(self._statm_fd, 128, 0).split()[1]) * _PAGE_SIZE
             except (OSError, ValueError, IndexError):
                 pass
+        import psutil  # only where /proc is missing: psutil costs every process 2 MiB it would copy
+
         try:
             return psutil.Process().memory_info().rss
         except psutil.Error:
