@@ -148,10 +148,16 @@ def decode_arg(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw
+    if text.lstrip(" \t\r\n")[:1] not in _JSON_STARTS:  # plainly not JSON: spare json a doomed parse
+        return text
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+#: the characters a JSON text can begin with (after whitespace)
+_JSON_STARTS = frozenset('{["-0123456789tfnNI')  # NaN and Infinity: json.loads takes them
 
 
 def run_job(worker: Worker, job: Job) -> str:
