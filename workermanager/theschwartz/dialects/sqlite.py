@@ -51,10 +51,10 @@ class SQLiteDialect(Dialect):
         if create:
             os.makedirs(os.path.dirname(dsn.database), exist_ok=True)
         uri = f"file:{quote(dsn.database)}?mode={mode}"
+        # timeout= is sqlite3_busy_timeout: no PRAGMA needed
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=_Connection,
                                timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the upper index levels of a big queue stay hot
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
