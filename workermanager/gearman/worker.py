@@ -249,9 +249,12 @@ class Worker:
             if self._pending is None:
                 server = self._next_awake()
                 if server is not None:
-                    if self._safe_send(server, request(T.GRAB_JOB_UNIQ)):
+                    if self._safe_send(server, _GRAB_JOB_UNIQ):
                         self._pending = server
                         server.awake = False
+                        # The server answers a GRAB at once: read the answer now, without a
+                        # select first (the read waits at most READ_SLICE, see Connection).
+                        self._read(server)
                     continue
             now = time.monotonic()
             wait = max(0.0, deadline - now)
@@ -274,15 +277,18 @@ class Worker:
                 time.sleep(wait)
                 readable = []
             for conn in readable:
-                try:
-                    conn.read_available()
-                except (GearmanConnectionError, ProtocolError) as exc:
-                    self._lost(next(s for s in self.servers if s.conn is conn), exc)
+                self._read(next(s for s in self.servers if s.conn is conn))
             job = self._take_buffered()
             if job is not None:
                 return job
             if now >= deadline:
                 return None
+
+    def _read(self, server: _Server) -> None:
+        try:
+            server.conn.read_available()
+        except (GearmanConnectionError, ProtocolError) as exc:
+            self._lost(server, exc)
 
     def _take_buffered(self) -> GrabbedJob | None:
         """Handle packets already read; return the job our outstanding GRAB brought, if it came."""
@@ -296,7 +302,7 @@ class Worker:
                 elif packet.type == T.NO_JOB:
                     if self._pending is server:
                         self._pending = None
-                    if not server.awake and self._safe_send(server, request(T.PRE_SLEEP)):
+                    if not server.awake and self._safe_send(server, _PRE_SLEEP):
                         server.sleeping, server.slept_at = True, time.monotonic()
                 elif packet.type in (T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN):
                     if self._pending is server:
@@ -359,6 +365,10 @@ class Worker:
             job.complete(encode_result(result))
         except GearmanConnectionError as exc:
             self._lost(job._server, exc)
+
+
+_GRAB_JOB_UNIQ = request(T.GRAB_JOB_UNIQ)
+_PRE_SLEEP = request(T.PRE_SLEEP)
 
 
 def encode_result(result: Any) -> bytes:
