@@ -53,8 +53,31 @@ def backend_for(*servers: str, classes=(Echo, Flaky, Picky), **options) -> Gearm
 
 
 def serve_one(backend: GearmanBackend, timeout: float = 10.0) -> tuple[GearmanJob, str]:
+    """Grab and run one job as a child does; a child's next grab would carry the WORK_COMPLETE
+    held back, so here it is flushed."""
     job = wait_for(lambda: backend.grab(0.5), timeout, what="a job")
-    return job, run_job(job.worker_class(), job)
+    outcome = run_job(job.worker_class(), job)
+    backend.worker.flush()
+    return job, outcome
+
+
+def test_a_held_back_completion_goes_out_with_the_next_grab_or_at_close(gearmand):
+    backend = backend_for(gearmand.address)
+    try:
+        with Client(gearmand.address) as client:
+            tasks = client.new_task_set()
+            first = tasks.add_task("Test::Echo", json.dumps(1))
+            job = wait_for(lambda: backend.grab(0.5), 10, what="a job")
+            run_job(job.worker_class(), job)
+            assert backend.grab(0) is None  # its GRAB carries the WORK_COMPLETE
+            assert tasks.wait(10) and json.loads(first.result)["got"] == 1
+            second = tasks.add_task("Test::Echo", json.dumps(2))
+            job = wait_for(lambda: backend.grab(0.5), 10, what="a job")
+            run_job(job.worker_class(), job)
+            backend.close()  # no grab follows: closing sends it
+            assert tasks.wait(10) and json.loads(second.result)["got"] == 2
+    finally:
+        backend.close()
 
 
 def test_options_are_validated_naming_the_option():

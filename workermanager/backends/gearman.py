@@ -87,7 +87,8 @@ class GearmanJob(Job):
 
     def completed(self, result: Any = None) -> None:
         self._finish("completed")
-        self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result))
+        # held back to go out with the child's next GRAB, which follows at once
+        self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
         self._finish("failed")

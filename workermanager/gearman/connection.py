@@ -69,6 +69,8 @@ class Connection:
         # munmap: three system calls) a quarter megabyte for every packet read.
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
+        #: packets held back to travel with the next send (see send_later)
+        self._outbox = b""
 
     @property
     def connected(self) -> bool:
@@ -89,6 +91,7 @@ class Connection:
             raise GearmanConnectionError(f"job server {self.name}: cannot connect: {_reason(exc)}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
+        self._outbox = b""  # what a lost connection held back belongs to that connection
         seconds = int(READ_SLICE)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                         struct.pack("ll", seconds, int((READ_SLICE - seconds) * 1_000_000)))
@@ -106,9 +109,12 @@ class Connection:
         """
         sock, self.sock = self.sock, None
         self.pending.clear()
+        outbox, self._outbox = self._outbox, b""
         if sock is None:
             return
         try:
+            if outbox:
+                sock.sendall(outbox)
             if linger > 0:
                 sock.shutdown(socket.SHUT_WR)
                 deadline = time.monotonic() + linger
@@ -120,9 +126,23 @@ class Connection:
         finally:
             sock.close()
 
+    def send_later(self, data: bytes) -> None:
+        """Hold `data` back until the next send, flush or close of this connection, which carries
+        it in the same system call: a worker's WORK_COMPLETE rides with its next GRAB_JOB."""
+        if self.sock is None:
+            raise GearmanConnectionError(f"job server {self.name}: not connected")
+        self._outbox += data
+
+    def flush(self) -> None:
+        """Send what send_later held back."""
+        if self._outbox:
+            self.send(b"")
+
     def send(self, data: bytes) -> None:
         if self.sock is None:
             raise GearmanConnectionError(f"job server {self.name}: not connected")
+        if self._outbox:
+            data, self._outbox = self._outbox + data, b""
         try:
             self.sock.sendall(data)
         except OSError as exc:
