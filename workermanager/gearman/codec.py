@@ -107,6 +107,10 @@ RESPONSE_TYPES = frozenset({
 })
 
 
+#: type number -> PacketType, without the enum's call machinery per packet
+_TYPES = {int(member): member for member in PacketType}
+
+
 @dataclass(frozen=True)
 class Packet:
     type: PacketType
@@ -184,22 +188,52 @@ class Decoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Packet]:
-        return list(self.iter_feed(data))
+        packets, error = self._decode(data)
+        if error is not None:
+            raise error
+        return packets
 
     def iter_feed(self, data: bytes) -> Iterator[Packet]:
+        """The packets `data` completes; a ProtocolError comes after the good packets before it."""
+        packets, error = self._decode(data)
+        yield from packets
+        if error is not None:
+            raise error
+
+    def _decode(self, data: bytes) -> tuple[list[Packet], ProtocolError | None]:
         if self._broken is not None:
-            raise self._broken
-        self._buffer += data
+            return [], self._broken
+        packets: list[Packet] = []
         try:
-            while True:
-                packet = self._next()
-                if packet is None:
-                    return
-                yield packet
+            if self._buffer or self._header is not None:
+                self._buffer += data
+                packets.extend(iter(self._next, None))
+            else:
+                self._whole_packets(data, packets)
         except ProtocolError as exc:
             self._broken = exc
             self._buffer.clear()
-            raise
+            return packets, exc
+        return packets, None
+
+    def _whole_packets(self, data: bytes, packets: list[Packet]) -> None:
+        """Nothing is buffered (the usual case: each read brings whole packets): parse them straight
+        out of `data` into `packets`, and buffer only an incomplete tail."""
+        pos, end = 0, len(data)
+        while end - pos >= HEADER_SIZE:
+            magic, ptype, size = self._parse_header(data, pos)
+            start = pos + HEADER_SIZE
+            if end - start < size:
+                break
+            pos = start + size
+            packets.append(Packet(ptype, parse_payload(ptype, data[start:pos]), magic))
+        if pos < end:
+            self._buffer += data[pos:]
+            if end - pos >= HEADER_SIZE:  # a header whose payload is still on its way
+                self._header = self._parse_header(bytes(self._buffer[:HEADER_SIZE]))
+                del self._buffer[:HEADER_SIZE]
+            else:
+                self._check_partial_magic()
 
     def _next(self) -> Packet | None:
         if self._header is None:
@@ -223,14 +257,13 @@ class Decoder:
         if head and not any(m.startswith(head) for m in allowed):
             raise ProtocolError(f"bad magic {head!r} from {self.where} (expected {allowed[0]!r})")
 
-    def _parse_header(self, header: bytes) -> tuple[bytes, PacketType, int]:
-        magic, type_number, size = HEADER.unpack(header)
+    def _parse_header(self, data: bytes, offset: int = 0) -> tuple[bytes, PacketType, int]:
+        magic, type_number, size = HEADER.unpack_from(data, offset)
         if magic not in (REQ, RES) or (self.expect and magic != self.expect):
             raise ProtocolError(f"bad magic {magic!r} from {self.where} (expected {self.expect or REQ!r})")
-        try:
-            ptype = PacketType(type_number)
-        except ValueError:
-            raise ProtocolError(f"unknown packet type {type_number} from {self.where}") from None
+        ptype = _TYPES.get(type_number)
+        if ptype is None:
+            raise ProtocolError(f"unknown packet type {type_number} from {self.where}")
         if size > self.max_payload:
             raise ProtocolError(f"{ptype.name} packet from {self.where} announces {size} bytes, "
                                 f"over the limit of {self.max_payload}")
