@@ -71,7 +71,8 @@ class Child:
         self.pid = os.getpid()
         self.alarm = JobAlarm()
         self._master_checked_at = 0.0
-        self._class_names: dict[type, str] = {}
+        self._plans: dict[type, tuple[Worker, float, str]] = {}
+        self._memory_limited = bool(plan.config.max_memory_per_child)
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -178,11 +179,12 @@ class Child:
     def _run(self, job: Job) -> None:
         cls = job.worker_class
         assert cls is not None, "backends set worker_class on every job they hand out"
-        worker = self.workers[cls.function_name()]
-        timeout = cls.job_timeout()
+        worker, timeout, class_name = self._plans.get(cls) or self._plan_for(cls)
+        handle, funcname = job.handle, job.funcname
         self.current_job = job
-        self.reporter.job_started(job.funcname, job.handle, timeout)
-        self._set_title(job.funcname, force=self._title_state in ("idle", "starting"))
+        self.reporter.job_started(funcname, handle, timeout)
+        if self._title_state != funcname:
+            self._set_title(funcname, force=self._title_state in ("idle", "starting"))
         started_wall = time.time()
         started = time.monotonic()
         self.alarm.start(timeout)
@@ -194,31 +196,31 @@ class Child:
             outcome = self._settle_abandoned(job, f"worker called sys.exit({exc.code!r})", "a job called sys.exit")
         except Exception as exc:  # the job ran, but its outcome could not be recorded (outage)
             log.error("child %d: job %s (%s) ran but its outcome was not recorded: %s; it will run "
-                      "again when its lease ends", os.getpid(), job.handle, job.funcname, exc)
+                      "again when its lease ends", os.getpid(), handle, funcname, exc)
             outcome = "unrecorded"
         finally:
             self.alarm.stop()
         process_ms = int((time.monotonic() - started) * 1000)
         self.current_job = None
-        self.works_done += 1
+        works_done = self.works_done = self.works_done + 1
         word = outcome_word(outcome)
-        delay_ms = None if job.insert_time is None else max(0, int((started_wall - job.insert_time) * 1000))
+        insert_time = job.insert_time
+        delay_ms = None if insert_time is None else max(0, int((started_wall - insert_time) * 1000))
         if self.reopen_requested:  # USR1 may have come while this job ran: its line goes to the new file
             self.reopen_requested = False
             self.joblog.reopen()
-        self.joblog.write(JobRecord(
-            backend=self.backend.log_name, outcome=word, funcname=job.funcname,
-            process_ms=process_ms, delay_ms=delay_ms, finished_at=time.time(), pid=self.pid,
-            job_id=job.handle, worker_class=self._class_name(cls)))
-        rss = self._rss() if self.config.max_memory_per_child or self.works_done % RSS_EVERY == 1 else None
-        self.reporter.job_done(word, job.funcname, self.works_done, process_ms, delay_ms, rss)
-        self._check_limits(rss or 0)
+        self.joblog.write(JobRecord(self.backend.log_name, word, funcname, process_ms, delay_ms, time.time(),
+                                    self.pid, handle, class_name))
+        rss = self._rss() if self._memory_limited or works_done % RSS_EVERY == 1 else None
+        self.reporter.job_done(word, funcname, works_done, process_ms, delay_ms, rss)
+        if works_done >= self.plan.works_limit or rss:
+            self._check_limits(rss or 0)
 
-    def _class_name(self, cls: type) -> str:
-        name = self._class_names.get(cls)
-        if name is None:
-            name = self._class_names[cls] = f"{cls.__module__}.{cls.__qualname__}"
-        return name
+    def _plan_for(self, cls: type[Worker]) -> tuple[Worker, float, str]:
+        """What running a job of `cls` needs, worked out once per class instead of once per job."""
+        plan = self._plans[cls] = (self.workers[cls.function_name()], cls.job_timeout(),
+                                   f"{cls.__module__}.{cls.__qualname__}")
+        return plan
 
     def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
         """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,

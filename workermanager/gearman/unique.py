@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PREFIX = "wm1"
 
 
-@dataclass(frozen=True)
-class UniqueInfo:
+class UniqueInfo(NamedTuple):  # a NamedTuple: built once per job, cheaper than a frozen dataclass
     runnable_since: float  # epoch seconds
     attempt: int
     background: bool
