@@ -115,9 +115,17 @@ def drain_rate(db: str, jobs: int, process: subprocess.Popen) -> float:
     return left / (finished - started)
 
 
+def settle() -> None:
+    """Write back what earlier runs left dirty, so that no contender pays for the previous one's
+    disk writes (the ceiling run alone leaves a few hundred MB of WAL for the kernel to flush)."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
     db = os.path.join(folder, f"ours-w{works}.db")
     shutil.copy(template, db)
+    settle()
     daemon = Daemon(folder, db, ["benchworkers.Noop"], concurrency, works)
     daemon.start()
     try:
@@ -129,6 +137,7 @@ def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int
 def run_perl(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
     db = os.path.join(folder, "perl.db")
     shutil.copy(template, db)
+    settle()
     process = subprocess.Popen(["perl", PERL_PEER, f"dbi:SQLite:dbname={db}", "Bench::Noop", str(concurrency),
                                 str(works)], stdout=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -141,6 +150,7 @@ def run_ceiling(folder: str, template: str, jobs: int) -> float:
     """One connection, the same statements the queue uses, as fast as SQLite goes."""
     db_path = os.path.join(folder, "ceiling.db")
     shutil.copy(template, db_path)
+    settle()
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
