@@ -1,16 +1,18 @@
-"""The children's pipe lines: what a Reporter writes, the master's ChildState reads back."""
+"""The scoreboard's two channels: the job board a child writes and the master reads, and the
+pipe lines (events, and per-job lines where the master listens for them)."""
 
 from __future__ import annotations
 
 import os
+import time
 
-from workermanager.scoreboard import ChildState, Reporter
+from workermanager.scoreboard import BOARD_TEXT, ChildState, JobBoard, Reporter
 
 
-def read_back(write) -> list[dict]:
+def read_back(write, report_jobs: bool = True) -> list[dict]:
     read_fd, write_fd = os.pipe()
     try:
-        write(Reporter(write_fd))
+        write(Reporter(write_fd, report_jobs=report_jobs))
         os.close(write_fd)
         data = os.read(read_fd, 65536)
     finally:
@@ -18,16 +20,53 @@ def read_back(write) -> list[dict]:
     return ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1).feed(data)
 
 
-def test_the_hand_spelled_job_lines_are_the_json_the_master_reads():
-    messages = read_back(lambda r: (r.job_started('Sandbox::Worker::"Ä"\\', "abc-12", 3600),
-                                    r.job_done("completed", "Sandbox::Worker::A", 7, 12, None, 2048),
+def test_the_hand_spelled_done_line_is_the_json_the_master_reads():
+    messages = read_back(lambda r: (r.job_done("completed", 'Sandbox::Worker::"Ä"\\', 7, 12, None, 2048),
                                     r.send("exiting", reason="recycled")))
     assert messages == [
-        {"event": "start", "funcname": 'Sandbox::Worker::"Ä"\\', "job_id": "abc-12", "timeout": 3600.0},
-        {"event": "done", "outcome": "completed", "funcname": "Sandbox::Worker::A", "works_done": 7,
+        {"event": "done", "outcome": "completed", "funcname": 'Sandbox::Worker::"Ä"\\', "works_done": 7,
          "process_ms": 12, "delay_ms": None, "rss": 2048},
         {"event": "exiting", "reason": "recycled"},
     ]
+
+
+def test_without_a_listener_jobs_go_to_the_board_only():
+    messages = read_back(lambda r: (r.job_started("A", "1", 1.0, 0, time.monotonic(), time.time()),
+                                    r.job_done("completed", "A", 1, 0, 0, None)), report_jobs=False)
+    assert messages == []
+
+
+def test_the_master_reads_the_job_a_forked_child_is_running_and_then_its_counts():
+    board = JobBoard()
+    state = ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1, board=board)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child writes; the page is shared, not copied
+        reporter = Reporter(None, board)
+        reporter.job_done("completed", "A", 1, 3, 0, 4096)
+        reporter.job_done("failed", "A", 2, 3, 0, None)
+        reporter.job_started("Sandbox::Worker::Ä", "h" * 300, 60.0, 2, started, 1234.5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert state.read_board() is True  # jobs got done since the last reading
+    assert (state.job_funcname, state.job_id, state.job_timeout) == ("Sandbox::Worker::Ä", "h" * BOARD_TEXT, 60.0)
+    assert (state.job_started, state.job_started_wall, state.state) == (started, 1234.5, "busy")
+    assert (state.works_done, state.completed, state.failed, state.rss) == (2, 1, 1, 4096)
+    assert state.read_board() is False
+    Reporter(None, board).job_done("completed", "A", 3, 1, None, None)
+    state.read_board()
+    assert (state.state, state.job_id, state.job_started, state.works_done) == ("idle", None, None, 3)
+    board.close()
+
+
+def test_a_board_caught_in_mid_write_is_not_believed():
+    board = JobBoard()
+    board.job_done(5, 5, 0, 0)
+    board._page[0:8] = (board._seq + 1).to_bytes(8, "little")  # as if the writer stopped half-way
+    assert board.read() is None
+    state = ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1, board=board, works_done=4)
+    assert state.read_board() is False and state.works_done == 4  # what it knew before stands
+    board.close()
 
 
 def test_garbled_lines_are_skipped_and_a_partial_line_waits_for_its_end():
@@ -40,10 +79,10 @@ def test_garbled_lines_are_skipped_and_a_partial_line_waits_for_its_end():
 def test_a_reporter_whose_master_is_gone_says_so_instead_of_failing():
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
-    reporter = Reporter(write_fd)
+    reporter = Reporter(write_fd, report_jobs=True)
     try:
-        reporter.job_started("A", "1", 1.0)  # EPIPE: SIGPIPE is ignored by Python
+        reporter.job_done("completed", "A", 1, 0, 0, None)  # EPIPE: SIGPIPE is ignored by Python
         assert reporter.broken
-        reporter.job_done("completed", "A", 1, 0, 0, None)  # no more writes, no error
+        reporter.job_done("completed", "A", 2, 0, 0, None)  # no more writes, no error
     finally:
         os.close(write_fd)

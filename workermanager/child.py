@@ -19,7 +19,7 @@ from workermanager.backends import Backend, BackendError
 from workermanager.config import Config
 from workermanager.jobalarm import JobAlarm
 from workermanager.joblog import JobLog, JobRecord, outcome_word
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, Reporter
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, JobBoard, Reporter
 from workermanager.worker import Job, Worker, run_job
 
 log = logging.getLogger("workermanager.child")
@@ -51,6 +51,10 @@ class ChildPlan:
     works_limit: int
     report_fd: int | None
     master_pid: int
+    #: the child's job board (shared memory the master reads)
+    board: JobBoard | None = None
+    #: send a "done" line per job over the pipe (someone in the master listens for each job)
+    report_jobs: bool = False
 
 
 class Child:
@@ -58,7 +62,7 @@ class Child:
         self.plan = plan
         self.config = plan.config
         self.backend = plan.backend
-        self.reporter = Reporter(plan.report_fd)
+        self.reporter = Reporter(plan.report_fd, plan.board, plan.report_jobs)
         self.joblog = JobLog(plan.config.logfile, plan.config.log_format)
         self.workers: dict[str, Worker] = {}
         self.works_done = 0
@@ -182,11 +186,11 @@ class Child:
         worker, timeout, class_name = self._plans.get(cls) or self._plan_for(cls)
         handle, funcname = job.handle, job.funcname
         self.current_job = job
-        self.reporter.job_started(funcname, handle, timeout)
         if self._title_state != funcname:
             self._set_title(funcname, force=self._title_state in ("idle", "starting"))
         started_wall = time.time()
         started = time.monotonic()
+        self.reporter.job_started(funcname, handle, timeout, self.works_done, started, started_wall)
         self.alarm.start(timeout)
         try:
             outcome = run_job(worker, job)

@@ -22,7 +22,7 @@ from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import ChildPlan, flush_log_handlers, run_child
 from workermanager.config import Config, ConfigError, import_worker_classes
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, JobBoard
 from workermanager.worker import Worker
 
 log = logging.getLogger("workermanager.master")
@@ -37,6 +37,8 @@ CRASH_BACKOFF = (0.05, 1.0)
 KILL_GRACE_SECONDS = 2.0
 #: the master reads children's messages at most this often (they wait in the pipes meanwhile)
 SCOREBOARD_INTERVAL = 0.01
+#: the master reads its children's job boards at least this often (seconds)
+BOARD_INTERVAL = 0.5
 #: fast stop (INT) waits this long for children to hand their jobs back
 FAST_STOP_SECONDS = 3.0
 
@@ -91,6 +93,7 @@ class Master:
                 self._sleep(self._next_timeout())
                 self._handle_signals()
                 self._reap()
+                self._read_boards()
                 if self.stopping:
                     if not self.children:
                         break
@@ -106,9 +109,16 @@ class Master:
         return 0
 
     def _next_timeout(self) -> float:
-        timeout = 1.0
+        """Until the next thing the master must do unprompted: fork a child whose start was put off,
+        kill a child whose job may be past its timeout, or read the job boards again."""
+        now = time.monotonic()
+        timeout = BOARD_INTERVAL
         if not self.stopping and self._missing_children() > 0:
-            timeout = min(timeout, max(0.0, self.next_spawn_at - time.monotonic()))
+            timeout = min(timeout, max(0.0, self.next_spawn_at - now))
+        for child in self.children.values():
+            if child.job_started is not None and child.job_timeout is not None:
+                due = child.job_started + child.job_timeout + KILL_GRACE_SECONDS - now
+                timeout = min(timeout, max(0.0, due + 0.01))
         return timeout
 
     def _sleep(self, timeout: float) -> None:
@@ -130,6 +140,11 @@ class Master:
                 self.pending_signals.extend(_drain(fd))
             else:
                 self._read_child(fd)
+
+    def _read_boards(self) -> None:
+        for child in self.children.values():
+            if child.read_board():
+                self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
 
     def _read_child(self, fd: int) -> None:
         child = next((c for c in self.children.values() if c.read_fd == fd), None)
@@ -261,10 +276,12 @@ class Master:
         slot = self._free_slot()
         jitter = random.randint(0, self.config.works_per_child_jitter) if self.config.works_per_child_jitter else 0
         read_fd, write_fd = os.pipe()
+        board = JobBoard()
         plan = ChildPlan(config=self.config, backend=self.backend, worker_classes=self.worker_classes,
                          slot=slot, generation=self.generation,
                          works_limit=self.config.works_per_child + jitter,
-                         report_fd=write_fd, master_pid=os.getpid())
+                         report_fd=write_fd, master_pid=os.getpid(), board=board,
+                         report_jobs=bool(self.listeners))
         flush_log_handlers()
         gc.freeze()  # objects that exist now stay out of the children's collections: no copy-on-write
         # Signals stay blocked from before fork until the child has its own handlers, so a TERM
@@ -278,6 +295,8 @@ class Master:
                 os.close(read_fd)
                 for child in self.children.values():
                     os.close(child.read_fd)
+                    if child.board is not None:
+                        child.board.close()
                 os.close(self._wakeup_r)
                 os.close(self._wakeup_w)
                 status = run_child(plan, unblock=blocked)
@@ -288,7 +307,7 @@ class Master:
         os.set_blocking(read_fd, False)
         self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,
                                         started_at=time.time(), read_fd=read_fd,
-                                        works_limit=plan.works_limit)
+                                        works_limit=plan.works_limit, board=board)
         # A routine recycle's replacement is news only at debug level: with -w 1 it is every job.
         level = logging.DEBUG if self._routine_recycles else logging.INFO
         self._routine_recycles = max(0, self._routine_recycles - 1)
@@ -308,6 +327,10 @@ class Master:
                 continue
             self._drain_child(child)
             os.close(child.read_fd)
+            if child.read_board():
+                self.crash_streak = 0
+            if child.board is not None:
+                child.board.close()
             self._account_exit(child, status)
 
     def _drain_child(self, child: ChildState) -> None:
