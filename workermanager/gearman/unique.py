@@ -19,6 +19,7 @@ None: the job's delay is unknown and it is never resubmitted.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import NamedTuple
 
@@ -38,19 +39,16 @@ def make_unique(background: bool, attempt: int = 0, runnable_since: float | None
     return f"{PREFIX}:{int(since * 1000)}:{int(attempt)}:{mode}:{os.urandom(8).hex()}"
 
 
+#: [0-9], not \\d: a unique id from another client is data, and a Unicode digit that int() refuses
+#: would raise here and leave its job grabbed and never run
+_OURS = re.compile(rf"{PREFIX}:([0-9]+):([0-9]+):([bf]):([^:]+)")
+
+
 def parse_unique(unique: str | bytes) -> UniqueInfo | None:
     if isinstance(unique, bytes):
         unique = unique.decode("ascii", errors="replace")
-    parts = unique.split(":")
-    if len(parts) != 5 or parts[0] != PREFIX:
+    match = _OURS.fullmatch(unique)
+    if match is None:
         return None
-    _, since, attempt, mode, nonce = parts
-    # isdigit() alone accepts "²" and other Unicode digits that int() refuses: a unique id from
-    # another client is data, and a ValueError here would leave its job grabbed and never run.
-    if not (_is_number(since) and _is_number(attempt) and mode in ("b", "f") and nonce):
-        return None
+    since, attempt, mode, nonce = match.groups()
     return UniqueInfo(int(since) / 1000.0, int(attempt), mode == "b", nonce)
-
-
-def _is_number(text: str) -> bool:
-    return text.isascii() and text.isdigit()

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workermanager.gearman.codec import HEADER as _WORK_COMPLETE_HEADER
+from workermanager.gearman.codec import REQ, ProtocolError, request
 from workermanager.gearman.codec import PacketType as T
-from workermanager.gearman.codec import ProtocolError, request
 from workermanager.gearman.connection import Connection, GearmanConnectionError, parse_address
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,15 @@ class _Server:
 class GrabbedJob:
     """A job handed to this worker. Its methods report to the server that assigned it."""
 
-    def __init__(self, server: _Server, handle: str, funcname: str, unique: str, arg: bytes) -> None:
+    def __init__(self, server: _Server, handle: str, funcname: str, unique: str, arg: bytes,
+                 raw_handle: bytes | None = None) -> None:
         self._server = server
         self.handle = handle
         self.funcname = funcname
         self.unique = unique
         self.arg = arg
         self.finished = False
+        self._raw_handle = handle.encode() if raw_handle is None else raw_handle
 
     @property
     def server(self) -> str:
@@ -86,7 +89,11 @@ class GrabbedJob:
         server (its next GRAB, or a flush before it waits or closes): one system call per job
         fewer, for a caller that grabs again at once."""
         self.finished = True
-        if later:
+        if later and type(result) is bytes:  # the daemon's path, once per job: the packet spelled out
+            handle = self._raw_handle
+            self._server.conn.send_later(_WORK_COMPLETE_HEADER.pack(REQ, T.WORK_COMPLETE, len(handle) + 1 + len(result))
+                                         + handle + b"\0" + result)
+        elif later:
             self._server.conn.send_later(request(T.WORK_COMPLETE, self.handle, result))
         else:
             self._send(T.WORK_COMPLETE, result)
@@ -128,6 +135,8 @@ class Worker:
         self.abilities: dict[str, _Ability] = {}
         self._pending: _Server | None = None   # the server asked with GRAB_JOB_UNIQ, if any
         self._turn = 0
+        #: function names as they come on the wire -> as callers know them (prefix removed)
+        self._names: dict[bytes, str] = {}
 
     # registration ----------------------------------------------------------------------------
 
@@ -256,6 +265,10 @@ class Worker:
         """
         if not self.abilities:
             raise RuntimeError("register at least one function before grabbing jobs")
+        if len(self.servers) == 1:
+            job = self._grab_at_once(self.servers[0])
+            if job is not None:
+                return job
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             self._reconnect_due(deadline)
@@ -302,6 +315,18 @@ class Worker:
                 return job
             if now >= deadline:
                 return None
+
+    def _grab_at_once(self, server: _Server) -> GrabbedJob | None:
+        """The first turn of grab_job's loop for a worker of one server that is up, awake and owes
+        nothing: GRAB, read the answer, take the job; None sends the caller round the full loop."""
+        if self._pending is not None or not server.awake or server.conn.sock is None or server.conn.pending:
+            return None
+        if not self._safe_send(server, _GRAB_JOB_UNIQ):
+            return None
+        self._pending = server
+        server.awake = False
+        self._read(server)
+        return self._take_buffered()
 
     def _flush_others(self, server: _Server) -> None:
         for other in self.servers:
@@ -351,11 +376,15 @@ class Worker:
             handle, func, unique, arg = args
         else:
             (handle, func, arg), unique = args, b""
-        name = func.decode("utf-8", errors="replace")
-        if self.prefix and name.startswith(self.prefix + "\t"):
-            name = name[len(self.prefix) + 1:]
+        name = self._names.get(func)
+        if name is None:
+            name = func.decode("utf-8", errors="replace")
+            if self.prefix and name.startswith(self.prefix + "\t"):
+                name = name[len(self.prefix) + 1:]
+            if len(self._names) < 1024:  # the names this worker registered, unless a server is mad
+                self._names[func] = name
         return GrabbedJob(server, handle.decode("ascii", errors="replace"), name,
-                          unique.decode("utf-8", errors="replace"), arg)
+                          unique.decode("utf-8", errors="replace"), arg, handle)
 
     # the simple loop -------------------------------------------------------------------------
 
