@@ -59,6 +59,8 @@ class Database:
         self.hashdsn = hashlib.md5(f"{dsn.original}|{dsn.user or ''}".encode()).hexdigest()
         self._conn: Any = None
         self._pid: int | None = None
+        #: a cursor of the open connection, reused from one unit of work to the next
+        self._cursor: Any = None
         #: connections opened so far in this object's life (tests and logs read it)
         self.opened = 0
         self.dead_until = 0.0
@@ -84,7 +86,7 @@ class Database:
         """The open connection of this process, opened on first use and again after a fork."""
         if self._conn is not None and self._pid != _this_pid():
             _inherited.append(self._conn)
-            self._conn = None
+            self._conn = self._cursor = None
         if self._conn is None:
             conn = self.dialect.connect(self.dsn, create=create)
             self._funcname2id.clear()
@@ -110,6 +112,7 @@ class Database:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._cursor = None
         if conn is not None:
             if self._pid == _this_pid():
                 try:
@@ -150,6 +153,20 @@ class Database:
         dialect = self.dialect
         autocommit = write and single_statement and not durable and dialect.single_statement_autocommit
         transaction = write and not autocommit
+        cursor = self._cursor
+        if cursor is not None and self._pid == _pid and not transaction and not create:
+            # The common case, twice per job: an open connection and no transaction to frame.
+            # Any failure goes round the full path below, which classifies it and retries.
+            conn = self._conn
+            try:
+                if autocommit:
+                    dialect.prepare_autocommit_write(conn)
+                return work(cursor)
+            except dialect.errors:
+                self._rollback(conn)
+            except BaseException:
+                self._rollback(conn)
+                raise
         reconnected = False
         for attempt in range(MAX_ATTEMPTS):
             conn = None
@@ -157,7 +174,7 @@ class Database:
             committing = False
             try:
                 conn = self.connection(create=create)
-                cursor = conn.cursor()
+                cursor = self._cursor = conn.cursor()
                 if transaction:
                     dialect.begin(conn, durable)
                 elif autocommit:
