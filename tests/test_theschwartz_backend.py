@@ -85,3 +85,31 @@ def test_release_hands_the_job_out_again(queue_db):
     backend.release(job)
     again = backend.grab(1.0)
     assert again is not None and again.handle == job.handle
+
+
+def test_a_client_prepared_in_the_parent_serves_each_forked_child_on_its_own_connection(queue_db):
+    client = Client([queue_db])
+    for n in range(2):
+        client.insert(Mail.funcname, {"n": n})
+    client.close()
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Mail])
+    backend.prepare()  # in the master: objects only
+    prepared = backend.client
+    assert prepared is not None and not prepared.databases[0].is_connected()
+    results = multiprocessing.get_context("fork").Queue()
+
+    def child():
+        backend.open()
+        job = backend.grab(5.0)
+        results.put((backend.client is prepared, job.arg["n"], run_job(Mail(), job)))
+        backend.close()
+
+    procs = [multiprocessing.get_context("fork").Process(target=child) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    got = sorted((results.get(timeout=20) for _ in procs), key=lambda r: r[1])
+    for proc in procs:
+        proc.join(10)
+    assert got == [(True, 0, "completed"), (True, 1, "completed")]
+    assert not prepared.databases[0].is_connected()  # the parent never connected
+    assert Client([queue_db]).list_jobs(Mail.funcname) == []

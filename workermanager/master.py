@@ -86,6 +86,7 @@ class Master:
         """Run the pool until a stop signal; returns the exit status. Call after daemonizing."""
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._install_signals()
+        self.backend.prepare()
         log.info("master %d started: %s, %d children, %d jobs each", os.getpid(), self.config.type,
                  self.concurrency, self.config.works_per_child)
         try:
@@ -213,6 +214,7 @@ class Master:
             config = self.reload_config()
             classes = import_worker_classes(config)
             backend = build_backend(config, classes)
+            backend.prepare()
         except Exception as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return

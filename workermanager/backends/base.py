@@ -31,6 +31,11 @@ class Backend(abc.ABC):
         self.worker_classes = list(worker_classes)
         self.worker_by_funcname = {cls.function_name(): cls for cls in self.worker_classes}
 
+    def prepare(self) -> None:
+        """In the master, before it forks children (and after it dropped privileges): build what
+        every child would otherwise build again for itself after fork. Objects only: never a
+        connection or a socket, and nothing that names the master's pid."""
+
     @abc.abstractmethod
     def open(self) -> None:
         """Connect, in the child after fork. May raise BackendError; the child then backs off."""

@@ -65,8 +65,21 @@ class TheSchwartzBackend(Backend):
         self.client: Client | None = None
         self.wakeup: Wakeup | None = None
 
+    def prepare(self) -> None:
+        """The client and its waits, built once in the master: a child's start costs a fork, not
+        also the parsing of DSNs and the spelling of queries (connections still open lazily, in
+        each child, on first use)."""
+        self._build()
+        assert self.client is not None
+        self.client._wanted(self.worker_classes, None)  # what to lease, worked out once
+
     def open(self) -> None:
-        """Build the client in the child; connections open lazily on first use, in this process."""
+        """In the child: the client the master prepared, or one built now; connections open
+        lazily on first use, in this process."""
+        if self.client is None:
+            self._build()
+
+    def _build(self) -> None:
         self.client = Client(self.databases, prioritize=self.prioritize,
                              base_dir=self.options.get("base_dir"), retry_seconds=self.retry_seconds)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
