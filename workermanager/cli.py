@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from workermanager import __version__
 
@@ -73,7 +74,6 @@ def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
     from workermanager import daemonize, pidfile, runfolder
-    from workermanager import metrics as metrics_module
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -90,7 +90,9 @@ def run_daemon(options: argparse.Namespace) -> int:
         stale_warning = pidfile.check_free(config.pidfile) if config.pidfile else None
         daemonize.check_writable(config.logfile, "logfile")
         daemonize.check_writable(config.errorlogfile, "errorlogfile")
-        metrics_module.check_listen(config)
+        metrics_module = _metrics_module(config)
+        if metrics_module is not None:
+            metrics_module.check_listen(config)
         daemonize.resolve_identity(config)
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
         return fail(str(exc))
@@ -104,7 +106,9 @@ def run_daemon(options: argparse.Namespace) -> int:
     try:
         if config.pidfile:
             pidfile.write(config.pidfile)
-        metrics = metrics_module.start(config, master)  # before the drop: ports below 1024
+        metrics = None
+        if metrics_module is not None:  # before the drop: ports below 1024
+            metrics = metrics_module.start(config, master)
         daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile,
                                            *runfolder.folders_to_own(config)])
     except (pidfile.PidFileError, OSError) as exc:
@@ -122,6 +126,17 @@ def run_daemon(options: argparse.Namespace) -> int:
         publisher.remove()
         if config.pidfile:
             pidfile.remove(config.pidfile)
+
+
+def _metrics_module(config: Any) -> Any:
+    """The metrics module when the config asks for metrics, else None. Imported only then: its
+    HTTP server brings some sixty modules and 4 MB that the master would otherwise carry, and
+    copy page tables for, at every fork."""
+    if not config.metrics:
+        return None
+    from workermanager import metrics
+
+    return metrics
 
 
 if __name__ == "__main__":
