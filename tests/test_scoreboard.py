@@ -20,12 +20,16 @@ def read_back(write, report_jobs: bool = True) -> list[dict]:
     return ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1).feed(data)
 
 
-def test_the_hand_spelled_done_line_is_the_json_the_master_reads():
-    messages = read_back(lambda r: (r.job_done("completed", 'Sandbox::Worker::"Ä"\\', 7, 12, None, 2048),
+def test_the_hand_spelled_lines_are_the_json_the_master_reads():
+    messages = read_back(lambda r: (r.ready(100, 4096),
+                                    r.job_done("completed", 'Sandbox::Worker::"Ä"\\', 7, 12, None, 2048),
+                                    r.exiting('over "memory" limit\n'),
                                     r.send("exiting", reason="recycled")))
     assert messages == [
+        {"event": "ready", "works_limit": 100, "rss": 4096},
         {"event": "done", "outcome": "completed", "funcname": 'Sandbox::Worker::"Ä"\\', "works_done": 7,
          "process_ms": 12, "delay_ms": None, "rss": 2048},
+        {"event": "exiting", "reason": 'over "memory" limit\n'},
         {"event": "exiting", "reason": "recycled"},
     ]
 

@@ -7,6 +7,7 @@ handlers only record the signal, so logging and forking never happen inside one.
 
 from __future__ import annotations
 
+import _signal
 import collections
 import errno
 import gc
@@ -28,6 +29,7 @@ from workermanager.worker import Worker
 log = logging.getLogger("workermanager.master")
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
+_HANDLED_NUMBERS = frozenset(int(getattr(signal, name)) for name in HANDLED_SIGNALS)
 #: respawn delay grows from the first to the second value while children die before they are ready
 RESPAWN_BACKOFF = (0.1, 30.0)
 #: the same for children that crash after setup with no job finished in between (capped low:
@@ -164,10 +166,6 @@ class Master:
                     listener.job_done(message)
 
     # -- signals ---------------------------------------------------------------------------
-    @staticmethod
-    def _signal_numbers() -> set[signal.Signals]:
-        return {getattr(signal, name) for name in HANDLED_SIGNALS}
-
     def _install_signals(self) -> None:
         os.set_blocking(self._wakeup_w, False)
         os.set_blocking(self._wakeup_r, False)
@@ -288,7 +286,8 @@ class Master:
         gc.freeze()  # objects that exist now stay out of the children's collections: no copy-on-write
         # Signals stay blocked from before fork until the child has its own handlers, so a TERM
         # sent to a brand-new child waits for the child's handler instead of reaching the master's.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self._signal_numbers())
+        # _signal's, not signal's: the wrapper turns each signal of the answer into an enum
+        blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_NUMBERS)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the master's loop
             status = 1
@@ -304,7 +303,7 @@ class Master:
                 status = run_child(plan, unblock=blocked)
             finally:
                 os._exit(status)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,

@@ -144,6 +144,14 @@ class Reporter:
     def send(self, event: str, **fields: Any) -> None:
         self._write(encode(event, **fields))
 
+    # The lines every child sends once, spelled out by hand too: json.dumps run for the first
+    # time in a fresh child costs more (copied pages) than the line is worth.
+    def ready(self, works_limit: int, rss: int) -> None:
+        self._write(f'{{"event":"ready","works_limit":{works_limit:d},"rss":{rss:d}}}\n'.encode())
+
+    def exiting(self, reason: str) -> None:
+        self._write(f'{{"event":"exiting","reason":{_json_str(reason)}}}\n'.encode())
+
     def job_started(self, funcname: str, job_id: str, timeout: float, works_done: int, started: float,
                     started_wall: float) -> None:
         if self.board is not None:
