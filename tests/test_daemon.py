@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
+
+import psutil
 
 from daemon_harness import Daemon
 from helpers import wait_for
@@ -200,3 +203,31 @@ def test_a_stale_pidfile_is_replaced(tmp_path, sqlite_queue, daemons):
     daemon.start(wait_children=1)
     assert open(pidfile).read().strip() == str(daemon.pid)
     assert "replacing stale pid file" in daemon.error_log()
+
+
+def title(process: psutil.Process) -> str:
+    """A process title as ps shows it (setproctitle pads the old argv with empty strings)."""
+    return " ".join(process.cmdline()).strip()
+
+
+def test_process_titles_show_the_master_and_what_each_child_does(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
+    client.insert("Test::Sleep", {"sleep": 3})
+    daemon = make(daemons, tmp_path, path, ["testworkers.Sleep"], ("-n", "-c", "2", "-w", "5")).start()
+    daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 20, "the job running")
+
+    def titles():
+        master = title(psutil.Process(daemon.pid))
+        kids = [title(child) for child in daemon.children()]
+        found = [re.fullmatch(r"workermanager: child (\d) \[(.*) 0/5\]", kid) for kid in kids]
+        states = sorted((m.group(2), m.group(1)) for m in found if m)
+        if master.endswith("[2/2 children]") and [state for state, _ in states] == ["Test::Sleep", "idle"] \
+                and {slot for _, slot in states} == {"1", "2"}:
+            return master
+        return None
+    master = wait_for(titles, 10, what="the master's and both children's titles")
+    assert master == f"workermanager: master -f {daemon.config_path} [2/2 children]"
+    daemon.wait_ledger(lambda rows: any(r[2] == "end" for r in rows), 10, "the job's end")
+    busy_pid = int(next(r[1] for r in daemon.ledger_rows() if r[2] == "start"))
+    wait_for(lambda: title(psutil.Process(busy_pid)).endswith("[idle 1/5]"), 10,
+             what="the child that ran the job idle again, with one job done")
