@@ -314,3 +314,37 @@ def test_connection_is_reopened_after_fork(client):
     assert os.waitstatus_to_exitcode(status) == 0
     assert client.databases[0].connection() is first
     assert client.find_job_for_workers(["fork"]) is None  # the child holds the lease
+
+
+class Plain(Worker):
+    funcname = "Test::Plain"  # keeps no exit status: its completion is one DELETE
+
+
+def test_a_deferred_completion_goes_with_the_next_lease_and_the_last_one_at_close(queue_db):
+    observer = Client([queue_db])
+    first, second = observer.insert(Plain.funcname, 1), observer.insert(Plain.funcname, 2)
+    worker = Client([queue_db], defer_completions=True)
+    rides = worker.defer_completions
+    assert rides == ("path" in queue_db)  # SQLite only: one lock for all its writers
+    job = worker.find_job_for_workers([Plain])
+    job.completed()
+    assert job.is_finished and job.outcome == "completed"
+    assert (observer.lookup_job(first) is not None) == rides  # still leased to the worker
+    with pytest.raises(JobAlreadyFinished):
+        job.completed()
+    again = worker.find_job_for_workers([Plain])
+    assert observer.lookup_job(first) is None  # deleted in the lease's transaction
+    again.completed()
+    assert worker.find_job_for_workers([Plain]) is None  # an empty queue's lease carries it too
+    assert observer.lookup_job(second) is None
+    third = observer.insert(Plain.funcname, 3)
+    worker.find_job_for_workers([Plain]).completed()
+    worker.close()
+    assert observer.lookup_job(third) is None  # and the last one at close
+    observer.close()
+
+
+def test_completions_are_not_deferred_across_several_databases(tmp_path):
+    entries = [{"path": str(tmp_path / f"q{n}.db")} for n in range(2)]
+    init_db(entries)
+    assert not Client(entries, defer_completions=True).defer_completions

@@ -80,8 +80,10 @@ class TheSchwartzBackend(Backend):
             self._build()
 
     def _build(self) -> None:
-        self.client = Client(self.databases, prioritize=self.prioritize,
-                             base_dir=self.options.get("base_dir"), retry_seconds=self.retry_seconds)
+        # defer_completions: a child leases again straight after each job (and closes the client
+        # before it exits), so a completion rides with that lease
+        self.client = Client(self.databases, prioritize=self.prioritize, base_dir=self.options.get("base_dir"),
+                             retry_seconds=self.retry_seconds, defer_completions=True)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
 
     def grab(self, timeout: float) -> Job | None:

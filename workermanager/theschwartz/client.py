@@ -78,8 +78,13 @@ class Client:
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
-                 lease_by_names: bool = True) -> None:
+                 lease_by_names: bool = True, defer_completions: bool = False) -> None:
         self.databases = build_databases(databases, base_dir, retry_seconds)
+        #: completions wait for this process's next lease (Database.defer_delete): asked for by
+        #: workers that lease again at once (the daemon's children); kept to one database, whose
+        #: next lease is sure to come, and to where the dialect gains by it
+        self.defer_completions = bool(defer_completions) and len(self.databases) == 1 and \
+            self.databases[0].dialect.completions_ride_with_leases
         for db in self.databases:  # False: always candidates + conditional UPDATE (tests, Perl's way)
             db.use_lease_by_names = bool(lease_by_names)
         self.prioritize = bool(prioritize)
@@ -91,7 +96,7 @@ class Client:
 
     def close(self) -> None:
         for db in self.databases:
-            db.close()
+            db.finish()
 
     def database_for(self, hashdsn: str) -> Database:
         try:

@@ -61,6 +61,8 @@ class Database:
         self._pid: int | None = None
         #: a cursor of the open connection, reused from one unit of work to the next
         self._cursor: Any = None
+        #: completed jobs whose rows this process deletes with its next write (see defer_delete)
+        self._deferred: list[int] = []
         #: connections opened so far in this object's life (tests and logs read it)
         self.opened = 0
         self.dead_until = 0.0
@@ -111,6 +113,7 @@ class Database:
         return self._conn is not None and self._pid == _this_pid()
 
     def close(self) -> None:
+        """Drop the connection (deferred deletions wait for the next one: see finish)."""
         conn, self._conn = self._conn, None
         self._cursor = None
         if conn is not None:
@@ -151,6 +154,8 @@ class Database:
         DatabaseError for any other failure of the database.
         """
         dialect = self.dialect
+        if write and self._deferred:
+            return self._run_with_deferred(work, durable, create)
         autocommit = write and single_statement and not durable and dialect.single_statement_autocommit
         transaction = write and not autocommit
         cursor = self._cursor
@@ -206,6 +211,54 @@ class Database:
                     self._rollback(conn)
                 raise
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    # --- completions that ride with the next write ------------------------------------------------
+
+    def defer_delete(self, jobid: int) -> None:
+        """Delete the row of completed job `jobid` in the transaction of this process's next write
+        (for a worker: its next lease, which follows at once), or at close.
+
+        SQLite runs one writer at a time, and every worker of the queue waits for that lock twice
+        per job, for the lease and for the completion; riding together, they take it once. Until
+        then the row stays leased to this worker: if the process dies in between, the job runs
+        again when the lease ends, as after any crash (at-least-once)."""
+        if self._pid != _this_pid():  # what the process we were forked from deferred is its own
+            self._deferred = []
+        self._deferred.append(jobid)
+
+    @property
+    def deferred(self) -> int:
+        """Completed jobs of this process whose rows are still to be deleted."""
+        return len(self._deferred) if self._pid == _this_pid() else 0
+
+    def flush_deferred(self) -> None:
+        """Delete the deferred rows now."""
+        if self.deferred:
+            self.run(lambda cursor: None, write=True)
+
+    def finish(self) -> None:
+        """The client is done with this database: delete the deferred rows, then close."""
+        try:
+            self.flush_deferred()
+        except DatabaseError as exc:  # the rows stay leased: those jobs run again when it ends
+            log.warning("database %s: %d completed job(s) not deleted, they will run again: %s",
+                        self.label, len(self._deferred), exc)
+        self._deferred = []
+        self.close()
+
+    def _run_with_deferred(self, work: Callable[[Any], T], durable: bool, create: bool) -> T:
+        deferred, self._deferred = self._deferred, []
+        delete = self.q.delete_job
+
+        def deletes_then_work(cursor: Any) -> T:
+            for jobid in deferred:
+                cursor.execute(delete, (jobid,))
+            return work(cursor)
+        try:
+            return self.run(deletes_then_work, write=True, durable=durable, create=create)
+        except BaseException:
+            self._deferred[:0] = deferred  # still to delete, with the next write
+            raise
 
     def fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
         """One row of a read-only query, outside any transaction."""

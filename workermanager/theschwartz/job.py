@@ -148,10 +148,17 @@ class TheSchwartzJob(Job):
         """Done: delete the row; keep exit status 0 when the worker class keeps exit statuses.
         Without an exit status to keep, the DELETE alone runs in autocommit where the dialect
         allows it: one round trip per completed job instead of three."""
+        keeps_status = self._keep_exit_status_for() > 0
+        if not keeps_status and self.client.defer_completions:  # see Database.defer_delete
+            self._check_unfinished("completed")
+            self.db.defer_delete(self.jobid)
+            self.outcome = "completed"
+            return
+
         def work(cursor: Any) -> None:
             self._write_exit_status(cursor, 0)
             cursor.execute(self.db.q.delete_job, (self.jobid,))
-        self._settle("completed", work, single_statement=self._keep_exit_status_for() <= 0)
+        self._settle("completed", work, single_statement=not keeps_status)
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure; retry per max_retries/retry_delay, else remove with exit status (default 1)."""

@@ -51,6 +51,11 @@ class Dialect(abc.ABC):
     #: instead of BEGIN + statement + COMMIT (see prepare_autocommit_write).
     single_statement_autocommit: bool = False
 
+    #: a completed job's DELETE may wait for the worker's next lease and share its transaction
+    #: (Client(defer_completions=True)): where all writers queue for one lock, taking it once per
+    #: job instead of twice
+    completions_ride_with_leases: bool = False
+
     def prepare_autocommit_write(self, conn: Any) -> None:
         """Before a one-statement write in autocommit: set what `begin` would set for a write that
         need not be durable (SQLite: synchronous=NORMAL)."""

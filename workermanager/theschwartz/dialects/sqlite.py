@@ -44,6 +44,7 @@ class SQLiteDialect(Dialect):
     errors = (sqlite3.Error,)
     single_statement_autocommit = True
     lease_in_transaction = False
+    completions_ride_with_leases = True
 
     def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
         # mode=rw: a worker pointed at a missing file gets "unable to open", not a new empty database
