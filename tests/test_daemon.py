@@ -136,17 +136,32 @@ def test_hup_reloads_the_config_and_applies_the_new_concurrency(tmp_path, sqlite
              15, what="3 new children")
 
 
-def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, sqlite_queue, daemons):
+def one_job_running(daemons, tmp_path, sqlite_queue, funcname, worker):
+    """A daemon of one child running one job of `worker`: (the daemon, the child's pid)."""
     client, path = sqlite_queue
-    client.insert("Test::Hang", {})
-    daemon = make(daemons, tmp_path, path, ["testworkers.Hang"], ("-n", "-c", "1")).start()
+    client.insert(funcname, {})
+    daemon = make(daemons, tmp_path, path, [worker], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
-    hung = int(rows[0][1])
+    return daemon, int(rows[0][1])
+
+
+def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, sqlite_queue, daemons):
+    daemon, hung = one_job_running(daemons, tmp_path, sqlite_queue, "Test::Hang", "testworkers.Hang")
     lines = daemon.wait_job_lines(1, timeout=15)
     assert lines[0]["outcome"] == "failed" and lines[0]["pid"] == hung
     assert 900 <= lines[0]["process"] < 5000
     wait_for(lambda: [c.pid for c in daemon.children() if c.pid != hung], 10, what="a replacement child")
     assert "timed out after 1s" in daemon.error_log()
+
+
+def test_a_job_deaf_to_its_alarm_gets_its_child_killed_by_the_master(tmp_path, sqlite_queue, daemons):
+    daemon, stuck = one_job_running(daemons, tmp_path, sqlite_queue, "Test::Stuck", "testworkers.Stuck")
+    # timeout 1 s + the master's 2 s grace; the board is read at least twice a second
+    log = daemon.wait_error_log("past its timeout 1s: killing the child", timeout=10)
+    assert f"child {stuck}: job " in log
+    wait_for(lambda: not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE,
+             5, what="the stuck child gone")
+    wait_for(lambda: [c.pid for c in daemon.children() if c.pid != stuck], 10, what="a replacement child")
 
 
 def test_a_child_over_max_memory_is_recycled_after_its_job(tmp_path, sqlite_queue, daemons):

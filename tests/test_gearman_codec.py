@@ -22,6 +22,7 @@ from workermanager.gearman.codec import (
     encode,
     request,
     response,
+    work_complete,
 )
 
 
@@ -104,6 +105,15 @@ def test_encoded_packets_always_decode_to_themselves(ptype, data):
     wire = encode(ptype, *args, magic=REQ)
     decoder = Decoder(REQ)
     assert decoder.feed(wire[:split]) + decoder.feed(wire[split:]) == [Packet(ptype, args, REQ)]
+
+
+@given(st.binary(max_size=40).filter(lambda b: b"\0" not in b), st.binary(max_size=200))
+def test_the_workers_own_work_complete_is_the_packet_request_spells(handle, result):
+    assert work_complete(handle, result) == request(PacketType.WORK_COMPLETE, handle, result)
+
+
+def test_packet_types_hash_like_the_numbers_they_equal():
+    assert {13: "x"}[PacketType.WORK_COMPLETE] == "x" and hash(PacketType.NOOP) == hash(6)
 
 
 # --- a fake job server that sends what it is told ------------------------------------------------

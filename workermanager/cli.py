@@ -12,9 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from workermanager import __version__
+
+if TYPE_CHECKING:
+    from workermanager.config import Config
 
 USAGE = "workermanager [-hdn] [-c concurrency] [-w works_per_child] -f conf_file"
 SUBCOMMANDS: dict[str, str] = {
@@ -128,7 +132,7 @@ def run_daemon(options: argparse.Namespace) -> int:
             pidfile.remove(config.pidfile)
 
 
-def _metrics_module(config: Any) -> Any:
+def _metrics_module(config: Config) -> ModuleType | None:
     """The metrics module when the config asks for metrics, else None. Imported only then: its
     HTTP server brings some sixty modules and 4 MB that the master would otherwise carry, and
     copy page tables for, at every fork."""

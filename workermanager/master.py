@@ -146,8 +146,11 @@ class Master:
 
     def _read_boards(self) -> None:
         for child in self.children.values():
-            if child.read_board():
-                self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
+            self._read_board(child)
+
+    def _read_board(self, child: ChildState) -> None:
+        if child.read_board():
+            self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
 
     def _read_child(self, fd: int) -> None:
         child = next((c for c in self.children.values() if c.read_fd == fd), None)
@@ -328,8 +331,7 @@ class Master:
                 continue
             self._drain_child(child)
             os.close(child.read_fd)
-            if child.read_board():
-                self.crash_streak = 0
+            self._read_board(child)
             if child.board is not None:
                 child.board.close()
             self._account_exit(child, status)

@@ -2,7 +2,8 @@
 
 With metrics on, children tell the master about every job over the scoreboard pipe (a "done"
 line each; without metrics they only update their job boards), so the master is the one place
-that knows the whole fleet: it serves /metrics itself and no child ever opens a port. The parts and why they are shaped so:
+that knows the whole fleet: it serves /metrics itself and no child ever opens a port. The parts
+and why they are shaped so:
 
 - MetricsListener is a MasterListener: job_done/child_exited feed counters and histograms, and
   observe_master (called with the status publisher on each loop turn) sets the busy/idle gauges.

@@ -50,21 +50,6 @@ _BODY = struct.Struct(f"<dddQQQQH{BOARD_TEXT}sH{BOARD_TEXT}s")
 _SEQ_READS = 100
 
 
-@dataclasses.dataclass
-class BoardView:
-    """One consistent reading of a job board."""
-
-    job_started: float | None
-    job_started_wall: float | None
-    job_timeout: float | None
-    works_done: int
-    completed: int
-    failed: int
-    rss: int
-    job_funcname: str | None
-    job_id: str | None
-
-
 class JobBoard:
     """A child's page of shared memory, made by the master before the fork.
 
@@ -100,8 +85,9 @@ class JobBoard:
         self._seq = seq + 2
 
     # -- the master's side ---------------------------------------------------------------
-    def read(self) -> BoardView | None:
-        """The board as the child last left it; None when no steady reading could be had."""
+    def read(self) -> tuple | None:
+        """The board as the child last left it, in the layout of _BODY (ChildState.read_board
+        takes it in); None when no steady reading could be had."""
         page = self._page
         for _ in range(_SEQ_READS):
             before = _SEQ.unpack_from(page, 0)[0]
@@ -110,16 +96,8 @@ class JobBoard:
                 continue
             body = _BODY.unpack_from(page, _SEQ.size)
             if _SEQ.unpack_from(page, 0)[0] == before:
-                break
-        else:
-            return None
-        started, wall, timeout, works_done, completed, failed, rss, name_len, name, id_len, ident = body
-        busy = started > 0.0
-        return BoardView(
-            job_started=started if busy else None, job_started_wall=wall if busy else None,
-            job_timeout=timeout if busy else None, works_done=works_done, completed=completed, failed=failed,
-            rss=rss, job_funcname=name[:name_len].decode(errors="replace") if busy else None,
-            job_id=ident[:id_len].decode(errors="replace") if busy else None)
+                return body
+        return None
 
     def close(self) -> None:
         self._page.close()
@@ -216,16 +194,21 @@ class ChildState:
         return (now if now is not None else time.monotonic()) - self.job_started
 
     def read_board(self) -> bool:
-        """Take in what the child's job board says now; True when its count of jobs done grew."""
-        view = self.board.read() if self.board is not None else None
-        if view is None:
+        """Take in what the child's job board says now; True when its count of jobs done grew.
+        A board caught in mid-write leaves what was known before."""
+        body = self.board.read() if self.board is not None else None
+        if body is None:
             return False
-        grew = view.works_done > self.works_done
-        self.job_started, self.job_started_wall, self.job_timeout = \
-            view.job_started, view.job_started_wall, view.job_timeout
-        self.job_funcname, self.job_id = view.job_funcname, view.job_id
-        self.works_done, self.completed, self.failed = view.works_done, view.completed, view.failed
-        self.rss = view.rss or self.rss
+        started, wall, timeout, works_done, self.completed, self.failed, rss, name_len, name, id_len, ident = body
+        grew = works_done > self.works_done
+        self.works_done, self.rss = works_done, rss or self.rss
+        if started > 0.0:  # busy: 0 marks an idle board
+            self.job_started, self.job_started_wall, self.job_timeout = started, wall, timeout
+            self.job_funcname = name[:name_len].decode(errors="replace")
+            self.job_id = ident[:id_len].decode(errors="replace")
+        else:
+            self.job_started = self.job_started_wall = self.job_timeout = None
+            self.job_funcname = self.job_id = None
         return grew
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ per line), so a test can count runs per job without trusting the daemon's own lo
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from workermanager import Worker
@@ -54,6 +55,20 @@ class Hang(Worker):
     grab_for = 30
 
     def work(self, job):
+        record(job, "start")
+        time.sleep(3600)
+
+
+class Stuck(Worker):
+    """Hangs where the child's own alarm cannot reach it (SIGALRM blocked, as in a C call that
+    never returns): only the master, reading the job's start on the child's board, can end it."""
+
+    funcname = "Test::Stuck"
+    timeout = 1
+    grab_for = 30
+
+    def work(self, job):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         record(job, "start")
         time.sleep(3600)
 

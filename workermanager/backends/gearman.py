@@ -57,25 +57,24 @@ SERVER_TIMEOUT_GRACE = 5
 
 
 class GearmanJob(Job):
-    #: "server//handle": gearmand's handle alone is only unique per server
-    handle: str = ""  # type: ignore[assignment]  # a plain attribute, set once per job
-
     def __init__(self, backend: GearmanBackend, grabbed: GrabbedJob, worker_class: type[WorkerClass]) -> None:
-        self.outcome = None
+        super().__init__()
         self._backend = backend
         self._grabbed = grabbed
+        self._handle = f"{grabbed.server}//{grabbed.handle}"  # spelled once: read several times per job
         self.worker_class = worker_class
         self.funcname = grabbed.funcname
-        self.handle = f"{grabbed.server}//{grabbed.handle}"
         self.raw_arg = grabbed.arg
         self.arg = decode_arg(grabbed.arg)
         self.unique = grabbed.unique
-        self.info: UniqueInfo | None = parse_unique(grabbed.unique) if grabbed.unique else None
-        info = self.info
-        if info is None:
-            self.insert_time, self.failures = None, 0
-        else:
-            self.insert_time, self.failures = info.runnable_since, info.attempt
+        self.info: UniqueInfo | None = parse_unique(grabbed.unique)
+        self.insert_time = self.info.runnable_since if self.info else None
+        self.failures = self.info.attempt if self.info else 0
+
+    @property
+    def handle(self) -> str:
+        """"server//handle": gearmand's handle alone is only unique per server."""
+        return self._handle
 
     @property
     def resubmittable(self) -> bool:

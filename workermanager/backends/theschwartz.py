@@ -70,8 +70,6 @@ class TheSchwartzBackend(Backend):
         also the parsing of DSNs and the spelling of queries (connections still open lazily, in
         each child, on first use)."""
         self._build()
-        assert self.client is not None
-        self.client._wanted(self.worker_classes, None)  # what to lease, worked out once
 
     def open(self) -> None:
         """In the child: the client the master prepared, or one built now; connections open

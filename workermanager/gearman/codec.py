@@ -74,6 +74,11 @@ class PacketType(enum.IntEnum):
     GET_STATUS_UNIQ = 41
     STATUS_RES_UNIQ = 42
 
+    # An int's hash, in C: Enum's own __hash__ is a Python function (hash of the name), run for
+    # every packet that looks up its argument count; and a member now hashes like the number it
+    # equals, as an int-valued key should.
+    __hash__ = int.__hash__
+
 
 T = PacketType
 
@@ -107,6 +112,8 @@ RESPONSE_TYPES = frozenset({
 })
 
 
+_WORK_COMPLETE = int(PacketType.WORK_COMPLETE)
+
 #: type number -> PacketType, without the enum's call machinery per packet
 _TYPES = {int(member): member for member in PacketType}
 
@@ -136,12 +143,22 @@ def encode(ptype: PacketType, *args: bytes | str | int, magic: bytes = REQ) -> b
     count = ARG_COUNTS[ptype]
     if len(args) != count:
         raise ValueError(f"{ptype.name} takes {count} argument(s), got {len(args)}")
-    raw = args if all(type(a) is bytes for a in args) else [_as_bytes(a) for a in args]
+    raw: tuple | list = args
+    for arg in args:
+        if type(arg) is not bytes:
+            raw = [_as_bytes(a) for a in args]
+            break
     for index in range(count - 1):
         if b"\0" in raw[index]:
             raise ValueError(f"{ptype.name} argument {index + 1} contains a NUL byte")
-    payload = b"\0".join(raw)  # type: ignore[arg-type]
+    payload = b"\0".join(raw)
     return HEADER.pack(magic, ptype, len(payload)) + payload
+
+
+def work_complete(handle: bytes, result: bytes) -> bytes:
+    """WORK_COMPLETE, as `request` would spell it, without its checks: a worker sends one per job,
+    and the handle came NUL-free from the server's JOB_ASSIGN."""
+    return HEADER.pack(REQ, _WORK_COMPLETE, len(handle) + 1 + len(result)) + handle + b"\0" + result
 
 
 def request(ptype: PacketType, *args: bytes | str | int) -> bytes:

@@ -29,9 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workermanager.gearman.codec import HEADER as _WORK_COMPLETE_HEADER
-from workermanager.gearman.codec import REQ, ProtocolError, request
 from workermanager.gearman.codec import PacketType as T
+from workermanager.gearman.codec import ProtocolError, request, work_complete
 from workermanager.gearman.connection import Connection, GearmanConnectionError, parse_address
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,7 @@ class GrabbedJob:
         self.unique = unique
         self.arg = arg
         self.finished = False
+        #: the handle as the server sent it, and as it goes back in our packets
         self._raw_handle = handle.encode() if raw_handle is None else raw_handle
 
     @property
@@ -73,7 +73,7 @@ class GrabbedJob:
         return self._server.conn.name
 
     def _send(self, ptype: T, *args: bytes | str | int) -> None:
-        self._server.conn.send(request(ptype, self.handle, *args))
+        self._server.conn.send(request(ptype, self._raw_handle, *args))
 
     def status(self, numerator: int, denominator: int) -> None:
         self._send(T.WORK_STATUS, int(numerator), int(denominator))
@@ -89,12 +89,10 @@ class GrabbedJob:
         server (its next GRAB, or a flush before it waits or closes): one system call per job
         fewer, for a caller that grabs again at once."""
         self.finished = True
-        if later and type(result) is bytes:  # the daemon's path, once per job: the packet spelled out
-            handle = self._raw_handle
-            self._server.conn.send_later(_WORK_COMPLETE_HEADER.pack(REQ, T.WORK_COMPLETE, len(handle) + 1 + len(result))
-                                         + handle + b"\0" + result)
+        if later and type(result) is bytes:
+            self._server.conn.send_later(work_complete(self._raw_handle, result))
         elif later:
-            self._server.conn.send_later(request(T.WORK_COMPLETE, self.handle, result))
+            self._server.conn.send_later(request(T.WORK_COMPLETE, self._raw_handle, result))
         else:
             self._send(T.WORK_COMPLETE, result)
 
@@ -280,12 +278,7 @@ class Worker:
                 if server is not None:
                     if len(self.servers) > 1:  # what waits for another server goes now
                         self._flush_others(server)
-                    if self._safe_send(server, _GRAB_JOB_UNIQ):
-                        self._pending = server
-                        server.awake = False
-                        # The server answers a GRAB at once: read the answer now, without a
-                        # select first (the read waits at most READ_SLICE, see Connection).
-                        self._read(server)
+                    self._ask(server)
                     continue
             now = time.monotonic()
             wait = max(0.0, deadline - now)
@@ -318,15 +311,19 @@ class Worker:
 
     def _grab_at_once(self, server: _Server) -> GrabbedJob | None:
         """The first turn of grab_job's loop for a worker of one server that is up, awake and owes
-        nothing: GRAB, read the answer, take the job; None sends the caller round the full loop."""
+        nothing: ask, take the job; None sends the caller round the full loop."""
         if self._pending is not None or not server.awake or server.conn.sock is None or server.conn.pending:
             return None
-        if not self._safe_send(server, _GRAB_JOB_UNIQ):
-            return None
-        self._pending = server
-        server.awake = False
-        self._read(server)
+        self._ask(server)
         return self._take_buffered()
+
+    def _ask(self, server: _Server) -> None:
+        """GRAB_JOB_UNIQ to `server`, and read its answer: the server answers a GRAB at once, so
+        the read comes without a select first (it waits at most READ_SLICE, see Connection)."""
+        if self._safe_send(server, _GRAB_JOB_UNIQ):
+            self._pending = server
+            server.awake = False
+            self._read(server)
 
     def _flush_others(self, server: _Server) -> None:
         for other in self.servers:

@@ -221,19 +221,13 @@ class Database:
         SQLite runs one writer at a time, and every worker of the queue waits for that lock twice
         per job, for the lease and for the completion; riding together, they take it once. Until
         then the row stays leased to this worker: if the process dies in between, the job runs
-        again when the lease ends, as after any crash (at-least-once)."""
-        if self._pid != _this_pid():  # what the process we were forked from deferred is its own
-            self._deferred = []
+        again when the lease ends, as after any crash (at-least-once). The list is this process's:
+        only a worker defers, and the daemon forks its workers from a master that never does."""
         self._deferred.append(jobid)
-
-    @property
-    def deferred(self) -> int:
-        """Completed jobs of this process whose rows are still to be deleted."""
-        return len(self._deferred) if self._pid == _this_pid() else 0
 
     def flush_deferred(self) -> None:
         """Delete the deferred rows now."""
-        if self.deferred:
+        if self._deferred:
             self.run(lambda cursor: None, write=True)
 
     def finish(self) -> None:
