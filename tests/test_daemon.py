@@ -67,6 +67,20 @@ def test_term_lets_running_jobs_finish_then_exits_zero(tmp_path, sqlite_queue, d
     assert jobs_left(path) == 0
 
 
+def test_term_amid_quick_jobs_gives_back_the_jobs_leased_ahead(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
+    client.insert_jobs([("Test::Noop", {"n": i}) for i in range(3000)])
+    daemon = make(daemons, tmp_path, path, ["testworkers.Noop"], ("-n", "-c", "2", "-w", "100000")).start()
+    daemon.wait_ledger(lambda rows: len(rows) >= 300, 30, "300 jobs run")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(timeout=10) == 0
+    ran = [row[0] for row in daemon.ledger_rows()]
+    assert len(ran) == len(set(ran)) < 3000
+    with sqlite3.connect(path) as db:
+        left = db.execute("SELECT COUNT(*), COALESCE(MAX(grabbed_until), 0) FROM job").fetchone()
+    assert left == (3000 - len(ran), 0)  # every job not run is free to lease at once: none waits out a lease
+
+
 def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, sqlite_queue, daemons):
     client, path = sqlite_queue
     handle = str(client.insert("Test::ShortLease", {"sleep": 0.5}))

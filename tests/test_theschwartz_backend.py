@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import pytest
 
@@ -38,6 +39,8 @@ def test_registry_names_the_backend():
     ({"databases": [{"dsn": "dbi:Nope:x"}]}, r"databases\[0\].*dbi:Nope:x"),
     ({"databases": [{"path": "q.db"}], "frobnicate": 1}, "frobnicate"),
     ({"databases": [{"path": "q.db"}], "retry_seconds": "soon"}, "retry_seconds"),
+    ({"databases": [{"path": "q.db"}], "lease_ahead_ms": -1}, "lease_ahead_ms"),
+    ({"databases": [{"path": "q.db"}], "lease_ahead_ms": "5ms"}, "lease_ahead_ms"),
 ])
 def test_bad_options_fail_before_connecting(options, message):
     with pytest.raises(ValueError, match=message):
@@ -113,3 +116,66 @@ def test_a_client_prepared_in_the_parent_serves_each_forked_child_on_its_own_con
     assert got == [(True, 0, "completed"), (True, 1, "completed")]
     assert not prepared.databases[0].is_connected()  # the parent never connected
     assert Client([queue_db]).list_jobs(Mail.funcname) == []
+
+
+def leased_ahead(client, funcname):
+    """Rows of `funcname` leased and still queued (a job deferred as completed stays leased too)."""
+    now = time.time()
+    return sorted(job.jobid for job in client.list_jobs(funcname) if job.grabbed_until > now)
+
+
+def test_quick_jobs_are_leased_several_at_a_time_within_the_quota_and_unstarted_ones_go_back_at_close(queue_db):
+    client = Client([queue_db])
+    for n in range(30):
+        client.insert(Mail.funcname, n)
+    # a budget no test machine's pace can exhaust: the counts below are the quota's and MOST's
+    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 60_000}, [Mail])
+    first = backend.grab(1.0, most=100)
+    assert len(backend.ahead) == 0  # a function not run yet: one job at a time
+    assert run_job(Mail(), first) == "completed"
+    second = backend.grab(1.0, most=4)  # a quick job came back: lease ahead, within the quota
+    assert len(backend.ahead) == 3
+    run_job(Mail(), second)
+    started = [first, second]
+    for _ in range(3):
+        job = backend.grab(1.0, most=100)
+        run_job(Mail(), job)
+        started.append(job)
+    assert len(backend.ahead) == 0 and [job.arg for job in started] == [0, 1, 2, 3, 4]
+    sixth = backend.grab(1.0, most=100)
+    held = list(backend.ahead)
+    assert len(held) == 9  # at most MOST (10) at once
+    backend.close()  # sixth was never run, like those held: all go back at once
+    assert leased_ahead(client, Mail.funcname) == [sixth.jobid]
+    assert all(job.outcome == "released" for job in held)
+    assert sorted(job.arg for job in client.list_jobs(Mail.funcname)) == list(range(5, 30))
+    client.close()
+
+
+def test_jobs_leased_ahead_that_waited_too_long_go_back_and_fresh_ones_are_leased(queue_db):
+    client = Client([queue_db])
+    for n in range(6):
+        client.insert(Mail.funcname, n)
+    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 60_000}, [Mail])
+    run_job(Mail(), backend.grab(1.0, most=100))
+    run_job(Mail(), backend.grab(1.0, most=100))
+    held = list(backend.ahead)
+    assert len(held) == 4  # the rest of the queue
+    backend.ahead.stale = 0.0  # as if the job before them had run long
+    job = backend.grab(1.0, most=100)
+    assert all(h.outcome == "released" for h in held)
+    assert job.jobid == held[0].jobid and job is not held[0]  # released, then leased again
+    backend.close()
+    client.close()
+
+
+def test_lease_ahead_off_leases_one_job_at_a_time(queue_db):
+    client = Client([queue_db])
+    for n in range(5):
+        client.insert(Mail.funcname, n)
+    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 0}, [Mail])
+    for _ in range(5):
+        run_job(Mail(), backend.grab(1.0, most=100))
+        assert len(backend.ahead) == 0
+    backend.close()
+    client.close()

@@ -348,3 +348,50 @@ def test_completions_are_not_deferred_across_several_databases(tmp_path):
     entries = [{"path": str(tmp_path / f"q{n}.db")} for n in range(2)]
     init_db(entries)
     assert not Client(entries, defer_completions=True).defer_completions
+
+
+def test_several_jobs_leased_at_once_in_run_order_up_to_each_functions_limit(queue_db):
+    client = Client([queue_db])
+    now = int(time.time())
+    handles = [client.insert("batch", n, run_after=now - 100 + n) for n in (5, 1, 4, 2, 3)]
+    client.insert("other", "x")
+    jobs = client.find_jobs_for_workers(["batch"], {"batch": 3})
+    assert [job.arg for job in jobs] == [1, 2, 3]  # oldest run_after first, whatever RETURNING's order
+    assert all(job.grabbed_until >= now + Worker.grab_for for job in jobs)
+    assert [job.arg for job in client.find_jobs_for_workers(["batch"], None)] == [4]  # no limit: one
+    assert client.find_job_for_workers(["batch"]).arg == 5 and client.find_job_for_workers(["batch"]) is None
+    assert [job.arg for job in client.find_jobs_for_workers(["other", "batch"], {"other": 4})] == ["x"]
+    leased = {str(h) for h in handles}
+    assert {job.handle for job in client.list_jobs("batch") if job.grabbed_until > now} == leased
+    client.close()
+
+
+def test_a_prioritized_batch_comes_by_priority_and_takes_the_smallest_limit(queue_db):
+    client = Client([queue_db], prioritize=True)
+    for name, priority in (("a", 1), ("b", 5), ("a", None), ("b", 3), ("a", 5)):
+        client.insert(name, priority, priority=priority)
+    first = client.find_jobs_for_workers(["a", "b"], {"a": 3, "b": 10})
+    assert [(job.funcname, job.priority) for job in first] == [("b", 5), ("a", 5), ("b", 3)]  # ties by jobid
+    assert [job.priority for job in client.find_jobs_for_workers(["a", "b"], {"a": 3, "b": 10})] == [1, None]
+    client.close()
+
+
+def test_released_leases_can_be_leased_again_at_once_and_only_ours_are_released(queue_db):
+    client, other = Client([queue_db]), Client([queue_db])
+    for n in range(3):
+        client.insert("give", n)
+    mine = client.find_jobs_for_workers(["give"], {"give": 3})
+    assert len(mine) == 3 and client.find_job_for_workers(["give"]) is None
+    mine[0].completed()
+    # the third lease ran out and another worker holds it now (a later lease ends later): a
+    # release must leave it alone
+    db, theirs = mine[2].db, mine[2].grabbed_until + 60
+    db.run(lambda cursor: cursor.execute(db.q.set_grabbed_until, (theirs, mine[2].jobid)), write=True)
+    client.release_leases(mine)
+    assert mine[1].outcome == "released" and mine[0].outcome == "completed"
+    again = other.find_job_for_workers(["give"])
+    assert again is not None and again.jobid == mine[1].jobid
+    assert other.find_job_for_workers(["give"]) is None
+    assert other.lookup_job(mine[2].job_handle).grabbed_until == theirs
+    client.close()
+    other.close()

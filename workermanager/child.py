@@ -149,7 +149,7 @@ class Child:
                 if not opened:
                     self.backend.open()
                     opened = True
-                job = self.backend.grab(GRAB_SLICE)
+                job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
             except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
                 if isinstance(exc, BackendError):

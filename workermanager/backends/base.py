@@ -41,8 +41,11 @@ class Backend(abc.ABC):
         """Connect, in the child after fork. May raise BackendError; the child then backs off."""
 
     @abc.abstractmethod
-    def grab(self, timeout: float) -> Job | None:
+    def grab(self, timeout: float, most: int = 1) -> Job | None:
         """Wait up to `timeout` seconds for one job of our worker classes and claim it.
+
+        `most`: how many more jobs the child will run before it exits (it is recycled after
+        works_per_child): a backend that claims jobs ahead never claims more than that.
 
         Returns None when nothing came in time. A server outage is reported as BackendError;
         the caller backs off and calls again. The returned job has `worker_class` set.

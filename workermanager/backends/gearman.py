@@ -179,7 +179,7 @@ class GearmanBackend(Backend):
             self._client = Client(self.job_servers, prefix=self.prefix, exceptions=False)
         return self._client
 
-    def grab(self, timeout: float) -> Job | None:
+    def grab(self, timeout: float, most: int = 1) -> Job | None:
         if self._worker is None:
             raise BackendError("Gearman backend: grab before open")
         grabbed = self._worker.grab_job(timeout)

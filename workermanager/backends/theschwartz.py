@@ -3,7 +3,9 @@
 Options (the config's worker_options): `databases` (list of {dsn|path, user, pass, prefix} or DSN
 strings), `prefix` (default table prefix for entries without one), `prioritize`, `retry_seconds`,
 `base_dir` (for relative SQLite paths, when the config loader has not resolved them already),
-`listeners_per_host` (PostgreSQL: idle children per host woken by one insert, default 2).
+`listeners_per_host` (PostgreSQL: idle children per host woken by one insert, default 2),
+`lease_ahead_ms` (how long a job leased ahead of its turn may expect to wait in its child,
+default 5; 0 leases one job at a time: see backends.leaseahead).
 
 Idle waiting is `theschwartz.wakeup`: LISTEN/NOTIFY with turns on PostgreSQL, polling with a
 50 ms cap elsewhere.
@@ -11,18 +13,23 @@ Idle waiting is `theschwartz.wakeup`: LISTEN/NOTIFY with turns on PostgreSQL, po
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from workermanager.backends.base import Backend, BackendError
+from workermanager.backends.leaseahead import BUDGET, LeaseAhead
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
 from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Job, Worker
 
-_KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir", "listeners_per_host"}
+log = logging.getLogger(__name__)
+
+_KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir", "listeners_per_host",
+                  "lease_ahead_ms"}
 
 
 class TheSchwartzBackend(Backend):
@@ -62,8 +69,13 @@ class TheSchwartzBackend(Backend):
             raise ValueError("worker_options.listeners_per_host: a whole number") from None
         if self.listeners < 1:
             raise ValueError("worker_options.listeners_per_host: at least 1")
+        budget = self.options.get("lease_ahead_ms", BUDGET * 1000)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+            raise ValueError(f"worker_options.lease_ahead_ms: a number of milliseconds >= 0, got {budget!r}")
         self.client: Client | None = None
         self.wakeup: Wakeup | None = None
+        #: jobs leased and not started yet (see backends.leaseahead)
+        self.ahead: LeaseAhead[TheSchwartzJob] = LeaseAhead(budget / 1000)
 
     def prepare(self) -> None:
         """The client and its waits, built once in the master: a child's start costs a fork, not
@@ -84,30 +96,43 @@ class TheSchwartzBackend(Backend):
                              retry_seconds=self.retry_seconds, defer_completions=True)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
 
-    def grab(self, timeout: float) -> Job | None:
-        """Lease one job, waiting up to `timeout` seconds (see theschwartz.wakeup for how)."""
+    def grab(self, timeout: float, most: int = 1) -> Job | None:
+        """Lease one job, waiting up to `timeout` seconds (see theschwartz.wakeup for how); short
+        jobs are leased several at a time (see backends.leaseahead), never more than `most`."""
         if self.client is None:
             self.open()
         assert self.client is not None and self.wakeup is not None
-        deadline = time.monotonic() + max(0.0, timeout)
+        now = time.monotonic()
+        ahead = self.ahead
+        ahead.back(now)
+        if ahead:
+            job = ahead.next(now)
+            if job is not None:
+                return job
+            self._release_ahead()  # they waited too long behind a slow job: let another child run them
+        deadline = now + max(0.0, timeout)
         self.wakeup.reset()
         while True:
             try:
-                job = self.client.find_job_for_workers(self.worker_classes)
+                jobs = self.client.find_jobs_for_workers(self.worker_classes, ahead.sizes(self.worker_by_funcname, most))
             except DatabaseError as exc:  # DatabaseUnavailable included
                 self.wakeup.close()
                 raise BackendError(f"TheSchwartz: {exc}") from exc
-            if job is not None:
+            if jobs:
                 self.wakeup.busy()
-                if job.worker_class is None:
-                    job.worker_class = self.worker_by_funcname.get(job.funcname)
-                return job
+                for job in jobs:
+                    if job.worker_class is None:
+                        job.worker_class = self.worker_by_funcname.get(job.funcname)
+                now = time.monotonic()
+                ahead.hold(jobs[1:], now)
+                return ahead.handed_out(jobs[0], now)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             self.wakeup.wait(remaining)
 
     def close(self) -> None:
+        self._release_ahead()
         if self.wakeup is not None:
             self.wakeup.close()
             self.wakeup = None
@@ -122,3 +147,13 @@ class TheSchwartzBackend(Backend):
                 job.declined(run_after=job.run_after)
             except DatabaseError:  # the lease still ends by itself after grab_for
                 pass
+        self._release_ahead()
+
+    def _release_ahead(self) -> None:
+        jobs = self.ahead.give_back()
+        if jobs and self.client is not None:
+            try:
+                self.client.release_leases(jobs)
+            except DatabaseError as exc:
+                log.warning("TheSchwartz: %d job(s) leased ahead not given back, they run when their "
+                            "lease ends: %s", len(jobs), exc)

@@ -220,20 +220,46 @@ class Client:
         arg is a Perl Storable image is failed permanently here and never returned. Returns None
         when nothing is runnable; raises DatabaseUnavailable when no database could be asked.
         """
+        jobs = self.find_jobs_for_workers(funcnames, None, grab_for)
+        return jobs[0] if jobs else None
+
+    def find_jobs_for_workers(self, funcnames: Funcnames, most: Mapping[str, int] | None,
+                              grab_for: int | Mapping[str, int] | None = None) -> list[TheSchwartzJob]:
+        """Lease several runnable jobs at once, up to `most[funcname]` (default 1) of a function,
+        from the first database that has any, in the order they should run: find_job_for_workers
+        for a worker that will run them one after the other (see Dialect.lease_by_names for the
+        limits of a lease across functions). Each lease starts now and lasts its grab_for; jobs
+        not run must go back through release_leases. Where a database cannot lease in one
+        statement (no SKIP LOCKED, an SQLite without RETURNING), one job."""
         wanted = self._wanted(funcnames, grab_for)
         asked, errors = 0, []
         for db in self._live_databases():
             try:
-                job = self._grab_from(db, wanted, self.batch_size, None)
+                jobs = self._grab_from(db, wanted, self.batch_size, None, most)
             except DatabaseUnavailable as exc:
                 errors.append(str(exc))
                 continue
             asked += 1
-            if job is not None:
-                return job
+            if jobs:
+                return jobs
         if not asked:
             raise DatabaseUnavailable("no database available: " + ("; ".join(errors) or "all marked dead"))
-        return None
+        return []
+
+    def release_leases(self, jobs: Iterable[TheSchwartzJob]) -> None:
+        """Give back leased jobs that were not started: each can be leased again at once. A job
+        whose lease is no longer ours (it ran out, someone else holds it) is left alone."""
+        by_db: dict[Database, list[TheSchwartzJob]] = {}
+        for job in jobs:
+            if not job.is_finished:
+                by_db.setdefault(job.db, []).append(job)
+        for db, mine in by_db.items():
+            def work(cursor: Any, db: Database = db, mine: list[TheSchwartzJob] = mine) -> None:
+                for job in mine:
+                    cursor.execute(db.q.release_lease, (job.jobid, job.grabbed_until))
+            db.run(work, write=True)
+            for job in mine:
+                job.outcome = "released"
 
     def find_job_with_coalescing_value(self, funcname: str | type[Worker], value: str,
                                        grab_for: int | None = None) -> TheSchwartzJob | None:
@@ -249,11 +275,11 @@ class Client:
         wanted = self._wanted([funcname], grab_for)
         for db in self._live_databases():
             try:
-                job = self._grab_from(db, wanted, self.batch_size, (op, value))
+                jobs = self._grab_from(db, wanted, self.batch_size, (op, value), None)
             except DatabaseUnavailable:
                 continue
-            if job is not None:
-                return job
+            if jobs:
+                return jobs[0]
         return None
 
     def _wanted(self, funcnames: Funcnames, grab_for: Any) -> dict[str, tuple[type[Worker] | None, int]]:
@@ -290,28 +316,28 @@ class Client:
         return wanted
 
     def _grab_from(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
-                   limit: int, coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
+                   limit: int, coalescing: tuple[str, str] | None,
+                   most: Mapping[str, int] | None) -> list[TheSchwartzJob]:
         # run() connects (classifying a failure) before the flag of this connection is read
         if db.leases_by_names if db.is_connected() else db.run(lambda cursor: db.leases_by_names, write=False):
-            return self._grab_by_names(db, wanted, coalescing)
+            return self._grab_by_names(db, wanted, coalescing, most)
         for _ in range(GRAB_ROUNDS):
             rows, now = db.run(lambda cursor: self._candidates(cursor, db, wanted, limit, coalescing),
                                write=False)
             if not rows:
-                return None
+                return []
             for row in self._claim_order(rows):
                 job = self._claim(db, row, wanted, now)
                 if job is None:
                     continue
                 if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
-                    log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
-                    job.permanent_failure(job.arg_error)
+                    self._fail_unreadable(job)
                     continue
-                return job
-        return None
+                return [job]
+        return []
 
     def _grab_by_names(self, db: Database, wanted: Mapping[str, tuple[type[Worker] | None, int]],
-                       coalescing: tuple[str, str] | None) -> TheSchwartzJob | None:
+                       coalescing: tuple[str, str] | None, most: Mapping[str, int] | None) -> list[TheSchwartzJob]:
         """Lease in one statement (Dialect.lease_by_names): no worker fights another for a row.
         The statements resolve the funcnames themselves, so a name the funcmap lacks costs no
         funcmap query. PostgreSQL: one autocommit statement with SKIP LOCKED, one round trip;
@@ -323,23 +349,30 @@ class Client:
         elif not self.prioritize and len(pairs) > 1:
             random.shuffle(pairs)  # no function starves the others
         while True:
-            def work(cursor: Any) -> tuple[tuple[tuple, str] | None, int]:
+            def work(cursor: Any) -> tuple[list[tuple[tuple, str]], int]:
                 now = db.dialect.now(cursor)
-                return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now,
-                                                 prioritize=self.prioritize, coalescing=coalescing), now
-            found, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
-            if found is None:
-                return None
-            row, funcname = found
-            cls, seconds = wanted[funcname]
-            db.remember_funcname(funcname, row[1])
-            job = TheSchwartzJob(self, db, (*row[:6], now + seconds, *row[7:]), funcname, cls)
-            job.raw_arg = as_bytes(job.raw_arg)
-            if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
-                log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
-                job.permanent_failure(job.arg_error)
-                continue
-            return job
+                return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now, prioritize=self.prioritize,
+                                                 coalescing=coalescing, limits=most), now
+            leased, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
+            if not leased:
+                return []
+            jobs = []
+            for row, funcname in leased:
+                cls, seconds = wanted[funcname]
+                db.remember_funcname(funcname, row[1])
+                job = TheSchwartzJob(self, db, (*row[:6], now + seconds, *row[7:]), funcname, cls)
+                job.raw_arg = as_bytes(job.raw_arg)
+                if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
+                    self._fail_unreadable(job)
+                    continue
+                jobs.append(job)
+            if jobs:
+                return jobs
+
+    @staticmethod
+    def _fail_unreadable(job: TheSchwartzJob) -> None:
+        log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
+        job.permanent_failure(job.arg_error or "")
 
     def _candidates(self, cursor: Any, db: Database, wanted: Mapping[str, Any], limit: int,
                     coalescing: tuple[str, str] | None) -> tuple[list[tuple], int]:

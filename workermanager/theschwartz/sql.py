@@ -5,7 +5,10 @@ Table names carry the configured prefix; a dialect converts placeholders to its 
 
 from __future__ import annotations
 
-from workermanager.theschwartz.dialects import Dialect
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workermanager.theschwartz.dialects import Dialect
 
 JOB_COLUMNS = ("jobid", "funcid", "arg", "uniqkey", "insert_time", "run_after", "grabbed_until",
                "priority", "coalesce")
@@ -33,6 +36,8 @@ class Queries:
             f"SELECT {cols} FROM {self.job} WHERE funcid = ? AND run_after <= ? AND grabbed_until <= ?"
             " ORDER BY run_after LIMIT ?")
         self.delete_job = s(f"DELETE FROM {self.job} WHERE jobid = ?")
+        # a lease given back unused: only while it is still ours (the value we set)
+        self.release_lease = s(f"UPDATE {self.job} SET grabbed_until = 0 WHERE jobid = ? AND grabbed_until = ?")
         self.set_grabbed_until = s(f"UPDATE {self.job} SET grabbed_until = ? WHERE jobid = ?")
         self.retry_job = s(f"UPDATE {self.job} SET run_after = ?, grabbed_until = 0 WHERE jobid = ?")
         self.insert_error = s(

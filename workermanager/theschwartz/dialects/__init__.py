@@ -10,10 +10,11 @@ from __future__ import annotations
 import abc
 import importlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from workermanager.theschwartz.dsn import ParsedDSN
+from workermanager.theschwartz.sql import JOB_COLUMNS
 
 #: dialect name (ParsedDSN.driver) -> module:Class
 DIALECTS = {
@@ -121,13 +122,17 @@ class Dialect(abc.ABC):
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
-                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
-        """Lease one free job of the (funcname, grab_for seconds) pairs, resolving the funcnames
-        through the funcmap inside the statements (so no funcmap query and no cache miss per grab
-        for a name the funcmap lacks yet). Tries the funcnames in the order given (or by priority
-        with `prioritize`); with `coalescing` (op, value) only rows whose coalesce matches.
-        Returns (the row, its grabbed_until not yet updated or already updated, and its funcname),
-        or None; the caller sets grabbed_until itself."""
+                       coalescing: tuple[str, str] | None = None,
+                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+        """Lease free jobs of the (funcname, grab_for seconds) pairs, up to `limits[funcname]` (default
+        1) of a function, resolving the
+        funcnames through the funcmap inside the statements (so no funcmap query and no cache miss
+        per grab for a name the funcmap lacks yet). Tries the funcnames in the order given (or by
+        priority with `prioritize`); with `coalescing` (op, value) only rows whose coalesce matches.
+        Jobs come from the first function that has any; a lease across functions (`prioritize`,
+        or PostgreSQL's one statement) takes the smallest of their limits. Returns (row, funcname)
+        pairs in the order the jobs should run, empty when none is free; a row's grabbed_until may
+        be the old or the new value: the caller sets it itself."""
         raise NotImplementedError
 
     # --- wakeups ----------------------------------------------------------------------------------
@@ -147,6 +152,38 @@ class Dialect(abc.ABC):
 
     def notify_new_jobs(self, cursor: Any, prefix: str, funcids: Sequence[int] = ()) -> None:
         """Inside an insert transaction: wake waiting workers where the database can (NOTIFY)."""
+
+
+_RUN_AFTER, _PRIORITY = JOB_COLUMNS.index("run_after"), JOB_COLUMNS.index("priority")
+
+
+def lease_limit(limits: Mapping[str, int] | None, names: Iterable[str]) -> int:
+    """How many jobs one lease over `names` may take: the smallest of their limits (1 by default)."""
+    if not limits:
+        return 1
+    return max(1, min(int(limits.get(name, 1)) for name in names))
+
+
+def in_run_order(leased: list[tuple[tuple, str]], names: Sequence[str], *, prioritize: bool,
+                 by_jobid: bool) -> list[tuple[tuple, str]]:
+    """Leased (row, funcname) pairs in the order the lease's ORDER BY chose them: UPDATE ...
+    RETURNING hands rows back in no promised order. `names` is the order the funcnames were tried
+    in; `by_jobid` for a coalescing lease, which picks by jobid."""
+    if len(leased) < 2:
+        return leased
+    if prioritize:
+        def key(pair: tuple[tuple, str]) -> tuple:
+            priority = pair[0][_PRIORITY]
+            return priority is None, -(priority or 0), pair[0][0]
+    elif by_jobid:
+        def key(pair: tuple[tuple, str]) -> tuple:
+            return (pair[0][0],)
+    else:
+        rank = {name: index for index, name in enumerate(names)}
+
+        def key(pair: tuple[tuple, str]) -> tuple:
+            return rank.get(pair[1], len(rank)), pair[0][_RUN_AFTER], pair[0][0]
+    return sorted(leased, key=key)
 
 
 def dialect_for(driver: str) -> Dialect:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymysql
 
-from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dialects import Dialect, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
 from workermanager.theschwartz.sql import JOB_COLUMNS
 
@@ -152,7 +152,8 @@ class MySQLDialect(Dialect):
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
-                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
+                       coalescing: tuple[str, str] | None = None,
+                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
         # In a transaction (lease_in_transaction): MySQL has no UPDATE ... RETURNING.
         # The funcid comes from a subquery on the funcmap: a locking read does not lock the rows
         # of a subquery, and a name the funcmap lacks simply matches nothing (no funcmap reload).
@@ -164,26 +165,32 @@ class MySQLDialect(Dialect):
             cursor.execute(
                 f"SELECT {cols}, (SELECT funcname FROM {funcmap_table} m WHERE m.funcid = j.funcid)"
                 f" FROM {job_table} j WHERE funcid IN (SELECT funcid FROM {funcmap_table} WHERE funcname IN ({marks}))"
-                f" AND {ready} ORDER BY priority IS NULL, priority DESC, jobid LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (*seconds, now, now))
-            probes = [cursor.fetchone()]
+                f" AND {ready} ORDER BY priority IS NULL, priority DESC, jobid LIMIT %s FOR UPDATE SKIP LOCKED",
+                (*seconds, now, now, lease_limit(limits, seconds)))
+            rows = list(cursor.fetchall())
         else:
-            probes = self._probe_each(cursor, job_table, funcmap_table, [name for name, _ in wanted], now, coalescing)
-        for row in probes:
-            if row is None:
-                continue
+            names = [name for name, _ in wanted]
+            rows = next((found for found in self._probe_each(cursor, job_table, funcmap_table, names, now,
+                                                             coalescing, limits) if found), [])
+        leased: list[tuple[tuple, str]] = []
+        until: dict[int, list[int]] = {}
+        for row in rows:
             funcname = row[len(JOB_COLUMNS)]
             if funcname not in seconds:  # the funcmap's spelling; its collation ignores case
                 funcname = next(n for n in seconds if n.lower() == str(funcname).lower())
-            cursor.execute(f"UPDATE {job_table} SET grabbed_until = %s WHERE jobid = %s",
-                           (now + int(seconds[funcname]), row[0]))
-            return tuple(row[:len(JOB_COLUMNS)]), funcname
-        return None
+            leased.append((tuple(row[:len(JOB_COLUMNS)]), funcname))
+            until.setdefault(now + int(seconds[funcname]), []).append(row[0])
+        for grabbed_until, jobids in until.items():
+            marks = ", ".join("%s" for _ in jobids)
+            cursor.execute(f"UPDATE {job_table} SET grabbed_until = %s WHERE jobid IN ({marks})",
+                           (grabbed_until, *jobids))
+        return leased  # each probe's ORDER BY already put them in run order
 
     @staticmethod
     def _probe_each(cursor: Any, job_table: str, funcmap_table: str, names: Sequence[str], now: int,
-                    coalescing: tuple[str, str] | None):
-        """One locking probe per funcname, in order, until one finds a free row (lazily)."""
+                    coalescing: tuple[str, str] | None, limits: Mapping[str, int] | None):
+        """One locking probe per funcname, in order, until one finds free rows (lazily): a list of
+        up to that function's limit of rows per probe."""
         cols = ", ".join(JOB_COLUMNS)
         extra, order, params = "", "run_after", ()
         if coalescing is not None:
@@ -195,8 +202,8 @@ class MySQLDialect(Dialect):
             cursor.execute(
                 f"SELECT {cols}, %s FROM {job_table} WHERE funcid = (SELECT funcid FROM {funcmap_table}"
                 f" WHERE funcname = %s){extra} AND run_after <= %s AND grabbed_until <= %s"
-                f" ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED", (name, name, *params, now, now))
-            yield cursor.fetchone()
+                f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED", (name, name, *params, now, now, lease_limit(limits, (name,))))
+            yield list(cursor.fetchall())
 
 
 def _errno(exc: BaseException) -> int | None:

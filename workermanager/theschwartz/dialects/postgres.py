@@ -11,14 +11,14 @@ and the worst outcome is a job that runs again, the same promise as SQLite's syn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
-from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
 from workermanager.theschwartz.sql import JOB_COLUMNS
 
@@ -149,15 +149,20 @@ class PostgresDialect(Dialect):
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
-                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
+                       coalescing: tuple[str, str] | None = None,
+                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
         names = [name for name, _ in wanted]
         seconds = [int(secs) for _, secs in wanted]
         op, value = coalescing if coalescing is not None else (None, None)
-        sql = _lease_sql(job_table, funcmap_table, prioritize and coalescing is None, op)
-        params: tuple = (names, seconds, now, now, now) if op is None else (names, seconds, value, now, now, now)
+        prioritized = prioritize and coalescing is None
+        limit = lease_limit(limits, names)
+        sql = _lease_sql(job_table, funcmap_table, prioritized, op)
+        picked = (now, now, limit) if prioritized else (now, now, limit, limit)
+        params: tuple = (names, seconds, *picked, now) if op is None else (names, seconds, value, *picked, now)
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-        return None if row is None else (tuple(row[:len(JOB_COLUMNS)]), row[len(JOB_COLUMNS)])
+        width = len(JOB_COLUMNS)
+        leased = [(tuple(row[:width]), row[width]) for row in cursor.fetchall()]
+        return in_run_order(leased, names, prioritize=prioritized, by_jobid=op is not None)
 
     def listen(self, conn: Any, prefix: str) -> None:
         conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel_for(prefix))))
@@ -178,17 +183,18 @@ class PostgresDialect(Dialect):
 @lru_cache(maxsize=64)
 def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None) -> str:
     """The one-statement lease (see Dialect.lease_by_names). The names come as an array in the
-    order to try: a LATERAL probe per name runs in a nested loop over that array, and LIMIT 1 stops
-    it at the first name that has a free row, so only that row is locked and nothing else is read.
+    order to try: a LATERAL probe per name runs in a nested loop over that array, and the outer
+    LIMIT stops it as soon as it has enough free rows, so only those rows are locked and nothing
+    else is read.
     Funcnames missing from the funcmap simply match nothing. The UPDATE finds the locked row by its
-    ctid (no index needed; the lock keeps it in place) and RETURNING hands back the row as it was,
-    plus its funcname."""
+    ctid (no index needed; the lock keeps it in place) and RETURNING hands back the rows as they
+    were, plus their funcnames."""
     cols = ", ".join(JOB_COLUMNS)
     ready = "run_after <= %s AND grabbed_until <= %s"
     if prioritize:  # Perl's prioritize: across all the funcids, by priority (higher first), then age
         pick = (f"SELECT j.*, w.name, w.secs FROM (SELECT ctid AS tid, {cols} FROM {job}"
                 f" WHERE funcid IN (SELECT funcid FROM w) AND {ready}"
-                " ORDER BY priority IS NULL, priority DESC, jobid LIMIT 1 FOR UPDATE SKIP LOCKED) j"
+                " ORDER BY priority IS NULL, priority DESC, jobid LIMIT %s FOR UPDATE SKIP LOCKED) j"
                 " JOIN w ON w.funcid = j.funcid")
         names = (f"w AS (SELECT m.funcid, u.name, u.secs FROM unnest(%s::text[], %s::int[]) AS u(name, secs)"
                  f" JOIN {funcmap} m ON m.funcname = u.name), ")
@@ -200,7 +206,7 @@ def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None
             extra, order = f" AND coalesce {coalesce_op} %s", "jobid"
         pick = (f"SELECT j.*, w.name, w.secs FROM w CROSS JOIN LATERAL (SELECT ctid AS tid, {cols} FROM {job}"
                 f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = w.name){extra} AND {ready}"
-                f" ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) j LIMIT 1")
+                f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) j LIMIT %s")
         names = "w AS (SELECT * FROM unnest(%s::text[], %s::int[]) AS w(name, secs)), "
     returning = ", ".join(f"c.{col}" for col in JOB_COLUMNS)
     return (f"WITH {names}c AS ({pick})"

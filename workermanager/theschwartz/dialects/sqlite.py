@@ -4,24 +4,24 @@ WAL lets readers run beside the one writer; `synchronous` is switched per transa
 inserts (a job whose insert returned survives a power loss), NORMAL for the worker side, where a
 lost commit can at worst make a job run again.
 
-A worker's lease is one autocommit statement, `UPDATE ... WHERE jobid = (SELECT ... LIMIT 1)
-RETURNING ...`: SQLite runs one writer at a time, so the job it picks cannot be taken by anyone
+A worker's lease is one autocommit statement, `UPDATE ... WHERE jobid IN (SELECT ... LIMIT n)
+RETURNING ...`: SQLite runs one writer at a time, so the jobs it picks cannot be taken by anyone
 else between the pick and the update, and no worker ever loses a race it has to retry. The
-completion is one autocommit DELETE. Two short write-locked statements per job instead of a read
-and two BEGIN IMMEDIATE transactions: the writer lock, which all workers share, is held about
-half as long per job.
+completion is one DELETE, which a daemon child sends with its next lease. A daemon child leases
+several short jobs at once (backends.leaseahead): the writer lock, which all workers share, is
+then taken once for several jobs.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from workermanager.theschwartz.dialects import Dialect
+from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
 from workermanager.theschwartz.sql import JOB_COLUMNS
 
@@ -157,22 +157,26 @@ class SQLiteDialect(Dialect):
 
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
-                       coalescing: tuple[str, str] | None = None) -> tuple[tuple, str] | None:
+                       coalescing: tuple[str, str] | None = None,
+                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
         op, value = coalescing if coalescing is not None else (None, None)
         if prioritize and coalescing is None:  # across all the funcnames at once, by priority
             names = [name for name, _ in wanted]
             secs = [param for name, seconds in wanted for param in (name, int(seconds))]
             cursor.execute(_prioritized_lease_sql(job_table, funcmap_table, len(wanted)),
-                           (now, *secs, *names, now, now))
-            rows = cursor.fetchall()
-            return (tuple(rows[0][:-1]), rows[0][-1]) if rows else None
+                           (now, *secs, *names, now, now, lease_limit(limits, names)))
+            leased = [(tuple(row[:-1]), row[-1]) for row in cursor.fetchall()]
+            return in_run_order(leased, names, prioritize=True, by_jobid=False)
         sql = _lease_sql(job_table, funcmap_table, op)
         for name, seconds in wanted:
-            params = (now + int(seconds), name, now, now) if op is None else (now + int(seconds), name, value, now, now)
+            limit = lease_limit(limits, (name,))
+            params = (now + int(seconds), name, now, now, limit) if op is None else \
+                (now + int(seconds), name, value, now, now, limit)
             rows = cursor.execute(sql, params).fetchall()  # fetched to the end: the statement commits
             if rows:
-                return tuple(rows[0]), name
-        return None
+                return in_run_order([(tuple(row), name) for row in rows], (name,), prioritize=False,
+                                    by_jobid=op is not None)
+        return []
 
     @staticmethod
     def _synchronous(conn: Any, level: str) -> None:
@@ -193,9 +197,9 @@ def _lease_sql(job: str, funcmap: str, coalesce_op: str | None) -> str:
         if coalesce_op.upper() not in ("=", "LIKE"):
             raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
         extra, order = f" AND coalesce {coalesce_op} ?", "jobid"
-    return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid = (SELECT jobid FROM {job}"
+    return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid IN (SELECT jobid FROM {job}"
             f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = ?){extra} AND {_READY}"
-            f" ORDER BY {order} LIMIT 1) RETURNING {', '.join(JOB_COLUMNS)}")
+            f" ORDER BY {order} LIMIT ?) RETURNING {', '.join(JOB_COLUMNS)}")
 
 
 @lru_cache(maxsize=64)
@@ -204,7 +208,7 @@ def _prioritized_lease_sql(job: str, funcmap: str, count: int) -> str:
     lease time is the grab_for of the funcname the chosen job has."""
     by_name = " ".join(f"WHEN (SELECT funcid FROM {funcmap} WHERE funcname = ?) THEN ?" for _ in range(count))
     marks = ", ".join("?" for _ in range(count))
-    return (f"UPDATE {job} SET grabbed_until = ? + CASE funcid {by_name} END WHERE jobid = (SELECT jobid"
+    return (f"UPDATE {job} SET grabbed_until = ? + CASE funcid {by_name} END WHERE jobid IN (SELECT jobid"
             f" FROM {job} WHERE funcid IN (SELECT funcid FROM {funcmap} WHERE funcname IN ({marks}))"
-            f" AND {_READY} ORDER BY priority IS NULL, priority DESC, jobid LIMIT 1)"
+            f" AND {_READY} ORDER BY priority IS NULL, priority DESC, jobid LIMIT ?)"
             f" RETURNING {', '.join(JOB_COLUMNS)}, (SELECT funcname FROM {funcmap} WHERE funcid = {job}.funcid)")
