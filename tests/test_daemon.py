@@ -81,6 +81,27 @@ def test_term_amid_quick_jobs_gives_back_the_jobs_leased_ahead(tmp_path, sqlite_
     assert left == (3000 - len(ran), 0)  # every job not run is free to lease at once: none waits out a lease
 
 
+def test_kill_9_of_a_child_holding_jobs_leased_ahead_the_next_child_gives_them_back(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
+    # a budget no machine's pace exhausts: the one lease below takes all six jobs
+    daemon = make(daemons, tmp_path, path, ["testworkers.Sleep"], ("-n", "-c", "1"), worker_options={
+        "databases": [{"dsn": f"dbi:SQLite:dbname={path}"}], "lease_ahead_ms": 60_000}).start(wait_children=1)
+    client.insert("Test::Sleep", {"sleep": 0})  # the child learns that Test::Sleep jobs are quick
+    daemon.wait_ledger(lambda rows: len(rows) == 2, 20, "the first job")
+    # One lease takes them all (they fit the budget): the long one first, the quick ones held
+    quick = [str(h) for h in client.insert_jobs([("Test::Sleep", {"sleep": 60})] +
+                                                [("Test::Sleep", {"sleep": 0, "n": n}) for n in range(5)])[1:]]
+    rows = daemon.wait_ledger(lambda rows: len(rows) == 3 and rows, 20, "the long job to start")
+    victim = int(rows[2][1])
+    os.kill(victim, signal.SIGKILL)
+    daemon.wait_error_log("gives them back")
+    # Test::Sleep leases for 30 s: without the next child giving them back, none would run in time
+    rows = daemon.wait_ledger(lambda rows: sum(r[2] == "end" for r in rows) == 6 and rows, 15, "the held jobs")
+    assert sorted(r[0] for r in rows[3:] if r[2] == "end") == sorted(quick)
+    assert all(int(r[1]) != victim for r in rows[3:])
+    assert "died holding 5 job(s)" in daemon.error_log()
+
+
 def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, sqlite_queue, daemons):
     client, path = sqlite_queue
     handle = str(client.insert("Test::ShortLease", {"sleep": 0.5}))

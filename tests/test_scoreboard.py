@@ -63,6 +63,26 @@ def test_the_master_reads_the_job_a_forked_child_is_running_and_then_its_counts(
     board.close()
 
 
+def test_the_jobs_a_dead_child_claimed_ahead_and_never_started_are_read_from_its_board():
+    board = JobBoard()
+    pid = os.fork()
+    if pid == 0:  # after 5 jobs the child claims 4: the first runs now, a b c after it
+        Reporter(None, board).held(5, ["a@1", "b@2", "c@3"])
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.unstarted_held(5, running=True) == ["a@1", "b@2", "c@3"]  # died in the claim's first job
+    assert board.unstarted_held(6, running=False) == ["a@1", "b@2", "c@3"]  # between it and a
+    assert board.unstarted_held(6, running=True) == ["b@2", "c@3"]  # in a
+    assert board.unstarted_held(8, running=False) == ["c@3"]
+    assert board.unstarted_held(9, running=True) == []
+    board.held(9, [])
+    assert board.unstarted_held(9, running=True) == []
+    board.held(0, [f"{n:0100d}" for n in range(100)])  # more than the page holds: whole tokens only
+    kept = board.unstarted_held(0, running=False)
+    assert 20 < len(kept) < 100 and kept == [f"{n:0100d}" for n in range(len(kept))]
+    board.close()
+
+
 def test_a_board_caught_in_mid_write_is_not_believed():
     board = JobBoard()
     board.job_done(5, 5, 0, 0)

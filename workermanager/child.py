@@ -56,6 +56,8 @@ class ChildPlan:
     board: JobBoard | None = None
     #: send a "done" line per job over the pipe (someone in the master listens for each job)
     report_jobs: bool = False
+    #: jobs a dead child claimed ahead and never started: this child gives them back first
+    orphans: Sequence[str] = ()
 
 
 class Child:
@@ -78,6 +80,7 @@ class Child:
         self._master_checked_at = 0.0
         self._plans: dict[type, tuple[Worker, float, str]] = {}
         self._memory_limited = bool(plan.config.max_memory_per_child)
+        self._held_noted = self.backend.held
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -149,7 +152,13 @@ class Child:
                 if not opened:
                     self.backend.open()
                     opened = True
+                    if self.plan.orphans:
+                        self.backend.release_held(self.plan.orphans)
                 job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
+                held = self.backend.held
+                if held is not self._held_noted:
+                    self._held_noted = held
+                    self.reporter.held(self.works_done, held)
             except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
                 if isinstance(exc, BackendError):

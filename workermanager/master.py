@@ -73,6 +73,8 @@ class Master:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.young_deaths = 0
+        #: claimed-ahead jobs of children that died, for the next child to give back (Backend.held)
+        self._orphans: list[str] = []
         self.crash_streak = 0
         self.next_spawn_at = 0.0
         self.restarts: collections.Counter[str] = collections.Counter()
@@ -284,7 +286,8 @@ class Master:
                          slot=slot, generation=self.generation,
                          works_limit=self.config.works_per_child + jitter,
                          report_fd=write_fd, master_pid=os.getpid(), board=board,
-                         report_jobs=bool(self.listeners))
+                         report_jobs=bool(self.listeners), orphans=self._orphans)
+        self._orphans = []
         flush_log_handlers()
         gc.freeze()  # objects that exist now stay out of the children's collections: no copy-on-write
         # Signals stay blocked from before fork until the child has its own handlers, so a TERM
@@ -332,9 +335,9 @@ class Master:
             self._drain_child(child)
             os.close(child.read_fd)
             self._read_board(child)
+            self._account_exit(child, status)
             if child.board is not None:
                 child.board.close()
-            self._account_exit(child, status)
 
     def _drain_child(self, child: ChildState) -> None:
         """Read and apply what the child wrote so far (its pipe is non-blocking)."""
@@ -361,6 +364,12 @@ class Master:
                 reason = "worker setup failed"
         if child.job_funcname:
             log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
+        if abnormal and child.board is not None:
+            unstarted = child.board.unstarted_held(child.works_done, child.job_started is not None)
+            if unstarted:
+                log.warning("child %d died holding %d job(s) it claimed ahead and never started; the next "
+                            "child gives them back", child.pid, len(unstarted))
+                self._orphans.extend(unstarted)
         restart_reason = "died" if abnormal else reason
         self.restarts[restart_reason] += 1
         for listener in self.listeners:

@@ -9,6 +9,9 @@ and in metrics. It has two channels, because its news comes at two very differen
   of its loop, at least twice a second), not once per job. Pipe messages per job cost a no-op job
   two system calls and two JSON lines, and the master a wake-up and two parses: a fifth of all the
   CPU a job took, with the master's share growing with the number of children.
+* the same page also lists the jobs the child claimed ahead of their turn (Backend.held), written
+  once per claim: if the child dies, the master hands those it never started to the next child,
+  which gives them back at once instead of leaving them to wait out their claim.
 * the pipe: small JSON lines (well under PIPE_BUF, so each write is atomic) for the events of a
   child's life ("ready", "exiting"), and a "done" line per job only where someone listens for
   each job (the metrics' histograms).
@@ -22,6 +25,7 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
 from typing import Any
 
@@ -48,6 +52,12 @@ _SEQ = struct.Struct("<Q")
 #: rss, function name, job id
 _BODY = struct.Struct(f"<dddQQQQH{BOARD_TEXT}sH{BOARD_TEXT}s")
 _SEQ_READS = 100
+#: the held jobs' part of the page (its own seqlock): jobs done before the first job of the batch,
+#: then the tokens of the jobs claimed ahead, newline-separated
+_HELD_AT = 1024
+_HELD_TEXT = mmap.PAGESIZE - _HELD_AT - _SEQ.size - 16
+_HELD = struct.Struct(f"<QH{_HELD_TEXT}s")
+assert _SEQ.size + _BODY.size <= _HELD_AT
 
 
 class JobBoard:
@@ -60,7 +70,7 @@ class JobBoard:
 
     def __init__(self) -> None:
         self._page = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and MAP_SHARED: both sides of a fork see it
-        self._seq = 0
+        self._seq = self._held_seq = 0
         self._funcname = b""
         self._funcname_text = ""
 
@@ -77,30 +87,61 @@ class JobBoard:
     def job_done(self, works_done: int, completed: int, failed: int, rss: int) -> None:
         self._write(0.0, 0.0, 0.0, works_done, completed, failed, rss, 0, b"", 0, b"")
 
+    def held(self, works_done: int, tokens: Sequence[str]) -> None:
+        """The backend claimed jobs ahead (Backend.held), right after `works_done` jobs: the first
+        job of that claim runs next, these after it. Tokens that do not fit are left out (their
+        claims end by themselves)."""
+        text = b""
+        for token in tokens:
+            raw = token.encode()
+            if len(text) + len(raw) + 1 > _HELD_TEXT:
+                break
+            text += raw + b"\n"
+        self._held_seq = _write_locked(self._page, _HELD_AT, self._held_seq, _HELD, works_done, len(text), text)
+
     def _write(self, *fields: Any) -> None:
-        page, seq = self._page, self._seq
-        _SEQ.pack_into(page, 0, seq + 1)
-        _BODY.pack_into(page, _SEQ.size, *fields)
-        _SEQ.pack_into(page, 0, seq + 2)
-        self._seq = seq + 2
+        self._seq = _write_locked(self._page, 0, self._seq, _BODY, *fields)
 
     # -- the master's side ---------------------------------------------------------------
     def read(self) -> tuple | None:
         """The board as the child last left it, in the layout of _BODY (ChildState.read_board
         takes it in); None when no steady reading could be had."""
-        page = self._page
-        for _ in range(_SEQ_READS):
-            before = _SEQ.unpack_from(page, 0)[0]
-            if before & 1:
-                os.sched_yield()
-                continue
-            body = _BODY.unpack_from(page, _SEQ.size)
-            if _SEQ.unpack_from(page, 0)[0] == before:
-                return body
-        return None
+        return _read_locked(self._page, 0, _BODY)
+
+    def unstarted_held(self, works_done: int, running: bool) -> list[str]:
+        """The tokens of the jobs claimed ahead that the child never started, given its count of
+        jobs done and whether one was running (read those from the board first)."""
+        body = _read_locked(self._page, _HELD_AT, _HELD)
+        if body is None:
+            return []
+        before, length, text = body
+        tokens = text[:length].decode(errors="replace").split("\n")[:-1]
+        started = works_done + running - before - 1  # of the held ones (the claim's first job ran before them)
+        return tokens[max(0, started):]
 
     def close(self) -> None:
         self._page.close()
+
+
+def _write_locked(page: mmap.mmap, offset: int, seq: int, layout: struct.Struct, *fields: Any) -> int:
+    """Write a seqlocked part of a page; returns its new sequence number."""
+    _SEQ.pack_into(page, offset, seq + 1)
+    layout.pack_into(page, offset + _SEQ.size, *fields)
+    _SEQ.pack_into(page, offset, seq + 2)
+    return seq + 2
+
+
+def _read_locked(page: mmap.mmap, offset: int, layout: struct.Struct) -> tuple | None:
+    """A steady reading of a seqlocked part of a page, or None (a writer stopped in mid-write)."""
+    for _ in range(_SEQ_READS):
+        before = _SEQ.unpack_from(page, offset)[0]
+        if before & 1:
+            os.sched_yield()
+            continue
+        body = layout.unpack_from(page, offset + _SEQ.size)
+        if _SEQ.unpack_from(page, offset)[0] == before:
+            return body
+    return None
 
 
 class Reporter:
@@ -135,6 +176,10 @@ class Reporter:
         if self.board is not None:
             self.board.job_started(funcname, job_id, timeout, started, started_wall, works_done, self.completed,
                                    self.failed, self.rss)
+
+    def held(self, works_done: int, tokens: Sequence[str]) -> None:
+        if self.board is not None:
+            self.board.held(works_done, tokens)
 
     def job_done(self, outcome: str, funcname: str, works_done: int, process_ms: int,
                  delay_ms: int | None, rss: int | None) -> None:

@@ -31,6 +31,15 @@ class Backend(abc.ABC):
         self.worker_classes = list(worker_classes)
         self.worker_by_funcname = {cls.function_name(): cls for cls in self.worker_classes}
 
+    #: jobs claimed ahead and not started yet, as tokens `release_held` understands: a new
+    #: object whenever they change (an identity check per job tells the child to note them on
+    #: its job board, whence the master hands them to the next child if this one dies)
+    held: Sequence[str] = ()
+
+    def release_held(self, tokens: Sequence[str]) -> None:
+        """In a fresh child: give back jobs that a child which died had claimed ahead and never
+        started (its `held`, minus those it started), so that they need not wait out their claim."""
+
     def prepare(self) -> None:
         """In the master, before it forks children (and after it dropped privileges): build what
         every child would otherwise build again for itself after fork. Objects only: never a

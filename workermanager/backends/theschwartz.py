@@ -124,7 +124,9 @@ class TheSchwartzBackend(Backend):
                     if job.worker_class is None:
                         job.worker_class = self.worker_by_funcname.get(job.funcname)
                 now = time.monotonic()
-                ahead.hold(jobs[1:], now)
+                if len(jobs) > 1:
+                    ahead.hold(jobs[1:], now)
+                    self.held = [f"{job.handle}@{job.grabbed_until}" for job in jobs[1:]]
                 return ahead.handed_out(jobs[0], now)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -151,9 +153,29 @@ class TheSchwartzBackend(Backend):
 
     def _release_ahead(self) -> None:
         jobs = self.ahead.give_back()
+        self.held = ()
         if jobs and self.client is not None:
             try:
-                self.client.release_leases(jobs)
+                self.client.release_leases((job.handle, job.grabbed_until) for job in jobs)
             except DatabaseError as exc:
                 log.warning("TheSchwartz: %d job(s) leased ahead not given back, they run when their "
                             "lease ends: %s", len(jobs), exc)
+                return
+            for job in jobs:
+                job.outcome = "released"
+
+    def release_held(self, tokens: Sequence[str]) -> None:
+        """Tokens are "<handle>@<grabbed_until of that lease>": only a lease still that one goes."""
+        if self.client is None:
+            self.open()
+        assert self.client is not None
+        leases = []
+        for token in tokens:
+            handle, _, until = str(token).rpartition("@")
+            if handle and until.isdigit():
+                leases.append((handle, int(until)))
+        try:
+            self.client.release_leases(leases)
+        except (DatabaseError, ValueError) as exc:
+            log.warning("TheSchwartz: %d job(s) a dead child leased ahead not given back, they run when "
+                        "their lease ends: %s", len(leases), exc)

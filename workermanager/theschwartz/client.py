@@ -246,20 +246,19 @@ class Client:
             raise DatabaseUnavailable("no database available: " + ("; ".join(errors) or "all marked dead"))
         return []
 
-    def release_leases(self, jobs: Iterable[TheSchwartzJob]) -> None:
-        """Give back leased jobs that were not started: each can be leased again at once. A job
-        whose lease is no longer ours (it ran out, someone else holds it) is left alone."""
-        by_db: dict[Database, list[TheSchwartzJob]] = {}
-        for job in jobs:
-            if not job.is_finished:
-                by_db.setdefault(job.db, []).append(job)
+    def release_leases(self, leases: Iterable[tuple[str, int]]) -> None:
+        """Give back leased jobs that were not started, as (handle, grabbed_until of our lease)
+        pairs: each can be leased again at once. A job whose lease is no longer that one (it ran
+        out and someone else holds it: a later lease ends later) is left alone."""
+        by_db: dict[Database, list[tuple[int, int]]] = {}
+        for handle, grabbed_until in leases:
+            hashdsn, _, jobid = str(handle).partition("-")
+            by_db.setdefault(self.database_for(hashdsn), []).append((int(jobid), int(grabbed_until)))
         for db, mine in by_db.items():
-            def work(cursor: Any, db: Database = db, mine: list[TheSchwartzJob] = mine) -> None:
-                for job in mine:
-                    cursor.execute(db.q.release_lease, (job.jobid, job.grabbed_until))
+            def work(cursor: Any, db: Database = db, mine: list[tuple[int, int]] = mine) -> None:
+                for params in mine:
+                    cursor.execute(db.q.release_lease, params)
             db.run(work, write=True)
-            for job in mine:
-                job.outcome = "released"
 
     def find_job_with_coalescing_value(self, funcname: str | type[Worker], value: str,
                                        grab_for: int | None = None) -> TheSchwartzJob | None:
