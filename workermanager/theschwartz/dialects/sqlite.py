@@ -167,9 +167,9 @@ class SQLiteDialect(Dialect):
                            (now, *secs, *names, now, now, lease_limit(limits, names)))
             leased = [(tuple(row[:-1]), row[-1]) for row in cursor.fetchall()]
             return in_run_order(leased, names, prioritize=True, by_jobid=False)
-        sql = _lease_sql(job_table, funcmap_table, op)
         for name, seconds in wanted:
             limit = lease_limit(limits, (name,))
+            sql = _lease_sql(job_table, funcmap_table, op, limit > 1)
             params = (now + int(seconds), name, now, now, limit) if op is None else \
                 (now + int(seconds), name, value, now, now, limit)
             rows = cursor.execute(sql, params).fetchall()  # fetched to the end: the statement commits
@@ -189,15 +189,16 @@ _READY = "run_after <= ? AND grabbed_until <= ?"
 
 
 @lru_cache(maxsize=64)
-def _lease_sql(job: str, funcmap: str, coalesce_op: str | None) -> str:
+def _lease_sql(job: str, funcmap: str, coalesce_op: str | None, many: bool) -> str:
     """The lease of one funcname: oldest runnable first, in the (funcid, run_after) index's order
-    (with a coalesce condition: by jobid, as the candidates query does)."""
+    (with a coalesce condition: by jobid, as the candidates query does). `jobid = (...)` when one
+    job is wanted: its first run on a new connection costs less than IN's (a -w 1 child's only)."""
     extra, order = "", "run_after"
     if coalesce_op is not None:
         if coalesce_op.upper() not in ("=", "LIKE"):
             raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
         extra, order = f" AND coalesce {coalesce_op} ?", "jobid"
-    return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid IN (SELECT jobid FROM {job}"
+    return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid {'IN' if many else '='} (SELECT jobid FROM {job}"
             f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = ?){extra} AND {_READY}"
             f" ORDER BY {order} LIMIT ?) RETURNING {', '.join(JOB_COLUMNS)}")
 
