@@ -152,9 +152,9 @@ def run_ceiling(server: PostgresServer, jobs: int) -> float:
     while True:
         now = int(time.time())
         found = dbh.dialect.lease_by_names(cur, dbh.q.job, dbh.q.funcmap, [("Bench::Noop", 60)], now)
-        if found is None:
+        if not found:
             break
-        cur.execute(dbh.q.delete_job, (found[0][0],))
+        cur.execute(dbh.q.delete_job, (found[0][0][0],))
         done += 1
     elapsed = time.monotonic() - started
     client.close()
