@@ -124,12 +124,16 @@ def leased_ahead(client, funcname):
     return sorted(job.jobid for job in client.list_jobs(funcname) if job.grabbed_until > now)
 
 
-def test_quick_jobs_are_leased_several_at_a_time_within_the_quota_and_unstarted_ones_go_back_at_close(queue_db):
+def queued(queue_db, jobs, lease_ahead_ms=60_000):
+    """A client that queued `jobs` Mail jobs (args 0, 1, ...), and a backend to lease them. The
+    default budget is one no test machine's pace exhausts: counts are then the quota's and MOST's."""
     client = Client([queue_db])
-    for n in range(30):
-        client.insert(Mail.funcname, n)
-    # a budget no test machine's pace can exhaust: the counts below are the quota's and MOST's
-    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 60_000}, [Mail])
+    client.insert_jobs([(Mail.funcname, n) for n in range(jobs)])
+    return client, TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": lease_ahead_ms}, [Mail])
+
+
+def test_quick_jobs_are_leased_several_at_a_time_within_the_quota_and_unstarted_ones_go_back_at_close(queue_db):
+    client, backend = queued(queue_db, 30)
     first = backend.grab(1.0, most=100)
     assert len(backend.ahead) == 0  # a function not run yet: one job at a time
     assert run_job(Mail(), first) == "completed"
@@ -153,10 +157,7 @@ def test_quick_jobs_are_leased_several_at_a_time_within_the_quota_and_unstarted_
 
 
 def test_jobs_leased_ahead_that_waited_too_long_go_back_and_fresh_ones_are_leased(queue_db):
-    client = Client([queue_db])
-    for n in range(6):
-        client.insert(Mail.funcname, n)
-    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 60_000}, [Mail])
+    client, backend = queued(queue_db, 6)
     run_job(Mail(), backend.grab(1.0, most=100))
     run_job(Mail(), backend.grab(1.0, most=100))
     held = list(backend.ahead)
@@ -170,10 +171,7 @@ def test_jobs_leased_ahead_that_waited_too_long_go_back_and_fresh_ones_are_lease
 
 
 def test_lease_ahead_off_leases_one_job_at_a_time(queue_db):
-    client = Client([queue_db])
-    for n in range(5):
-        client.insert(Mail.funcname, n)
-    backend = TheSchwartzBackend({"databases": [queue_db], "lease_ahead_ms": 0}, [Mail])
+    client, backend = queued(queue_db, 5, lease_ahead_ms=0)
     for _ in range(5):
         run_job(Mail(), backend.grab(1.0, most=100))
         assert len(backend.ahead) == 0

@@ -353,7 +353,8 @@ def test_completions_are_not_deferred_across_several_databases(tmp_path):
 def test_several_jobs_leased_at_once_in_run_order_up_to_each_functions_limit(queue_db):
     client = Client([queue_db])
     now = int(time.time())
-    handles = [client.insert("batch", n, run_after=now - 100 + n) for n in (5, 1, 4, 2, 3)]
+    # jobid order is not run order: a lease that kept the rows' own order would hand out 3, 1, 2
+    handles = [client.insert("batch", n, run_after=now - 100 + n) for n in (5, 3, 1, 4, 2)]
     client.insert("other", "x")
     jobs = client.find_jobs_for_workers(["batch"], {"batch": 3})
     assert [job.arg for job in jobs] == [1, 2, 3]  # oldest run_after first, whatever RETURNING's order
@@ -370,9 +371,15 @@ def test_a_prioritized_batch_comes_by_priority_and_takes_the_smallest_limit(queu
     client = Client([queue_db], prioritize=True)
     for name, priority in (("a", 1), ("b", 5), ("a", None), ("b", 3), ("a", 5)):
         client.insert(name, priority, priority=priority)
-    first = client.find_jobs_for_workers(["a", "b"], {"a": 3, "b": 10})
+    now = int(time.time())
+    first = client.find_jobs_for_workers(["a", "b"], {"a": 3, "b": 10}, grab_for={"a": 100, "b": 200})
     assert [(job.funcname, job.priority) for job in first] == [("b", 5), ("a", 5), ("b", 3)]  # ties by jobid
     assert [job.priority for job in client.find_jobs_for_workers(["a", "b"], {"a": 3, "b": 10})] == [1, None]
+    # one lease, two lease lengths: each row got its own function's grab_for, from one `now`
+    stored = {job.jobid: job.grabbed_until for job in client.list_jobs(["a", "b"])}
+    ends = {job.funcname: {stored[j.jobid] for j in first if j.funcname == job.funcname} for job in first}
+    (a_end,), (b_end,) = ends["a"], ends["b"]
+    assert b_end - a_end == 100 and abs(a_end - now - 100) <= 1  # the database's clock may be a second off
     client.close()
 
 

@@ -98,6 +98,13 @@ class Client:
         for db in self.databases:
             db.finish()
 
+    def locate(self, handle: JobHandle | str) -> tuple[Database, int]:
+        """The database and jobid a handle names; ValueError for a malformed or foreign handle."""
+        hashdsn, sep, jobid = str(handle).partition("-")
+        if not sep or not jobid.isdigit():
+            raise ValueError(f"bad job handle {str(handle)!r}: expected <hash>-<jobid>")
+        return self.database_for(hashdsn), int(jobid)
+
     def database_for(self, hashdsn: str) -> Database:
         try:
             return self._by_hash[hashdsn]
@@ -164,13 +171,10 @@ class Client:
 
     def lookup_job(self, handle: JobHandle | str) -> TheSchwartzJob | None:
         """The queued job named by `handle` (a JobHandle or its string), not leased; None when gone."""
-        hashdsn, sep, jobid = str(handle).partition("-")
-        if not sep or not jobid.isdigit():
-            raise ValueError(f"bad job handle {str(handle)!r}: expected <hash>-<jobid>")
-        db = self.database_for(hashdsn)
+        db, jobid = self.locate(handle)
 
         def work(cursor: Any) -> TheSchwartzJob | None:
-            cursor.execute(db.q.job_by_id, (int(jobid),))
+            cursor.execute(db.q.job_by_id, (jobid,))
             row = cursor.fetchone()
             return None if row is None else self._make_job(cursor, db, row)
         return db.run(work, write=False)
@@ -249,11 +253,12 @@ class Client:
     def release_leases(self, leases: Iterable[tuple[str, int]]) -> None:
         """Give back leased jobs that were not started, as (handle, grabbed_until of our lease)
         pairs: each can be leased again at once. A job whose lease is no longer that one (it ran
-        out and someone else holds it: a later lease ends later) is left alone."""
+        out and someone else holds it: a later lease ends later) is left alone. ValueError names a
+        malformed handle before anything is written."""
         by_db: dict[Database, list[tuple[int, int]]] = {}
         for handle, grabbed_until in leases:
-            hashdsn, _, jobid = str(handle).partition("-")
-            by_db.setdefault(self.database_for(hashdsn), []).append((int(jobid), int(grabbed_until)))
+            db, jobid = self.locate(handle)
+            by_db.setdefault(db, []).append((jobid, int(grabbed_until)))
         for db, mine in by_db.items():
             def work(cursor: Any, db: Database = db, mine: list[tuple[int, int]] = mine) -> None:
                 for params in mine:

@@ -124,10 +124,9 @@ class Dialect(abc.ABC):
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
                        limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
-        """Lease free jobs of the (funcname, grab_for seconds) pairs, up to `limits[funcname]` (default
-        1) of a function, resolving the
-        funcnames through the funcmap inside the statements (so no funcmap query and no cache miss
-        per grab for a name the funcmap lacks yet). Tries the funcnames in the order given (or by
+        """Lease free jobs of the (funcname, grab_for seconds) pairs, up to `limits[funcname]`
+        (default 1) of a function, resolving the funcnames through the funcmap inside the
+        statements (so no funcmap query and no cache miss per grab for a name the funcmap lacks yet). Tries the funcnames in the order given (or by
         priority with `prioritize`); with `coalescing` (op, value) only rows whose coalesce matches.
         Jobs come from the first function that has any; a lease across functions (`prioritize`,
         or PostgreSQL's one statement) takes the smallest of their limits. Returns (row, funcname)
