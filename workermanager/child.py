@@ -80,7 +80,7 @@ class Child:
         self._master_checked_at = 0.0
         self._plans: dict[type, tuple[Worker, float, str]] = {}
         self._memory_limited = bool(plan.config.max_memory_per_child)
-        self._held_noted = self.backend.held
+        self.backend.on_held = self._note_held
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -155,10 +155,6 @@ class Child:
                     if self.plan.orphans:
                         self.backend.release_held(self.plan.orphans)
                 job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
-                held = self.backend.held
-                if held is not self._held_noted:
-                    self._held_noted = held
-                    self.reporter.held(self.works_done, held)
             except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
                 if isinstance(exc, BackendError):
@@ -189,6 +185,11 @@ class Child:
                 log.warning("child %d: master %d is gone; exiting", self.pid, self.plan.master_pid)
                 return False
         return True
+
+    def _note_held(self, tokens: Sequence[str]) -> None:
+        """The backend claimed jobs ahead of the next one (or gave them back): on the board, with
+        the count of jobs done before them, so that the master can tell which ones ever started."""
+        self.reporter.held(self.works_done, tokens)
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -8,7 +8,7 @@ processes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from workermanager.worker import Job, Worker
@@ -31,14 +31,16 @@ class Backend(abc.ABC):
         self.worker_classes = list(worker_classes)
         self.worker_by_funcname = {cls.function_name(): cls for cls in self.worker_classes}
 
-    #: jobs claimed ahead and not started yet, as tokens `release_held` understands: a new
-    #: object whenever they change (an identity check per job tells the child to note them on
-    #: its job board, whence the master hands them to the next child if this one dies)
-    held: Sequence[str] = ()
+    #: called by a backend that claims jobs ahead, each time it claims some or gives them back,
+    #: with the tokens (`release_held` understands them) of those claimed and not started yet.
+    #: The child notes them on its job board, whence the master hands them to the next child if
+    #: this one dies. A hook, not an attribute the child looks at: most grabs claim nothing ahead.
+    on_held: Callable[[Sequence[str]], None] | None = None
 
     def release_held(self, tokens: Sequence[str]) -> None:
         """In a fresh child: give back jobs that a child which died had claimed ahead and never
-        started (its `held`, minus those it started), so that they need not wait out their claim."""
+        started (what it last told `on_held`, minus those it started), so that they need not wait
+        out their claim."""
 
     def prepare(self) -> None:
         """In the master, before it forks children (and after it dropped privileges): build what

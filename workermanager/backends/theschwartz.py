@@ -126,7 +126,8 @@ class TheSchwartzBackend(Backend):
                 now = time.monotonic()
                 if len(jobs) > 1:
                     ahead.hold(jobs[1:], now)
-                    self.held = [f"{job.handle}@{job.grabbed_until}" for job in jobs[1:]]
+                    if self.on_held is not None:
+                        self.on_held([f"{job.handle}@{job.grabbed_until}" for job in jobs[1:]])
                 return ahead.handed_out(jobs[0], now)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -153,7 +154,8 @@ class TheSchwartzBackend(Backend):
 
     def _release_ahead(self) -> None:
         jobs = self.ahead.give_back()
-        self.held = ()
+        if jobs and self.on_held is not None:
+            self.on_held(())
         if jobs and self.client is not None:
             try:
                 self.client.release_leases((job.handle, job.grabbed_until) for job in jobs)
