@@ -14,7 +14,7 @@ import pytest
 
 from workermanager.backends import backend_class
 from workermanager.backends.gearman import GearmanBackend, GearmanJob, decode_arg
-from workermanager.gearman import Admin, Client, JobException, Worker, parse_unique
+from workermanager.gearman import Admin, Client, JobFailed, Worker, parse_unique
 from workermanager.worker import Worker as WorkerClass
 from workermanager.worker import run_job
 
@@ -142,7 +142,7 @@ def test_a_failed_background_job_is_retried_as_an_epoch_job_until_max_retries(ge
         backend.close()
 
 
-def test_a_failed_foreground_job_reaches_its_client_as_an_exception_and_is_not_retried(gearmand):
+def test_a_failed_foreground_job_reaches_its_client_with_its_message_and_is_not_retried(gearmand):
     backend = backend_for(gearmand.address)
     try:
         with Client(gearmand.address) as client:
@@ -150,9 +150,10 @@ def test_a_failed_foreground_job_reaches_its_client_as_an_exception_and_is_not_r
             task = tasks.add_task("Test::Flaky", b"x")
             serve_one(backend)
             assert tasks.wait(10)
-            assert task.exception == b"RuntimeError: attempt 1 failed"
+            # WORK_WARNING(message) then WORK_FAIL, never WORK_EXCEPTION (see docs/gearman.md)
+            assert (task.failed, task.exception, task.warnings) == (True, None, [b"RuntimeError: attempt 1 failed"])
             assert backend.grab(1.5) is None
-            with pytest.raises(JobException):
+            with pytest.raises(JobFailed, match="Test::Flaky failed: RuntimeError: attempt 1 failed"):
                 threading.Timer(0.1, lambda: serve_one(backend)).start()
                 client.submit("Test::Flaky", b"y", timeout=10)
     finally:
