@@ -22,8 +22,8 @@ class WorkerThread:
     """Our library worker serving in a thread until the test ends."""
 
     def __init__(self, servers: list[str], functions: dict[str, Callable[[GrabbedJob], object]],
-                 prefix: str | None = None) -> None:
-        self.worker = Worker(servers, prefix=prefix, max_backoff=0.2)
+                 prefix: str | None = None, **options: object) -> None:
+        self.worker = Worker(servers, prefix=prefix, max_backoff=0.2, **options)  # type: ignore[arg-type]
         for name, func in functions.items():
             self.worker.register(name, func)
         self.stop = threading.Event()

@@ -2,6 +2,7 @@
 # Perl Gearman::Client for interop tests and benchmarks.
 #   gearman_client.pl SERVERS MODE FUNC [ARG|COUNT]
 # SERVERS: comma-separated host:port. MODE:
+#   fg-plain  the same, with a client that did not ask for exceptions
 #   fg        run one foreground job, print its result (or "EXCEPTION: ..." / "FAIL" / "FAIL: last warning")
 #   bg        submit one background job, print its handle
 #   latency   run COUNT foreground jobs one after another, print each round trip in microseconds
@@ -11,9 +12,9 @@ use Gearman::Client;
 use Time::HiRes qw(time);
 
 my ($servers, $mode, $func, $arg) = @ARGV;
-my $client = Gearman::Client->new(job_servers => [split /,/, $servers], exceptions => 1);
+my $client = Gearman::Client->new(job_servers => [split /,/, $servers], exceptions => ($mode ne 'fg-plain'));
 $| = 1;
-if ($mode eq 'fg') {
+if ($mode eq 'fg' or $mode eq 'fg-plain') {
     my ($exception, $warning);
     my $ref = $client->do_task($func, $arg, { on_exception => sub { $exception = shift },
                                               on_warning => sub { $warning = ${ shift() } } });

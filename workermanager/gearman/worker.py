@@ -417,7 +417,7 @@ class Worker:
         """Fail a job too big for this worker once, with one log line, and keep the connection."""
         job = self._make_job(server, packet.type, packet.args)
         message = (f"job of {packet.size} bytes is over this worker's limit of {self.max_payload} "
-                   f"bytes (max_payload): failed without running it")
+                   f"bytes: failed without running it")
         log.error("job server %s: job %s (%s): %s", server.conn.name, job.handle, job.funcname, message)
         try:
             job.fail(message)
