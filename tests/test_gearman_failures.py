@@ -216,8 +216,10 @@ def test_a_library_worker_fails_an_oversize_job_once_and_keeps_its_connection(ge
     seen: list[bytes] = []
     with WorkerThread([gearmand.address], {"f": lambda job: seen.append(job.arg)}, max_payload=2048) as worker:
         wait_for(lambda: seen == [b"small"], PROMPT, what="the small job")
-        sock = worker.worker.servers[0].conn.sock
-        assert sock is not None and worker.worker.servers[0].failures == 0
+        assert worker.worker.servers[0].conn.sock is not None and worker.worker.servers[0].failures == 0
+        with Admin(gearmand.address) as admin:  # WORK_FAIL went out: gearmand holds the job no more
+            wait_for(lambda: [(r.queued, r.running) for r in admin.status() if r.name == "f"] == [(0, 0)],
+                     PROMPT, what="the oversize job to be gone")
     errors = [r.getMessage() for r in caplog.records if "over this worker's limit" in r.getMessage()]
     assert len(errors) == 1 and "job of 5" in errors[0] and "(f)" in errors[0]
 
