@@ -87,7 +87,11 @@ def test_options_are_validated_naming_the_option():
         GearmanBackend({"job_servers": ["host:notaport"]}, [Echo])
     with pytest.raises(ValueError, match="worker_options.prefix"):
         GearmanBackend({"job_servers": "h", "prefix": 3}, [Echo])
+    for bad in ("big", 100, True, 2.5e6):
+        with pytest.raises(ValueError, match="worker_options.max_packet_size: .*at least 1024, got"):
+            GearmanBackend({"job_servers": "h", "max_packet_size": bad}, [Echo])
     assert GearmanBackend({"job_servers": "example.org"}, [Echo]).job_servers == ["example.org"]
+    assert GearmanBackend({"job_servers": "h", "max_packet_size": 4096}, [Echo]).max_packet_size == 4096
 
 
 def test_arguments_decode_json_then_text_then_bytes():

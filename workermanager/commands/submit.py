@@ -36,7 +36,10 @@ def main(argv: list[str]) -> int:
                 return fail(f"{config.path}: submit is for type Gearman; use `workermanager insert`")
             servers = config.worker_options.get("job_servers") or []
             prefix = config.worker_options.get("prefix")
-            limit = max_packet_size(config.worker_options)
+            try:
+                limit = max_packet_size(config.worker_options)
+            except ValueError as exc:
+                return fail(f"{config.path}: {exc}")
         else:
             servers, prefix, limit = options.job_server, None, DEFAULT_MAX_PAYLOAD
         client = Client(servers, prefix=prefix, max_payload=limit)
