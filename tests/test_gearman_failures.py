@@ -90,6 +90,23 @@ def test_a_raising_worker_sends_its_message_as_a_warning_then_a_clean_work_fail(
         (T.WORK_WARNING, (handle, b"ValueError: no such thumbnail")), (T.WORK_FAIL, (handle,))]
 
 
+def test_our_client_reads_a_work_exception_with_and_without_the_option(gearmand):
+    """Workers that do send WORK_EXCEPTION (Perl's, or ours via job.exception()): with the option our
+    client calls on_exception then on_fail; without it gearmand's corrupt-handle WORK_FAIL still
+    matches the job."""
+    with WorkerThread([gearmand.address], {"exc": lambda job: job.exception("from the worker")}):
+        for exceptions, expected in ((True, [("exception", b"from the worker"), ("fail",)]), (False, [("fail",)])):
+            events: list[tuple] = []
+            with Client(gearmand.address, exceptions=exceptions) as client:
+                tasks = client.new_task_set()
+                tasks.add_task("exc", b"", on_fail=lambda seen=events: seen.append(("fail",)),
+                               on_exception=lambda m, seen=events: seen.append(("exception", m)))
+                assert tasks.wait(PROMPT)
+                assert events == expected
+                with pytest.raises(JobException if exceptions else JobFailed):
+                    client.submit("exc", b"", timeout=PROMPT)
+
+
 # --- item 7: every client of our daemon hears of a failure at once ----------------------------
 
 @pytest.fixture(scope="module")
