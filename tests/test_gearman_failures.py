@@ -243,7 +243,7 @@ def test_a_library_worker_fails_an_oversize_job_once_and_keeps_its_connection(ge
 
 def test_our_client_refuses_an_arg_over_the_cap_and_sends_nothing(gearmand):
     with Client(gearmand.address, max_payload=4096) as client:
-        with pytest.raises(JobTooBig, match=r"big: job of \d+ bytes \(arg 5000 bytes\) is over the limit of 4096"):
+        with pytest.raises(JobTooBig, match=r"big: job of \d+ bytes \(arg 5000 bytes\) is over the workers' limit of 4096 bytes; not submitted"):
             client.submit_background("big", b"B" * 5000)
         with pytest.raises(JobTooBig):
             client.submit("big", b"B" * 5000, timeout=PROMPT)
@@ -262,6 +262,7 @@ def test_workermanager_submit_refuses_an_arg_over_the_configs_cap(gearmand, tmp_
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("workermanager: Test::Noop: job of "), lines
-    assert "(arg 5000 bytes) is over the limit of 4096 bytes (max_packet_size); not submitted" in lines[0]
+    assert lines[0].endswith(f"(arg 5000 bytes) is over the workers' limit of 4096 bytes; not submitted "
+                             f"(worker_options.max_packet_size in {config})")
     with Admin(gearmand.address) as admin:
         assert not [r for r in admin.status() if r.name == "Test::Noop"]

@@ -18,8 +18,8 @@ What each Job method does on Gearman, which has no retry queue of its own:
 - failed(msg): WORK_WARNING(msg) then WORK_FAIL, never WORK_EXCEPTION, which gearmand 1.1.20
   turns into a WORK_FAIL with a corrupt handle for clients without the "exceptions" option (the
   `gearman` tool hangs on it, Perl's client dies): every client gets a clean failure at once, and
-  those that read warnings the message (see docs/gearman.md). When the job is a background job of our client (see workermanager.gearman.unique) and the
-  worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
+  those that read warnings the message (see docs/gearman.md). When the job is a background job of
+  our client (see workermanager.gearman.unique) and the worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
   retry_delay, with its attempt count raised in the unique id; after the last attempt it is logged
   as failed for good. Foreground jobs and other clients' jobs are never resubmitted: their client
   is the one to decide, so a foreground client always sees the failure at once.

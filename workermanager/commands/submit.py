@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
     except JobFailed as exc:
         return fail(f"job failed: {exc}")
     except JobTooBig as exc:
-        return fail(str(exc))
+        where = f"worker_options.max_packet_size in {options.config}" if options.config else "the default"
+        return fail(f"{exc} ({where})")
     except Exception as exc:
         return fail(f"submit failed: {type(exc).__name__}: {exc}")
     finally:

@@ -237,7 +237,7 @@ class Client:
             size += len(str(task.epoch)) + 1
         if size > self.max_payload:
             raise JobTooBig(f"{task.funcname}: job of {size} bytes (arg {len(task.arg)} bytes) is over "
-                            f"the limit of {self.max_payload} bytes (max_packet_size); not submitted")
+                            f"the workers' limit of {self.max_payload} bytes; not submitted")
 
     def _wire_name(self, funcname: str) -> str:
         return f"{self.prefix}\t{funcname}" if self.prefix else funcname

@@ -13,9 +13,9 @@ header plus one allowed payload, so a hostile peer cannot make it allocate witho
 One exception to "over the limit is an error": a job assignment (JOB_ASSIGN, JOB_ASSIGN_UNIQ,
 JOB_ASSIGN_ALL) whose payload is over the limit is a job too big for this worker, not a mad server.
 Dropping the connection would only make gearmand hand the same job out again, forever. So the
-decoder keeps the first few hundred bytes (handle, function name, unique id), reads and discards
-the rest as it streams past, and hands back an `OversizePacket`: the worker can fail that one job
-and keep its connection.
+decoder reads the handle, function name and unique id from the payload's first bytes (at most
+OVERSIZE_HEAD), discards the rest as it streams past, and hands back an `OversizePacket`: the worker
+can fail that one job and keep its connection.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ class Decoder:
             else:
                 self._check_partial_magic()
 
-    def _next(self) -> Packet | None:
+    def _next(self) -> Packet | OversizePacket | None:
         if self._header is None:
             if len(self._buffer) < HEADER_SIZE:
                 self._check_partial_magic()
@@ -328,7 +328,7 @@ class Decoder:
         if skip.remaining:
             return None
         self._header, self._skipping = None, None
-        return OversizePacket(ptype, skip.args, magic, size)  # type: ignore[return-value]
+        return OversizePacket(ptype, skip.args, magic, size)
 
     def _check_partial_magic(self) -> None:
         # Fail on a bad magic as soon as its bytes are in, not only once a whole header arrived.
