@@ -14,7 +14,7 @@ import pytest
 
 from workermanager.backends import backend_class
 from workermanager.backends.gearman import GearmanBackend, GearmanJob, decode_arg
-from workermanager.gearman import Admin, Client, JobException, Worker, parse_unique
+from workermanager.gearman import Admin, Client, JobFailed, Worker, parse_unique
 from workermanager.worker import Worker as WorkerClass
 from workermanager.worker import run_job
 
@@ -87,7 +87,11 @@ def test_options_are_validated_naming_the_option():
         GearmanBackend({"job_servers": ["host:notaport"]}, [Echo])
     with pytest.raises(ValueError, match="worker_options.prefix"):
         GearmanBackend({"job_servers": "h", "prefix": 3}, [Echo])
+    for bad in ("big", 100, True, 2.5e6):
+        with pytest.raises(ValueError, match="worker_options.max_packet_size: .*at least 1024, got"):
+            GearmanBackend({"job_servers": "h", "max_packet_size": bad}, [Echo])
     assert GearmanBackend({"job_servers": "example.org"}, [Echo]).job_servers == ["example.org"]
+    assert GearmanBackend({"job_servers": "h", "max_packet_size": 4096}, [Echo]).max_packet_size == 4096
 
 
 def test_arguments_decode_json_then_text_then_bytes():
@@ -142,7 +146,7 @@ def test_a_failed_background_job_is_retried_as_an_epoch_job_until_max_retries(ge
         backend.close()
 
 
-def test_a_failed_foreground_job_reaches_its_client_as_an_exception_and_is_not_retried(gearmand):
+def test_a_failed_foreground_job_reaches_its_client_with_its_message_and_is_not_retried(gearmand):
     backend = backend_for(gearmand.address)
     try:
         with Client(gearmand.address) as client:
@@ -150,9 +154,10 @@ def test_a_failed_foreground_job_reaches_its_client_as_an_exception_and_is_not_r
             task = tasks.add_task("Test::Flaky", b"x")
             serve_one(backend)
             assert tasks.wait(10)
-            assert task.exception == b"RuntimeError: attempt 1 failed"
+            # WORK_WARNING(message) then WORK_FAIL, never WORK_EXCEPTION (see docs/gearman.md)
+            assert (task.failed, task.exception, task.warnings) == (True, None, [b"RuntimeError: attempt 1 failed"])
             assert backend.grab(1.5) is None
-            with pytest.raises(JobException):
+            with pytest.raises(JobFailed, match="Test::Flaky failed: RuntimeError: attempt 1 failed"):
                 threading.Timer(0.1, lambda: serve_one(backend)).start()
                 client.submit("Test::Flaky", b"y", timeout=10)
     finally:

@@ -17,6 +17,7 @@ from workermanager.gearman.codec import (
     REQ,
     RES,
     Decoder,
+    OversizePacket,
     Packet,
     PacketType,
     encode,
@@ -72,6 +73,21 @@ def test_a_huge_announced_size_is_refused_before_any_payload_is_buffered():
     decoder = Decoder(RES, max_payload=1024)
     with pytest.raises(ProtocolError, match="2000 bytes, over the limit of 1024"):
         decoder.feed(b"\0RES" + struct.pack(">II", 13, 2000))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 3000, 100_000])
+def test_an_oversize_job_assignment_is_read_past_without_buffering_it(chunk):
+    big = response(PacketType.JOB_ASSIGN_UNIQ, "H:x:1", "func", "uniq", b"a" * 50_000)
+    stream = response(PacketType.NOOP) + big + response(PacketType.JOB_ASSIGN, "H:x:2", "f", b"ok")
+    decoder = Decoder(RES, max_payload=1024)
+    packets = []
+    for start in range(0, len(stream), chunk):
+        packets += decoder.feed(stream[start:start + chunk])
+        assert decoder.buffered <= max(chunk, 4096) + 12
+    assert [p.type for p in packets] == [PacketType.NOOP, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN]
+    assert isinstance(packets[1], OversizePacket)
+    assert (packets[1].args, packets[1].size) == ((b"H:x:1", b"func", b"uniq", b""), len(big) - 12)
+    assert packets[2].args == (b"H:x:2", b"f", b"ok")
 
 
 def test_encode_refuses_nul_in_a_non_final_argument_and_wrong_counts():
@@ -154,7 +170,7 @@ class FakeServer:
 @pytest.mark.parametrize("reply", [
     b"garbage that is not gearman\n",
     b"\0RES" + struct.pack(">II", 77, 0),
-    b"\0RES" + struct.pack(">II", 11, 0xFFFFFFFF),
+    b"\0RES" + struct.pack(">II", 13, 0xFFFFFFFF),  # an oversize job assignment is skipped instead
     b"\0RES" + struct.pack(">II", 11, 4) + b"H:1\0",
 ])
 def test_worker_drops_a_mad_server_and_keeps_its_deadline(reply, caplog):

@@ -22,8 +22,8 @@ class WorkerThread:
     """Our library worker serving in a thread until the test ends."""
 
     def __init__(self, servers: list[str], functions: dict[str, Callable[[GrabbedJob], object]],
-                 prefix: str | None = None) -> None:
-        self.worker = Worker(servers, prefix=prefix, max_backoff=0.2)
+                 prefix: str | None = None, **options: object) -> None:
+        self.worker = Worker(servers, prefix=prefix, max_backoff=0.2, **options)  # type: ignore[arg-type]
         for name, func in functions.items():
             self.worker.register(name, func)
         self.stop = threading.Event()
@@ -92,12 +92,12 @@ def test_our_worker_serves_perl_gearman_client(gearmand):
         wait_for(lambda: seen == [b"perl bg"], 10, what="Perl's background job")
 
 
-def test_exceptions_reach_a_perl_client_that_asked(gearmand):
+def test_a_failure_and_its_message_reach_a_perl_client(gearmand):
     def boom(job):
         raise ValueError("no such thumbnail")
     with WorkerThread([gearmand.address], {"boom": boom}):
         out = perl_client(gearmand.address, "fg", "boom", "x")
-    assert out.strip() == "EXCEPTION: ValueError: no such thumbnail"
+    assert out.strip() == "FAIL: ValueError: no such thumbnail"  # on_warning, then on_fail
 
 
 def test_our_client_is_served_by_the_gearman_command_line_worker(gearmand):
@@ -165,11 +165,11 @@ def test_foreground_results_data_warnings_and_exceptions_reach_our_client(gearma
             assert tasks.wait(20)
             assert events == [("data", b"part1"), ("warning", b"careful"), ("status", 1, 2),
                               ("complete", b"whole")]
-            with pytest.raises(JobException) as caught:
+            with pytest.raises(JobFailed, match="chatty failed: RuntimeError: went wrong") as caught:
                 client.submit("chatty", b"fail", timeout=20)
-            assert caught.value.exception == b"RuntimeError: went wrong"
+            assert caught.value.task.warnings == [b"careful", b"RuntimeError: went wrong"]
         with Client(gearmand.address, exceptions=False) as plain:
-            with pytest.raises(JobFailed) as caught:
+            with pytest.raises(JobFailed, match="chatty failed: RuntimeError: went wrong") as caught:
                 plain.submit("chatty", b"fail", timeout=20)
             assert not isinstance(caught.value, JobException)
 

@@ -3,6 +3,9 @@
 worker_options:
     job_servers: ["host:port", ...] or one string; the port defaults to 4730
     prefix: optional; functions are registered as "prefix\\tfuncname" (Perl Gearman::Worker's)
+    max_packet_size: optional, bytes (default 64 MiB): the largest job a child takes (its arg plus
+        handle, function name and unique id). A bigger job is failed once, with one error line,
+        without being read into memory; `workermanager submit -f` refuses such an arg up front.
 
 Each worker class registers `function_name()` with CAN_DO_TIMEOUT `job_timeout()` plus a grace
 (the child settles a job at its timeout; gearmand must not hand it out again at that same moment). A child grabs a
@@ -12,14 +15,15 @@ hands any unfinished job to another worker.
 
 What each Job method does on Gearman, which has no retry queue of its own:
 - completed(result): WORK_COMPLETE; bytes as is, str as UTF-8, None empty, other values JSON.
-- failed(msg): WORK_EXCEPTION(msg). gearmand 1.x ends the job there and tells clients without the
-  "exceptions" option WORK_FAIL, so no WORK_FAIL follows (it would be answered JOB_NOT_FOUND).
-  When the job is a background job of our client (see workermanager.gearman.unique) and the
-  worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
+- failed(msg): WORK_WARNING(msg) then WORK_FAIL, never WORK_EXCEPTION, which gearmand 1.1.20
+  turns into a WORK_FAIL with a corrupt handle for clients without the "exceptions" option (the
+  `gearman` tool hangs on it, Perl's client dies): every client gets a clean failure at once, and
+  those that read warnings the message (see docs/gearman.md). When the job is a background job of
+  our client (see workermanager.gearman.unique) and the worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
   retry_delay, with its attempt count raised in the unique id; after the last attempt it is logged
   as failed for good. Foreground jobs and other clients' jobs are never resubmitted: their client
-  is the one to decide.
-- permanent_failure(msg): the same WORK_EXCEPTION, never resubmitted.
+  is the one to decide, so a foreground client always sees the failure at once.
+- permanent_failure(msg): the same WORK_WARNING and WORK_FAIL, never resubmitted.
 - declined(): a background job of our client is resubmitted as an epoch job due after
   max(1 s, retry_delay) with the same attempt count, and the original is completed with an empty
   result (nobody waits for it). Any other job gets WORK_FAIL: its client waits for an answer, and
@@ -42,6 +46,7 @@ from typing import Any
 
 from workermanager.backends.base import Backend, BackendError
 from workermanager.gearman.client import Client, GearmanError
+from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
 from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
 from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
@@ -104,11 +109,11 @@ class GearmanJob(Job):
         elif self.resubmittable and cls is not None:
             log.warning("job %s (%s) failed for good after %d attempts: %s", self.handle,
                         self.funcname, attempt, msg)
-        self._send("WORK_EXCEPTION", self._grabbed.exception, msg)
+        self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         self._finish("permanent_failure")
-        self._send("WORK_EXCEPTION", self._grabbed.exception, msg)
+        self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def declined(self) -> None:
         self._finish("declined")
@@ -162,11 +167,12 @@ class GearmanBackend(Backend):
             raise ValueError("the Gearman backend needs at least one worker class")
         self.job_servers = [str(s) for s in servers]
         self.prefix = prefix or None
+        self.max_packet_size = max_packet_size(self.options)
         self._worker: Worker | None = None
         self._client: Client | None = None
 
     def open(self) -> None:
-        worker = Worker(self.job_servers, prefix=self.prefix)
+        worker = Worker(self.job_servers, prefix=self.prefix, max_payload=self.max_packet_size)
         worker.client_id = f"workermanager-{worker.client_id}"
         for cls in self.worker_classes:
             worker.register(cls.function_name(), timeout=cls.job_timeout() + SERVER_TIMEOUT_GRACE)
@@ -176,7 +182,8 @@ class GearmanBackend(Backend):
     def client(self) -> Client:
         """A client for resubmissions, made on first use (most children never need one)."""
         if self._client is None:
-            self._client = Client(self.job_servers, prefix=self.prefix, exceptions=False)
+            self._client = Client(self.job_servers, prefix=self.prefix, exceptions=False,
+                                  max_payload=self.max_packet_size)
         return self._client
 
     def grab(self, timeout: float, most: int = 1) -> Job | None:
@@ -212,3 +219,12 @@ class GearmanBackend(Backend):
     def worker(self) -> Worker | None:
         """The library worker (for tests and status), None before open."""
         return self._worker
+
+
+def max_packet_size(options: Mapping[str, Any]) -> int:
+    """worker_options.max_packet_size in bytes (default 64 MiB); ValueError names a bad value."""
+    value = options.get("max_packet_size", DEFAULT_MAX_PAYLOAD)
+    if type(value) is not int or value < 1024:
+        raise ValueError(f"worker_options.max_packet_size: give a whole number of bytes of at least "
+                         f"1024, got {value!r}")
+    return value

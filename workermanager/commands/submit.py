@@ -25,7 +25,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, help="foreground: give up after this many seconds")
     options = parser.parse_args(argv)
 
-    from workermanager.gearman import Client, JobFailed
+    from workermanager.backends.gearman import max_packet_size
+    from workermanager.gearman import Client, JobFailed, JobTooBig
+    from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 
     try:
         if options.config:
@@ -34,9 +36,13 @@ def main(argv: list[str]) -> int:
                 return fail(f"{config.path}: submit is for type Gearman; use `workermanager insert`")
             servers = config.worker_options.get("job_servers") or []
             prefix = config.worker_options.get("prefix")
+            try:
+                limit = max_packet_size(config.worker_options)
+            except ValueError as exc:
+                return fail(f"{config.path}: {exc}")
         else:
-            servers, prefix = options.job_server, None
-        client = Client(servers, prefix=prefix)
+            servers, prefix, limit = options.job_server, None, DEFAULT_MAX_PAYLOAD
+        client = Client(servers, prefix=prefix, max_payload=limit)
     except (ConfigError, ValueError) as exc:
         return fail(str(exc))
     arg = parse_arg(options.arg, options.string)
@@ -55,6 +61,9 @@ def main(argv: list[str]) -> int:
             sys.stdout.buffer.write(result + b"\n")
     except JobFailed as exc:
         return fail(f"job failed: {exc}")
+    except JobTooBig as exc:
+        where = f"worker_options.max_packet_size in {options.config}" if options.config else "the default"
+        return fail(f"{exc} ({where})")
     except Exception as exc:
         return fail(f"submit failed: {type(exc).__name__}: {exc}")
     finally:

@@ -11,6 +11,7 @@ from workermanager.gearman.client import (
     JobException,
     JobFailed,
     JobStatus,
+    JobTooBig,
     Task,
     TaskSet,
 )
@@ -21,7 +22,7 @@ from workermanager.gearman.worker import GrabbedJob, Worker
 
 __all__ = [
     "Admin", "AdminError", "Client", "DEFAULT_PORT", "Decoder", "FunctionStatus", "GearmanConnectionError",
-    "GearmanError", "GrabbedJob", "JobException", "JobFailed", "JobStatus", "Packet", "PacketType",
+    "GearmanError", "GrabbedJob", "JobException", "JobFailed", "JobStatus", "JobTooBig", "Packet", "PacketType",
     "ProtocolError", "Task", "TaskSet", "UniqueInfo", "Worker", "WorkerInfo", "make_unique",
     "parse_address", "parse_unique",
 ]

@@ -11,6 +11,16 @@ server and coalesce, as with Perl's Gearman::Client) or round-robin; when that s
 drops before JOB_CREATED, the job goes to the next one. A server that failed is skipped for
 `retry_down_after` seconds unless every server is down.
 
+A job bigger than `max_payload` (the workers' cap, 64 MiB by default) is refused before anything is
+sent (JobTooBig): a worker would only fail it unrun.
+
+Failures: a WORK_FAIL fails the task (on_fail; submit raises JobFailed). Our workers send the failure
+message as a WORK_WARNING just before it (see worker.py), so on_warning gets the message and
+JobFailed's text ends with it. A WORK_EXCEPTION (from workers that send one, such as Perl's, to a
+client with the "exceptions" option) calls on_exception and then on_fail, and submit raises
+JobException: unlike Perl's Gearman::Client 2.004, which skips on_fail there, on_fail always marks
+the end of a failed job. See docs/gearman.md for what other clients see.
+
 Background handles are returned as "host:port//H:..." (Perl's format), so `get_status` knows which
 server to ask. Default unique ids carry the enqueue time (see `unique.py`).
 """
@@ -26,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workermanager.gearman.codec import Packet, ProtocolError, request
+from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD, Packet, ProtocolError, request
 from workermanager.gearman.codec import PacketType as T
 from workermanager.gearman.connection import Connection, GearmanConnectionError, parse_address
 from workermanager.gearman.unique import make_unique
@@ -47,6 +57,10 @@ class GearmanError(Exception):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+class JobTooBig(ValueError):
+    """A job's packet would be over the client's `max_payload`; nothing was sent."""
 
 
 class JobFailed(Exception):
@@ -131,7 +145,7 @@ class _Server:
 class Client:
     def __init__(self, job_servers: Iterable[str] | str, prefix: str | None = None,
                  exceptions: bool = True, connect_timeout: float = 2.0,
-                 retry_down_after: float = 5.0) -> None:
+                 retry_down_after: float = 5.0, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if isinstance(job_servers, str):
             job_servers = [job_servers]
         addresses = [parse_address(s) for s in job_servers]
@@ -141,6 +155,7 @@ class Client:
         self.prefix = prefix or None
         self.exceptions = exceptions
         self.retry_down_after = retry_down_after
+        self.max_payload = max_payload
         self._turn = 0
 
     def close(self) -> None:
@@ -212,8 +227,17 @@ class Client:
         if unique is None:
             unique = make_unique(background)
         task = Task(funcname, encode_result(arg), unique, priority, background, epoch, **callbacks)
+        self._check_size(task)
         self._send_task(task)
         return task
+
+    def _check_size(self, task: Task) -> None:
+        size = len(self._wire_name(task.funcname).encode()) + len(task.unique.encode()) + len(task.arg) + 2
+        if task.epoch is not None:
+            size += len(str(task.epoch)) + 1
+        if size > self.max_payload:
+            raise JobTooBig(f"{task.funcname}: job of {size} bytes (arg {len(task.arg)} bytes) is over "
+                            f"the workers' limit of {self.max_payload} bytes; not submitted")
 
     def _wire_name(self, funcname: str) -> str:
         return f"{self.prefix}\t{funcname}" if self.prefix else funcname
@@ -427,7 +451,10 @@ def _outcome(task: Task) -> bytes:
     if task.exception is not None:
         raise JobException(f"{task.funcname} raised: {task.exception.decode(errors='replace')}",
                            task.exception, task)
-    raise JobFailed(f"{task.funcname} failed: {task.error}", task)
+    reason = task.error
+    if task.error == "WORK_FAIL" and task.warnings:  # our workers' failure message
+        reason = task.warnings[-1].decode(errors="replace")
+    raise JobFailed(f"{task.funcname} failed: {reason}", task)
 
 
 def _int(text: str) -> int:

@@ -9,6 +9,13 @@ The decoder is fed whatever bytes the socket returns and hands back whole packet
 peer are data, never trusted: a bad magic, a size over the limit, an unknown type or too few
 arguments raise `ProtocolError` naming what was wrong, and the decoder never buffers more than one
 header plus one allowed payload, so a hostile peer cannot make it allocate without bound.
+
+One exception to "over the limit is an error": a job assignment (JOB_ASSIGN, JOB_ASSIGN_UNIQ,
+JOB_ASSIGN_ALL) whose payload is over the limit is a job too big for this worker, not a mad server.
+Dropping the connection would only make gearmand hand the same job out again, forever. So the
+decoder reads the handle, function name and unique id from the payload's first bytes (at most
+OVERSIZE_HEAD), discards the rest as it streams past, and hands back an `OversizePacket`: the worker
+can fail that one job and keep its connection.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 REQ = b"\0REQ"
@@ -23,8 +31,11 @@ RES = b"\0RES"
 HEADER = struct.Struct(">4sII")
 HEADER_SIZE = HEADER.size
 
-#: the default cap on one packet's payload; gearmand itself refuses far smaller packets
+#: the default cap on one packet's payload (a job's arg plus its handle, function name and unique id)
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+#: how much of an oversize job assignment is kept to find its handle, function name and unique id
+#: (gearmand caps them at 64, 512 and 64 bytes)
+OVERSIZE_HEAD = 4096
 
 
 class ProtocolError(Exception):
@@ -111,6 +122,8 @@ RESPONSE_TYPES = frozenset({
     T.WORK_WARNING, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL, T.GET_STATUS_UNIQ, T.STATUS_RES_UNIQ,
 })
 
+#: packets the decoder skips, rather than refuses, when they are over its limit (see the module doc)
+OVERSIZE_SKIPPED = frozenset({T.JOB_ASSIGN, T.JOB_ASSIGN_UNIQ, T.JOB_ASSIGN_ALL})
 
 _WORK_COMPLETE = int(PacketType.WORK_COMPLETE)
 
@@ -126,6 +139,20 @@ class Packet(NamedTuple):  # a NamedTuple: built for every packet read, cheaper 
     def __repr__(self) -> str:
         shown = ", ".join(repr(a[:40]) for a in self.args)
         return f"<Packet {self.magic[1:].decode()} {self.type.name}({shown})>"
+
+
+class OversizePacket(NamedTuple):
+    """A job assignment over the decoder's limit whose payload was read and thrown away: `args` are
+    its leading arguments (handle, function name, unique id) with an empty last argument, `size` the
+    payload size the server announced."""
+
+    type: PacketType
+    args: tuple[bytes, ...]
+    magic: bytes
+    size: int
+
+    def __repr__(self) -> str:
+        return f"<OversizePacket {self.type.name}({self.args[0]!r}, ...) of {self.size} bytes>"
 
 
 def _as_bytes(value: bytes | str | int) -> bytes:
@@ -182,6 +209,14 @@ def parse_payload(ptype: PacketType, payload: bytes) -> tuple[bytes, ...]:
     return tuple(args)
 
 
+@dataclass
+class _Skip:
+    """An oversize job assignment being read past: its leading arguments and the bytes still to come."""
+
+    args: tuple[bytes, ...]
+    remaining: int
+
+
 class Decoder:
     """Incremental decoder: `feed(bytes)` returns the packets completed so far.
 
@@ -197,13 +232,14 @@ class Decoder:
         self.where = where
         self._buffer = bytearray()
         self._header: tuple[bytes, PacketType, int] | None = None
+        self._skipping: _Skip | None = None
         self._broken: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes) -> list[Packet]:  # and OversizePacket, see the module doc
         packets, error = self._decode(data)
         if error is not None:
             raise error
@@ -239,7 +275,7 @@ class Decoder:
         while end - pos >= HEADER_SIZE:
             magic, ptype, size = self._parse_header(data, pos)
             start = pos + HEADER_SIZE
-            if end - start < size:
+            if end - start < size or size > self.max_payload:
                 break
             pos = start + size
             packets.append(Packet(ptype, parse_payload(ptype, data[start:pos]), magic))
@@ -248,10 +284,12 @@ class Decoder:
             if end - pos >= HEADER_SIZE:  # a header whose payload is still on its way
                 self._header = self._parse_header(bytes(self._buffer[:HEADER_SIZE]))
                 del self._buffer[:HEADER_SIZE]
+                if self._header[2] > self.max_payload:  # start reading past it now
+                    packets.extend(iter(self._next, None))
             else:
                 self._check_partial_magic()
 
-    def _next(self) -> Packet | None:
+    def _next(self) -> Packet | OversizePacket | None:
         if self._header is None:
             if len(self._buffer) < HEADER_SIZE:
                 self._check_partial_magic()
@@ -259,12 +297,38 @@ class Decoder:
             self._header = self._parse_header(bytes(self._buffer[:HEADER_SIZE]))
             del self._buffer[:HEADER_SIZE]
         magic, ptype, size = self._header
+        if size > self.max_payload:
+            return self._skip()
         if len(self._buffer) < size:
             return None
         payload = bytes(self._buffer[:size])
         del self._buffer[:size]
         self._header = None
         return Packet(ptype, parse_payload(ptype, payload), magic)
+
+    def _skip(self) -> OversizePacket | None:
+        """Read past an oversize job assignment: keep its leading arguments, drop the rest of its
+        payload as it arrives (the buffer never holds more than one read); the packet when done."""
+        assert self._header is not None
+        magic, ptype, size = self._header
+        skip = self._skipping
+        if skip is None:
+            count = ARG_COUNTS[ptype]
+            head = bytes(self._buffer[:OVERSIZE_HEAD])
+            parts = head.split(b"\0", count - 1)
+            if len(parts) < count:
+                if len(head) < min(OVERSIZE_HEAD, size):
+                    return None  # its leading arguments are still on their way
+                raise ProtocolError(f"{ptype.name} packet from {self.where} of {size} bytes has no "
+                                    f"{count - 1} arguments in its first {len(head)} bytes")
+            skip = self._skipping = _Skip((*parts[:-1], b""), size)
+        taken = min(len(self._buffer), skip.remaining)
+        del self._buffer[:taken]
+        skip.remaining -= taken
+        if skip.remaining:
+            return None
+        self._header, self._skipping = None, None
+        return OversizePacket(ptype, skip.args, magic, size)
 
     def _check_partial_magic(self) -> None:
         # Fail on a bad magic as soon as its bytes are in, not only once a whole header arrived.
@@ -280,7 +344,7 @@ class Decoder:
         ptype = _TYPES.get(type_number)
         if ptype is None:
             raise ProtocolError(f"unknown packet type {type_number} from {self.where}")
-        if size > self.max_payload:
+        if size > self.max_payload and ptype not in OVERSIZE_SKIPPED:
             raise ProtocolError(f"{ptype.name} packet from {self.where} announces {size} bytes, "
                                 f"over the limit of {self.max_payload}")
         return magic, ptype, size

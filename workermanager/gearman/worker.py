@@ -13,6 +13,17 @@ epoch jobs, and so our retries, run on time.
 `work()` is a simple loop over grab_job for scripts that want Perl Gearman::Worker's behaviour:
 the registered callable gets the job; a return value completes it, an exception fails it.
 
+Every job gets exactly one finishing packet. A failure is WORK_WARNING(message) then WORK_FAIL, never
+WORK_EXCEPTION: gearmand 1.1.20 passes WORK_EXCEPTION on only to clients that set the "exceptions"
+option and sends the others a WORK_FAIL whose handle carries a stray NUL, which the `gearman` tool
+never matches (it hangs), Perl's Gearman::Client dies on and pygearman crashes on. A worker cannot
+know which clients wait for a job (equal unique ids share one), so only WORK_FAIL is safe; the
+warning before it carries the message to every client that reads warnings. See docs/gearman.md.
+
+A job assignment bigger than `max_payload` is failed without running it (its payload is read past,
+not buffered, and the connection is kept): dropping the connection would only make gearmand hand the
+same job out again, forever.
+
 With `prefix` (as in Perl's Gearman::Worker), function "f" is registered as "prefix\\tf", and a
 job's `funcname` is shown without the prefix.
 """
@@ -29,8 +40,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workermanager.gearman.codec import (
+    DEFAULT_MAX_PAYLOAD,
+    OversizePacket,
+    ProtocolError,
+    request,
+    work_complete,
+)
 from workermanager.gearman.codec import PacketType as T
-from workermanager.gearman.codec import ProtocolError, request, work_complete
 from workermanager.gearman.connection import Connection, GearmanConnectionError, parse_address
 
 log = logging.getLogger(__name__)
@@ -84,10 +101,19 @@ class GrabbedJob:
     def warning(self, data: bytes | str) -> None:
         self._send(T.WORK_WARNING, data)
 
+    def _already_finished(self, what: str) -> bool:
+        """A job ends once: a second finishing call is ignored (as Perl's Gearman::Worker does), and
+        said so, for gearmand would only answer it with JOB_NOT_FOUND."""
+        if self.finished:
+            log.warning("job %s (%s): already finished, %s ignored", self.handle, self.funcname, what)
+        return self.finished
+
     def complete(self, result: bytes | str = b"", later: bool = False) -> None:
         """WORK_COMPLETE. `later`: held back to travel with this worker's next packet to the
         server (its next GRAB, or a flush before it waits or closes): one system call per job
         fewer, for a caller that grabs again at once."""
+        if self.finished and self._already_finished("complete"):
+            return
         self.finished = True
         if later and type(result) is bytes:
             self._server.conn.send_later(work_complete(self._raw_handle, result))
@@ -96,17 +122,30 @@ class GrabbedJob:
         else:
             self._send(T.WORK_COMPLETE, result)
 
-    def fail(self) -> None:
+    def fail(self, message: bytes | str | None = None) -> None:
+        """WORK_FAIL; with a `message`, a WORK_WARNING carrying it goes first, in the same write.
+
+        Every client gets a clean failure at once (the `gearman` tool "Job failed", Perl's do_task
+        undef, pygearman a failed request), and those that read warnings get the message too.
+        """
+        if self._already_finished("fail"):
+            return
         self.finished = True
-        self._send(T.WORK_FAIL)
+        packet = request(T.WORK_FAIL, self._raw_handle)
+        if message:
+            packet = request(T.WORK_WARNING, self._raw_handle, message) + packet
+        self._server.conn.send(packet)
 
     def exception(self, message: bytes | str) -> None:
-        """Fail the job with a message: WORK_EXCEPTION.
+        """Fail the job with WORK_EXCEPTION(message), for callers that know every client waiting
+        for this job set the "exceptions" option.
 
-        gearmand 1.x ends the job here: clients that set the "exceptions" option get the message,
-        the others a WORK_FAIL. A WORK_FAIL sent after it would only earn a JOB_NOT_FOUND error,
-        so this is the job's last word (the protocol document's older servers wanted both).
+        gearmand 1.1.20 ends the job here and sends clients without the option a WORK_FAIL with a
+        corrupt handle, which the `gearman` tool, Perl's and pygearman's clients cannot match:
+        prefer fail(message). A WORK_FAIL after it would only earn a JOB_NOT_FOUND error.
         """
+        if self._already_finished("exception"):
+            return
         self.finished = True
         self._send(T.WORK_EXCEPTION, message)
 
@@ -119,7 +158,8 @@ class Worker:
 
     def __init__(self, job_servers: Iterable[str] | str, prefix: str | None = None,
                  client_id: str | None = None, connect_timeout: float = 1.0,
-                 max_backoff: float = 1.0, poll_interval: float | None = 1.0) -> None:
+                 max_backoff: float = 1.0, poll_interval: float | None = 1.0,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if isinstance(job_servers, str):
             job_servers = [job_servers]
         addresses = [parse_address(s) for s in job_servers]
@@ -129,7 +169,9 @@ class Worker:
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
         self.max_backoff = max_backoff
         self.poll_interval = poll_interval
-        self.servers = [_Server(Connection(a, connect_timeout)) for a in addresses]
+        #: the largest job assignment (arg plus handle, function name, unique id) this worker runs
+        self.max_payload = max_payload
+        self.servers = [_Server(Connection(a, connect_timeout, max_payload)) for a in addresses]
         self.abilities: dict[str, _Ability] = {}
         self._pending: _Server | None = None   # the server asked with GRAB_JOB_UNIQ, if any
         self._turn = 0
@@ -357,6 +399,9 @@ class Worker:
                     if self._pending is server:
                         self._pending = None
                     server.awake = True  # there may be more where this came from
+                    if type(packet) is OversizePacket:
+                        self._refuse_oversize(server, packet)
+                        continue
                     job = self._make_job(server, packet.type, packet.args)
                 elif packet.type == T.ERROR:
                     log.warning("job server %s: error %s: %s", conn.name,
@@ -367,6 +412,17 @@ class Worker:
             if job is not None:
                 return job
         return job
+
+    def _refuse_oversize(self, server: _Server, packet: OversizePacket) -> None:
+        """Fail a job too big for this worker once, with one log line, and keep the connection."""
+        job = self._make_job(server, packet.type, packet.args)
+        message = (f"job of {packet.size} bytes is over this worker's limit of {self.max_payload} "
+                   f"bytes: failed without running it")
+        log.error("job server %s: job %s (%s): %s", server.conn.name, job.handle, job.funcname, message)
+        try:
+            job.fail(message)
+        except GearmanConnectionError as exc:
+            self._lost(server, exc)
 
     def _make_job(self, server: _Server, ptype: T, args: tuple[bytes, ...]) -> GrabbedJob:
         if ptype == T.JOB_ASSIGN_UNIQ:
@@ -390,7 +446,8 @@ class Worker:
         """Run registered callables until `max_jobs` ran or `stop_if()` says stop; returns the count.
 
         A callable's return value completes the job (bytes as is, str as UTF-8, None as empty,
-        other values as JSON); an exception sends WORK_EXCEPTION (see GrabbedJob.exception).
+        other values as JSON); an exception fails it with its type and message (see GrabbedJob.fail).
+        A callable that finished its job itself (job.fail(), job.complete()) gets nothing more sent.
         """
         done = 0
         try:
@@ -412,10 +469,14 @@ class Worker:
             result = ability.callable(job)
         except Exception as exc:
             log.debug("job %s raised", job.handle, exc_info=True)
+            if job.finished:
+                return
             try:
-                job.exception(f"{type(exc).__name__}: {exc}")
+                job.fail(f"{type(exc).__name__}: {exc}")
             except GearmanConnectionError as conn_exc:
                 self._lost(job._server, conn_exc)
+            return
+        if job.finished:
             return
         try:
             job.complete(encode_result(result), later=True)  # sent with the next GRAB (see work)
