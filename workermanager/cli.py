@@ -67,9 +67,10 @@ EXIT_BROKEN_PIPE = 128 + 13
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon or a subcommand. Output to a closed pipe ends quietly with 141."""
     try:
-        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
-        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
-        return code
+        try:
+            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # here, not at exit (also after argparse's exit), so it is caught below
     except BrokenPipeError:
         # stdout's buffer cannot be written; point it at /dev/null so the flush at exit is quiet
         devnull = os.open(os.devnull, os.O_WRONLY)
