@@ -216,8 +216,21 @@ def test_six_racing_starts_leave_exactly_one_master(tmp_path, sqlite_queue, daem
     daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "pidfile": pidfile, "concurrency": 1,
                                     "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue}"}]}},
                     flags=())
-    starts = [subprocess.Popen(daemon.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=daemon.env(), cwd=str(tmp_path)) for _ in range(6)]
+    # each racer imports everything first, says it is ready, then waits for the start gun on stdin:
+    # all six then run the start sequence at the same moment, as a loop of `workermanager &` would
+    racer = ("import os, sys; from workermanager import cli, config, daemonize, master, pidfile, status; "
+             "import daemon; open(f'ready.{os.getpid()}', 'w').close(); os.read(0, 1); "
+             "sys.exit(cli.main(sys.argv[1:]))")
+    command = [daemon.command()[0], "-c", racer, *daemon.command()[3:]]
+    gun_read, gun = os.pipe()
+    try:
+        starts = [subprocess.Popen(command, stdin=gun_read, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=daemon.env(), cwd=str(tmp_path)) for _ in range(6)]
+        wait_for(lambda: len(list(tmp_path.glob("ready.*"))) == 6, 30, what="six racers ready")
+        os.write(gun, b"g" * 6)
+    finally:
+        os.close(gun_read)
+        os.close(gun)
     results = [(p.wait(30), *p.communicate(timeout=30)) for p in starts]
     try:
         pid = int(wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), 15, what="pid"))

@@ -98,7 +98,7 @@ def test_a_status_file_naming_a_process_that_is_no_master_is_refused(tmp_path, q
     one_error(status(config, "--no-queue"), "names pid 1, which is not a workermanager master")
 
 
-@pytest.mark.parametrize("argv", [["status", "--no-queue"], ["--help"]])
+@pytest.mark.parametrize("argv", [["status", "--no-queue"], ["status", "--no-queue", "--json"]])
 def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):  # noqa: F811
     config = config_at(tmp_path, queue_path)
     read_end, write_end = os.pipe()
