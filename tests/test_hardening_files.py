@@ -268,6 +268,31 @@ def test_a_stale_pid_file_does_not_stop_a_start(tmp_path, sqlite_queue, daemons,
     assert "replacing stale pid file" in daemon.wait_error_log("replacing stale pid file")
 
 
+def _open_paths(pid: int) -> set[str]:
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return paths
+
+
+def test_children_do_not_hold_the_pid_files_lock(tmp_path, sqlite_queue, daemons):  # noqa: F811
+    """Only the master holds the lock: a child left behind by a killed master must not make the
+    next start fail with "already running"."""
+    _, queue = sqlite_queue
+    pidfile = str(tmp_path / "wm.pid")
+    daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "pidfile": pidfile, "concurrency": 2,
+                                    "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue}"}]}})
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid file")
+    assert pidfile in _open_paths(daemon.pid)
+    for child in daemon.children():
+        assert pidfile not in _open_paths(child.pid), f"child {child.pid} holds the pid file open"
+
+
 # -- reopening the error log -----------------------------------------------------------------------
 
 def _deleted_file_of(pid: int, name: str) -> str:
