@@ -102,6 +102,8 @@ class PidLock:
 
     def release(self) -> None:
         """Remove the file (still ours: we hold its lock and it is still at its path), then unlock."""
+        if self._closed_in_child:
+            return  # a forked child: the descriptors are gone and the file is the master's
         try:
             name = os.path.basename(self.path)
             ours, current = os.fstat(self.fd), os.stat(name, dir_fd=self.folder_fd, follow_symlinks=False)
