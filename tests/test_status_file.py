@@ -110,3 +110,12 @@ def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):  # no
         os.close(write_end)
     assert result.returncode in (0, 141), result.stderr
     assert result.stderr == "", result.stderr
+
+
+def test_a_pid_file_nobody_holds_is_stale_even_when_its_pid_lives(tmp_path, queue_path):  # noqa: F811
+    # a master killed with -9 left its pid file; the pid is now another program's (pid 1 here)
+    config = config_at(tmp_path, queue_path)
+    (tmp_path / "wm.pid").write_text("1\n")
+    result = status(config, "--no-queue")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "names pid 1, which does not hold its lock (stale)" in result.stdout

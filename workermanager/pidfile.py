@@ -63,6 +63,22 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def is_locked(path: str) -> bool | None:
+    """Whether a master holds the lock on the pid file at `path` (None: no such file, or it
+    cannot be read). Readers such as `workermanager status` use it to tell a stale file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    finally:
+        os.close(fd)
+    return False
+
+
 @dataclasses.dataclass
 class PidLock:
     """The locked pid file of the running master: its descriptor and its folder's."""

@@ -163,10 +163,12 @@ def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
     else:
         stale = ""
     if pid_in_file is not None:
-        if pidfile.is_alive(pid_in_file):
+        locked = pidfile.is_locked(config.pidfile) if config.pidfile else None
+        if pidfile.is_alive(pid_in_file) and locked is not False:
             return RUNNING, f"running as pid {pid_in_file} (no status yet in {path})", None
+        why = "which is dead" if not pidfile.is_alive(pid_in_file) else "which does not hold its lock (stale)"
         return DEAD_WITH_PIDFILE, (f"not running, but pid file {config.pidfile} names pid {pid_in_file}, "
-                                   "which is dead"), None
+                                   f"{why}"), None
     if path is None:
         return NOT_RUNNING, ("not running (no status file: the config sets neither pidfile nor "
                              "status_file)"), None
