@@ -41,6 +41,15 @@ def write_config(tmp_path, queue_path, **settings) -> str:
     return str(path)
 
 
+def full_state(pid: int, started_at: float, **changes) -> dict:
+    """A status file as the master writes it (status.snapshot), naming `pid`."""
+    state = {"pid": pid, "started_at": started_at, "uptime": 1.0, "updated_at": time.time(),
+             "config": "conf.yml", "type": "TheSchwartz", "concurrency": 1, "works_per_child": 100,
+             "generation": 0, "stopping": False, "restarts": {}, "children": []}
+    state.update(changes)
+    return state
+
+
 def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
@@ -60,7 +69,7 @@ def test_no_daemon_is_exit_3_with_a_clear_message(tmp_path, queue_path):
 def test_stale_status_file_and_dead_pidfile(tmp_path, queue_path):
     config = write_config(tmp_path, queue_path)
     pid = dead_pid()
-    (tmp_path / "wm.pid.status").write_text(json.dumps({"pid": pid, "started_at": time.time(), "children": []}))
+    (tmp_path / "wm.pid.status").write_text(json.dumps(full_state(pid, time.time())))
     result = status(config, "--no-queue")
     assert result.returncode == 3 and f"stale (pid {pid} is not running)" in result.stdout
     (tmp_path / "wm.pid").write_text(f"{pid}\n")
@@ -71,7 +80,7 @@ def test_stale_status_file_and_dead_pidfile(tmp_path, queue_path):
 def test_a_reused_pid_is_not_taken_for_the_master(tmp_path, queue_path):
     # the status file names a live process (this test) that started after the "master" did
     config = write_config(tmp_path, queue_path)
-    (tmp_path / "wm.pid.status").write_text(json.dumps({"pid": os.getpid(), "started_at": 1000.0}))
+    (tmp_path / "wm.pid.status").write_text(json.dumps(full_state(os.getpid(), 1000.0)))
     assert status(config, "--no-queue").returncode == 3
 
 

@@ -59,8 +59,27 @@ def daemon_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the exit status of a command whose reader went away (`workermanager status | head`), as a
+#: shell reports a command killed by SIGPIPE
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run the daemon or a subcommand. Output to a closed pipe ends quietly with 141."""
+    try:
+        try:
+            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # here, not at exit (also after argparse's exit), so it is caught below
+    except BrokenPipeError:
+        # stdout's buffer cannot be written; point it at /dev/null so the flush at exit is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: list[str]) -> int:
     if args and args[0] in SUBCOMMANDS:
         import importlib
         command: Callable[[list[str]], int] = importlib.import_module(SUBCOMMANDS[args[0]]).main
@@ -77,7 +96,7 @@ def fail(message: str) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, pidfile, runfolder
+    from workermanager import daemonize, joblog, pidfile, runfolder
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -91,45 +110,53 @@ def run_daemon(options: argparse.Namespace) -> int:
         config = load()
         config_module.apply_environment(config)
         master = Master(config, reload_config=load)
-        stale_warning = pidfile.check_free(config.pidfile) if config.pidfile else None
-        daemonize.check_writable(config.logfile, "logfile")
-        daemonize.check_writable(config.errorlogfile, "errorlogfile")
+        daemonize.resolve_identity(config)
         metrics_module = _metrics_module(config)
         if metrics_module is not None:
             metrics_module.check_listen(config)
-        daemonize.resolve_identity(config)
+        # the lock before anything is written or detached: a start that loses fails here, on the
+        # terminal; it is held (and survives the detach) for the master's whole life
+        lock = pidfile.acquire(config.pidfile, daemonize.service_owners(config)) if config.pidfile else None
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    try:
+        error_fd = daemonize.open_logs(config)  # created or checked as root, handed over by fchown
+    except OSError as exc:
+        if lock is not None:
+            lock.release()
         return fail(str(exc))
 
     if not config.foreground:
-        daemonize.detach(config)
-    error_log = daemonize.ErrorLog(config)
+        daemonize.detach(config, error_fd, lock.fds if lock is not None else [])
+    elif config.logfile is not None and daemonize.tee_to_terminal(config, sys.stdout):
+        joblog.tee_to(sys.stdout.fileno())
+    error_log = daemonize.ErrorLog(config, error_fd)
     master.on_reopen_logs = error_log.reopen
-    if stale_warning:
-        log.warning("%s", stale_warning)
+    if lock is not None and lock.stale_pid is not None:
+        log.warning("replacing stale pid file %s (pid %d is not running it)", config.pidfile, lock.stale_pid)
+    from workermanager.status import StatusPublisher
+
     try:
-        if config.pidfile:
-            pidfile.write(config.pidfile)
+        if lock is not None:
+            lock.write_pid()
+            lock.keep_out_of_children()
         metrics = None
         if metrics_module is not None:  # before the drop: ports below 1024
             metrics = metrics_module.start(config, master)
-        daemonize.drop_privileges(config, [config.pidfile, config.logfile, config.errorlogfile,
-                                           *runfolder.folders_to_own(config)])
+        daemonize.drop_privileges(config, runfolder.folders_to_own(config))
     except (pidfile.PidFileError, OSError) as exc:
         log.error("%s", exc)
-        if config.pidfile:
-            pidfile.remove(config.pidfile)
+        if lock is not None:
+            lock.release()
         return 1
-    from workermanager.status import StatusPublisher
-
     publisher = StatusPublisher(config)
     master.on_state = publisher.publish if metrics is None else metrics.with_gauges(publisher.publish)
     try:
         return master.run()
     finally:
         publisher.remove()
-        if config.pidfile:
-            pidfile.remove(config.pidfile)
+        if lock is not None:
+            lock.release()
 
 
 def _metrics_module(config: Config) -> ModuleType | None:

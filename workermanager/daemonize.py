@@ -1,7 +1,9 @@
-"""Becoming a service: logging to files, detaching, dropping privileges.
+"""Becoming a service: opening the logs safely, detaching, dropping privileges.
 
 Everything here runs after the config is validated and the workers imported, so a start that
-will fail fails on the operator's terminal, before anything detached or wrote a pid file.
+will fail fails on the operator's terminal, before anything detached. Log files are opened as
+root, in folders the service account may own, so they go through safefiles (no links followed,
+new files created exclusively with mode 0640, handed over with fchown on the descriptor).
 """
 
 from __future__ import annotations
@@ -12,64 +14,150 @@ import os
 import pwd
 import sys
 
+from workermanager import safefiles
 from workermanager.config import Config
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d [%(process)d] %(levelname)s %(name)s: %(message)s"
+LOG_MODE = 0o640
+
+log = logging.getLogger(__name__)
+
+
+def _formatter() -> logging.Formatter:
+    return logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
+
+
+def tee_to_terminal(config: Config, stream: object) -> bool:
+    """Whether lines that go to a log file should also go to `stream`: in the foreground (-n)
+    when the stream is a terminal. Under systemd, -n's stdout and stderr are the journal, not a
+    terminal, so nothing is written twice there."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(config.foreground and isatty is not None and isatty())
+    except (OSError, ValueError):
+        return False
 
 
 class ErrorLog:
-    """The daemon's own log (master and child events, tracebacks), reopened on USR1/HUP."""
+    """The daemon's own log (master and child events, tracebacks), reopened on USR1/HUP.
 
-    def __init__(self, config: Config) -> None:
+    A reopen that fails (folder moved, file deleted where the unprivileged master cannot create
+    it again, a link planted in its place) logs one line and keeps writing to the open file: a
+    log file is never a reason for the master to stop.
+    """
+
+    def __init__(self, config: Config, fd: int | None = None) -> None:
         self.path = config.errorlogfile
+        self.owners = service_owners(config)
+        self.redirect_std = not config.foreground  # detached: stdout/stderr are the error log too
+        handler: logging.StreamHandler
         if self.path is not None:
-            handler: logging.Handler = logging.FileHandler(self.path, delay=False, encoding="utf-8")
+            if fd is None:
+                fd = open_log(self.path, "errorlogfile", config)
+            handler = logging.StreamHandler(_log_stream(fd))
         else:
             handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(_formatter())
         self.handler = handler
         root = logging.getLogger()
         for old in list(root.handlers):
             root.removeHandler(old)
         root.addHandler(handler)
+        if self.path is not None and tee_to_terminal(config, sys.stderr):
+            echo = logging.StreamHandler(sys.stderr)
+            echo.setFormatter(_formatter())
+            root.addHandler(echo)
         root.setLevel(logging.DEBUG if config.debug else logging.INFO)
 
     def reopen(self) -> None:
-        if isinstance(self.handler, logging.FileHandler):
-            self.handler.acquire()
-            try:
-                self.handler.close()
-                self.handler.stream = self.handler._open()
-            finally:
-                self.handler.release()
+        """After logrotate renamed the file: later lines go to a new file at the same path."""
+        if self.path is None:
+            return
+        try:
+            fd = safefiles.open_append(self.path, LOG_MODE, "errorlogfile", self.owners)
+        except OSError as exc:
+            log.error("cannot reopen the error log %s: %s; still writing to the file opened before",
+                      self.path, exc.strerror or exc)
+            return
+        if self.redirect_std:
+            for std in (1, 2):
+                try:
+                    os.dup2(fd, std)
+                except OSError:
+                    pass
+        old = self.handler.setStream(_log_stream(fd))
+        if old is not None and old not in (sys.stdout, sys.stderr):
+            old.close()
 
 
-def check_writable(path: str | None, what: str) -> None:
-    """Fail before starting when a log file cannot be opened for appending."""
-    if path is None:
-        return
+def _log_stream(fd: int):  # noqa: ANN202 - a text file object
+    return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+
+def service_ids(config: Config) -> tuple[int, int] | None:
+    """(uid, gid) the files we create must be handed to: only when root starts a master that
+    drops privileges; -1 leaves that half unchanged."""
+    if (config.user is None and config.group is None) or os.getuid() != 0:
+        return None
+    user, gid = resolve_identity(config)
+    return (user.pw_uid if user else -1, gid if gid is not None else -1)
+
+
+def service_owners(config: Config) -> tuple[int, ...]:
+    """Owners, besides root and us, that an existing log or pid file may have: the service user."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.close(fd)
-    except OSError as exc:
-        raise OSError(f"{path}: cannot open {what}: {exc.strerror}") from None
+        user, _ = resolve_identity(config)
+    except OSError:
+        return ()
+    return (user.pw_uid,) if user else ()
 
 
-def detach(config: Config) -> None:
-    """Detach from the terminal; stdout and stderr go to the error log (or nowhere)."""
+def open_log(path: str, what: str, config: Config) -> int:
+    """Open a log file for appending as safefiles does, and hand it to the service account."""
+    fd = safefiles.open_append(path, LOG_MODE, what, service_owners(config))
+    ids = service_ids(config)
+    if ids is not None:
+        try:
+            os.fchown(fd, *ids)
+        except OSError as exc:
+            os.close(fd)
+            raise OSError(exc.errno, f"{path}: cannot hand the {what} over: {exc.strerror}") from None
+    return fd
+
+
+def open_logs(config: Config) -> int | None:
+    """Before detaching, as whoever started us: create or check both logs (one clear error line
+    when one is unusable or planted). The job log is handed over and closed (children open it
+    themselves); the error log's descriptor is returned for detach() and ErrorLog."""
+    if config.logfile is not None:
+        os.close(open_log(config.logfile, "logfile", config))
+    if config.errorlogfile is None:
+        return None
+    return open_log(config.errorlogfile, "errorlogfile", config)
+
+
+def detach(config: Config, error_fd: int | None, keep_fds: list[int]) -> None:
+    """Detach from the terminal; stdout and stderr go to the error log (or nowhere). `keep_fds`
+    (the pid file's lock) stay open through python-daemon's forks."""
     import daemon  # python-daemon; imported here so foreground runs never need it
 
-    target = open(config.errorlogfile, "a", encoding="utf-8") if config.errorlogfile else None  # noqa: SIM115
+    target = os.fdopen(os.dup(error_fd), "a", encoding="utf-8") if error_fd is not None else None  # noqa: SIM115
+    preserve: list[object] = [*keep_fds]
+    if error_fd is not None:
+        preserve.append(error_fd)
     context = daemon.DaemonContext(
         working_directory="/",
         umask=0o027,
         detach_process=True,
+        files_preserve=preserve,
         stdout=target,
         stderr=target,
         signal_map={},
         prevent_core=False,
     )
     context.open()
+    if target is not None:
+        target.close()  # fds 1 and 2 now point to the error log themselves
 
 
 def resolve_identity(config: Config) -> tuple[pwd.struct_passwd | None, int | None]:
@@ -88,22 +176,23 @@ def resolve_identity(config: Config) -> tuple[pwd.struct_passwd | None, int | No
     return user, gid
 
 
-def drop_privileges(config: Config, own_paths: list[str]) -> None:
-    """Become `user`/`group` (when started as root), handing them the files they must write."""
-    if config.user is None and config.group is None:
+def drop_privileges(config: Config, own_folders: list[str]) -> None:
+    """Become `user`/`group` (when started as root), handing them the folders they must write.
+
+    Files were handed over when they were opened (fchown on the descriptor); folders are
+    chowned through a descriptor too, never by path.
+    """
+    ids = service_ids(config)
+    if ids is None:
         return
-    if os.getuid() != 0:
-        return  # not root: we already run as whoever started us
     user, gid = resolve_identity(config)
-    uid = user.pw_uid if user else None
-    for path in own_paths:
-        if path and os.path.exists(path):
-            os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
+    for folder in own_folders:
+        safefiles.hand_over_folder(folder, *ids)
     if gid is not None:
         os.setgroups([gid])
         os.setgid(gid)
     if user is not None:
         os.initgroups(user.pw_name, gid if gid is not None else user.pw_gid)
-        os.setuid(uid)
+        os.setuid(user.pw_uid)
         os.environ["HOME"] = user.pw_dir
         os.environ["USER"] = os.environ["LOGNAME"] = user.pw_name

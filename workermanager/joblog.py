@@ -13,6 +13,8 @@ import logging
 import os
 import time
 
+from workermanager import safefiles
+
 log = logging.getLogger(__name__)
 
 
@@ -74,11 +76,24 @@ def _ltsv_value(value: object) -> str:
     return str(value).replace("\t", " ").replace("\n", " ")
 
 
+#: where every job line also goes besides the file (the terminal in the foreground, see
+#: tee_to); set once in the master before it forks, so children inherit it
+_tee_fd: int | None = None
+
+
+def tee_to(fd: int | None) -> None:
+    """Also write every job line to `fd` (the master's stdout when it is a terminal under -n)."""
+    global _tee_fd
+    _tee_fd = fd
+
+
 class JobLog:
     """Appends formatted records to a file (reopened on demand) or to standard output.
 
     A failed write (disk full, file made read-only) is reported once to the error log and the
-    line dropped: a log line is never worth a job.
+    line dropped: a log line is never worth a job. The file is opened without following links
+    (safefiles): children run as the service account, but a master that keeps root would
+    otherwise append through a link planted in the log folder.
     """
 
     def __init__(self, path: str | None, log_format: str = "classic") -> None:
@@ -86,12 +101,15 @@ class JobLog:
         self.log_format = log_format
         self._fd: int | None = None
         self._failing = False
+        self._tee = _tee_fd if path is not None else None
+        if self._tee is not None:
+            self.write = self._write_and_tee  # type: ignore[method-assign] # no cost per job otherwise
 
     def open(self) -> None:
         if self.path is None:
             self._fd = 1
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = safefiles.open_append(self.path, 0o640, "logfile")
         old, self._fd = self._fd, fd
         if old is not None and old > 2:
             os.close(old)
@@ -119,6 +137,13 @@ class JobLog:
         if self._failing:
             log.warning("job log %s is writable again", self.path or "<stdout>")
             self._failing = False
+
+    def _write_and_tee(self, record: JobRecord) -> None:
+        JobLog.write(self, record)
+        try:
+            os.write(self._tee, format_record(record, self.log_format).encode("utf-8", "replace"))  # type: ignore[arg-type]
+        except OSError:
+            pass  # the terminal went away: the file still has the line
 
     def close(self) -> None:
         if self._fd is not None and self._fd > 2:

@@ -1,15 +1,37 @@
-"""The master's pid file: refuse a second daemon, replace a stale file, remove only our own."""
+"""The master's pid file, locked for the master's whole life: one master per pid file.
+
+Whether a daemon runs is decided by the lock (flock on the pid file itself), never by reading a
+pid and asking whether it lives: two starts at the same moment cannot both win, and a file left by
+a killed master (or naming a pid reused by another program) is stale exactly when nobody holds its
+lock. The lock belongs to the open file description, so the descriptor survives the detach (it is
+kept open through python-daemon's fork) and is closed in every child the master forks, so a child
+left behind never holds it.
+
+The file is opened without following links (safefiles) and written in place (the lock is on this
+inode, so no temp file and rename): the pid is written over the old content, then the file is cut
+to its length.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import fcntl
 import logging
 import os
+import time
+
+from workermanager import safefiles
 
 log = logging.getLogger(__name__)
 
+PID_MODE = 0o644
+#: how long a start that lost the lock waits for the winner to write its pid (it may be detaching)
+HOLDER_WAIT_SECONDS = 5.0
+
 
 class PidFileError(Exception):
-    """Another daemon holds the pid file, or it cannot be written; the message says which."""
+    """Another daemon holds the pid file, or it cannot be used; the message says which."""
 
 
 def read_pid(path: str) -> int | None:
@@ -23,6 +45,11 @@ def read_pid(path: str) -> int | None:
         return None
     except OSError as exc:
         raise PidFileError(f"{path}: cannot read pid file: {exc.strerror}") from None
+    return _parse(text)
+
+
+def _parse(text: str) -> int | None:
+    text = text.strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
@@ -36,40 +63,137 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def check_free(path: str) -> str | None:
-    """Raise PidFileError when a live process holds `path`.
-
-    Returns a warning to log (once logging is set up) when a stale file will be replaced.
-    """
-    pid = read_pid(path)
-    if pid is not None and pid != os.getpid() and is_alive(pid):
-        raise PidFileError(f"{path}: workermanager already running as pid {pid}")
-    folder = os.path.dirname(path) or "."
-    if not os.access(folder, os.W_OK):
-        raise PidFileError(f"{path}: cannot write pid file: folder {folder} is not writable")
-    if pid is not None or os.path.exists(path):
-        return f"replacing stale pid file {path} (pid {pid} is not running)"
-    return None
-
-
-def write(path: str, pid: int | None = None) -> None:
-    """Write atomically (temp file + rename) so a reader never sees a half-written pid."""
-    pid = os.getpid() if pid is None else pid
-    temp = f"{path}.{pid}.tmp"
+def is_locked(path: str) -> bool | None:
+    """Whether a master holds the lock on the pid file at `path` (None: no such file, or it
+    cannot be read). Readers such as `workermanager status` use it to tell a stale file."""
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{pid}\n")
-        os.replace(temp, path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
-        raise PidFileError(f"{path}: cannot write pid file: {exc.strerror}") from None
+        return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    finally:
+        os.close(fd)
+    return False
 
 
-def remove(path: str, pid: int | None = None) -> None:
-    """Remove the file only if it still names `pid`: a newer daemon's file stays."""
-    pid = os.getpid() if pid is None else pid
+@dataclasses.dataclass
+class PidLock:
+    """The locked pid file of the running master: its descriptor and its folder's."""
+
+    path: str
+    fd: int
+    folder_fd: int
+    stale_pid: int | None  # what a dead master left in the file, for the log
+    _closed_in_child: bool = False
+
+    @property
+    def fds(self) -> list[int]:
+        """Descriptors that must stay open through the detach (python-daemon's files_preserve)."""
+        return [self.fd, self.folder_fd]
+
+    def write_pid(self, pid: int | None = None) -> None:
+        """Write our pid over the old content, then cut the file to it (one write, no rename)."""
+        data = f"{os.getpid() if pid is None else pid}\n".encode()
+        try:
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+        except OSError as exc:
+            raise PidFileError(f"{self.path}: cannot write pid file: {exc.strerror}") from None
+
+    def close_after_fork(self) -> None:
+        """Registered as an after-fork hook once detached: children never hold the lock."""
+        if not self._closed_in_child:
+            self._closed_in_child = True
+            for fd in self.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def keep_out_of_children(self) -> None:
+        os.register_at_fork(after_in_child=self.close_after_fork)
+
+    def release(self) -> None:
+        """Remove the file (still ours: we hold its lock and it is still at its path), then unlock."""
+        if self._closed_in_child:
+            return  # a forked child: the descriptors are gone and the file is the master's
+        try:
+            name = os.path.basename(self.path)
+            ours, current = os.fstat(self.fd), os.stat(name, dir_fd=self.folder_fd, follow_symlinks=False)
+            if (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino):
+                os.unlink(name, dir_fd=self.folder_fd)
+        except OSError as exc:
+            log.warning("cannot remove pid file %s: %s", self.path, exc.strerror or exc)
+        finally:
+            for fd in self.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def acquire(path: str, owners: tuple[int, ...] = ()) -> PidLock:
+    """Lock the pid file at `path` (creating it 0644 without following links) for this process.
+
+    Raises PidFileError "already running as pid N" when another master holds it. A file whose
+    lock is free is stale, whatever pid it names.
+    """
+    folder, name = safefiles.split(path)
+    for _ in range(10):
+        try:
+            folder_fd = safefiles.open_folder(folder)
+        except OSError as exc:
+            raise PidFileError(f"{path}: cannot use the pid file's folder: {exc.strerror or exc}") from None
+        try:
+            fd, _ = safefiles.open_file(folder_fd, name, os.O_RDWR, PID_MODE, path, "pid file", owners)
+        except safefiles.UnsafePath as exc:
+            os.close(folder_fd)
+            raise PidFileError(str(exc)) from None
+        except OSError as exc:
+            os.close(folder_fd)
+            raise PidFileError(f"{path}: cannot open pid file: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                _close(fd, folder_fd)
+                raise PidFileError(f"{path}: cannot lock pid file: {exc.strerror}") from None
+            holder = _holder_pid(fd)
+            _close(fd, folder_fd)
+            who = f"as pid {holder}" if holder else "(its pid file is locked, but names no live pid yet)"
+            raise PidFileError(f"{path}: workermanager already running {who}") from None
+        if _still_linked(fd, folder_fd, name):
+            stale = _parse(os.pread(fd, 64, 0).decode("utf-8", "replace"))
+            os.ftruncate(fd, 0)
+            return PidLock(path, fd, folder_fd, stale)
+        _close(fd, folder_fd)  # the master before us removed it after we opened it: open the new one
+    raise PidFileError(f"{path}: cannot lock pid file: it keeps being replaced")
+
+
+def _still_linked(fd: int, folder_fd: int, name: str) -> bool:
     try:
-        if read_pid(path) == pid:
-            os.unlink(path)
-    except (OSError, PidFileError) as exc:
-        log.warning("cannot remove pid file %s: %s", path, exc)
+        current = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    ours = os.fstat(fd)
+    return (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid the lock holder wrote, waiting a little: it writes it only once it has detached."""
+    deadline = time.monotonic() + HOLDER_WAIT_SECONDS
+    while True:
+        pid = _parse(os.pread(fd, 64, 0).decode("utf-8", "replace"))
+        if pid is not None and is_alive(pid):
+            return pid
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,7 +1,12 @@
 """The master's state as a JSON file, so `workermanager status` can read it without a socket.
 
-Written through a temp file and a rename (readers never see half a file), at most twice a
-second while jobs stream by, and within a tenth of a second when children come or go.
+Written through an exclusively created temp file and a rename inside its folder (readers never
+see half a file, and no link planted in the folder is followed: safefiles), mode 0644, at most
+twice a second while jobs stream by, and within a tenth of a second when children come or go.
+
+Where: `status_file:` when set, else beside the pid file (`<pidfile>.status`), else in the
+per-user runtime folder $XDG_RUNTIME_DIR when it is ours alone (mode 0700). Never a shared name
+in /tmp, which any local user could plant; without any of these there is no status file.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import stat
 import time
 from typing import TYPE_CHECKING, Any
 
+from workermanager import safefiles
 from workermanager.config import Config
 
 if TYPE_CHECKING:
@@ -26,15 +32,37 @@ MIN_INTERVAL = 0.5
 CHANGE_INTERVAL = 0.1
 
 
-def status_path(config: Config) -> str:
-    """Where the status of the daemon run with `config` lives (the same rule for writer and reader)."""
+STATUS_MODE = 0o644
+#: the temp files' prefix (runfolder counts such names as ours)
+TEMP_PREFIX = ".status."
+
+
+def status_path(config: Config) -> str | None:
+    """Where the status of the daemon run with `config` lives (the same rule for writer and
+    reader), or None when there is no safe place for it."""
     if config.status_file:
         return config.status_file
     if config.pidfile:
         return config.pidfile + ".status"
+    folder = private_runtime_folder()
+    if folder is None:
+        return None
     digest = hashlib.sha1(config.path.encode()).hexdigest()[:12]
-    folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return os.path.join(folder, f"workermanager-{digest}.status.json")
+
+
+def private_runtime_folder() -> str | None:
+    """$XDG_RUNTIME_DIR when it is a real folder of ours that nobody else can enter."""
+    folder = os.environ.get("XDG_RUNTIME_DIR")
+    if not folder or not os.path.isabs(folder):
+        return None
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return None
+    return folder
 
 
 def snapshot(master: Master) -> dict[str, Any]:
@@ -58,11 +86,15 @@ def snapshot(master: Master) -> dict[str, Any]:
 class StatusPublisher:
     def __init__(self, config: Config) -> None:
         self.path = status_path(config)
+        if self.path is None:
+            log.info("no status file (set pidfile: or status_file: for `workermanager status`)")
         self._last_write = 0.0
         self._last_pids: frozenset[int] = frozenset()
         self._failing = False
 
     def publish(self, master: Master) -> None:
+        if self.path is None:
+            return
         pids = frozenset(master.children)
         now = time.monotonic()
         since = now - self._last_write
@@ -73,21 +105,19 @@ class StatusPublisher:
         self._write(snapshot(master))
 
     def _write(self, state: dict[str, Any]) -> None:
-        folder = os.path.dirname(self.path) or "."
+        assert self.path is not None
         try:
-            fd, temp = tempfile.mkstemp(prefix=".status.", dir=folder)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(state, handle)
-            os.chmod(temp, 0o644)
-            os.replace(temp, self.path)
+            safefiles.replace_file(self.path, json.dumps(state).encode(), STATUS_MODE, TEMP_PREFIX)
             self._failing = False
         except OSError as exc:
             if not self._failing:
-                log.error("cannot write status file %s: %s", self.path, exc.strerror)
+                log.error("cannot write status file %s: %s", self.path, exc.strerror or exc)
             self._failing = True
 
     def remove(self) -> None:
+        if self.path is None:
+            return
         try:
-            os.unlink(self.path)
+            safefiles.remove(self.path)
         except OSError:
             pass

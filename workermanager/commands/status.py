@@ -4,13 +4,19 @@ child doing, and how full is the queue.
 The daemon's side comes from the status file the master keeps current (status.status_path);
 the queue's side is read here, by this command, so a slow database never stalls the master.
 Exit statuses follow LSB `status`: 0 running, 1 dead but the pid file is left, 3 not running,
-4 cannot tell (the config cannot be read).
+4 cannot tell (the config cannot be read). 1 also, with one line on stderr, when the status file
+cannot be trusted: a link, owned by someone other than root or the service user, malformed (a
+missing key, bad JSON, a wrong type), or naming a live process that is not a workermanager master.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import pwd
+import stat
 import time
 from typing import Any
 
@@ -24,14 +30,80 @@ RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
 START_SLACK_SECONDS = 5.0
 
 
-def read_state(path: str) -> dict[str, Any] | None:
-    """The status file's content, or None when it is missing or unreadable."""
+class StatusFileError(Exception):
+    """The status file cannot be trusted or read as the master writes it; one line says why."""
+
+
+#: what the master writes (status.snapshot) and this command relies on: key -> accepted types
+STATE_KEYS: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "started_at": (int, float), "updated_at": (int, float), "uptime": (int, float),
+    "config": (str,), "type": (str,), "concurrency": (int,), "works_per_child": (int,),
+    "generation": (int,), "stopping": (bool,), "restarts": (dict,), "children": (list,),
+}
+CHILD_KEYS: dict[str, tuple[type, ...]] = {"pid": (int,), "slot": (int,), "state": (str,)}
+#: a status file is a few kilobytes; anything much bigger was not written by the master
+MAX_STATE_BYTES = 4 * 1024 * 1024
+
+
+def read_state(path: str, owners: set[int]) -> dict[str, Any] | None:
+    """The status file's content, None when there is none; StatusFileError when it is a link,
+    not a regular file, owned by someone other than `owners`, or malformed."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
         return None
-    return state if isinstance(state, dict) else None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StatusFileError(f"status file {path} is a symbolic link: refusing to read it") from None
+        raise StatusFileError(f"status file {path}: cannot read it: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StatusFileError(f"status file {path} is not a regular file")
+        if info.st_uid not in owners:
+            raise StatusFileError(f"status file {path} is owned by uid {info.st_uid}, not by root or "
+                                  "the service user: not written by the master, ignoring it")
+        data = handle.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise StatusFileError(f"status file {path} is malformed: larger than {MAX_STATE_BYTES} bytes")
+    try:
+        state = json.loads(data)
+    except ValueError as exc:
+        raise StatusFileError(f"status file {path} is malformed: not JSON ({exc})") from None
+    check_state(state, path)
+    return state
+
+
+def check_state(state: object, path: str) -> None:
+    """StatusFileError naming the first key that is missing or of the wrong type."""
+    if not isinstance(state, dict):
+        raise StatusFileError(f"status file {path} is malformed: not a JSON object")
+    _check_keys(state, STATE_KEYS, path, "")
+    for n, child in enumerate(state["children"]):
+        if not isinstance(child, dict):
+            raise StatusFileError(f"status file {path} is malformed: children[{n}] is not an object")
+        _check_keys(child, CHILD_KEYS, path, f"children[{n}].")
+
+
+def _check_keys(record: dict[str, Any], keys: dict[str, tuple[type, ...]], path: str, where: str) -> None:
+    for key, types in keys.items():
+        if key not in record:
+            raise StatusFileError(f"status file {path} is malformed: key {where}{key} is missing")
+        value = record[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise StatusFileError(f"status file {path} is malformed: key {where}{key} is "
+                                  f"{type(value).__name__}, not {' or '.join(t.__name__ for t in types)}")
+
+
+def allowed_owners(config: Config) -> set[int]:
+    """Who may own a status file: root, the account running this command, and `user:`."""
+    owners = {0, os.geteuid()}
+    if config.user:
+        try:
+            owners.add(pwd.getpwnam(config.user).pw_uid)
+        except KeyError:
+            pass
+    return owners
 
 
 def is_master(pid: int, started_at: float | None) -> bool:
@@ -50,26 +122,56 @@ def is_master(pid: int, started_at: float | None) -> bool:
         return True
 
 
+def master_command_line(pid: int) -> str | None:
+    """The command line of `pid` when it is a workermanager master, else None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = [a.decode("utf-8", "replace") for a in handle.read().split(b"\0") if a]
+    except OSError:
+        return None
+    text = " ".join(args)
+    if text.startswith("workermanager: master "):
+        return text  # the title the master sets (proctitle)
+    # before its title is set, or without setproctitle: `[python -m] workermanager [...] -f conf`
+    names = [os.path.basename(a) for a in args[:3]]
+    if ("workermanager" in names or "workermanager" in args[1:3]) and "-f" in args and not (
+            set(args) & set(SUBCOMMAND_NAMES)):
+        return text
+    return None
+
+
+SUBCOMMAND_NAMES = ("init-db", "insert", "submit", "status", "report", "check")
+
+
 def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
-    """(LSB exit status, one-line message, the master's state when it runs)."""
+    """(LSB exit status, one-line message, the master's state when it runs); StatusFileError
+    when the status file is planted or malformed, or names a live process that is no master."""
     path = status_path(config)
-    state = read_state(path)
+    state = read_state(path, allowed_owners(config)) if path is not None else None
     try:
         pid_in_file = pidfile.read_pid(config.pidfile) if config.pidfile else None
     except pidfile.PidFileError:
         pid_in_file = None
-    if state is not None and isinstance(state.get("pid"), int):
+    if state is not None:
         pid = state["pid"]
-        if is_master(pid, state.get("started_at")):
+        if is_master(pid, state["started_at"]):
+            if master_command_line(pid) is None:
+                raise StatusFileError(f"status file {path} names pid {pid}, which is not a workermanager "
+                                      "master")
             return RUNNING, f"running as pid {pid}", state
         stale = f"status file {path} is stale (pid {pid} is not running)"
     else:
         stale = ""
     if pid_in_file is not None:
-        if pidfile.is_alive(pid_in_file):
+        locked = pidfile.is_locked(config.pidfile) if config.pidfile else None
+        if pidfile.is_alive(pid_in_file) and locked is not False:
             return RUNNING, f"running as pid {pid_in_file} (no status yet in {path})", None
+        why = "which is dead" if not pidfile.is_alive(pid_in_file) else "which does not hold its lock (stale)"
         return DEAD_WITH_PIDFILE, (f"not running, but pid file {config.pidfile} names pid {pid_in_file}, "
-                                   "which is dead"), None
+                                   f"{why}"), None
+    if path is None:
+        return NOT_RUNNING, ("not running (no status file: the config sets neither pidfile nor "
+                             "status_file)"), None
     return NOT_RUNNING, "not running" + (f": {stale}" if stale else f" (no status file {path})"), None
 
 
@@ -163,7 +265,10 @@ def main(argv: list[str]) -> int:
         config = load_config(options.config)
     except ConfigError as exc:
         return fail(str(exc), UNKNOWN)
-    code, message, state = daemon_status(config)
+    try:
+        code, message, state = daemon_status(config)
+    except StatusFileError as exc:
+        return fail(str(exc), 1)
     queue = None
     if not options.no_queue:
         from workermanager.queuestatus import queue_status

@@ -1,0 +1,225 @@
+"""Opening, creating and replacing files in folders that someone else may write, without following
+their links.
+
+The master starts as root and drops to `user:`; the service account usually owns the log and run
+folders. Anything it can write is untrusted: it can replace `error.log` by a link to a root-only
+file, plant a link as a folder component, or a hard link to a file root would then append to and
+hand over. So every file the daemon writes is reached like this:
+
+- the folder is opened component by component with O_DIRECTORY|O_NOFOLLOW; a link on the way is
+  followed only when root (or the account we run as) owns it, since nobody else can make such a
+  link (/var/run -> /run is root's);
+- the file is opened relative to that folder descriptor with O_NOFOLLOW: a link where a file is
+  expected is refused, never followed; new files are created with O_EXCL and given their mode
+  with fchmod; an existing file must be a regular file with one link, owned by root, by us or by
+  the service account;
+- ownership is handed over with fchown on the opened descriptor, never chown on a path;
+- replacements go through an exclusively created temp file and a rename inside the folder.
+
+docs/security.md says the same for operators.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+
+#: how many links a folder path may pass through (the kernel's own limit is 40)
+MAX_LINKS = 40
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(OSError):
+    """A path the daemon will not use because someone could have planted it; the message is the
+    one line the operator sees."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPERM, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def split(path: str) -> tuple[str, str]:
+    """(folder, file name) of `path`; the folder of a bare name is the current folder."""
+    folder, name = os.path.split(path)
+    if not name or name in (".", ".."):
+        raise UnsafePath(f"{path}: not a file name")
+    return folder or ".", name
+
+
+def _link_owners() -> set[int]:
+    """Owners whose links we follow on the way to a folder: root, and the account we run as."""
+    return {0, os.geteuid()}
+
+
+def open_folder(path: str) -> int:
+    """A descriptor of folder `path`, reached without following anyone else's links.
+
+    Each component is opened relative to the previous one with O_NOFOLLOW. A link is followed only
+    when root or we own it (checked before and after reading it, so it cannot be swapped between);
+    a link owned by anyone else is refused with UnsafePath.
+    """
+    parts = path.split("/")
+    fd = os.open("/" if path.startswith("/") else ".", _FOLDER_FLAGS)
+    walked = "/" if path.startswith("/") else ""
+    links = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            try:
+                next_fd = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise OSError(exc.errno, f"{os.path.join(walked, name)}: {exc.strerror}") from None
+                target = _trusted_link(fd, name, os.path.join(walked, name), path)
+                links += 1
+                if links > MAX_LINKS:
+                    raise UnsafePath(f"{path}: too many links on the way") from None
+                parts[:0] = target.split("/")
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _FOLDER_FLAGS)
+                    walked = "/"
+                continue
+            os.close(fd)
+            fd = next_fd
+            walked = os.path.join(walked, name)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _trusted_link(fd: int, name: str, shown: str, path: str) -> str:
+    """The target of link `name` in folder `fd` when root or we own it; UnsafePath otherwise."""
+    before = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if not stat.S_ISLNK(before.st_mode):
+        raise OSError(errno.ENOTDIR, f"{shown}: not a folder (on the way to {path})")
+    if before.st_uid not in _link_owners():
+        raise UnsafePath(f"{path}: refused: {shown} is a symbolic link owned by uid {before.st_uid}, "
+                         "not by root; links in the path are followed only when root made them")
+    target = os.readlink(name, dir_fd=fd)
+    after = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):
+        raise UnsafePath(f"{path}: refused: {shown} changed while it was read")
+    return target
+
+
+def open_file(folder_fd: int, name: str, flags: int, mode: int, path: str, what: str,
+              owners: Iterable[int] = ()) -> tuple[int, bool]:
+    """Open or create file `name` in `folder_fd` without following links: (descriptor, created).
+
+    `flags` is the access mode (O_WRONLY|O_APPEND, O_RDWR); a missing file is created with O_EXCL
+    and gets `mode` exactly (fchmod, whatever the umask). An existing file must be a regular file
+    with a single link, owned by root, by us or by one of `owners`; else UnsafePath.
+    """
+    base = flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    for _ in range(5):
+        created = False
+        try:
+            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode, dir_fd=folder_fd)
+            created = True
+        except FileExistsError:
+            try:
+                fd = os.open(name, base, dir_fd=folder_fd)
+            except FileNotFoundError:
+                continue  # removed between the two opens: create it
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafePath(f"{path}: refusing to open the {what}: it is a symbolic link "
+                                     "(links are never followed where a file is expected)") from None
+                raise OSError(exc.errno, f"{path}: cannot open the {what}: {exc.strerror}") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: cannot open the {what}: {exc.strerror}") from None
+        try:
+            if created:
+                os.fchmod(fd, mode)
+            else:
+                _check_existing(fd, path, what, owners)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, created
+    raise OSError(errno.EAGAIN, f"{path}: cannot open the {what}: it keeps disappearing")
+
+
+def _check_existing(fd: int, path: str, what: str, owners: Iterable[int]) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath(f"{path}: refusing to open the {what}: not a regular file")
+    if info.st_nlink != 1:
+        raise UnsafePath(f"{path}: refusing to open the {what}: it has {info.st_nlink} hard links "
+                         "(another name for the same file could be someone else's)")
+    allowed = _link_owners() | set(owners)
+    if info.st_uid not in allowed:
+        raise UnsafePath(f"{path}: refusing to open the {what}: owned by uid {info.st_uid}, "
+                         "not by root or the service account")
+
+
+def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> int:
+    """A descriptor appending to `path` (created with `mode` when missing), see open_file."""
+    folder, name = split(path)
+    folder_fd = open_folder(folder)
+    try:
+        fd, _ = open_file(folder_fd, name, os.O_WRONLY | os.O_APPEND, mode, path, what, owners)
+        return fd
+    finally:
+        os.close(folder_fd)
+
+
+def replace_file(path: str, data: bytes, mode: int, temp_prefix: str) -> None:
+    """Write `data` as the new content of `path` at once: an exclusively created temp file in the
+    same folder (random name starting with `temp_prefix`), renamed over `path`. A link at `path`
+    is replaced, never followed."""
+    folder, name = split(path)
+    folder_fd = open_folder(folder)
+    try:
+        temp = f"{temp_prefix}{secrets.token_hex(6)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=folder_fd)
+        try:
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=folder_fd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(folder_fd)
+
+
+def remove(path: str) -> None:
+    """Unlink `path` (a link itself, never its target), reached through open_folder."""
+    folder, name = split(path)
+    folder_fd = open_folder(folder)
+    try:
+        os.unlink(name, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def hand_over_folder(path: str, uid: int, gid: int) -> None:
+    """chown a folder to the service account through its descriptor (fchown), never by path."""
+    fd = open_folder(path)
+    try:
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
