@@ -18,7 +18,7 @@ from workermanager.theschwartz.database import Database
 from workermanager.theschwartz.dsn import parse_database
 from workermanager.theschwartz.errors import DatabaseUnavailable
 from workermanager.theschwartz.job import JobHandle, JobSpec, TheSchwartzJob
-from workermanager.theschwartz.sql import INSERT_COLUMNS
+from workermanager.theschwartz.sql import INSERT_COLUMNS, like_prefix
 from workermanager.worker import Worker, run_job
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ class Client:
     def find_job_with_coalescing_prefix(self, funcname: str | type[Worker], prefix: str,
                                         grab_for: int | None = None) -> TheSchwartzJob | None:
         """Lease a job of `funcname` whose coalesce column starts with `prefix`."""
-        return self._find_coalescing(funcname, "LIKE", prefix.replace("%", r"\%") + "%", grab_for)
+        return self._find_coalescing(funcname, "LIKE", like_prefix(prefix), grab_for)
 
     def _find_coalescing(self, funcname: Any, op: str, value: str, grab_for: int | None) -> TheSchwartzJob | None:
         wanted = self._wanted([funcname], grab_for)

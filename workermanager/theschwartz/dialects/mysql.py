@@ -19,7 +19,7 @@ import pymysql
 
 from workermanager.theschwartz.dialects import Dialect, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 CONNECT_TIMEOUT = 5
 #: deadlock, lock wait timeout
@@ -195,9 +195,7 @@ class MySQLDialect(Dialect):
         extra, order, params = "", "run_after", ()
         if coalescing is not None:
             op, value = coalescing
-            if op.upper() not in ("=", "LIKE"):
-                raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {op!r}")
-            extra, order, params = f" AND coalesce {op} %s", "jobid", (value,)
+            extra, order, params = f" AND {coalesce_condition(op).replace('?', '%s')}", "jobid", (value,)
         for name in names:
             cursor.execute(
                 f"SELECT {cols}, %s FROM {job_table} WHERE funcid = (SELECT funcid FROM {funcmap_table}"

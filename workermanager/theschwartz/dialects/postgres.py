@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 
 from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 CONNECT_TIMEOUT = 5
 #: SQLSTATEs that mean "the same work may simply be done again"
@@ -201,9 +201,7 @@ def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None
     else:
         extra, order = "", "run_after"
         if coalesce_op is not None:
-            if coalesce_op.upper() not in ("=", "LIKE"):
-                raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
-            extra, order = f" AND coalesce {coalesce_op} %s", "jobid"
+            extra, order = f" AND {coalesce_condition(coalesce_op).replace('?', '%s')}", "jobid"
         pick = (f"SELECT j.*, w.name, w.secs FROM w CROSS JOIN LATERAL (SELECT ctid AS tid, {cols} FROM {job}"
                 f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = w.name){extra} AND {ready}"
                 f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) j LIMIT %s")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -195,9 +195,7 @@ def _lease_sql(job: str, funcmap: str, coalesce_op: str | None, many: bool) -> s
     job is wanted: its first run on a new connection costs less than IN's (a -w 1 child's only)."""
     extra, order = "", "run_after"
     if coalesce_op is not None:
-        if coalesce_op.upper() not in ("=", "LIKE"):
-            raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
-        extra, order = f" AND coalesce {coalesce_op} ?", "jobid"
+        extra, order = f" AND {coalesce_condition(coalesce_op)}", "jobid"
     return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid {'IN' if many else '='} (SELECT jobid FROM {job}"
             f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = ?){extra} AND {_READY}"
             f" ORDER BY {order} LIMIT ?) RETURNING {', '.join(JOB_COLUMNS)}")
