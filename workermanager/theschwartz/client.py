@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from workermanager.theschwartz.args import as_bytes, encode_arg
-from workermanager.theschwartz.database import Database
+from workermanager.theschwartz.database import BUSY_TIMEOUT, Database
 from workermanager.theschwartz.dsn import parse_database
 from workermanager.theschwartz.errors import DatabaseUnavailable
 from workermanager.theschwartz.job import JobHandle, JobSpec, TheSchwartzJob
@@ -33,9 +33,10 @@ Funcnames = Iterable["str | type[Worker]"]
 
 
 def build_databases(databases: Any, base_dir: str | None = None,
-                    retry_seconds: float = RETRY_SECONDS) -> list[Database]:
-    """Database objects for a `databases:` list (dicts with dsn|path, user, pass, prefix), one such
-    dict, or a DSN string. ValueError names a bad entry; nothing connects yet."""
+                    retry_seconds: float = RETRY_SECONDS, busy_timeout: float = BUSY_TIMEOUT) -> list[Database]:
+    """Database objects for a `databases:` list (dicts with dsn|path, user, pass, prefix, and
+    busy_timeout: seconds a busy database is waited for before it counts as dead, `busy_timeout`
+    by default), one such dict, or a DSN string. ValueError names a bad entry; nothing connects yet."""
     if isinstance(databases, str):
         databases = [{"dsn": databases}]
     elif isinstance(databases, Mapping):
@@ -50,7 +51,10 @@ def build_databases(databases: Any, base_dir: str | None = None,
         prefix = entry.get("prefix") or ""
         if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "").isalnum()):
             raise ValueError(f"bad table prefix {prefix!r}: letters, digits and _ only")
-        result.append(Database(parsed, prefix, retry_seconds))
+        busy = entry.get("busy_timeout", busy_timeout)
+        if isinstance(busy, bool) or not isinstance(busy, (int, float)) or not busy > 0:
+            raise ValueError(f"bad busy_timeout {busy!r}: a positive number of seconds")
+        result.append(Database(parsed, prefix, retry_seconds, float(busy)))
     return result
 
 
@@ -78,8 +82,9 @@ class Client:
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
-                 lease_by_names: bool = True, defer_completions: bool = False) -> None:
-        self.databases = build_databases(databases, base_dir, retry_seconds)
+                 lease_by_names: bool = True, defer_completions: bool = False,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
+        self.databases = build_databases(databases, base_dir, retry_seconds, busy_timeout)
         #: completions wait for this process's next lease (Database.defer_delete): asked for by
         #: workers that lease again at once (the daemon's children); kept to one database, whose
         #: next lease is sure to come, and to where the dialect gains by it
@@ -161,6 +166,8 @@ class Client:
 
     def _insert_order(self, uniqkey: str | None) -> list[Database]:
         live = [db for db in self.databases if not db.is_dead()]
+        if not live:  # all failed lately: ask them again rather than lose the job (as readers do)
+            live = list(self.databases)
         if uniqkey is not None and len(live) > 1:
             start = int(hashlib.md5(str(uniqkey).encode()).hexdigest()[:8], 16) % len(live)
             return live[start:] + live[:start]

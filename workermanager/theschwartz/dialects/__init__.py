@@ -36,8 +36,9 @@ class Dialect(abc.ABC):
     # --- connecting -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
-        """An autocommit DB-API connection; `create` allows creating the database (init-db only)."""
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+        """An autocommit DB-API connection; `create` allows creating the database (init-db only).
+        `busy_timeout`: seconds one statement may wait for a lock another session holds."""
 
     @abc.abstractmethod
     def ddl(self, prefix: str) -> list[str]:

@@ -25,8 +25,9 @@ CONNECT_TIMEOUT = 5
 #: deadlock, lock wait timeout
 _RETRYABLE = {1213, 1205}
 #: can't connect / server gone / lost connection / shutdown / killed / too many connections /
-#: unknown database / access denied: the database is not usable now, use the others
-_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129}
+#: unknown database / access denied / no such table (a database without the queue's tables): the
+#: database is not usable now, use the others
+_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129, 1146}
 _DUPLICATE_KEY = 1062
 
 
@@ -37,7 +38,7 @@ class MySQLDialect(Dialect):
     errors = (pymysql.MySQLError,)
     single_statement_autocommit = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
         params: dict[str, Any] = {"database": dsn.database, "autocommit": True, "charset": "utf8mb4",
                                   "connect_timeout": CONNECT_TIMEOUT, "binary_prefix": True}
         socket = dsn.options.get("mysql_socket") or dsn.options.get("unix_socket")
@@ -55,6 +56,9 @@ class MySQLDialect(Dialect):
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                # a row lock held longer than this fails the statement (1205, retried until the
+                # Database's busy_timeout is spent); whole seconds, at least 1
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", (max(1, round(busy_timeout)),))
                 cursor.execute("SELECT UNIX_TIMESTAMP(), VERSION()")
                 server_now, version = cursor.fetchone()
             conn.wm_clock_offset = float(server_now) - time.time()

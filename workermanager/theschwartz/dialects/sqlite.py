@@ -25,11 +25,10 @@ from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limi
 from workermanager.theschwartz.dsn import ParsedDSN
 from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
-BUSY_TIMEOUT_MS = 10_000
-
 _RETRYABLE = ("database is locked", "database table is locked", "database is busy")
+#: "no such table": a file that opens but has no queue (not init-db'ed) cannot serve either
 _UNREACHABLE = ("unable to open database file", "disk i/o error", "file is not a database",
-                "database disk image is malformed", "readonly database", "no such file")
+                "database disk image is malformed", "readonly database", "no such file", "no such table")
 
 
 class _Connection(sqlite3.Connection):
@@ -46,7 +45,7 @@ class SQLiteDialect(Dialect):
     lease_in_transaction = False
     completions_ride_with_leases = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
         # mode=rw: a worker pointed at a missing file gets "unable to open", not a new empty database
         mode = "rwc" if create else "rw"
         if create:
@@ -54,7 +53,7 @@ class SQLiteDialect(Dialect):
         uri = f"file:{quote(dsn.database)}?mode={mode}"
         # timeout= is sqlite3_busy_timeout: no PRAGMA needed
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=_Connection,
-                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+                               timeout=busy_timeout, check_same_thread=False)
         try:
             conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the upper index levels of a big queue stay hot
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
