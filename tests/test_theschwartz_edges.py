@@ -5,14 +5,17 @@ whatever the DSN's spelling, NULL priorities, and Perl-style worker names."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from workermanager.theschwartz import Client, init_db
+from workermanager.theschwartz import Client, DatabaseError, init_db
 from workermanager.worker import Worker
+
+from daemon_harness import ROOT, Daemon
 
 # --- coalesce prefixes (item 12) ----------------------------------------------------------------
 
@@ -120,3 +123,101 @@ class Ran(Worker):
 
     def work(self, job):
         Ran.args.append(job.arg)
+
+
+# --- a replaced SQLite file (item 9) ------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["mv", "rm-init-db"])
+def test_idle_children_notice_a_replaced_sqlite_file(tmp_path, daemons, how):
+    """After the queue file is replaced (mv of a new one over it, or rm and init-db), idle children
+    reconnect (one warning each at most) and run the jobs of the new file."""
+    path = str(tmp_path / "queue.db")
+    init_db([{"path": path}])
+    daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"],
+                                    "worker_options": {"databases": [{"path": path}]}}, ("-n", "-c", "2"))
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    client = Client([{"path": path}])
+    client.insert("Test::Noop", "old file")
+    client.close()
+    daemon.wait_ledger(lambda rows: len(rows) == 1, timeout=15, what="the job of the old file")
+    time.sleep(0.2)  # both children idle on the old file
+    if how == "mv":
+        fresh = str(tmp_path / "fresh.db")
+        init_db([{"path": fresh}])
+        os.replace(fresh, path)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+        init_db([{"path": path}])
+    client = Client([{"path": path}])
+    client.insert_jobs([("Test::Noop", n) for n in range(4)])
+    client.close()
+    daemon.wait_ledger(lambda rows: len(rows) == 5, timeout=10, what="the jobs of the new file")
+    errors = daemon.wait_error_log("reconnecting")
+    assert 1 <= errors.count("; reconnecting") <= 2, errors
+
+
+# --- a connection broken for good (item 10) -----------------------------------------------------
+
+CLOSER = '''
+import os
+from workermanager import Worker
+
+
+class Closer(Worker):
+    """Closes every descriptor of the queue's files, as a worker that closes what it did not open."""
+
+    funcname = "Edges::Closer"
+
+    def work(self, job):
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(job.arg):
+                os.close(int(fd))
+'''
+
+
+def test_a_connection_broken_for_good_is_replaced(tmp_path, daemons):
+    """After a worker closed the descriptors of the child's SQLite connection (SQLite answers
+    "locking protocol" from then on, after ~10 s of its own retries, to every connection of the
+    process), the child says so once and exits, and a fresh child runs the jobs still queued."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "edgecloser.py").write_text(CLOSER)
+    path = str(tmp_path / "queue.db")
+    init_db([{"path": path}])
+    client = Client([{"path": path}])
+    client.insert("Edges::Closer", path)
+    client.insert_jobs([("Test::Noop", n) for n in range(3)])
+    client.close()
+    daemon = Daemon(str(tmp_path), {"workers": ["edgecloser.Closer", "testworkers.Noop"],
+                                    "inc_path": [os.path.join(ROOT, "tests", "workers"), str(lib)],
+                                    "worker_options": {"databases": [{"path": path}], "prioritize": True}},
+                    ("-n", "-c", "1"))
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_ledger(lambda rows: len(rows) == 3, timeout=25, what="the jobs after the broken connection")
+    errors = daemon.error_log()
+    assert errors.count("the connection is broken (locking protocol)") == 1, errors
+    assert errors.count("replacing this child") == 1, errors
+    assert len({row[1] for row in daemon.ledger_rows()}) == 1  # all three in the new child
+
+
+def test_a_connection_failing_again_and_again_is_replaced(tmp_path, caplog):
+    """Failures that are neither busy nor unreachable, three in a row on one connection: the
+    connection is replaced (logged), whatever the cause."""
+    path = str(tmp_path / "queue.db")
+    init_db([{"path": path}])
+    db = Client([{"path": path}]).databases[0]
+    assert db.fetchone("SELECT 1") == (1,)
+    for _ in range(3):
+        with pytest.raises(DatabaseError):
+            db.fetchone("SELECT no_column FROM job")
+    assert not db.is_connected()
+    assert "3 failures in a row on one connection (last: no such column: no_column)" in caplog.text
+    assert db.fetchone("SELECT 1") == (1,) and db.opened == 2

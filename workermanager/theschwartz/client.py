@@ -82,9 +82,8 @@ class Client:
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
-                 lease_by_names: bool = True, defer_completions: bool = False,
-                 busy_timeout: float = BUSY_TIMEOUT) -> None:
-        self.databases = build_databases(databases, base_dir, retry_seconds, busy_timeout)
+                 lease_by_names: bool = True, defer_completions: bool = False) -> None:
+        self.databases = build_databases(databases, base_dir, retry_seconds)
         #: completions wait for this process's next lease (Database.defer_delete): asked for by
         #: workers that lease again at once (the daemon's children); kept to one database, whose
         #: next lease is sure to come, and to where the dialect gains by it

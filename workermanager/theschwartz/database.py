@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from workermanager.theschwartz.dialects import dialect_for
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.errors import DatabaseError, DatabaseUnavailable
+from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError, DatabaseUnavailable
 from workermanager.theschwartz.sql import Queries
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class Database:
         self._file_id: tuple[int, int] | None = None
         self.dead_until = 0.0
         self.last_error: str | None = None
+        #: why this process can no longer use this database at all (see ConnectionBroken)
+        self.broken: str | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
         #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)
@@ -105,6 +107,8 @@ class Database:
             _inherited.append(self._conn)
             self._conn = self._cursor = None
         if self._conn is None:
+            if self.broken:
+                raise ConnectionBroken(f"database {self.label}: {self.broken}")
             conn = self.dialect.connect(self.dsn, create=create, busy_timeout=self.busy_timeout)
             self._file_id = _file_id(self.dsn.database) if self.dsn.driver == "sqlite" else None
             self._failures = 0
@@ -241,6 +245,9 @@ class Database:
                     reason = f"busy for {time.monotonic() - started:.1f}s: {_one_line(exc)}"
                     self.mark_dead(reason)
                     raise DatabaseUnavailable(f"database {self.label}: {reason}") from exc
+                if dialect.is_broken_connection(exc):
+                    self._give_up_connection(exc)
+                    raise ConnectionBroken(f"database {self.label}: {self.broken}") from exc
                 if dialect.is_unreachable(exc):
                     # A connection that broke while idle (server restarted, idle timeout) fails
                     # on its next statement: open a fresh one and redo the work once, unless the
@@ -258,6 +265,15 @@ class Database:
                     self._rollback(conn)
                 raise
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _give_up_connection(self, exc: BaseException) -> None:
+        """The connection is broken for this whole process (Dialect.is_broken_connection): it is
+        left open, never closed (its descriptor numbers may belong to other files by now, which
+        closing it would close), and nothing more is tried here; the caller replaces the process."""
+        self.broken = f"the connection is broken ({_one_line(exc)}); this process cannot use the database any more"
+        if self._conn is not None:
+            _inherited.append(self._conn)
+        self._conn = self._cursor = None
 
     def _count_failure(self, exc: BaseException) -> None:
         """One more unit of work failed on this connection; replace it after a few in a row. A
@@ -289,6 +305,12 @@ class Database:
 
     def finish(self) -> None:
         """The client is done with this database: delete the deferred rows, then close."""
+        if self.broken:  # nothing can be written from this process: the leases run out
+            if self._deferred:
+                log.warning("database %s: %d completed job(s) not deleted, they will run again when "
+                            "their leases end", self.label, len(self._deferred))
+            self._deferred = []
+            return
         try:
             self.flush_deferred()
         except DatabaseError as exc:  # the rows stay leased: those jobs run again when it ends

@@ -85,6 +85,10 @@ class Dialect(abc.ABC):
     def is_unreachable(self, exc: BaseException) -> bool:
         """The database cannot be used now (down, missing, unreadable): mark it dead, use the others."""
 
+    def is_broken_connection(self, exc: BaseException) -> bool:
+        """The connection itself is broken for good (its database may be fine): open a new one."""
+        return False
+
     # --- statements -------------------------------------------------------------------------------
 
     def sql(self, text: str) -> str:

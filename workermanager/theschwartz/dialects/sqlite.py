@@ -144,6 +144,12 @@ class SQLiteDialect(Dialect):
             return False
         return any(text in str(exc).lower() for text in _UNREACHABLE)
 
+    def is_broken_connection(self, exc: BaseException) -> bool:
+        # SQLITE_PROTOCOL, "locking protocol": this connection's locks no longer work (its file
+        # descriptors were closed under it: a worker that closes every descriptor). It stays so.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_PROTOCOL) or "locking protocol" in str(exc)
+
     def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
                       id_column: str) -> int | None:
         marks = ", ".join("?" for _ in columns)
