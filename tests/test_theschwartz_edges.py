@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -221,3 +223,46 @@ def test_a_connection_failing_again_and_again_is_replaced(tmp_path, caplog):
     assert not db.is_connected()
     assert "3 failures in a row on one connection (last: no such column: no_column)" in caplog.text
     assert db.fetchone("SELECT 1") == (1,) and db.opened == 2
+
+
+# --- handles whatever the DSN's spelling (item 13) ----------------------------------------------
+
+def test_a_handle_printed_by_insert_is_found_under_any_spelling(tmp_path):
+    """`workermanager insert -f conf.yml` with a relative SQLite path prints a handle that a Client
+    given the absolute DBI DSN, a URL, a bare path or a path through a symlink looks up."""
+    (tmp_path / "q").mkdir()
+    path = str(tmp_path / "q" / "queue.db")
+    init_db([{"path": path}])
+    conf = tmp_path / "conf.yml"
+    workers = os.path.join(ROOT, "tests", "workers")
+    conf.write_text(f"workers: [testworkers.Noop]\ninc_path: [{workers}]\nworker_options:\n  databases:\n"
+                    "    - dsn: dbi:SQLite:dbname=q/queue.db\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "workermanager", "insert", "-f", str(conf), "Edges::Spelled",
+                             '"hello"'], capture_output=True, text=True, env=env, cwd="/", timeout=30)
+    assert result.returncode == 0, result.stderr
+    handle = result.stdout.strip()
+    os.symlink(tmp_path / "q", tmp_path / "link")
+    for spelling in (f"dbi:SQLite:dbname={path}", f"dbi:SQLite:{path}", f"sqlite://{path}", {"path": path},
+                     {"dsn": f"dbi:SQLite:dbname={tmp_path}/link/queue.db"}):
+        client = Client([spelling])
+        job = client.lookup_job(handle)
+        assert job is not None and job.arg == "hello", spelling
+        client.close()
+
+
+def test_handles_hashing_the_written_spelling_still_resolve(tmp_path):
+    """A handle of an older version or of Perl (md5 of the DSN as written) resolves when the
+    Client is given that spelling; new handles hash the canonical one, as a Perl client configured
+    with `dbi:SQLite:dbname=<absolute path>` does."""
+    path = str(tmp_path / "queue.db")
+    init_db([{"path": path}])
+    written = f"sqlite:{path}"
+    client = Client([written])
+    handle = client.insert("Edges::Spelled", "x")
+    assert handle.hashdsn == hashlib.md5(f"dbi:SQLite:dbname={path}|".encode()).hexdigest()
+    old = f"{hashlib.md5(f'{written}|'.encode()).hexdigest()}-{handle.jobid}"
+    assert client.lookup_job(old).arg == "x"
+    with pytest.raises(ValueError, match="no configured database"):
+        client.lookup_job(f"{hashlib.md5(b'elsewhere|').hexdigest()}-{handle.jobid}")
+    client.close()

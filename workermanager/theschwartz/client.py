@@ -93,7 +93,7 @@ class Client:
             db.use_lease_by_names = bool(lease_by_names)
         self.prioritize = bool(prioritize)
         self.batch_size = int(batch_size)
-        self._by_hash = {db.hashdsn: db for db in self.databases}
+        self._by_hash = {h: db for db in reversed(self.databases) for h in reversed(db.handle_hashes)}
         self._worker_classes: dict[str, type[Worker]] = {}
         self._wanted_cache: dict[Any, dict[str, tuple[type[Worker] | None, int]]] = {}
         self._workers: dict[type[Worker], Worker] = {}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from workermanager.theschwartz.dialects import dialect_for
-from workermanager.theschwartz.dsn import ParsedDSN
+from workermanager.theschwartz.dsn import ParsedDSN, handle_spellings
 from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError, DatabaseUnavailable
 from workermanager.theschwartz.sql import Queries
 
@@ -65,9 +65,13 @@ class Database:
         self.busy_timeout = busy_timeout
         self.dialect = dialect_for(dsn.driver)
         self.q = Queries(self.prefix, self.dialect)
-        # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user"); so do we, so
-        # that a handle printed by one client is understood by the other.
-        self.hashdsn = hashlib.md5(f"{dsn.original}|{dsn.user or ''}".encode()).hexdigest()
+        # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user") of the DSN as
+        # written. Ours hash one canonical spelling (dsn.canonical_dsn), so that a handle does not
+        # depend on how a config spelled the DSN (a relative path, a URL); a handle hashing any
+        # other known spelling (the written one: Perl's, and older versions') is understood too.
+        self.handle_hashes = [hashlib.md5(f"{spelling}|{dsn.user or ''}".encode()).hexdigest()
+                              for spelling in handle_spellings(dsn)]
+        self.hashdsn = self.handle_hashes[0]
         self._conn: Any = None
         self._pid: int | None = None
         #: a cursor of the open connection, reused from one unit of work to the next
