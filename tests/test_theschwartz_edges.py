@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from workermanager.config import ConfigError, import_class
 from workermanager.theschwartz import Client, DatabaseError, init_db
 from workermanager.worker import Worker
 
@@ -266,3 +267,27 @@ def test_handles_hashing_the_written_spelling_still_resolve(tmp_path):
     with pytest.raises(ValueError, match="no configured database"):
         client.lookup_job(f"{hashlib.md5(b'elsewhere|').hexdigest()}-{handle.jobid}")
     client.close()
+
+
+# --- Perl-style worker names beside a Perl module tree (item 15) --------------------------------
+
+def test_a_perl_style_name_imports_beside_the_perl_module_tree(tmp_path, monkeypatch):
+    """lib/Edgebox/Worker/A.pm (the Perl tree, no __init__.py: a namespace package to Python) does
+    not hide lib/edgebox/worker.py, where the class is."""
+    lib = tmp_path / "lib"
+    (lib / "Edgebox" / "Worker").mkdir(parents=True)
+    (lib / "Edgebox" / "Worker" / "A.pm").write_text("package Edgebox::Worker::A;\n1;\n")
+    (lib / "edgebox").mkdir()
+    (lib / "edgebox" / "__init__.py").write_text("")
+    (lib / "edgebox" / "worker.py").write_text(
+        "from workermanager import Worker\n\n\nclass A(Worker):\n    funcname = 'Edgebox::Worker::A'\n")
+    monkeypatch.syspath_prepend(str(lib))
+    for name in ("Edgebox", "Edgebox.Worker", "edgebox", "edgebox.worker"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    cls = import_class("Edgebox::Worker::A", "conf.yml")
+    assert cls.__module__ == "edgebox.worker" and cls.function_name() == "Edgebox::Worker::A"
+    with pytest.raises(ConfigError, match=r"worker 'Edgebox::Worker::B'.* has no 'B'"):
+        import_class("Edgebox::Worker::B", "conf.yml")
+    (lib / "Lonely" / "Worker").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"'Lonely::Worker::A' does not import: .*Lonely.Worker.* folder"):
+        import_class("Lonely::Worker::A", "conf.yml")
