@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from sql_queues import entry_for
 
 from workermanager.config import ConfigError, import_class
 from workermanager.theschwartz import Client, DatabaseError, init_db
@@ -90,6 +91,22 @@ def test_a_database_without_tables_is_skipped_as_dead(tmp_path, caplog):
     client.databases[0].dead_until = 0.0  # alive again: the reader must skip it by itself
     assert client.work_until_done([Ran]) == 3
     assert sorted(Ran.args) == [0, 1, 2]
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_server_database_without_tables_is_skipped_as_dead(kind, request, tmp_path, caplog):
+    """The same on the servers: a prefix whose tables were never made (PostgreSQL 42P01, MySQL
+    1146) marks that database dead and the other one takes the jobs."""
+    good = entry_for(kind, request, tmp_path)
+    bare = dict(good, prefix="never_made_")
+    client = Client([bare, good])
+    handle = client.insert(Ran.funcname, "x", uniqkey=uniqkey_landing_first_on(client, 0))
+    assert handle is not None  # (its hash names both entries: one DSN, as Perl's does)
+    assert client.databases[0].is_dead() and "never_made_" in caplog.text
+    Ran.args = []
+    client.databases[0].dead_until = 0.0
+    assert client.work_until_done([Ran]) == 1 and Ran.args == ["x"]
     client.close()
 
 
