@@ -31,8 +31,8 @@ MAX_ATTEMPTS = 60
 #: how long one unit of work may wait for a busy database before it is marked dead (seconds):
 #: DBD::SQLite's default busy timeout, after which Perl TheSchwartz marks the database dead
 BUSY_TIMEOUT = 30.0
-#: units of work failing in a row on one connection (not busy, not unreachable: e.g. SQLite's
-#: "locking protocol" after a worker closed the connection's descriptors) before it is replaced
+#: units of work failing in a row on one connection (not busy, not unreachable, not broken for
+#: the whole process: see Dialect.is_broken_connection) before it is replaced
 FAILURES_BEFORE_RECONNECT = 3
 #: connections inherited over fork; kept referenced so that they are never closed in the child
 #: (closing an SQLite file descriptor would drop the locks of this process's own connection)
@@ -280,9 +280,9 @@ class Database:
         self._conn = self._cursor = None
 
     def _count_failure(self, exc: BaseException) -> None:
-        """One more unit of work failed on this connection; replace it after a few in a row. A
-        connection can break for good without looking unreachable (a worker closed its file
-        descriptors: SQLite then answers "locking protocol" forever), and a new one cures that."""
+        """One more unit of work failed on this connection; replace it after a few in a row: a
+        connection can go bad in ways no error code tells apart from a bad statement, and a new
+        one costs little next to a queue that stalls."""
         self._failures += 1
         if self._failures >= FAILURES_BEFORE_RECONNECT:
             log.warning("database %s: %d failures in a row on one connection (last: %s); opening a new one",
