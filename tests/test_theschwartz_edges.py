@@ -20,6 +20,7 @@ from workermanager.theschwartz import Client, DatabaseError, init_db
 from workermanager.worker import Worker
 
 from daemon_harness import ROOT, Daemon
+from helpers import wait_for
 
 # --- coalesce prefixes (item 12) ----------------------------------------------------------------
 
@@ -147,6 +148,15 @@ class Ran(Worker):
 
 # --- a replaced SQLite file (item 9) ------------------------------------------------------------
 
+def opened(pid: int, path: str) -> bool:
+    """Whether process `pid` has the file at `path` open."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    return path in links
+
+
 @pytest.mark.parametrize("how", ["mv", "rm-init-db"])
 def test_idle_children_notice_a_replaced_sqlite_file(tmp_path, daemons, how):
     """After the queue file is replaced (mv of a new one over it, or rm and init-db), idle children
@@ -161,7 +171,8 @@ def test_idle_children_notice_a_replaced_sqlite_file(tmp_path, daemons, how):
     client.insert("Test::Noop", "old file")
     client.close()
     daemon.wait_ledger(lambda rows: len(rows) == 1, timeout=15, what="the job of the old file")
-    time.sleep(0.2)  # both children idle on the old file
+    wait_for(lambda: all(opened(child.pid, path) for child in daemon.children()), 10,
+             what="both children connected to the old file")
     if how == "mv":
         fresh = str(tmp_path / "fresh.db")
         init_db([{"path": fresh}])
@@ -202,7 +213,7 @@ class Closer(Worker):
 '''
 
 
-def test_a_connection_broken_for_good_is_replaced(tmp_path, daemons):
+def test_a_connection_broken_for_good_replaces_the_child(tmp_path, daemons):
     """After a worker closed the descriptors of the child's SQLite connection (SQLite answers
     "locking protocol" from then on, after ~10 s of its own retries, to every connection of the
     process), the child says so once and exits, and a fresh child runs the jobs still queued."""
