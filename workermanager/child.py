@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from workermanager import proctitle
 from workermanager.backends import Backend, BackendError
+from workermanager.backends.base import BackendBroken
 from workermanager.config import Config
 from workermanager.jobalarm import JobAlarm
 from workermanager.joblog import JobLog, JobRecord, outcome_word
@@ -155,6 +156,10 @@ class Child:
                     if self.plan.orphans:
                         self.backend.release_held(self.plan.orphans)
                 job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
+            except BackendBroken as exc:
+                log.error("child %d: %s; replacing this child", os.getpid(), exc)
+                self.stop_reason = "backend broken"
+                return
             except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
                 if isinstance(exc, BackendError):

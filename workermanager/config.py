@@ -273,13 +273,21 @@ def import_class(written: str, path: str) -> type[Worker]:
 
 
 def _import_module(written: str, module_name: str, path: str) -> Any:
+    """The module named `module_name`, else its lower-case spelling (Sandbox::Worker::A ->
+    sandbox.worker). A folder without __init__.py (a namespace package: no code, so no worker
+    class) does not count: the Perl WorkerManager's module tree, lib/Sandbox/Worker/A.pm, sits on
+    inc_path beside the Python package lib/sandbox/worker.py and would otherwise hide it."""
     candidates = [module_name]
     if module_name != module_name.lower():
-        candidates.append(module_name.lower())  # Sandbox::Worker::A -> sandbox.worker
+        candidates.append(module_name.lower())
     error: BaseException | None = None
     for candidate in candidates:
         try:
-            return importlib.import_module(candidate)
+            module = importlib.import_module(candidate)
+            if getattr(module, "__file__", None) is None:  # a namespace package
+                error = error or ModuleNotFoundError(f"{candidate!r} is only a folder, with no Python code")
+                continue
+            return module
         except ModuleNotFoundError as exc:
             if exc.name and not candidate.startswith(exc.name) and error is None:
                 error = exc  # the module exists but imports something missing: report that

@@ -18,6 +18,11 @@ class BackendError(Exception):
     """A backend cannot do its work now (server down, bad options); the message says which."""
 
 
+class BackendBroken(BackendError):
+    """The backend can never work again in this process (a connection broken for good): the
+    child exits and the master forks a fresh one."""
+
+
 class Backend(abc.ABC):
     #: the name the per-job log line shows ("TheSchwartz", "Gearman")
     log_name: str = ""

@@ -18,10 +18,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workermanager.backends.base import Backend, BackendError
+from workermanager.backends.base import Backend, BackendBroken, BackendError
 from workermanager.backends.leaseahead import BUDGET, LeaseAhead
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
-from workermanager.theschwartz.errors import DatabaseError
+from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
 from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Job, Worker
@@ -117,6 +117,8 @@ class TheSchwartzBackend(Backend):
                 jobs = self.client.find_jobs_for_workers(self.worker_classes, ahead.sizes(self.worker_by_funcname, most))
             except DatabaseError as exc:  # DatabaseUnavailable included
                 self.wakeup.close()
+                if isinstance(exc, ConnectionBroken):
+                    raise BackendBroken(f"TheSchwartz: {exc}") from exc
                 raise BackendError(f"TheSchwartz: {exc}") from exc
             if jobs:
                 self.wakeup.busy()

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from workermanager.theschwartz.args import as_bytes, encode_arg
-from workermanager.theschwartz.database import Database
+from workermanager.theschwartz.database import BUSY_TIMEOUT, Database
 from workermanager.theschwartz.dsn import parse_database
 from workermanager.theschwartz.errors import DatabaseUnavailable
 from workermanager.theschwartz.job import JobHandle, JobSpec, TheSchwartzJob
-from workermanager.theschwartz.sql import INSERT_COLUMNS
+from workermanager.theschwartz.sql import INSERT_COLUMNS, like_prefix
 from workermanager.worker import Worker, run_job
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ Funcnames = Iterable["str | type[Worker]"]
 
 
 def build_databases(databases: Any, base_dir: str | None = None,
-                    retry_seconds: float = RETRY_SECONDS) -> list[Database]:
-    """Database objects for a `databases:` list (dicts with dsn|path, user, pass, prefix), one such
-    dict, or a DSN string. ValueError names a bad entry; nothing connects yet."""
+                    retry_seconds: float = RETRY_SECONDS, busy_timeout: float = BUSY_TIMEOUT) -> list[Database]:
+    """Database objects for a `databases:` list (dicts with dsn|path, user, pass, prefix, and
+    busy_timeout: seconds a busy database is waited for before it counts as dead, `busy_timeout`
+    by default), one such dict, or a DSN string. ValueError names a bad entry; nothing connects yet."""
     if isinstance(databases, str):
         databases = [{"dsn": databases}]
     elif isinstance(databases, Mapping):
@@ -50,7 +51,10 @@ def build_databases(databases: Any, base_dir: str | None = None,
         prefix = entry.get("prefix") or ""
         if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "").isalnum()):
             raise ValueError(f"bad table prefix {prefix!r}: letters, digits and _ only")
-        result.append(Database(parsed, prefix, retry_seconds))
+        busy = entry.get("busy_timeout", busy_timeout)
+        if isinstance(busy, bool) or not isinstance(busy, (int, float)) or not busy > 0:
+            raise ValueError(f"bad busy_timeout {busy!r}: a positive number of seconds")
+        result.append(Database(parsed, prefix, retry_seconds, float(busy)))
     return result
 
 
@@ -89,7 +93,7 @@ class Client:
             db.use_lease_by_names = bool(lease_by_names)
         self.prioritize = bool(prioritize)
         self.batch_size = int(batch_size)
-        self._by_hash = {db.hashdsn: db for db in self.databases}
+        self._by_hash = {h: db for db in reversed(self.databases) for h in reversed(db.handle_hashes)}
         self._worker_classes: dict[str, type[Worker]] = {}
         self._wanted_cache: dict[Any, dict[str, tuple[type[Worker] | None, int]]] = {}
         self._workers: dict[type[Worker], Worker] = {}
@@ -161,6 +165,8 @@ class Client:
 
     def _insert_order(self, uniqkey: str | None) -> list[Database]:
         live = [db for db in self.databases if not db.is_dead()]
+        if not live:  # all failed lately: ask them again rather than lose the job (as readers do)
+            live = list(self.databases)
         if uniqkey is not None and len(live) > 1:
             start = int(hashlib.md5(str(uniqkey).encode()).hexdigest()[:8], 16) % len(live)
             return live[start:] + live[:start]
@@ -273,7 +279,7 @@ class Client:
     def find_job_with_coalescing_prefix(self, funcname: str | type[Worker], prefix: str,
                                         grab_for: int | None = None) -> TheSchwartzJob | None:
         """Lease a job of `funcname` whose coalesce column starts with `prefix`."""
-        return self._find_coalescing(funcname, "LIKE", prefix.replace("%", r"\%") + "%", grab_for)
+        return self._find_coalescing(funcname, "LIKE", like_prefix(prefix), grab_for)
 
     def _find_coalescing(self, funcname: Any, op: str, value: str, grab_for: int | None) -> TheSchwartzJob | None:
         wanted = self._wanted([funcname], grab_for)

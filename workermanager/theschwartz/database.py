@@ -1,8 +1,10 @@
 """One configured database: a lazy, fork-safe connection, retries on busy, dead-marking, funcmap cache.
 
 Everything the client does runs through `Database.run`, so the policy for a busy or vanished
-database is written once: a busy database is waited for (bounded), an unreachable one is marked
-dead for `retry_seconds` (as Perl TheSchwartz does) and the caller moves to the next one.
+database is written once: a busy database is waited for up to `busy_timeout` seconds in all, an
+unreachable one (or one that stayed busy that long) is marked dead for `retry_seconds` (as Perl
+TheSchwartz does) and the caller moves to the next one. A connection that fails again and again
+is replaced; an SQLite file replaced under an idle worker is noticed (check_file).
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from workermanager.theschwartz.dialects import dialect_for
-from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.errors import DatabaseError, DatabaseUnavailable
+from workermanager.theschwartz.dsn import ParsedDSN, handle_spellings
+from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError, DatabaseUnavailable
 from workermanager.theschwartz.sql import Queries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: attempts of one unit of work while the database reports busy/locked/deadlock
+#: attempts of one unit of work while the database reports busy/locked/deadlock (and at most
+#: busy_timeout seconds in all)
 MAX_ATTEMPTS = 60
+#: how long one unit of work may wait for a busy database before it is marked dead (seconds):
+#: DBD::SQLite's default busy timeout, after which Perl TheSchwartz marks the database dead
+BUSY_TIMEOUT = 30.0
+#: units of work failing in a row on one connection (not busy, not unreachable, not broken for
+#: the whole process: see Dialect.is_broken_connection) before it is replaced
+FAILURES_BEFORE_RECONNECT = 3
 #: connections inherited over fork; kept referenced so that they are never closed in the child
 #: (closing an SQLite file descriptor would drop the locks of this process's own connection)
 _inherited: list[Any] = []
@@ -48,15 +57,21 @@ os.register_at_fork(after_in_child=_forked)
 class Database:
     """A database of the queue, as one entry of `databases:` describes it."""
 
-    def __init__(self, dsn: ParsedDSN, prefix: str = "", retry_seconds: float = 30.0) -> None:
+    def __init__(self, dsn: ParsedDSN, prefix: str = "", retry_seconds: float = 30.0,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.dsn = dsn
         self.prefix = prefix or ""
         self.retry_seconds = retry_seconds
+        self.busy_timeout = busy_timeout
         self.dialect = dialect_for(dsn.driver)
         self.q = Queries(self.prefix, self.dialect)
-        # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user"); so do we, so
-        # that a handle printed by one client is understood by the other.
-        self.hashdsn = hashlib.md5(f"{dsn.original}|{dsn.user or ''}".encode()).hexdigest()
+        # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user") of the DSN as
+        # written. Ours hash one canonical spelling (dsn.canonical_dsn), so that a handle does not
+        # depend on how a config spelled the DSN (a relative path, a URL); a handle hashing any
+        # other known spelling (the written one: Perl's, and older versions') is understood too.
+        self.handle_hashes = [hashlib.md5(f"{spelling}|{dsn.user or ''}".encode()).hexdigest()
+                              for spelling in handle_spellings(dsn)]
+        self.hashdsn = self.handle_hashes[0]
         self._conn: Any = None
         self._pid: int | None = None
         #: a cursor of the open connection, reused from one unit of work to the next
@@ -65,8 +80,14 @@ class Database:
         self._deferred: list[int] = []
         #: connections opened so far in this object's life (tests and logs read it)
         self.opened = 0
+        #: failed units of work in a row on the open connection (see FAILURES_BEFORE_RECONNECT)
+        self._failures = 0
+        #: SQLite: (st_dev, st_ino) of the file when the connection opened (see check_file)
+        self._file_id: tuple[int, int] | None = None
         self.dead_until = 0.0
         self.last_error: str | None = None
+        #: why this process can no longer use this database at all (see ConnectionBroken)
+        self.broken: str | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
         #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)
@@ -90,7 +111,11 @@ class Database:
             _inherited.append(self._conn)
             self._conn = self._cursor = None
         if self._conn is None:
-            conn = self.dialect.connect(self.dsn, create=create)
+            if self.broken:
+                raise ConnectionBroken(f"database {self.label}: {self.broken}")
+            conn = self.dialect.connect(self.dsn, create=create, busy_timeout=self.busy_timeout)
+            self._file_id = _file_id(self.dsn.database) if self.dsn.driver == "sqlite" else None
+            self._failures = 0
             self._funcname2id.clear()
             self._funcid2name.clear()
             try:
@@ -124,6 +149,28 @@ class Database:
                     pass
             else:
                 _inherited.append(conn)
+
+    def check_file(self) -> bool:
+        """SQLite, on an idle poll: whether the file at the configured path is no longer the one
+        the open connection reads (moved away and replaced, or removed and made again by
+        init-db). Then the connection is closed, with one warning, and the next use opens the
+        file now there. One stat() per call: meant for idle polls, never per job.
+
+        Completions still waiting to be deleted (defer_delete) are dropped: their jobids belong to
+        the old file and may name other jobs in the new one (those jobs are not ours to delete)."""
+        if self._file_id is None or not self.is_connected():
+            return False
+        now = _file_id(self.dsn.database)
+        if now == self._file_id:
+            return False
+        what = "was removed" if now is None else "was replaced (another inode)"
+        log.warning("database %s: the file %s; reconnecting", self.label, what)
+        if self._deferred:
+            log.warning("database %s: %d completed job(s) of the old file not deleted there",
+                        self.label, len(self._deferred))
+            self._deferred = []
+        self.close()
+        return True
 
     # --- liveness ---------------------------------------------------------------------------------
 
@@ -173,6 +220,7 @@ class Database:
                 self._rollback(conn)
                 raise
         reconnected = False
+        started = time.monotonic()
         for attempt in range(MAX_ATTEMPTS):
             conn = None
             reused = self.is_connected()
@@ -188,13 +236,22 @@ class Database:
                 if transaction:
                     committing = True
                     dialect.commit(conn)
+                self._failures = 0
                 return result
             except dialect.errors as exc:
                 if conn is not None:
                     self._rollback(conn)
-                if dialect.is_retryable(exc) and attempt + 1 < MAX_ATTEMPTS:
-                    time.sleep(min(0.002 * 2 ** min(attempt, 6), 0.1) * random.uniform(0.5, 1.5))
-                    continue
+                if dialect.is_retryable(exc):
+                    if attempt + 1 < MAX_ATTEMPTS and time.monotonic() - started < self.busy_timeout:
+                        time.sleep(min(0.002 * 2 ** min(attempt, 6), 0.1) * random.uniform(0.5, 1.5))
+                        continue
+                    # Busy all this time (a long exclusive lock): serve from the other databases
+                    reason = f"busy for {time.monotonic() - started:.1f}s: {_one_line(exc)}"
+                    self.mark_dead(reason)
+                    raise DatabaseUnavailable(f"database {self.label}: {reason}") from exc
+                if dialect.is_broken_connection(exc):
+                    self._give_up_connection(exc)
+                    raise ConnectionBroken(f"database {self.label}: {self.broken}") from exc
                 if dialect.is_unreachable(exc):
                     # A connection that broke while idle (server restarted, idle timeout) fails
                     # on its next statement: open a fresh one and redo the work once, unless the
@@ -205,12 +262,32 @@ class Database:
                         continue
                     self.mark_dead(_one_line(exc))
                     raise DatabaseUnavailable(f"database {self.label}: {_one_line(exc)}") from exc
+                self._count_failure(exc)
                 raise DatabaseError(f"database {self.label}: {_one_line(exc)}") from exc
             except BaseException:
                 if conn is not None:
                     self._rollback(conn)
                 raise
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _give_up_connection(self, exc: BaseException) -> None:
+        """The connection is broken for this whole process (Dialect.is_broken_connection): it is
+        left open, never closed (its descriptor numbers may belong to other files by now, which
+        closing it would close), and nothing more is tried here; the caller replaces the process."""
+        self.broken = f"the connection is broken ({_one_line(exc)}); this process cannot use the database any more"
+        if self._conn is not None:
+            _inherited.append(self._conn)
+        self._conn = self._cursor = None
+
+    def _count_failure(self, exc: BaseException) -> None:
+        """One more unit of work failed on this connection; replace it after a few in a row: a
+        connection can go bad in ways no error code tells apart from a bad statement, and a new
+        one costs little next to a queue that stalls."""
+        self._failures += 1
+        if self._failures >= FAILURES_BEFORE_RECONNECT:
+            log.warning("database %s: %d failures in a row on one connection (last: %s); opening a new one",
+                        self.label, self._failures, _one_line(exc))
+            self.close()
 
     # --- completions that ride with the next write ------------------------------------------------
 
@@ -232,6 +309,12 @@ class Database:
 
     def finish(self) -> None:
         """The client is done with this database: delete the deferred rows, then close."""
+        if self.broken:  # nothing can be written from this process: the leases run out
+            if self._deferred:
+                log.warning("database %s: %d completed job(s) not deleted, they will run again when "
+                            "their leases end", self.label, len(self._deferred))
+            self._deferred = []
+            return
         try:
             self.flush_deferred()
         except DatabaseError as exc:  # the rows stay leased: those jobs run again when it ends
@@ -313,6 +396,15 @@ class Database:
         for funcid, funcname in cursor.fetchall():
             self._funcname2id[funcname] = funcid
             self._funcid2name[funcid] = funcname
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _one_line(exc: BaseException) -> str:

@@ -89,6 +89,41 @@ def sqlite_path(path: str, base_dir: str | None = None) -> str:
     return os.path.normpath(path)
 
 
+def canonical_dsn(dsn: ParsedDSN) -> str:
+    """One spelling per database, whatever form and path the config wrote: what job handles hash.
+
+    SQLite: `dbi:SQLite:dbname=` and the file's real path (symlinks resolved); PostgreSQL:
+    `dbi:Pg:dbname=D;host=H;port=P`; MySQL: `dbi:mysql:database=D;host=H;port=P` (host and port
+    only where given, a socket as mysql_socket). These are the usual DBI spellings, so a Perl
+    client configured with such a DSN hashes it the same way and understands our handles."""
+    if dsn.driver == "sqlite":
+        return f"dbi:SQLite:dbname={os.path.realpath(dsn.database)}"
+    if dsn.driver == "postgres":
+        head = f"dbi:Pg:dbname={dsn.database}"
+    else:
+        head = f"dbi:mysql:database={dsn.database}"
+    parts = [head]
+    if dsn.host:
+        parts.append(f"host={dsn.host}")
+    if dsn.port:
+        parts.append(f"port={dsn.port}")
+    socket = dsn.options.get("mysql_socket") or dsn.options.get("unix_socket")
+    if dsn.driver == "mysql" and socket:
+        parts.append(f"mysql_socket={socket}")
+    return ";".join(parts)
+
+
+def handle_spellings(dsn: ParsedDSN) -> list[str]:
+    """Every spelling whose hash names this database in a handle: the canonical one first (what new
+    handles use), then the one the config wrote (Perl's rule, and what older versions printed) and,
+    for SQLite, the other usual spellings of its absolute path."""
+    spellings = [canonical_dsn(dsn), dsn.original]
+    if dsn.driver == "sqlite":
+        for path in (dsn.database, os.path.realpath(dsn.database)):
+            spellings += [f"dbi:SQLite:dbname={path}", f"dbi:SQLite:{path}", path, f"sqlite://{path}"]
+    return list(dict.fromkeys(s for s in spellings if s))
+
+
 def _parse_dbi(text: str):
     parts = text.split(":", 2)
     if len(parts) < 3:

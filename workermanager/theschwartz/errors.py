@@ -9,3 +9,9 @@ class DatabaseError(RuntimeError):
 
 class DatabaseUnavailable(DatabaseError):
     """A database (or every database) cannot be reached now; it is skipped until its retry time."""
+
+
+class ConnectionBroken(DatabaseError):
+    """This process's connection broke in a way no new connection of the same process cures
+    (SQLite after a worker closed the connection's file descriptors: the process's locks on the
+    file are gone, and every connection to it shares them). The process must be replaced."""

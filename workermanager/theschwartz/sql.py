@@ -14,6 +14,28 @@ JOB_COLUMNS = ("jobid", "funcid", "arg", "uniqkey", "insert_time", "run_after", 
                "priority", "coalesce")
 INSERT_COLUMNS = JOB_COLUMNS[1:]
 
+#: the escape character of a coalesce prefix's LIKE pattern. Not the backslash: a backslash inside
+#: a string literal means itself on PostgreSQL and SQLite but starts an escape on MySQL.
+LIKE_ESCAPE = "!"
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching the values that start with `prefix`, taken literally: its `%`,
+    `_` and escape characters match only themselves (with the ESCAPE clause of coalesce_condition)."""
+    e = LIKE_ESCAPE
+    return prefix.replace(e, e + e).replace("%", e + "%").replace("_", e + "_") + "%"
+
+
+def coalesce_condition(op: str) -> str:
+    """The coalesce test of a lease: `coalesce = ?`, or `coalesce LIKE ? ESCAPE '!'` for a
+    pattern made by like_prefix. ValueError for any other operator."""
+    op = op.upper()
+    if op == "=":
+        return "coalesce = ?"
+    if op == "LIKE":
+        return f"coalesce LIKE ? ESCAPE '{LIKE_ESCAPE}'"
+    raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {op!r}")
+
 
 class Queries:
     """Every fixed statement of the queue for one (prefix, dialect), formatted once."""
@@ -64,7 +86,7 @@ class Queries:
     def coalescing_candidates(self, op: str) -> str:
         """Candidates of one funcid whose coalesce value equals (=) or starts with (LIKE) a value."""
         return self._dialect.sql(
-            f"SELECT {self._cols} FROM {self.job} WHERE funcid = ? AND coalesce {op} ? AND run_after <= ?"
+            f"SELECT {self._cols} FROM {self.job} WHERE funcid = ? AND {coalesce_condition(op)} AND run_after <= ?"
             " AND grabbed_until <= ? ORDER BY jobid LIMIT ?")
 
     def list_jobs(self, n_funcids: int, conditions: list[str], prioritize: bool) -> str:

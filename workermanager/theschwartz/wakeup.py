@@ -14,6 +14,9 @@ a few ticks, as each taker leaves its turn to the next.
 Everyone, listening or not, also looks at the queue every SAFETY_POLL seconds (jittered): that
 covers what no NOTIFY announces (run_after reached, leases expired, Perl clients' inserts,
 notifications lost with a dropped connection).
+
+Each idle poll also asks every SQLite database whether its file was replaced (Database.check_file,
+one stat()): a connection to a file moved away or removed would never see another job.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class Wakeup:
     def wait(self, timeout: float) -> None:
         """Return when new jobs may be runnable, or after `timeout` seconds at most."""
         timeout = max(0.0, timeout)
+        for db in self.databases:
+            if db.check_file():  # an SQLite file replaced under us: look at the new one now
+                return
         live = [db for db in self.databases if not db.is_dead()]
         pushing = [db for db in live if db.dialect.can_listen]
         if not pushing or len(pushing) != len(live):

@@ -36,8 +36,9 @@ class Dialect(abc.ABC):
     # --- connecting -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
-        """An autocommit DB-API connection; `create` allows creating the database (init-db only)."""
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+        """An autocommit DB-API connection; `create` allows creating the database (init-db only).
+        `busy_timeout`: seconds one statement may wait for a lock another session holds."""
 
     @abc.abstractmethod
     def ddl(self, prefix: str) -> list[str]:
@@ -83,6 +84,10 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def is_unreachable(self, exc: BaseException) -> bool:
         """The database cannot be used now (down, missing, unreadable): mark it dead, use the others."""
+
+    def is_broken_connection(self, exc: BaseException) -> bool:
+        """The connection itself is broken for good (its database may be fine): open a new one."""
+        return False
 
     # --- statements -------------------------------------------------------------------------------
 

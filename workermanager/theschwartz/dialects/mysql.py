@@ -19,14 +19,15 @@ import pymysql
 
 from workermanager.theschwartz.dialects import Dialect, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 CONNECT_TIMEOUT = 5
 #: deadlock, lock wait timeout
 _RETRYABLE = {1213, 1205}
 #: can't connect / server gone / lost connection / shutdown / killed / too many connections /
-#: unknown database / access denied: the database is not usable now, use the others
-_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129}
+#: unknown database / access denied / no such table (a database without the queue's tables): the
+#: database is not usable now, use the others
+_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129, 1146}
 _DUPLICATE_KEY = 1062
 
 
@@ -37,7 +38,7 @@ class MySQLDialect(Dialect):
     errors = (pymysql.MySQLError,)
     single_statement_autocommit = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
         params: dict[str, Any] = {"database": dsn.database, "autocommit": True, "charset": "utf8mb4",
                                   "connect_timeout": CONNECT_TIMEOUT, "binary_prefix": True}
         socket = dsn.options.get("mysql_socket") or dsn.options.get("unix_socket")
@@ -55,6 +56,9 @@ class MySQLDialect(Dialect):
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                # a row lock held longer than this fails the statement (1205, retried until the
+                # Database's busy_timeout is spent); whole seconds, at least 1
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", (max(1, round(busy_timeout)),))
                 cursor.execute("SELECT UNIX_TIMESTAMP(), VERSION()")
                 server_now, version = cursor.fetchone()
             conn.wm_clock_offset = float(server_now) - time.time()
@@ -195,9 +199,7 @@ class MySQLDialect(Dialect):
         extra, order, params = "", "run_after", ()
         if coalescing is not None:
             op, value = coalescing
-            if op.upper() not in ("=", "LIKE"):
-                raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {op!r}")
-            extra, order, params = f" AND coalesce {op} %s", "jobid", (value,)
+            extra, order, params = f" AND {coalesce_condition(op).replace('?', '%s')}", "jobid", (value,)
         for name in names:
             cursor.execute(
                 f"SELECT {cols}, %s FROM {job_table} WHERE funcid = (SELECT funcid FROM {funcmap_table}"

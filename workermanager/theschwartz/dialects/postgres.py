@@ -20,13 +20,14 @@ from psycopg import sql as pgsql
 
 from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 CONNECT_TIMEOUT = 5
 #: SQLSTATEs that mean "the same work may simply be done again"
 _RETRYABLE = {"40001", "40P01", "55P03"}
 #: SQLSTATEs that mean "this database is not usable now" (besides connection-level failures)
-_UNREACHABLE = {"57P01", "57P02", "57P03", "53300", "3D000", "28000", "28P01", "53100", "58030"}
+#: (42P01 undefined_table: a database without the queue's tables cannot serve either)
+_UNREACHABLE = {"57P01", "57P02", "57P03", "53300", "3D000", "28000", "28P01", "53100", "58030", "42P01"}
 
 
 def channel_for(prefix: str) -> str:
@@ -42,7 +43,7 @@ class PostgresDialect(Dialect):
     single_statement_autocommit = True  # the session's synchronous_commit (off) applies
     can_listen = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
         params: dict[str, Any] = {"dbname": dsn.database, "autocommit": True,
                                   "connect_timeout": CONNECT_TIMEOUT, "application_name": "workermanager"}
         for key, value in (("host", dsn.host), ("port", dsn.port), ("user", dsn.user),
@@ -56,6 +57,9 @@ class PostgresDialect(Dialect):
             # Perl's DBD::Pg clients set UTC too; our columns are epoch integers either way.
             conn.execute("SET TIME ZONE 'UTC'")
             conn.execute("SET synchronous_commit TO off")
+            # a lock held longer than this fails the statement (55P03, retried until the
+            # Database's busy_timeout is spent) instead of blocking it for as long as it is held
+            conn.execute(f"SET lock_timeout = {max(1, int(busy_timeout * 1000))}")
         except BaseException:
             conn.close()
             raise
@@ -201,9 +205,7 @@ def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None
     else:
         extra, order = "", "run_after"
         if coalesce_op is not None:
-            if coalesce_op.upper() not in ("=", "LIKE"):
-                raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
-            extra, order = f" AND coalesce {coalesce_op} %s", "jobid"
+            extra, order = f" AND {coalesce_condition(coalesce_op).replace('?', '%s')}", "jobid"
         pick = (f"SELECT j.*, w.name, w.secs FROM w CROSS JOIN LATERAL (SELECT ctid AS tid, {cols} FROM {job}"
                 f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = w.name){extra} AND {ready}"
                 f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) j LIMIT %s")

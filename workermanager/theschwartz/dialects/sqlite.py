@@ -23,13 +23,12 @@ from urllib.parse import quote
 
 from workermanager.theschwartz.dialects import Dialect, in_run_order, lease_limit
 from workermanager.theschwartz.dsn import ParsedDSN
-from workermanager.theschwartz.sql import JOB_COLUMNS
-
-BUSY_TIMEOUT_MS = 10_000
+from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 
 _RETRYABLE = ("database is locked", "database table is locked", "database is busy")
+#: "no such table": a file that opens but has no queue (not init-db'ed) cannot serve either
 _UNREACHABLE = ("unable to open database file", "disk i/o error", "file is not a database",
-                "database disk image is malformed", "readonly database", "no such file")
+                "database disk image is malformed", "readonly database", "no such file", "no such table")
 
 
 class _Connection(sqlite3.Connection):
@@ -46,7 +45,7 @@ class SQLiteDialect(Dialect):
     lease_in_transaction = False
     completions_ride_with_leases = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
         # mode=rw: a worker pointed at a missing file gets "unable to open", not a new empty database
         mode = "rwc" if create else "rw"
         if create:
@@ -54,7 +53,7 @@ class SQLiteDialect(Dialect):
         uri = f"file:{quote(dsn.database)}?mode={mode}"
         # timeout= is sqlite3_busy_timeout: no PRAGMA needed
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=_Connection,
-                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+                               timeout=busy_timeout, check_same_thread=False)
         try:
             conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the upper index levels of a big queue stay hot
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -145,6 +144,12 @@ class SQLiteDialect(Dialect):
             return False
         return any(text in str(exc).lower() for text in _UNREACHABLE)
 
+    def is_broken_connection(self, exc: BaseException) -> bool:
+        # SQLITE_PROTOCOL, "locking protocol": this connection's locks no longer work (its file
+        # descriptors were closed under it: a worker that closes every descriptor). It stays so.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_PROTOCOL) or "locking protocol" in str(exc)
+
     def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
                       id_column: str) -> int | None:
         marks = ", ".join("?" for _ in columns)
@@ -195,9 +200,7 @@ def _lease_sql(job: str, funcmap: str, coalesce_op: str | None, many: bool) -> s
     job is wanted: its first run on a new connection costs less than IN's (a -w 1 child's only)."""
     extra, order = "", "run_after"
     if coalesce_op is not None:
-        if coalesce_op.upper() not in ("=", "LIKE"):
-            raise ValueError(f"coalesce operator must be '=' or 'LIKE', got {coalesce_op!r}")
-        extra, order = f" AND coalesce {coalesce_op} ?", "jobid"
+        extra, order = f" AND {coalesce_condition(coalesce_op)}", "jobid"
     return (f"UPDATE {job} SET grabbed_until = ? WHERE jobid {'IN' if many else '='} (SELECT jobid FROM {job}"
             f" WHERE funcid = (SELECT funcid FROM {funcmap} WHERE funcname = ?){extra} AND {_READY}"
             f" ORDER BY {order} LIMIT ?) RETURNING {', '.join(JOB_COLUMNS)}")
