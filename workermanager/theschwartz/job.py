@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workermanager.theschwartz.args import STORABLE_MESSAGE, StorableArgError, decode_arg, is_storable
+from workermanager.theschwartz.args import ArgReading, StorableArgError, may_be_refused, read_arg
 from workermanager.worker import Job, JobAlreadyFinished, Worker
 
 if TYPE_CHECKING:
@@ -121,13 +121,25 @@ class TheSchwartzJob(Job):
 
     @property
     def arg(self) -> Any:  # type: ignore[override]
-        """The decoded argument; StorableArgError when a Perl client stored a Storable image."""
-        return decode_arg(self.raw_arg)
+        """The decoded argument (args.decode_arg), read once; StorableArgError when a Perl client
+        stored a Storable image this reader refuses."""
+        return self._arg_reading().get()
 
     @property
     def arg_error(self) -> str | None:
-        """Why the arg cannot be read ("arg is a Perl Storable value ..."), or None."""
-        return STORABLE_MESSAGE if self.raw_arg is not None and is_storable(self.raw_arg) else None
+        """Why the arg can never be read ("arg is a Perl Storable image ..."), or None. Costs one
+        byte test unless the arg starts like a Storable image."""
+        if not may_be_refused(self.raw_arg):
+            return None
+        error = self._arg_reading().error
+        return None if error is None else str(error)
+
+    _reading: ArgReading | None = None
+
+    def _arg_reading(self) -> ArgReading:
+        if self._reading is None or self._reading.raw is not self.raw_arg:  # raw_arg may be replaced
+            self._reading = read_arg(self.raw_arg)
+        return self._reading
 
     @property
     def failures(self) -> int:  # type: ignore[override]
