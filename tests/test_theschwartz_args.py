@@ -5,7 +5,6 @@ with the real Perl TheSchwartz (tests/perl/schwartz_args.pl)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -192,12 +191,9 @@ def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):
     UTF-8 text (JSON-quoted when it would read as JSON), bytes as they are unless they would read
     as something else: then behind the four tag bytes."""
     entry, client = perl_queue
-    rows = [({"n": 1}, "json=", '{"n":1}'), ("plain words", "hex=", b"plain words".hex()),
-            ("123", "hex=", b'"123"'.hex()), (b"\x00\xff bin", "hex=", b"\x00\xff bin".hex()),
-            (b"text bytes", "hex=", (BYTES_TAG + b"text bytes").hex())]
-    for value, _, _ in rows:
+    rows = [({"n": 1}, b'{"n":1}'), ("plain words", b"plain words"), ("123", b'"123"'),
+            (b"\x00\xff bin", b"\x00\xff bin"), (b"text bytes", BYTES_TAG + b"text bytes")]
+    for value, _ in rows:
         client.insert(Seen.funcname, value)
     seen = run_perl(perl, entry, "work", Seen.funcname)
-    expected = [f"hex={json.dumps(value, separators=(',', ':')).encode().hex()}" if prefix == "json=" else
-                f"{prefix}{shown}" for value, prefix, shown in rows]
-    assert sorted(seen) == sorted(expected)
+    assert sorted(seen) == sorted(f"hex={shown.hex()}" for _, shown in rows)
