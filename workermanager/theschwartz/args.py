@@ -24,7 +24,7 @@ else the bytes. Only an image that is certainly Storable and holds what the read
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any
 
 from workermanager.theschwartz import storable
 from workermanager.worker import decode_arg as decode_worker_arg
@@ -77,32 +77,6 @@ def decode_arg(raw: bytes | None) -> Any:
         except storable.StorableMalformed:
             pass  # not Storable after all, as Perl TheSchwartz's "false alarm": plain bytes
     return decode_worker_arg(raw)
-
-
-class ArgReading(NamedTuple):
-    """One decoding of one raw arg, kept by the job so a Storable image is read once."""
-
-    raw: bytes | None
-    value: Any
-    error: StorableArgError | None
-
-    def get(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def read_arg(raw: bytes | None) -> ArgReading:
-    """decode_arg, with its refusal as data instead of an exception."""
-    try:
-        return ArgReading(raw, decode_arg(raw), None)
-    except StorableArgError as exc:
-        return ArgReading(raw, None, exc)
-
-
-def may_be_refused(raw: bytes | None) -> bool:
-    """False when decode_arg(raw) certainly will not raise: a one-byte test for the grab path."""
-    return raw is not None and storable.looks_like_storable(raw)
 
 
 def as_bytes(value: Any) -> bytes | None:

@@ -12,7 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workermanager.theschwartz.args import ArgReading, StorableArgError, may_be_refused, read_arg
+from workermanager.theschwartz.args import StorableArgError, decode_arg
+from workermanager.theschwartz.storable import FIRST_BYTES as STORABLE_FIRST_BYTES
 from workermanager.worker import Job, JobAlreadyFinished, Worker
 
 if TYPE_CHECKING:
@@ -123,23 +124,27 @@ class TheSchwartzJob(Job):
     def arg(self) -> Any:  # type: ignore[override]
         """The decoded argument (args.decode_arg), read once; StorableArgError when a Perl client
         stored a Storable image this reader refuses."""
-        return self._arg_reading().get()
+        if self._arg_of is not self.raw_arg:  # not read yet, or raw_arg replaced since
+            self._arg_value = decode_arg(self.raw_arg)
+            self._arg_of = self.raw_arg
+        return self._arg_value
+
+    #: the raw_arg that _arg_value was decoded from (a fresh object at first: nothing read yet)
+    _arg_of: Any = object()
+    _arg_value: Any = None
 
     @property
     def arg_error(self) -> str | None:
         """Why the arg can never be read ("arg is a Perl Storable image ..."), or None. Costs one
         byte test unless the arg starts like a Storable image."""
-        if not may_be_refused(self.raw_arg):
+        raw = self.raw_arg
+        if not raw or raw[0] not in STORABLE_FIRST_BYTES:  # not Storable: never refused
             return None
-        error = self._arg_reading().error
-        return None if error is None else str(error)
-
-    _reading: ArgReading | None = None
-
-    def _arg_reading(self) -> ArgReading:
-        if self._reading is None or self._reading.raw is not self.raw_arg:  # raw_arg may be replaced
-            self._reading = read_arg(self.raw_arg)
-        return self._reading
+        try:
+            _ = self.arg
+        except StorableArgError as exc:
+            return str(exc)
+        return None
 
     @property
     def failures(self) -> int:  # type: ignore[override]
