@@ -112,11 +112,10 @@ def test_our_failures_are_read_by_perl(perl, queue):
     assert values(lines, "error") == ["python says no"] and values(lines, "failures") == ["1"]
 
 
-def test_a_storable_arg_from_perl_fails_permanently_here(perl, queue):
+def test_a_storable_arg_from_perl_reaches_our_worker_as_data(perl, queue):
     dsn, client = queue
     [handle] = values(run_peer(perl, dsn, "insert_ref", "Peer::Echo"), "handle")
     PeerEcho.seen = []
-    assert client.work_until_done([PeerEcho]) == 0
-    assert PeerEcho.seen == [] and client.lookup_job(handle) is None
-    errors = values(run_peer(perl, dsn, "status", handle), "error")
-    assert len(errors) == 1 and errors[0].startswith("arg is a Perl Storable value")
+    assert client.work_until_done([PeerEcho]) == 1
+    assert PeerEcho.seen == [{"frozen": "by Storable"}] and client.lookup_job(handle) is None
+    assert values(run_peer(perl, dsn, "status", handle), "exit") == ["0"]

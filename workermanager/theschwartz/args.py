@@ -1,8 +1,24 @@
-"""Job arguments as stored in the `arg` column: JSON, text or bytes; never pickle.
+"""Job arguments as stored in the `arg` column: JSON, text, bytes or Perl Storable; never pickle.
 
-A row is data anyone with database access can write, so decoding must never run code. Perl
-clients store a plain string as it is and a reference as a Storable image; we read the first and
-refuse the second with a clear message, because Storable can only be thawed safely by Perl.
+A row is data anyone with database access can write, so decoding never runs code. The column
+has no type, so the encoding is chosen so that every value our client writes reads back as the
+same value of the same type, while a row a Perl client wrote (a plain string, or `nfreeze` of a
+reference) still reads as Perl meant it:
+
+- JSON values (dict, list, int, float, bool) are stored as compact JSON.
+- A str is stored as its UTF-8 text when that reads back as the same str; otherwise (text that
+  parses as JSON, like "123", or that starts like a Storable image) it is stored JSON-quoted.
+- bytes are stored as they are when they could not be read as anything else (not UTF-8, not
+  starting like a Storable image or with our tag); otherwise behind the tag BYTES_TAG. The tag
+  starts with 0xFF, which no UTF-8 text and no Storable image starts with, so rows written by
+  older versions of this client read as before (their JSON and text are UTF-8; only bytes that
+  happened to start with the four bytes of the tag would now lose them).
+- None is NULL, as Perl stores an undefined arg.
+
+Reading an untagged row: a Storable image is thawed by `storable.thaw`; if that finds the bytes
+are not Storable after all, they are read as below. Then JSON when it parses, else UTF-8 text,
+else the bytes. Only an image that is certainly Storable and holds what the reader refuses
+(code, tied values, hooks, cycles, too deep) raises StorableArgError.
 """
 
 from __future__ import annotations
@@ -10,35 +26,34 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from workermanager.theschwartz import storable
 from workermanager.worker import decode_arg as decode_worker_arg
 
-STORABLE_MESSAGE = ("arg is a Perl Storable value (a Perl client inserted a reference); "
-                    "this worker reads JSON, text or bytes: insert a JSON string from Perl instead")
+#: the prefix of a bytes arg whose bare bytes would read as something else
+BYTES_TAG = b"\xffWMB"
 
 
 class StorableArgError(ValueError):
-    """The job's arg is a Perl Storable image, which Python cannot read safely."""
+    """The job's arg is a Perl Storable image holding something this worker refuses to read."""
 
-    def __init__(self) -> None:
-        super().__init__(STORABLE_MESSAGE)
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"arg is a Perl Storable image this worker cannot read: {reason}")
+        self.reason = reason
 
 
 def encode_arg(arg: Any) -> bytes | None:
-    """The bytes to store for `arg`.
-
-    bytes stay bytes; a str is stored as its UTF-8 text, so a Perl worker reads it as the same
-    string, except when that text would itself parse as JSON ("123", "null", '"x"'): then it is
-    stored JSON-quoted so that it reads back as the same str. Other values are JSON. None -> NULL,
-    as Perl stores an undefined arg.
-    """
+    """The bytes to store for `arg` (see the module docstring): what `decode_arg` turns back
+    into an equal value of the same type."""
     if arg is None:
         return None
     if isinstance(arg, (bytes, bytearray, memoryview)):
-        return bytes(arg)
+        raw = bytes(arg)
+        return BYTES_TAG + raw if _reads_as_other_than_bytes(raw) else raw
     if isinstance(arg, str):
-        if _parses_as_json(arg):
+        raw = arg.encode("utf-8")
+        if storable.looks_like_storable(raw) or _parses_as_json(arg):
             return json.dumps(arg, ensure_ascii=False).encode("utf-8")
-        return arg.encode("utf-8")
+        return raw
     try:
         return json.dumps(arg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
@@ -46,14 +61,21 @@ def encode_arg(arg: Any) -> bytes | None:
 
 
 def decode_arg(raw: bytes | None) -> Any:
-    """The value a worker sees: JSON if it parses, else UTF-8 text, else the bytes.
+    """The value a worker sees (see the module docstring).
 
-    Raises StorableArgError for a Perl Storable image.
+    Raises StorableArgError only for a Perl Storable image this reader refuses.
     """
     if raw is None:
         return None
-    if is_storable(raw):
-        raise StorableArgError()
+    if raw.startswith(BYTES_TAG):
+        return raw[len(BYTES_TAG):]
+    if storable.looks_like_storable(raw):
+        try:
+            return storable.thaw(raw)
+        except storable.StorableRefused as exc:
+            raise StorableArgError(str(exc)) from None
+        except storable.StorableMalformed:
+            pass  # not Storable after all, as Perl TheSchwartz's "false alarm": plain bytes
     return decode_worker_arg(raw)
 
 
@@ -66,24 +88,14 @@ def as_bytes(value: Any) -> bytes | None:
     return bytes(value)
 
 
-def is_storable(raw: bytes) -> bool:
-    """True when `raw` starts like a Storable image (freeze, nfreeze, or a store/nstore file).
-
-    The header: a byte (major << 1 | network-order flag) with major 2..5, a minor version byte;
-    native order then has a length byte and the byte-order string ("12345678", "4321", ...).
-    """
-    if raw.startswith(b"pst0"):
-        raw = raw[4:]
-    if len(raw) < 3:
+def _reads_as_other_than_bytes(raw: bytes) -> bool:
+    if raw.startswith(BYTES_TAG) or storable.looks_like_storable(raw):
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
         return False
-    major, netorder, minor = raw[0] >> 1, raw[0] & 1, raw[1]
-    if not 2 <= major <= 5 or minor > 30:
-        return False
-    if netorder:
-        return raw[2] <= 40  # the first item's type code (SX_*)
-    length = raw[2]
-    order = raw[3:3 + length]
-    return length in (4, 8) and len(order) == length and order.isdigit()
+    return True
 
 
 def _parses_as_json(text: str) -> bool:

@@ -12,7 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workermanager.theschwartz.args import STORABLE_MESSAGE, StorableArgError, decode_arg, is_storable
+from workermanager.theschwartz.args import StorableArgError, decode_arg
+from workermanager.theschwartz.storable import FIRST_BYTES as STORABLE_FIRST_BYTES
 from workermanager.worker import Job, JobAlreadyFinished, Worker
 
 if TYPE_CHECKING:
@@ -121,13 +122,29 @@ class TheSchwartzJob(Job):
 
     @property
     def arg(self) -> Any:  # type: ignore[override]
-        """The decoded argument; StorableArgError when a Perl client stored a Storable image."""
-        return decode_arg(self.raw_arg)
+        """The decoded argument (args.decode_arg), read once; StorableArgError when a Perl client
+        stored a Storable image this reader refuses."""
+        if self._arg_of is not self.raw_arg:  # not read yet, or raw_arg replaced since
+            self._arg_value = decode_arg(self.raw_arg)
+            self._arg_of = self.raw_arg
+        return self._arg_value
+
+    #: the raw_arg that _arg_value was decoded from (a fresh object at first: nothing read yet)
+    _arg_of: Any = object()
+    _arg_value: Any = None
 
     @property
     def arg_error(self) -> str | None:
-        """Why the arg cannot be read ("arg is a Perl Storable value ..."), or None."""
-        return STORABLE_MESSAGE if self.raw_arg is not None and is_storable(self.raw_arg) else None
+        """Why the arg can never be read ("arg is a Perl Storable image ..."), or None. Costs one
+        byte test unless the arg starts like a Storable image."""
+        raw = self.raw_arg
+        if not raw or raw[0] not in STORABLE_FIRST_BYTES:  # not Storable: never refused
+            return None
+        try:
+            _ = self.arg
+        except StorableArgError as exc:
+            return str(exc)
+        return None
 
     @property
     def failures(self) -> int:  # type: ignore[override]
