@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "submit": "workermanager.commands.submit",
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
+    "check": "workermanager.commands.check",
 }
 
 log = logging.getLogger("workermanager")
@@ -77,7 +78,7 @@ def fail(message: str) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, pidfile, runfolder
+    from workermanager import daemonize, pidfile, runfolder, startcheck
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -98,6 +99,7 @@ def run_daemon(options: argparse.Namespace) -> int:
         if metrics_module is not None:
             metrics_module.check_listen(config)
         daemonize.resolve_identity(config)
+        startcheck.at_start(config, master.backend)  # refuse what cannot work, on the terminal
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
         return fail(str(exc))
 
