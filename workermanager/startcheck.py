@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from workermanager.config import Config, ConfigError
@@ -71,7 +72,8 @@ def check_all(config: Config, backend: Backend) -> list[Finding]:
     """Every check for an already loaded config whose workers imported and whose backend built."""
     findings = [Finding(OK, f"config {config.path}: loaded, {len(config.workers)} worker class(es) import")]
     findings += folder_checks(config)
-    findings += as_service(config, lambda: service_checks(config, backend),
+    will_drop = dropped(config)  # asked here: the probe asks after it became the service user
+    findings += as_service(config, lambda: service_checks(config, backend, will_drop),
                            PROBE_SECONDS + PROBE_SECONDS_EACH * _probe_count(backend))
     return findings
 
@@ -99,11 +101,12 @@ def folder_checks(config: Config) -> list[Finding]:
     return findings
 
 
-def service_checks(config: Config, backend: Backend) -> list[Finding]:
-    """In the probing child, as the service user: the config can be re-read (HUP), the logs can be
-    reopened (USR1), and the backend's own checks (databases, job servers)."""
+def service_checks(config: Config, backend: Backend, will_drop: bool) -> list[Finding]:
+    """In the probing child, as the service user: the config can be re-read (HUP) and the logs
+    reopened (USR1) after the drop (`will_drop`), and the backend's own checks (databases, job
+    servers)."""
     findings = []
-    if dropped(config):
+    if will_drop:
         findings += _config_readable(config)
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
@@ -197,7 +200,7 @@ def _probe_count(backend: Backend) -> int:
     return len(getattr(backend, "databases", None) or getattr(backend, "job_servers", None) or [])
 
 
-def as_service(config: Config, probe, timeout: float) -> list[Finding]:
+def as_service(config: Config, probe: Callable[[], list[Finding]], timeout: float) -> list[Finding]:
     """Run `probe()` in a forked child that became the service user (when we are root and the
     config names one), and return its findings; an error finding when it fails or overruns."""
     read_end, write_end = os.pipe()
@@ -231,7 +234,7 @@ def as_service(config: Config, probe, timeout: float) -> list[Finding]:
         return [Finding(ERROR, f"start checks failed (probe exit status {os.waitstatus_to_exitcode(status)})")]
 
 
-def _probe_child(config: Config, probe, write_end: int) -> None:
+def _probe_child(config: Config, probe: Callable[[], list[Finding]], write_end: int) -> None:
     import logging
 
     logging.disable(logging.CRITICAL)  # the libraries' own warnings: the findings say it all
