@@ -235,15 +235,27 @@ def test_a_sql_database_without_the_schema_is_refused(daemons, folder, request, 
     assert "schema present" in result.stdout
 
 
-def test_a_sql_server_that_is_down_is_a_warning(folder):
+@pytest.mark.parametrize("driver", ["Pg", "mysql"])
+def test_a_sql_server_that_is_down_is_a_warning(folder, driver):
     """A fleet may start before its database: the children wait for it, the start goes on."""
-    port = free_port()
+    dsn = f"dbi:{driver}:dbname=wm;host=127.0.0.1;port={free_port()}"
     daemon = Daemon(folder, {"workers": ["testworkers.Noop"], "concurrency": 1, "worker_options": {
-        "databases": [{"dsn": f"dbi:Pg:dbname=wm;host=127.0.0.1;port={port}", "user": "u", "pass": "p"}]}})
+        "databases": [{"dsn": dsn, "user": "u", "pass": "p"}]}})
     result = wm(daemon, "check")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"warning: database dbi:Pg:dbname=wm;host=127.0.0.1;port={port}" in result.stdout
-    assert "does not answer" in result.stdout
+    assert f"warning: database {dsn}" in result.stdout and "does not answer" in result.stdout
+
+
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+def test_a_sql_server_that_refuses_us_is_an_error(folder, request, server):
+    """A server that answers but refuses the login will not change its mind: not a warning."""
+    db = request.getfixturevalue(f"{server}_db")
+    daemon = Daemon(folder, {"workers": ["testworkers.Noop"], "concurrency": 1, "worker_options": {
+        "databases": [{"dsn": db["dsn"], "user": db["user"], "pass": db["pass"] + "-wrong"}]}})
+    result = wm(daemon, "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: database {db['dsn']}" in result.stdout and "does not open" in result.stdout
+    assert db["pass"] not in result.stdout
 
 
 # -- Gearman --------------------------------------------------------------------------------------
