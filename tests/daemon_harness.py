@@ -63,8 +63,22 @@ class Daemon:
             self.process = subprocess.Popen(self.command(*extra), stdout=out, stderr=subprocess.STDOUT,
                                             env=self.env(), cwd=self.folder, start_new_session=True)
         if wait_children:
-            wait_for(lambda: len(self.children()) >= wait_children, 15, what=f"{wait_children} children")
+            wait_for(lambda: self.handles_signals() and len(self.children()) >= wait_children, 15,
+                     what=f"{wait_children} children")
         return self
+
+    def handles_signals(self) -> bool:
+        """Whether the master has installed its signal handlers (it catches SIGHUP, says /proc).
+        Before that a signal kills it, and its one child may be the start checks' short-lived
+        probe (workermanager.startcheck), not a worker."""
+        try:
+            with open(f"/proc/{self.pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("SigCgt:"):
+                        return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
+        except OSError:
+            pass
+        return False
 
     def run(self, *extra: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         """Run the command to completion (for refusals and daemon mode, which detaches)."""

@@ -342,10 +342,13 @@ def test_a_shared_pid_folder_is_not_taken_over(shared_folder):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     folder = shared_folder
-    client, queue_path = make_queue(folder)
+    queue_dir = os.path.join(folder, "queue")  # nobody's: SQLite makes its -wal and -shm there
+    os.mkdir(queue_dir)
+    client, queue_path = make_queue(queue_dir)
     client.close()
     nobody = pwd.getpwnam("nobody")
-    os.chown(queue_path, nobody.pw_uid, nobody.pw_gid)
+    for path in (queue_dir, queue_path):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
     daemon = Daemon(folder, {"workers": ["testworkers.Noop"], "user": "nobody", "concurrency": 1,
                              "pidfile": os.path.join(folder, "wm.pid"),
                              "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue_path}"}]}})

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "submit": "workermanager.commands.submit",
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
+    "check": "workermanager.commands.check",
 }
 
 log = logging.getLogger("workermanager")
@@ -96,7 +97,7 @@ def fail(message: str) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, joblog, pidfile, runfolder
+    from workermanager import daemonize, joblog, pidfile, runfolder, startcheck
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -114,6 +115,7 @@ def run_daemon(options: argparse.Namespace) -> int:
         metrics_module = _metrics_module(config)
         if metrics_module is not None:
             metrics_module.check_listen(config)
+        startcheck.at_start(config, master.backend)  # refuse what cannot work, on the terminal
         # the lock before anything is written or detached: a start that loses fails here, on the
         # terminal; it is held (and survives the detach) for the master's whole life
         lock = pidfile.acquire(config.pidfile, daemonize.service_owners(config)) if config.pidfile else None

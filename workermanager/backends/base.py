@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workermanager.worker import Job, Worker
+
+if TYPE_CHECKING:
+    from workermanager.startcheck import Finding
 
 
 class BackendError(Exception):
@@ -51,6 +54,13 @@ class Backend(abc.ABC):
         """In the master, before it forks children (and after it dropped privileges): build what
         every child would otherwise build again for itself after fork. Objects only: never a
         connection or a socket, and nothing that names the master's pid."""
+
+    def check(self, config_path: str) -> list[Finding]:
+        """At start and in `workermanager check`, in a process that runs as the children will:
+        can the job servers or databases be used? One startcheck.Finding per thing checked, each
+        a line naming it; nothing may wait unbounded. `config_path` is for hints such as "run
+        `workermanager init-db -f ...`". The default checks nothing."""
+        return []
 
     @abc.abstractmethod
     def open(self) -> None:

@@ -171,6 +171,24 @@ class GearmanBackend(Backend):
         self._worker: Worker | None = None
         self._client: Client | None = None
 
+    def check(self, config_path: str) -> list:
+        """Each job server accepts a connection within GEARMAN_CONNECT_TIMEOUT. One that does not
+        is a warning: children wait for job servers that are down, as for any outage."""
+        import socket
+
+        from workermanager.startcheck import GEARMAN_CONNECT_TIMEOUT, OK, WARNING, Finding
+
+        findings = []
+        for spec in self.job_servers:
+            try:
+                socket.create_connection(parse_address(spec), timeout=GEARMAN_CONNECT_TIMEOUT).close()
+            except OSError as exc:
+                findings.append(Finding(WARNING, f"job server {spec} does not answer: "
+                                                 f"{exc.strerror or exc}; the children will wait for it"))
+            else:
+                findings.append(Finding(OK, f"job server {spec}: answers"))
+        return findings
+
     def open(self) -> None:
         worker = Worker(self.job_servers, prefix=self.prefix, max_payload=self.max_packet_size)
         worker.client_id = f"workermanager-{worker.client_id}"

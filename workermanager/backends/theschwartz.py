@@ -83,6 +83,15 @@ class TheSchwartzBackend(Backend):
         each child, on first use)."""
         self._build()
 
+    def check(self, config_path: str) -> list:
+        """Each database opens, holds the schema and (SQLite) is writable: see theschwartz.probe."""
+        from workermanager.theschwartz.probe import probe_database
+
+        findings = []
+        for db in build_databases(self.databases, self.options.get("base_dir")):
+            findings += probe_database(db, config_path)
+        return findings
+
     def open(self) -> None:
         """In the child: the client the master prepared, or one built now; connections open
         lazily on first use, in this process."""
