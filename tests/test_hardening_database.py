@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -90,6 +91,20 @@ def test_init_db_as_root_with_user_leaves_files_the_service_account_writes_and_j
     assert "readonly database" not in daemon.error_log()
 
 
+def test_init_db_as_root_does_not_follow_links_planted_for_the_database(site, daemons):  # noqa: F811
+    # the account points the database name into root's folder: root would create a database
+    # (and its -wal, -shm) there
+    database = os.path.join(site.svc, "planted.db")
+    plant_link(site, os.path.join(site.secret, "made-by-root.db"), database)
+    daemon = daemon_for(daemons, site, **sqlite_settings(database))
+    done = command(daemon, "init-db")
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("workermanager: init-db failed as "), done.stderr
+    assert site.account.name in done.stderr
+    assert sorted(os.listdir(site.secret)) == ["target"]
+    assert_untouched(site.target)
+
+
 def test_init_db_as_root_does_not_follow_links_planted_for_the_wal_and_shm(site, daemons):  # noqa: F811
     database = os.path.join(site.svc, "planted.db")
     missing = os.path.join(site.secret, "made-by-root")
@@ -107,7 +122,7 @@ def test_init_db_as_root_does_not_follow_links_planted_for_the_wal_and_shm(site,
 
 # -- status as root -----------------------------------------------------------------------------------
 
-def test_status_as_root_reads_the_queue_but_never_through_a_planted_shm_link(site, daemons):  # noqa: F811
+def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, daemons):  # noqa: F811
     daemon = daemon_for(daemons, site)
     client = Client([{"dsn": f"dbi:SQLite:dbname={site.queue}"}])
     try:
@@ -119,12 +134,22 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_shm_link(sit
     queue = json.loads(done.stdout)["queue"]
     assert queue["problems"] == [] and [(f["funcname"], f["ready"]) for f in queue["functions"]] == \
         [("Test::Noop", 2)]
-
-    for suffix in ("-wal", "-shm"):  # closed: the last connection removed them
+    for suffix in ("-wal", "-shm"):  # the last connection removed them
         assert not os.path.lexists(site.queue + suffix)
-    plant_link(site, site.target, site.queue + "-shm")  # root's SQLite would truncate and chown it
+
+    # the account replaces its database by a link to a root-only SQLite database: root's SQLite
+    # would open it read-write and switch it to WAL (a write), with -wal/-shm in root's folder
+    root_db = os.path.join(site.secret, "root.db")
+    with sqlite3.connect(root_db) as conn:
+        conn.execute("CREATE TABLE secret (x)")
+    conn.close()
+    os.chmod(root_db, 0o600)
+    before = open(root_db, "rb").read()
+    os.unlink(site.queue)
+    plant_link(site, root_db, site.queue)
     done = command(daemon, "status")
-    assert_untouched(site.target)
+    assert open(root_db, "rb").read() == before, "root's database was written through the link"
+    assert sorted(os.listdir(site.secret)) == ["root.db", "target"]
     problems = [line for line in done.stdout.splitlines() if "problem:" in line]
     assert len(problems) == 1 and "unable to open database file" in problems[0], done.stdout
 
