@@ -21,6 +21,7 @@ import pytest
 from test_hardening_files import Site, assert_untouched, daemon_for, plant_link, service_account, site  # noqa: F401
 
 from workermanager.theschwartz import Client
+from workermanager.theschwartz.wakeup import Wakeup
 
 from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
 
@@ -159,6 +160,7 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, d
 @pytest.fixture
 def shared_tmp(site):  # noqa: F811
     """A world-writable sticky folder like /tmp, made the temp folder of the account's child."""
+    Client([PG_ENTRY]).close()  # its driver imported by root: the account may not read root's Python
     folder = os.path.join(site.root, "tmp")
     os.mkdir(folder)
     os.chmod(folder, 0o1777)
@@ -170,7 +172,6 @@ def take_a_turn(tmp: str) -> dict[str, Any]:
     """In the account's child: build a Wakeup over a PostgreSQL database and take a listening turn."""
     tempfile.tempdir = tmp
     os.environ.pop("XDG_RUNTIME_DIR", None)
-    from workermanager.theschwartz.wakeup import Wakeup
 
     wakeup = Wakeup(Client([PG_ENTRY]).databases, ["Test::Noop"])
     taken = wakeup._take_slot()
