@@ -140,12 +140,7 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, d
 
     # the account replaces its database by a link to a root-only SQLite database: root's SQLite
     # would open it read-write and switch it to WAL (a write), with -wal/-shm in root's folder
-    root_db = os.path.join(site.secret, "root.db")
-    with sqlite3.connect(root_db) as conn:
-        conn.execute("CREATE TABLE secret (x)")
-    conn.close()
-    os.chmod(root_db, 0o600)
-    before = open(root_db, "rb").read()
+    root_db, before = root_sqlite_database(site)
     os.unlink(site.queue)
     plant_link(site, root_db, site.queue)
     done = command(daemon, "status")
@@ -153,6 +148,17 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, d
     assert sorted(os.listdir(site.secret)) == ["root.db", "target"]
     problems = [line for line in done.stdout.splitlines() if "problem:" in line]
     assert len(problems) == 1 and "unable to open database file" in problems[0], done.stdout
+
+
+def root_sqlite_database(site: Site) -> tuple[str, bytes]:  # noqa: F811
+    """A root-only SQLite database in root's folder (rollback journal): (path, its bytes)."""
+    path = os.path.join(site.secret, "root.db")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE secret (x)")
+    conn.close()
+    os.chmod(path, 0o600)
+    with open(path, "rb") as handle:
+        return path, handle.read()
 
 
 # -- listening turns (PostgreSQL's wakeup) ---------------------------------------------------------------
