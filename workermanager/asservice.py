@@ -1,13 +1,14 @@
 """Running the database part of a root-run command as the service account, in a forked child.
 
 `workermanager init-db` and `workermanager status` are often run by root on a config that names
-`user:`. SQLite creates the database, its -wal, -shm and -journal files with the rights of
-whoever opens it, and follows links planted where they go: as root it would leave root-owned
-files the children cannot write ("attempt to write a readonly database"), and a `-shm` link the
-service account planted would make root truncate and chown the file it points to. So when root
-runs such a command on a config that drops privileges, the database work runs in a child that
-became `user:`/`group:` first: what it creates is the service account's, and a link there gives
-it only the rights it already has. The result comes back to the parent as JSON over a pipe.
+`user:`. SQLite creates the database (and its folder, for init-db) with the rights of whoever
+opens it, and resolves a link at the database name: as root, init-db would leave a root-owned
+database the children cannot write ("attempt to write a readonly database"), and a link the
+service account planted there would make root create, or open read-write, a file in a folder
+only root may write. So when root runs such a command on a config that drops privileges, the
+database work runs in a child that became `user:`/`group:` first: what it creates is the service
+account's, and a link there gives it only the rights it already has. The result comes back to the
+parent as JSON over a pipe.
 """
 
 from __future__ import annotations
