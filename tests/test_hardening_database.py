@@ -145,6 +145,8 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, d
     plant_link(site, root_db, site.queue)
     done = command(daemon, "status")
     assert open(root_db, "rb").read() == before, "root's database was written through the link"
+    info = os.stat(root_db)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o600)
     assert sorted(os.listdir(site.secret)) == ["root.db", "target"]
     problems = [line for line in done.stdout.splitlines() if "problem:" in line]
     assert len(problems) == 1 and "unable to open database file" in problems[0], done.stdout
