@@ -1,9 +1,16 @@
-"""`workermanager init-db`: create the TheSchwartz tables (idempotent)."""
+"""`workermanager init-db`: create the TheSchwartz tables (idempotent).
+
+Run by root on a config that names `user:`, the tables are created by a child that became that
+account first (see asservice): the SQLite file and its -wal/-shm are then the service account's,
+which the daemon's children must write, and no root process opens a path that account could have
+planted with a link. With --dsn (no config) it runs as whoever calls it.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from workermanager import asservice
 from workermanager.commands import fail, load_config
 from workermanager.config import ConfigError
 
@@ -35,9 +42,17 @@ def main(argv: list[str]) -> int:
             if not databases:
                 return fail(f"{config.path}: key 'worker_options.databases' is required for init-db")
             base_dir = config.base_dir
+            if asservice.must_drop(config):
+                asservice.import_drivers(config)
+                asservice.run_as_service(config, lambda: init_db(databases, base_dir=base_dir))
+                print(f"workermanager: schema ready (created as {asservice.account_name(config)})")
+                return 0
         init_db(databases, base_dir=base_dir)
     except ConfigError as exc:
         return fail(str(exc))
+    except asservice.ServiceChildError as exc:
+        return fail(f"init-db failed as {asservice.account_name(config)} (the account of key 'user' in "
+                    f"{config.path}): {exc}")
     except Exception as exc:  # a database error: one line, not a traceback
         return fail(f"init-db failed: {type(exc).__name__}: {exc}")
     print("workermanager: schema ready")

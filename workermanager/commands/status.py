@@ -250,6 +250,29 @@ def _one_line(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def read_queue(config: Config, timeout: float) -> dict[str, Any]:
+    """The queue as a dict. Root on a config that drops privileges reads a TheSchwartz queue as
+    the service account, in a forked child (see asservice): root's SQLite would follow a link the
+    account planted at the database name and open its target read-write (switching it to WAL is
+    a write). When that child cannot read it, the queue is skipped with one line in `problems`."""
+    from workermanager import asservice
+    from workermanager.queuestatus import QueueStatus, queue_status
+
+    def read() -> dict[str, Any]:
+        return queue_status(config.type, config.worker_options, config.base_dir, timeout).as_dict()
+
+    if config.type.lower() != "theschwartz":
+        return read()
+    try:
+        if not asservice.must_drop(config):
+            return read()
+        asservice.import_drivers(config)
+        return asservice.run_as_service(config, read)
+    except (asservice.ServiceChildError, OSError) as exc:  # OSError: no such user or group
+        return QueueStatus("TheSchwartz", [], [], [
+            f"queue not read: reading it as {asservice.account_name(config)} failed: {exc}"]).as_dict()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="workermanager status",
@@ -271,9 +294,7 @@ def main(argv: list[str]) -> int:
         return fail(str(exc), 1)
     queue = None
     if not options.no_queue:
-        from workermanager.queuestatus import queue_status
-
-        queue = queue_status(config.type, config.worker_options, config.base_dir, options.timeout).as_dict()
+        queue = read_queue(config, options.timeout)
     path = status_path(config)
     if options.json:
         print(json.dumps({"running": code == RUNNING, "exit_status": code, "message": message,

@@ -17,19 +17,27 @@ notifications lost with a dropped connection).
 
 Each idle poll also asks every SQLite database whether its file was replaced (Database.check_file,
 one stat()): a connection to a file moved away or removed would never see another job.
+
+The slot files live in a folder nobody else can enter (see slot_folder): a shared, predictable
+name in /tmp would let any local user hold every turn (no child ever LISTENs) or plant a link
+the children open. Slots are opened relative to that folder's descriptor, never through a link.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
 import os
 import random
 import select
+import stat
 import tempfile
 import time
+from typing import NamedTuple
 
+from workermanager import safefiles
 from workermanager.theschwartz.database import Database
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,56 @@ POLL_FIRST = 0.005
 POLL_FACTOR = 2.0
 POLL_MAX = 0.05
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SLOT_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SlotFolder(NamedTuple):
+    """Where the listening turns of the account we run as live: `name` inside `parent`."""
+
+    parent: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.parent, self.name)
+
+
+def slot_folder() -> SlotFolder:
+    """The private folder of the listening turns: `workermanager` in $XDG_RUNTIME_DIR when that is
+    a folder of ours alone, else `workermanager-<uid>` in the temp folder (made 0700 by the first
+    child that needs it, and used only while it is ours and nobody else's to enter)."""
+    from workermanager.status import private_runtime_folder
+
+    runtime = private_runtime_folder()
+    if runtime is not None:
+        return SlotFolder(runtime, "workermanager")
+    return SlotFolder(tempfile.gettempdir(), f"workermanager-{os.geteuid()}")
+
+
+def open_private_folder(folder: SlotFolder) -> int:
+    """A descriptor of `folder`, created 0700 when missing; UnsafePath when it is a link, or not
+    ours alone (someone else made it first, or opened it to others)."""
+    parent_fd = safefiles.open_folder(folder.parent)
+    try:
+        try:
+            os.mkdir(folder.name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(folder.name, _FOLDER_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            raise safefiles.UnsafePath(f"{folder.path}: not usable for listening turns: "
+                                       f"{'a symbolic link' if exc.errno == errno.ELOOP else exc.strerror}") from None
+    finally:
+        os.close(parent_fd)
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        os.close(fd)
+        raise safefiles.UnsafePath(f"{folder.path}: not a private folder of ours (owner uid {info.st_uid}, "
+                                   f"mode {stat.S_IMODE(info.st_mode):04o}, expected uid {os.geteuid()}, 0700)")
+    return fd
+
 
 class Wakeup:
     """The idle waits of one worker process over a client's databases."""
@@ -55,8 +113,13 @@ class Wakeup:
         self.funcnames = list(funcnames)
         self.listeners = max(1, int(listeners))
         key = "|".join(sorted(f"{db.hashdsn}:{db.prefix}" for db in databases if db.dialect.can_listen))
-        self._slot_stem = os.path.join(slot_dir or tempfile.gettempdir(),
-                                       f"workermanager-{os.getuid()}-listen-{hashlib.md5(key.encode()).hexdigest()[:16]}")
+        #: slot_dir: a folder given by the caller (tests); else the account's private folder
+        self._slot_folder = None if slot_dir is not None else slot_folder()
+        self._slot_dir = slot_dir
+        self._slot_name = f"listen-{hashlib.md5(key.encode()).hexdigest()[:16]}"
+        self._slot_stem = os.path.join(slot_dir or self._slot_folder.path, self._slot_name)
+        self._folder_fd: int | None = None  # opened on first use, in the process that waits
+        self._folder_refused = False
         self._slot_fd: int | None = None
         self._listening: dict[int, int] = {}   # id(db) -> db.opened when it LISTENed
         self._pause = POLL_FIRST
@@ -104,6 +167,9 @@ class Wakeup:
     def close(self) -> None:
         self._listening.clear()
         self._release_slot()
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
 
     # --- listening --------------------------------------------------------------------------------
 
@@ -169,14 +235,19 @@ class Wakeup:
     # --- turns ------------------------------------------------------------------------------------
 
     def _take_slot(self) -> bool:
+        folder_fd = self._open_folder()
+        if folder_fd is None:  # no private folder: everyone listens (a herd, but working)
+            self._slot_fd = -1
+            return True
         for index in range(self.listeners):
-            path = f"{self._slot_stem}-{index}"
+            name = f"{self._slot_name}-{index}"
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:  # no writable temp dir: everyone listens (herd, but working)
-                log.debug("listening slot %s: %s", path, exc)
-                self._slot_fd = -1
-                return True
+                fd = self._open_slot(folder_fd, name)
+            except OSError as exc:  # the folder was removed under us (a temp cleaner): find it again
+                log.debug("listening slot %s: %s", name, exc)
+                os.close(folder_fd)
+                self._folder_fd = None
+                return False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -185,6 +256,35 @@ class Wakeup:
             self._slot_fd = fd
             return True
         return False
+
+    def _open_folder(self) -> int | None:
+        """The slot folder's descriptor (cached), or None when there is no safe one (said once)."""
+        if self._folder_fd is None and not self._folder_refused:
+            try:
+                if self._slot_dir is not None:
+                    self._folder_fd = safefiles.open_folder(self._slot_dir)
+                else:
+                    assert self._slot_folder is not None
+                    self._folder_fd = open_private_folder(self._slot_folder)
+            except OSError as exc:
+                self._folder_refused = True
+                log.warning("listening turns: %s; every idle child listens instead (more queries per insert)", exc)
+        return self._folder_fd
+
+    @staticmethod
+    def _open_slot(folder_fd: int, name: str) -> int:
+        """Slot file `name`, opened relative to the folder and never through a link; a missing one
+        is created exclusively (O_EXCL), so two children creating it at once both end on one file."""
+        for _ in range(5):
+            try:
+                return os.open(name, _SLOT_FLAGS, dir_fd=folder_fd)
+            except FileNotFoundError:
+                pass
+            try:
+                return os.open(name, _SLOT_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=folder_fd)
+            except FileExistsError:
+                continue  # another child created it between the two opens
+        raise OSError(errno.EAGAIN, f"{name}: keeps appearing and disappearing")
 
     def _release_slot(self) -> None:
         fd, self._slot_fd = self._slot_fd, None
