@@ -12,6 +12,7 @@ import grp
 import logging
 import os
 import pwd
+import stat
 import sys
 
 from workermanager import safefiles
@@ -116,7 +117,7 @@ def open_log(path: str, what: str, config: Config) -> int:
     """Open a log file for appending as safefiles does, and hand it to the service account."""
     fd = safefiles.open_append(path, LOG_MODE, what, service_owners(config))
     ids = service_ids(config)
-    if ids is not None:
+    if ids is not None and stat.S_ISREG(os.fstat(fd).st_mode):  # never a device such as /dev/null
         try:
             os.fchown(fd, *ids)
         except OSError as exc:
