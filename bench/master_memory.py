@@ -61,20 +61,21 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def wait_done(path: str, left: int, process: subprocess.Popen, timeout: float) -> None:
-    """Until at most `left` jobs remain (each one a child life at -w 1)."""
-    deadline = time.monotonic() + timeout
+def wait_done(path: str, left: int, process: subprocess.Popen, deadline: float) -> None:
+    """Until at most `left` jobs remain (each one a child life at -w 1); `deadline` is monotonic."""
     while jobs_left(path) > left:
         if process.poll() is not None:
             raise RuntimeError(f"the master exited with status {process.returncode}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"still more than {left} jobs after {timeout:g}s")
+            raise RuntimeError(f"still more than {left} jobs left at the deadline")
         time.sleep(0.2)
 
 
 def measure(folder: str, warmup: int, lives: int, metrics_port: int | None = None,
-            timeout: float = 600) -> tuple[int, int]:
-    """(RSS after warm-up, RSS after `lives` more child lives), in KiB, of one master."""
+            timeout: float = 3600) -> tuple[int, int]:
+    """(RSS after warm-up, RSS after `lives` more child lives), in KiB, of one master; the whole
+    run takes at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     db = os.path.join(folder, "queue.db")
     prepare_db(db, warmup + lives + 50)  # a few left over: the last lives still find a job
     config = {"workers": ["benchworkers.Noop"], "inc_path": BENCH_WORKERS,
@@ -91,9 +92,9 @@ def measure(folder: str, warmup: int, lives: int, metrics_port: int | None = Non
                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder)
     total = warmup + lives + 50
     try:
-        wait_done(db, total - warmup, process, timeout)
+        wait_done(db, total - warmup, process, deadline)
         before = rss_kib(process.pid)
-        wait_done(db, total - warmup - lives, process, timeout)
+        wait_done(db, total - warmup - lives, process, deadline)
         after = rss_kib(process.pid)
     finally:
         process.terminate()
