@@ -45,9 +45,9 @@ def _positive(value: Any) -> str | None:
 
 
 def _concurrency(value: Any) -> str | None:
-    if not 1 <= value <= MAX_CONCURRENCY:
-        return f"must be from 1 to {MAX_CONCURRENCY}"
-    return None
+    if value > MAX_CONCURRENCY:
+        return f"must be at most {MAX_CONCURRENCY}, the maximum (docs/master-limits.md)"
+    return _positive(value)
 
 
 def _not_negative(value: Any) -> str | None:
