@@ -177,7 +177,7 @@ class Master:
     def _sleep(self, timeout: float) -> None:
         assert self._selector is not None and self._signal_selector is not None, "run() sets them"
         ready = self._selector.select(timeout)
-        if ready and all(key.fd != self._wakeup_r for key, _ in ready):
+        if all(key.fd != self._wakeup_r for key, _ in ready):
             # Only scoreboard news: let a few more messages gather (at most one turn per
             # SCOREBOARD_INTERVAL), so busy children do not wake the master twice per job.
             pause = self._last_read + SCOREBOARD_INTERVAL - time.monotonic()
