@@ -133,7 +133,10 @@ class Master:
             self._signal_selector.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
-        log.info("master %d stopped", os.getpid())
+        try:
+            log.info("master %d stopped", os.getpid())
+        except Exception:  # the log's file gone: the stop itself went well
+            pass
         return 0
 
     def _turn(self) -> bool:
@@ -159,7 +162,10 @@ class Master:
         if now < self._survived.get(where, 0.0):
             return
         self._survived[where] = now + SURVIVED_LOG_INTERVAL
-        log.error("master %d: %s failed, carrying on: %s: %s", os.getpid(), where, type(exc).__name__, exc)
+        try:
+            log.error("master %d: %s failed, carrying on: %s: %s", os.getpid(), where, type(exc).__name__, exc)
+        except Exception:  # a log handler that raises (its file gone) must not stop the master either
+            pass
 
     def _next_timeout(self) -> float:
         """Until the next thing the master must do unprompted: fork a child whose start was put off,
@@ -250,29 +256,29 @@ class Master:
         try:
             self.on_reopen_logs()
         except Exception as exc:
-            log.error("master %d: reopening the log files failed, keeping the open ones: %s: %s",
-                      os.getpid(), type(exc).__name__, exc)
+            self._survive("reopening the log files", exc)
 
     def handle_sigchld(self) -> None:
         """Reaping happens on every loop turn; the signal only wakes the loop."""
 
+    # The stop handlers act first and log after: a stop must not depend on the log working.
     def handle_sigterm(self) -> None:
         if self.stopping:
             return
-        log.info("master %d: graceful stop; waiting up to %gs for running jobs",
-                 os.getpid(), self.config.graceful_timeout)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.graceful_timeout
         self._signal_children(signal.SIGTERM, self.children.values())
+        log.info("master %d: graceful stop; waiting up to %gs for running jobs",
+                 os.getpid(), self.config.graceful_timeout)
 
     handle_sigquit = handle_sigterm
 
     def handle_sigint(self) -> None:
-        log.info("master %d: fast stop", os.getpid())
         self.stopping = True
         deadline = time.monotonic() + FAST_STOP_SECONDS
         self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
         self._signal_children(signal.SIGINT, self.children.values())
+        log.info("master %d: fast stop", os.getpid())
 
     def handle_sighup(self) -> None:
         log.info("master %d: reloading %s", os.getpid(), self.config.path)
