@@ -20,6 +20,10 @@ import yaml
 from workermanager.worker import Worker
 
 LOG_FORMATS = ("classic", "ltsv", "json")
+#: the most children one master keeps (start, HUP and TTIN). Each child costs the master a pipe
+#: descriptor and a page of shared memory, and the master's other descriptors (logs, metrics, its
+#: wakeup pipe, the selector) fit in what is left of the usual 1,024 (see docs/master-limits.md)
+MAX_CONCURRENCY = 1000
 
 
 class ConfigError(Exception):
@@ -38,6 +42,12 @@ class Setting:
 
 def _positive(value: Any) -> str | None:
     return None if value >= 1 else "must be 1 or more"
+
+
+def _concurrency(value: Any) -> str | None:
+    if value > MAX_CONCURRENCY:
+        return f"must be at most {MAX_CONCURRENCY}, the maximum (docs/master-limits.md)"
+    return _positive(value)
 
 
 def _not_negative(value: Any) -> str | None:
@@ -61,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("logfile", str, None, "per-job log; standard output when unset", is_path=True),
     Setting("errorlogfile", str, None, "daemon and error log; standard error when unset", is_path=True),
     Setting("env", dict, {}, "environment variables set for the daemon when not already set"),
-    Setting("concurrency", int, 4, "number of children", _positive),
+    Setting("concurrency", int, 4, f"number of children, at most {MAX_CONCURRENCY}", _concurrency),
     Setting("works_per_child", int, 100, "jobs a child runs before it is recycled", _positive),
     Setting("works_per_child_jitter", int, 0, "up to this many extra jobs per child, at random",
             _not_negative),

@@ -3,6 +3,11 @@
 One loop, readable on a screen: sleep until a signal, a child's message or a timer; handle
 the signals; read the scoreboard; reap; kill jobs past their timeout; top the pool up. Signal
 handlers only record the signal, so logging and forking never happen inside one.
+
+Only TERM, QUIT and INT stop the master. Anything else that goes wrong in a turn of the loop (a
+failed log reopen, a listener or the status publisher raising, a fork or pipe refused for lack of
+descriptors or memory) is logged in the error log and the loop goes on: the children's lives
+depend on the master's, so the master outlives every error it can. See docs/master-limits.md.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import gc
 import logging
 import os
 import random
-import select
+import resource
+import selectors
 import signal
 import time
 from collections.abc import Callable
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import ChildPlan, flush_log_handlers, run_child
-from workermanager.config import Config, ConfigError, import_worker_classes
+from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, JobBoard
 from workermanager.worker import Worker
 
@@ -43,6 +49,14 @@ SCOREBOARD_INTERVAL = 0.01
 BOARD_INTERVAL = 0.5
 #: fast stop (INT) waits this long for children to hand their jobs back
 FAST_STOP_SECONDS = 3.0
+#: a fork or pipe refused (no descriptors, no memory): the next try after this many seconds,
+#: doubling from the first to the second value while it keeps failing
+SPAWN_FAILURE_BACKOFF = (0.1, 10.0)
+#: descriptors the master keeps for itself beyond one per child (std streams, logs, wakeup pipe,
+#: selector, metrics' port and its connections, a spawn's pipe in the making)
+RESERVED_DESCRIPTORS = 64
+#: the same unexpected error (per place in the loop) is logged at most this often (seconds)
+SURVIVED_LOG_INTERVAL = 60.0
 
 
 class MasterListener:
@@ -84,34 +98,74 @@ class Master:
         self._last_read = 0.0
         self._title: tuple = ()
         self._routine_recycles = 0  # recycled children whose replacements are not yet forked
+        #: forks (or their pipes) refused in a row; see SPAWN_FAILURE_BACKOFF
+        self.spawn_failures = 0
+        #: where an unexpected error was last logged -> when it may be logged again; see _survive
+        self._survived: dict[str, float] = {}
+        #: waits for the wakeup pipe and every child's pipe (epoll/poll: no limit at 1,024 as select's)
+        self._selector: selectors.BaseSelector | None = None
+        #: waits for the wakeup pipe alone (the pause that lets children's messages gather)
+        self._signal_selector: selectors.BaseSelector | None = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
         """Run the pool until a stop signal; returns the exit status. Call after daemonizing."""
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self._signal_selector = selectors.DefaultSelector()
+        self._signal_selector.register(self._wakeup_r, selectors.EVENT_READ)
         self._install_signals()
         self.backend.prepare()
+        _ensure_descriptors(self.concurrency)
         log.info("master %d started: %s, %d children, %d jobs each", os.getpid(), self.config.type,
                  self.concurrency, self.config.works_per_child)
         try:
             while True:
-                self._sleep(self._next_timeout())
-                self._handle_signals()
-                self._reap()
-                self._read_boards()
-                if self.stopping:
-                    if not self.children:
+                try:
+                    if self._turn():
                         break
-                    self._enforce_stop_deadline()
-                else:
-                    self._kill_timed_out_jobs()
-                    self._maintain_pool()
-                self._publish()
+                except Exception as exc:  # a bug or a surprise: the pool must outlive it
+                    self._survive("the master's loop", exc)
+                    self._signal_selector.select(1.0)  # never spin on a repeating error
         finally:
+            self._selector.close()
+            self._signal_selector.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
-        log.info("master %d stopped", os.getpid())
+        try:
+            log.info("master %d stopped", os.getpid())
+        except Exception:  # the log's file gone: the stop itself went well
+            pass
         return 0
+
+    def _turn(self) -> bool:
+        """One turn of the loop; True when the master has stopped its children and must exit."""
+        self._sleep(self._next_timeout())
+        self._handle_signals()
+        self._reap()
+        self._read_boards()
+        if self.stopping:
+            if not self.children:
+                return True
+            self._enforce_stop_deadline()
+        else:
+            self._kill_timed_out_jobs()
+            self._maintain_pool()
+        self._publish()
+        return False
+
+    def _survive(self, where: str, exc: BaseException) -> None:
+        """Log an error the loop goes on after: one line, and the same place at most once per
+        SURVIVED_LOG_INTERVAL, so that an error repeating every turn cannot fill the disk."""
+        now = time.monotonic()
+        if now < self._survived.get(where, 0.0):
+            return
+        self._survived[where] = now + SURVIVED_LOG_INTERVAL
+        try:
+            log.error("master %d: %s failed, carrying on: %s: %s", os.getpid(), where, type(exc).__name__, exc)
+        except Exception:  # a log handler that raises (its file gone) must not stop the master either
+            pass
 
     def _next_timeout(self) -> float:
         """Until the next thing the master must do unprompted: fork a child whose start was put off,
@@ -127,48 +181,51 @@ class Master:
         return timeout
 
     def _sleep(self, timeout: float) -> None:
-        fds = [self._wakeup_r] + [child.read_fd for child in self.children.values()]
-        try:
-            readable, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:
-            return
-        if self._wakeup_r not in readable:
+        assert self._selector is not None and self._signal_selector is not None, "run() sets them"
+        ready = self._selector.select(timeout)
+        if all(key.fd != self._wakeup_r for key, _ in ready):
             # Only scoreboard news: let a few more messages gather (at most one turn per
             # SCOREBOARD_INTERVAL), so busy children do not wake the master twice per job.
             pause = self._last_read + SCOREBOARD_INTERVAL - time.monotonic()
             if pause > 0:
-                select.select([self._wakeup_r], [], [], pause)  # a signal (SIGCHLD) ends the pause
-                readable, _, _ = select.select(fds, [], [], 0)
+                self._signal_selector.select(pause)  # a signal (SIGCHLD) ends the pause
+                ready = self._selector.select(0)
             self._last_read = time.monotonic()
-        for fd in readable:
-            if fd == self._wakeup_r:
-                self.pending_signals.extend(_drain(fd))
+        for key, _ in ready:
+            if key.fd == self._wakeup_r:
+                self.pending_signals.extend(_drain(key.fd))
             else:
-                self._read_child(fd)
+                self._drain_child(key.data)
 
     def _read_boards(self) -> None:
         for child in self.children.values():
             self._read_board(child)
 
     def _read_board(self, child: ChildState) -> None:
-        if child.read_board():
-            self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
-
-    def _read_child(self, fd: int) -> None:
-        child = next((c for c in self.children.values() if c.read_fd == fd), None)
-        if child is not None:
-            self._drain_child(child)
+        try:
+            if child.read_board():
+                self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
+        except Exception as exc:
+            self._survive("reading a child's job board", exc)
 
     def _apply_messages(self, child: ChildState, data: bytes) -> None:
-        for message in child.feed(data):
-            child.apply(message)
-            event = message.get("event")
-            if event == "exiting":
-                child.kill_reason = child.kill_reason or message.get("reason")
-            elif event == "done":
-                self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
-                for listener in self.listeners:
-                    listener.job_done(message)
+        try:
+            messages = child.feed(data)
+        except Exception as exc:
+            self._survive("reading a child's messages", exc)
+            return
+        for message in messages:
+            try:
+                child.apply(message)
+                event = message.get("event")
+                if event == "exiting":
+                    child.kill_reason = child.kill_reason or message.get("reason")
+                elif event == "done":
+                    self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
+                    for listener in self.listeners:
+                        listener.job_done(message)
+            except Exception as exc:  # a message of an unexpected shape, a listener's bug
+                self._survive("applying a child's message", exc)
 
     # -- signals ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -185,34 +242,47 @@ class Master:
     def _handle_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.popleft()
-            handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
-            if handler is not None:
+            name = _signal_name(signum)
+            handler = getattr(self, f"handle_{name.lower()}", None)
+            if handler is None:
+                continue
+            try:
                 handler()
+            except Exception as exc:  # only TERM, QUIT and INT stop the master, and by their flags
+                self._survive(f"{name} handling", exc)
+
+    def _reopen_logs(self) -> None:
+        """The error log's reopen (USR1, HUP); a failure is one line, and the master goes on."""
+        try:
+            self.on_reopen_logs()
+        except Exception as exc:
+            self._survive("reopening the log files", exc)
 
     def handle_sigchld(self) -> None:
         """Reaping happens on every loop turn; the signal only wakes the loop."""
 
+    # The stop handlers act first and log after: a stop must not depend on the log working.
     def handle_sigterm(self) -> None:
         if self.stopping:
             return
-        log.info("master %d: graceful stop; waiting up to %gs for running jobs",
-                 os.getpid(), self.config.graceful_timeout)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.graceful_timeout
         self._signal_children(signal.SIGTERM, self.children.values())
+        log.info("master %d: graceful stop; waiting up to %gs for running jobs",
+                 os.getpid(), self.config.graceful_timeout)
 
     handle_sigquit = handle_sigterm
 
     def handle_sigint(self) -> None:
-        log.info("master %d: fast stop", os.getpid())
         self.stopping = True
         deadline = time.monotonic() + FAST_STOP_SECONDS
         self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
         self._signal_children(signal.SIGINT, self.children.values())
+        log.info("master %d: fast stop", os.getpid())
 
     def handle_sighup(self) -> None:
         log.info("master %d: reloading %s", os.getpid(), self.config.path)
-        self.on_reopen_logs()
+        self._reopen_logs()
         try:
             config = self.reload_config()
             classes = import_worker_classes(config)
@@ -223,6 +293,7 @@ class Master:
             return
         self.config, self.worker_classes, self.backend = config, classes, backend
         self.concurrency = config.concurrency
+        _ensure_descriptors(self.concurrency)
         old = [c for c in self.children.values() if c.generation == self.generation]
         self.generation += 1
         self._signal_children(signal.SIGTERM, old, reason="replaced by reload")
@@ -230,11 +301,16 @@ class Master:
 
     def handle_sigusr1(self) -> None:
         log.info("master %d: reopening log files", os.getpid())
-        self.on_reopen_logs()
+        self._reopen_logs()
         self._signal_children(signal.SIGUSR1, self.children.values(), mark=False)
 
     def handle_sigttin(self) -> None:
+        if self.concurrency >= MAX_CONCURRENCY:
+            log.warning("master %d: concurrency stays at %d, the maximum (TTIN ignored)", os.getpid(),
+                        self.concurrency)
+            return
         self.concurrency += 1
+        _ensure_descriptors(self.concurrency)
         log.info("master %d: concurrency raised to %d", os.getpid(), self.concurrency)
 
     def handle_sigttou(self) -> None:
@@ -265,7 +341,7 @@ class Master:
         while missing > 0 and time.monotonic() >= self.next_spawn_at:
             self._spawn()
             missing -= 1
-            if self.young_deaths or self.crash_streak > 1:
+            if self.young_deaths or self.crash_streak > 1 or self.spawn_failures:
                 break  # under backoff: one child at a time, then wait again
 
     def _retire(self, count: int) -> None:
@@ -280,8 +356,18 @@ class Master:
     def _spawn(self) -> None:
         slot = self._free_slot()
         jitter = random.randint(0, self.config.works_per_child_jitter) if self.config.works_per_child_jitter else 0
-        read_fd, write_fd = os.pipe()
-        board = JobBoard()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            self._spawn_failed("its pipe", exc)
+            return
+        try:
+            board = JobBoard()
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._spawn_failed("its job board", exc)
+            return
         plan = ChildPlan(config=self.config, backend=self.backend, worker_classes=self.worker_classes,
                          slot=slot, generation=self.generation,
                          works_limit=self.config.works_per_child + jitter,
@@ -289,12 +375,28 @@ class Master:
                          report_jobs=bool(self.listeners), orphans=self._orphans)
         self._orphans = []
         flush_log_handlers()
-        gc.freeze()  # objects that exist now stay out of the children's collections: no copy-on-write
+        # Objects that exist now stay out of the child's collections (no copy-on-write of their
+        # pages). The parent thaws them right after the fork: left frozen, every object alive at
+        # any fork would never be collected in the master again, which grew it with every child.
+        # Thawed objects land in the oldest generation, which is collected rarely: the young ones'
+        # garbage (cycles the loop made since the last fork) is collected first, or it would pile
+        # up there, a few hundred bytes per child at -w 1 (docs/master-limits.md).
+        gc.collect(1)
+        gc.freeze()
         # Signals stay blocked from before fork until the child has its own handlers, so a TERM
         # sent to a brand-new child waits for the child's handler instead of reaching the master's.
         # _signal's, not signal's: the wrapper turns each signal of the answer into an enum
         blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_NUMBERS)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            gc.unfreeze()
+            os.close(read_fd)
+            os.close(write_fd)
+            board.close()
+            self._spawn_failed("fork()", exc)
+            return
         if pid == 0:  # the child: never returns into the master's loop
             status = 1
             try:
@@ -304,22 +406,41 @@ class Master:
                     os.close(child.read_fd)
                     if child.board is not None:
                         child.board.close()
+                for selector in (self._selector, self._signal_selector):
+                    if selector is not None:
+                        selector.close()  # the child's copy of the epoll descriptor, not the master's
                 os.close(self._wakeup_r)
                 os.close(self._wakeup_w)
                 status = run_child(plan, unblock=blocked)
             finally:
                 os._exit(status)
+        gc.unfreeze()
         _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        self.children[pid] = ChildState(pid=pid, slot=slot, generation=self.generation,
-                                        started_at=time.time(), read_fd=read_fd,
-                                        works_limit=plan.works_limit, board=board)
+        child = ChildState(pid=pid, slot=slot, generation=self.generation, started_at=time.time(),
+                           read_fd=read_fd, works_limit=plan.works_limit, board=board)
+        self.children[pid] = child
+        assert self._selector is not None, "run() sets it"
+        self._selector.register(read_fd, selectors.EVENT_READ, child)
+        if self.spawn_failures:
+            log.warning("master %d: forking works again after %d failure(s)", os.getpid(), self.spawn_failures)
+            self.spawn_failures = 0
         # A routine recycle's replacement is news only at debug level: with -w 1 it is every job.
         level = logging.DEBUG if self._routine_recycles else logging.INFO
         self._routine_recycles = max(0, self._routine_recycles - 1)
         log.log(level, "child %d started (slot %d, generation %d, %d jobs)", pid, slot, self.generation,
                 plan.works_limit)
+
+    def _spawn_failed(self, what: str, exc: OSError) -> None:
+        """A child could not be started (EMFILE, ENFILE, EAGAIN, ENOMEM, ...): log it, try again
+        later, doubling the wait while it keeps failing. Never a reason for the master to exit."""
+        self.spawn_failures += 1
+        delay = min(SPAWN_FAILURE_BACKOFF[1], SPAWN_FAILURE_BACKOFF[0] * 2 ** (self.spawn_failures - 1))
+        self.next_spawn_at = time.monotonic() + delay
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        log.error("master %d: cannot start a child: %s failed: %s (%s); %d failure(s) in a row, next try in %.1fs",
+                  os.getpid(), what, exc.strerror or exc, name, self.spawn_failures, delay)
 
     def _reap(self) -> None:
         while True:
@@ -333,6 +454,8 @@ class Master:
             if child is None:
                 continue
             self._drain_child(child)
+            if self._selector is not None:
+                self._selector.unregister(child.read_fd)
             os.close(child.read_fd)
             self._read_board(child)
             self._account_exit(child, status)
@@ -373,7 +496,10 @@ class Master:
         restart_reason = "died" if abnormal else reason
         self.restarts[restart_reason] += 1
         for listener in self.listeners:
-            listener.child_exited(restart_reason)
+            try:
+                listener.child_exited(restart_reason)
+            except Exception as exc:
+                self._survive("telling a listener of a child's exit", exc)
         routine = not abnormal and reason == "recycled"
         self._routine_recycles += routine
         level = logging.WARNING if abnormal else logging.DEBUG if routine else logging.INFO
@@ -422,10 +548,13 @@ class Master:
 
     def _publish(self) -> None:
         title = (self.config.path, len(self.children), self.concurrency, "stopping" if self.stopping else "")
-        if title != self._title:  # the loop turns up to 100 times a second; the title rarely changes
-            self._title = title
-            proctitle.set_master_title(*title)
-        self.on_state(self)
+        try:
+            if title != self._title:  # the loop turns up to 100 times a second; the title rarely changes
+                self._title = title
+                proctitle.set_master_title(*title)
+            self.on_state(self)
+        except Exception as exc:  # the status file's folder gone, a full disk, a gauge's bug
+            self._survive("publishing the master's state", exc)
 
 
 def build_backend(config: Config, worker_classes: list[type[Worker]]) -> Backend:
@@ -434,6 +563,29 @@ def build_backend(config: Config, worker_classes: list[type[Worker]]) -> Backend
         return backend_class(config.type)(config.worker_options, worker_classes)
     except ValueError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
+
+
+def _ensure_descriptors(concurrency: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (up to the hard one) when `concurrency` children would not fit
+    in it: one pipe per child plus RESERVED_DESCRIPTORS. The default soft limit, 1,024, is too
+    few for a thousand children; a hard limit too low for them is one warning, and forks that
+    fail for it back off (see _spawn_failed) instead of stopping the master."""
+    needed = concurrency + RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("master %d: open files limit raised from %d to %d for %d children", os.getpid(), soft,
+                     target, concurrency)
+        except (OSError, ValueError) as exc:
+            log.warning("master %d: cannot raise the open files limit to %d: %s", os.getpid(), target, exc)
+            return
+    if target < needed:
+        log.warning("master %d: %d children need about %d open files, the hard limit is %d: some children "
+                    "may not start (raise LimitNOFILE / ulimit -n)", os.getpid(), concurrency, needed, hard)
 
 
 def _kill(pid: int, signum: int) -> None:

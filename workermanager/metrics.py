@@ -8,9 +8,16 @@ and why they are shaped so:
 - MetricsListener is a MasterListener: job_done/child_exited feed counters and histograms, and
   observe_master (called with the status publisher on each loop turn) sets the busy/idle gauges.
   All of it runs in the master's loop and is quick.
-- The HTTP server runs in a daemon thread of the master. Children are forked from the master,
-  so they inherit the listening socket and any scrape in flight; an at-fork hook closes those
-  in each child, so the port is free again as soon as the master dies, whatever its children do.
+- The HTTP server runs in a daemon thread of the master, and no client can make it cost the
+  master more than a few descriptors and threads: at most MAX_CONNECTIONS connections are open at
+  once (the others wait in the kernel's listen queue, which costs the master nothing), each gets
+  REQUEST_TIMEOUT seconds in all to send a request head of at most MAX_REQUEST_BYTES, and is
+  closed after one answer. Why not a separate process: see docs/master-limits.md.
+- Children are forked from the master, so they inherit the listening socket and any scrape in
+  flight; an at-fork hook closes those in each child, so the port is free again as soon as the
+  master dies, whatever its children do. Python's own after-fork hook leaves the child with its
+  main thread only (the poller's stop event is not named `_stop`: that would shadow Thread._stop,
+  which the hook calls, and every fork would print a TypeError).
 - Queue depth needs a database or job-server query, which can be slow: a second daemon thread
   runs it every `queue_interval` seconds (0: never) and the scrape serves the last answer with
   its age. While that thread is inside a query, forking waits for it (at most
@@ -19,11 +26,14 @@ and why they are shaped so:
 
 The `listen` address is checked before detaching (an error on the terminal) and bound after
 (python-daemon closes inherited sockets). Changes to `metrics` take effect at restart, not at HUP.
+`listen: ":9180"` (or just 9180) means 127.0.0.1:9180: every interface only when written out
+(`0.0.0.0:9180`, `[::]:9180`).
 """
 
 from __future__ import annotations
 
 import http.server
+import io
 import logging
 import os
 import socket
@@ -45,6 +55,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_KEYS = ("listen", "queue_interval")
 DEFAULT_QUEUE_INTERVAL = 15.0
 FORK_WAIT_SECONDS = 2.0
+#: the host of `listen: ":PORT"` (and of a bare port): loopback, never every interface by default
+DEFAULT_HOST = "127.0.0.1"
+#: scrapes served at once; more connections wait in the kernel's listen queue (LISTEN_BACKLOG)
+MAX_CONNECTIONS = 8
+LISTEN_BACKLOG = 64
+#: seconds a connection has, in all, to send its request head; and to take the answer
+REQUEST_TIMEOUT = 5.0
+#: the longest request head (request line and headers) read; a longer one is refused
+MAX_REQUEST_BYTES = 8192
+#: after a failed accept (EMFILE...) the serving thread waits this long: the port stays readable
+ACCEPT_ERROR_PAUSE = 0.5
 PROCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
@@ -63,10 +84,14 @@ def parse_listen(config: Config) -> tuple[str, int] | None:
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
         raise ValueError(f"{where}: queue_interval must be seconds, 0 or more (got {interval!r})")
     listen = settings.get("listen")
+    if isinstance(listen, int) and not isinstance(listen, bool):
+        listen = f":{listen}"
+    if isinstance(listen, str) and listen.isdigit():
+        listen = f":{listen}"
     if not isinstance(listen, str) or ":" not in listen:
         raise ValueError(f"{where}: listen must be \"host:port\", e.g. 127.0.0.1:9180 (got {listen!r})")
     host, _, port_text = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]") or DEFAULT_HOST
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{where}: listen {listen!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
@@ -182,12 +207,13 @@ class QueuePoller(threading.Thread):
         self.collector = collector
         self.interval = interval
         self.querying = threading.Lock()
-        self._stop = threading.Event()
+        # not `_stop`: that would shadow Thread._stop, which threading's after-fork hook calls
+        self._stopping = threading.Event()
 
     def run(self) -> None:
         from workermanager.queuestatus import queue_status
 
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             config = self.master.config  # follows reloads
             with self.querying:
                 try:
@@ -198,10 +224,10 @@ class QueuePoller(threading.Thread):
                     status = None
             if status is not None:
                 self.collector.latest, self.collector.read_at = status, time.time()
-            self._stop.wait(self.interval)
+            self._stopping.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def before_fork(self) -> None:
         if not self.querying.acquire(timeout=FORK_WAIT_SECONDS):
@@ -217,22 +243,49 @@ class QueuePoller(threading.Thread):
 
 
 class MetricsServer(http.server.ThreadingHTTPServer):
-    """/metrics over HTTP from a registry. Keeps its open connections so a child can close them."""
+    """/metrics over HTTP from a registry, MAX_CONNECTIONS at a time. Keeps its open connections
+    so a child can close them."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], registry: Any) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.registry = registry
         self.connections: set[socket.socket] = set()
+        #: one per connection being served: taken before accept, so that a connection past the
+        #: limit is not even accepted (no descriptor, no thread) until one is given back
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, MetricsHandler)
 
     def get_request(self):
-        conn, addr = super().get_request()
+        self.slots.acquire()
+        try:
+            conn, addr = super().get_request()
+        except OSError:  # EMFILE and the like: the connection stays queued; retry a little later
+            self.slots.release()
+            time.sleep(ACCEPT_ERROR_PAUSE)
+            raise
         self.connections.add(conn)
         return conn, addr
+
+    def process_request(self, request, client_address) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread to give the slot back (cannot start a thread)
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics: error serving %s", client_address, exc_info=True)
 
     def shutdown_request(self, request) -> None:
         self.connections.discard(request)
@@ -249,7 +302,38 @@ class MetricsServer(http.server.ThreadingHTTPServer):
 
 
 class MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0), its head read whole first, within REQUEST_TIMEOUT
+    and MAX_REQUEST_BYTES, so that a slow or endless client holds a slot for seconds at most."""
+
     server: MetricsServer
+    timeout = REQUEST_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        stream, self.rfile = self.rfile, io.BytesIO(self._read_head())
+        stream.close()  # the socket's reader: the head is all this handler reads
+        self.connection.settimeout(REQUEST_TIMEOUT)  # for writing the answer
+
+    def _read_head(self) -> bytes:
+        """The request line and headers, or b"" (the connection is then closed unanswered) when
+        they do not come whole within the time and size limits."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        head = b""
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            left = deadline - time.monotonic()
+            if left <= 0 or len(head) > MAX_REQUEST_BYTES:
+                log.debug("metrics: %s sent no whole request head in %gs and %d bytes", self.client_address,
+                          REQUEST_TIMEOUT, MAX_REQUEST_BYTES)
+                return b""
+            self.connection.settimeout(left)
+            try:
+                chunk = self.connection.recv(4096)
+            except OSError:
+                return b""
+            if not chunk:
+                break
+            head += chunk
+        return head
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server name
         if self.path.split("?")[0] not in ("/metrics", "/"):
