@@ -144,8 +144,10 @@ def run_daemon(options: argparse.Namespace) -> int:
             lock.keep_out_of_children()
         metrics = None
         if metrics_module is not None:  # before the drop: ports below 1024
-            metrics = metrics_module.start(config, master)
+            metrics = metrics_module.bind(config, master)
         daemonize.drop_privileges(config, runfolder.folders_to_own(config))
+        if metrics is not None:
+            metrics.start()  # its threads run as the service user only
     except (pidfile.PidFileError, OSError) as exc:
         log.error("%s", exc)
         if lock is not None:

@@ -399,9 +399,11 @@ class Metrics:
         self.poller = None  # its thread (and the lock it held at the fork) stay in the master
 
 
-def start(config: Config, master: Master) -> Metrics | None:
-    """Start serving metrics for `master` when the config asks for them (after detaching, before
-    the first fork and before dropping privileges, so a port below 1024 can be bound)."""
+def bind(config: Config, master: Master) -> Metrics | None:
+    """Bind the metrics port for `master` when the config asks for metrics: before dropping
+    privileges, so a port below 1024 can be bound. Nothing runs yet: call Metrics.start() after
+    the drop, so neither the HTTP thread nor the queue poller (which opens the queue's database)
+    ever runs as root."""
     if parse_listen(config) is None:
         return None
     try:
@@ -409,5 +411,4 @@ def start(config: Config, master: Master) -> Metrics | None:
     except OSError as exc:
         raise OSError(f"{config.path}: key 'metrics': cannot listen on {config.metrics.get('listen')}: "
                       f"{exc.strerror or exc}") from None
-    metrics.start()
     return metrics
