@@ -55,7 +55,7 @@ class MySQLDialect(Dialect):
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                cursor.execute("SELECT UNIX_TIMESTAMP(), VERSION()")
+                cursor.execute("SELECT UNIX_TIMESTAMP(NOW(6)), VERSION()")  # to the microsecond, not the second
                 server_now, version = cursor.fetchone()
             conn.wm_clock_offset = float(server_now) - time.time()
             conn.wm_skip_locked = _has_skip_locked(str(version))

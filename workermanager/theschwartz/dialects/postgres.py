@@ -11,6 +11,7 @@ and the worst outcome is a job that runs again, the same promise as SQLite's syn
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -56,10 +57,17 @@ class PostgresDialect(Dialect):
             # Perl's DBD::Pg clients set UTC too; our columns are epoch integers either way.
             conn.execute("SET TIME ZONE 'UTC'")
             conn.execute("SET synchronous_commit TO off")
+            # The queue's clock is the server's, as Perl's (NOW()): hosts whose clocks differ still
+            # agree on when a lease ends. The offset is asked once per connection, to the microsecond.
+            server_now = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+            conn.wm_clock_offset = float(server_now) - time.time()
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def now(self, cursor: Any) -> int:
+        return int(time.time() + getattr(cursor.connection, "wm_clock_offset", 0.0))
 
     def ddl(self, prefix: str) -> list[str]:
         p = prefix
