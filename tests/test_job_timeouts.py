@@ -116,13 +116,14 @@ def test_timed_out_jobs_started_at_every_tenth_of_a_second_never_overlap(tmp_pat
 
 
 def test_a_job_deaf_to_its_alarm_starts_again_only_once_its_child_is_dead(tmp_path, sqlite_queue, daemons):
-    """The master kills the child at timeout + grace (3 s); the lease (grab_for 1) used to end at 1 s."""
+    """The master kills the child at timeout + grace (3 s); the lease (grab_for 1) used to end at 1 s,
+    when the spare child would take the job while the deaf one still ran it."""
     client, path = sqlite_queue
     daemon = Daemon(str(tmp_path), {"workers": ["leaseworkers.Deaf"],
                                     "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]},
-                                    "graceful_timeout": 1}, ("-n", "-c", "2"))
+                                    "graceful_timeout": 1}, ("-n", "-c", "3"))
     daemons.append(daemon)
-    daemon.start(wait_children=2)
+    daemon.start(wait_children=3)
     handles = [str(client.insert("Lease::Deaf", {"n": n})) for n in range(2)]
     # each job starts a second time after its first child was killed and its lease ran out
     wait_for(lambda: all(len(runs_by_job(daemon).get(h, [])) >= 2 for h in handles), 25,
