@@ -4,6 +4,7 @@ the workers (tests/workers/leaseworkers.py) keep a ledger of their own starts an
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -13,25 +14,28 @@ import psutil
 
 from workermanager.backends.leaseahead import STALE
 from workermanager.backends.theschwartz import CLOCK_SLACK, KILL_SLACK, TheSchwartzBackend, lease_seconds
+from workermanager.gearman import Client as GearmanClient
 from workermanager.master import KILL_GRACE_SECONDS
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
 from daemon_harness import Daemon
+from gearmand_server import gearmand_fixture  # noqa: F401
 from helpers import wait_for
 
 JOBS = 10
 
 
-def runs_by_job(daemon: Daemon) -> dict[str, list[dict]]:
-    """handle -> its runs in start order: {pid, start, end (monotonic, None: never ended), holders}."""
+def runs_by_job(daemon: Daemon, by_funcname: bool = False) -> dict[str, list[dict]]:
+    """handle (or funcname) -> its runs in start order: {pid, start, end (monotonic, None: never
+    ended), holders}."""
     runs: dict[str, list[dict]] = defaultdict(list)
     open_runs: dict[tuple[str, str], dict] = {}
-    for handle, pid, what, mono, wall, holders in daemon.ledger_rows():
+    for handle, pid, what, mono, wall, holders, funcname in daemon.ledger_rows():
         if what == "start":
             run = {"pid": int(pid), "start": float(mono), "wall": float(wall), "end": None,
                    "holders": [int(p) for p in holders.split(",") if p]}
-            runs[handle].append(run)
+            runs[funcname if by_funcname else handle].append(run)
             open_runs[(handle, pid)] = run
         else:
             open_runs[(handle, pid)]["end"] = float(mono)
@@ -166,3 +170,30 @@ def test_the_queue_clock_is_the_database_servers_on_postgres_and_mysql(queue_kin
     leased = client.find_job_for_workers([Clock])
     assert abs(leased.grabbed_until - (time.time() + 50)) < 3
     client.close()
+
+
+def test_on_gearman_a_timed_out_job_never_runs_twice_at_once(tmp_path, gearmand, daemons):
+    """Gearman keeps no lease: gearmand hands a job out again only when its worker's connection drops
+    (the child is dead: killed by the master at timeout + grace) or after CAN_DO_TIMEOUT, which is
+    the timeout plus more than the kill grace. A job whose alarm works is failed and resubmitted per
+    max_retries; a deaf one is killed, and only then does another child get it."""
+    daemon = Daemon(str(tmp_path), {"type": "Gearman", "workers": ["leaseworkers.Sleeper", "leaseworkers.Deaf"],
+                                    "worker_options": {"job_servers": [gearmand.address]}, "graceful_timeout": 1},
+                    ("-n", "-c", "4"))
+    daemons.append(daemon)
+    daemon.start(wait_children=4)
+    client = GearmanClient(gearmand.address)
+    client.submit_background("Lease::Sleeper", json.dumps({"sleep": 5}))
+    client.submit_background("Lease::Deaf", b"{}")
+    client.close()
+
+    def started_twice(rows):
+        return len({r[1] for r in rows if r[2] == "start"}) >= 4 and len([r for r in rows if r[2] == "end"]) >= 2
+    daemon.wait_ledger(started_twice, 20, "two runs of each job")
+    runs = runs_by_job(daemon, by_funcname=True)  # a retry is a new Gearman job, with a new handle
+    assert {name: len(job_runs) for name, job_runs in runs.items()} == {"Lease::Sleeper": 2, "Lease::Deaf": 2}
+    assert_never_overlapping({"Lease::Sleeper": runs["Lease::Sleeper"]})
+    first, second = runs["Lease::Deaf"]
+    assert not second["holders"], f"the deaf job started again while {second['holders']} still ran it"
+    assert second["start"] - first["start"] >= 1 + KILL_GRACE_SECONDS
+    assert "past its timeout 1s: killing the child" in daemon.error_log()

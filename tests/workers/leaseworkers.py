@@ -2,7 +2,8 @@
 
 Each run appends lines to the ledger file named by WM_TEST_LEDGER (O_APPEND, one write per line):
 handle, pid, "start" or "end", CLOCK_MONOTONIC (one clock for every process of the machine), epoch
-seconds, and at a start the pids of earlier runs of the same job that are still alive. So a test
+seconds, at a start the pids of earlier runs of the same job (handle) that are still alive, and
+the funcname. So a test
 can tell from the workers themselves, not from the daemon's log, whether two runs overlapped.
 """
 
@@ -41,7 +42,7 @@ def note(job, what: str) -> None:
     if what == "start":
         earlier = {int(row[1]) for row in _ledger_lines(ledger) if row[0] == job.handle and row[2] == "start"}
         holders = ",".join(str(pid) for pid in sorted(earlier) if pid != os.getpid() and _alive(pid))
-    line = f"{job.handle}\t{os.getpid()}\t{what}\t{time.monotonic():.6f}\t{time.time():.6f}\t{holders}\n"
+    line = f"{job.handle}\t{os.getpid()}\t{what}\t{time.monotonic():.6f}\t{time.time():.6f}\t{holders}\t{job.funcname}\n"
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
