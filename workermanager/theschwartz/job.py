@@ -231,10 +231,7 @@ class TheSchwartzJob(Job):
         any), retry or remove the job, and log the attempt's one line."""
         q = self.db.q
         message = str(msg if msg is not None else "")
-        detail = message + _handled_traceback()
-        limit = self.db.dialect.error_message_max
-        if limit:
-            detail = detail[:limit]
+        detail = _fit(message, _handled_traceback(), self.db.dialect.error_message_max)
         next_run: int | None = None
 
         def work(cursor: Any) -> None:
@@ -270,6 +267,21 @@ class TheSchwartzJob(Job):
         cursor.execute(q.insert_exitstatus, (self.jobid, self.funcid, status, now, now + keep))
         if random.random() < EXITSTATUS_CLEAN_SHARE:
             cursor.execute(q.clean_exitstatus, (now,))
+
+
+def _fit(message: str, trace: str, limit: int | None) -> str:
+    """The error row's text within the column's `limit` (MySQL: 255): the message first, then as much
+    of the traceback's end (the innermost frames and the exception) as fits."""
+    text = message + trace
+    if not limit or len(text) <= limit:
+        return text
+    room = limit - len(message) - len(_CUT)
+    if room <= 0:
+        return message[:limit]
+    return message + _CUT + trace[-room:]
+
+
+_CUT = "\n..."
 
 
 def _handled_traceback() -> str:
