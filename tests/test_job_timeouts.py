@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import time
 from collections import defaultdict
 
@@ -14,6 +16,8 @@ import psutil
 
 from workermanager.backends.leaseahead import STALE
 from workermanager.backends.theschwartz import CLOCK_SLACK, KILL_SLACK, TheSchwartzBackend, lease_seconds
+from workermanager.child import Child, ChildPlan
+from workermanager.config import from_mapping
 from workermanager.gearman import Client as GearmanClient
 from workermanager.master import KILL_GRACE_SECONDS
 from workermanager.theschwartz import Client
@@ -197,3 +201,55 @@ def test_on_gearman_a_timed_out_job_never_runs_twice_at_once(tmp_path, gearmand,
     assert not second["holders"], f"the deaf job started again while {second['holders']} still ran it"
     assert second["start"] - first["start"] >= 1 + KILL_GRACE_SECONDS
     assert "past its timeout 1s: killing the child" in daemon.error_log()
+
+
+class Napper(Worker):
+    """A job with a long timeout and a long grab_for, for a child whose lease is made to run down."""
+
+    funcname = "Lease::Napper"
+    grab_for = 3600
+    timeout = 30
+    started: list[str] = []
+
+    def work(self, job):
+        Napper.started.append(job.handle)
+        time.sleep(5)
+
+
+def test_a_child_ends_a_job_before_its_lease_or_gives_it_back_unstarted(tmp_path, sqlite_queue, caplog):
+    """The second guard (a lease that ran down, as one taken while a lock held the statement up):
+    the child cuts the job's timeout to end by `must_end_by`, or gives the job back unstarted when
+    less than MIN_ROOM is left. A real child object and SQLite queue, in this process."""
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    config = from_mapping({"workers": ["leaseworkers.Sleeper"], "worker_options": {"databases": [database]},
+                           "logfile": str(tmp_path / "job.log")}, str(tmp_path / "conf.yml"))
+    backend = TheSchwartzBackend({"databases": [database]}, [Napper])
+    child = Child(ChildPlan(config=config, backend=backend, worker_classes=[Napper], slot=1, generation=1,
+                            works_limit=10, report_fd=None, master_pid=os.getpid()))
+    child.workers[Napper.function_name()] = Napper()
+    Napper.started.clear()
+    previous = signal.signal(signal.SIGALRM, child._on_alarm)
+    try:
+        backend.open()
+        late = client.insert("Lease::Napper", "late")
+        job = backend.grab(2)
+        job.must_end_by = time.monotonic() + 0.2
+        child._run(job)
+        assert Napper.started == []
+        assert "given back unstarted: its lease leaves 0.2s" in caplog.text
+        assert client.lookup_job(late).grabbed_until == 0 and late.failure_log() == []
+
+        job = backend.grab(0.5)  # given back: free at once
+        assert job.handle == str(late)
+        job.must_end_by = time.monotonic() + 1.0
+        began = time.monotonic()
+        child._run(job)
+        assert Napper.started == [str(late)]
+        assert time.monotonic() - began < 2  # not the 30 s timeout
+        assert re.match(r"timed out after (0\.9|1\.0)\d*s\n", late.failure_log()[0])
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        child.alarm.cancel()
+        backend.close()
+        child.joblog.close()
