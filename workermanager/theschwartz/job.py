@@ -240,8 +240,9 @@ class TheSchwartzJob(Job):
             cursor.execute(q.insert_error, (now, self.jobid, detail, self.funcid))
             cursor.execute(q.clean_errors, (now - ERROR_MAX_AGE,))
             if retry:
-                next_run = now + int(delay) if delay else max(now, self.run_after or 0)
-                cursor.execute(q.retry_job, (now + int(delay) if delay else self.run_after, self.jobid))
+                run_after = now + int(delay) if delay else self.run_after
+                cursor.execute(q.retry_job, (run_after, self.jobid))
+                next_run = max(now, run_after or 0)
             else:
                 self._write_exit_status(cursor, exit_status or 1)
                 cursor.execute(q.delete_job, (self.jobid,))
