@@ -211,6 +211,12 @@ class Child:
             self._set_title(funcname, force=self._title_state in ("idle", "starting"))
         started_wall = time.time()
         started = time.monotonic()
+        must_end_by = job.must_end_by
+        if must_end_by is not None and must_end_by - started < timeout:
+            timeout = must_end_by - started  # the lease ends sooner: the job must end before it
+            if timeout < MIN_ROOM:
+                self._give_back_late(job, timeout)
+                return
         self.reporter.job_started(funcname, handle, timeout, self.works_done, started, started_wall)
         self.alarm.start(timeout)
         try:
@@ -248,16 +254,32 @@ class Child:
         return plan
 
     def _settle_abandoned(self, job: Job, why: str, stop_reason: str) -> str:
-        """The job was cut short (timeout, sys.exit): fail it (retries apply) and replace this child,
-        whose state the job may have left damaged."""
-        log.error("child %d: job %s (%s) %s", os.getpid(), job.handle, job.funcname, why)
+        """The job was cut short (timeout, sys.exit): fail it (retries apply: the failure is counted
+        now, long before the lease ends, so whoever takes the job next sees it) and replace this
+        child, whose state the job may have left damaged. Where the backend logs each failed
+        attempt, that line says why; otherwise this one does."""
         self.stop_reason = stop_reason
+        if not self.backend.logs_failures:
+            log.error("child %d: job %s (%s) %s", os.getpid(), job.handle, job.funcname, why)
         if not job.is_finished:
             try:
                 job.failed(why)
             except Exception as exc:
-                log.error("child %d: cannot record the failure of job %s: %s", os.getpid(), job.handle, exc)
+                log.error("child %d: job %s (%s) %s, and its failure cannot be recorded: %s", os.getpid(),
+                          job.handle, job.funcname, why, exc)
         return job.outcome or "failed"
+
+    def _give_back_late(self, job: Job, room: float) -> None:
+        """The job's lease has run down (it waited behind others, or the lease took long to write):
+        it cannot run its time out before another worker may take it, so it is given back unstarted."""
+        log.warning("child %d: job %s (%s) given back unstarted: its lease leaves %.1fs to run it",
+                    os.getpid(), job.handle, job.funcname, room)
+        self.current_job = None
+        try:
+            self.backend.release(job)
+        except Exception as exc:
+            log.error("child %d: cannot give back job %s, it runs when its lease ends: %s", os.getpid(),
+                      job.handle, exc)
 
     def _check_limits(self, rss: int) -> None:
         if self.works_done >= self.plan.works_limit:
@@ -319,6 +341,8 @@ RSS_EVERY = 32
 TITLE_INTERVAL = 0.25
 #: how often a child asks whether its parent is still its master (seconds)
 MASTER_CHECK_INTERVAL = 0.25
+#: a job whose lease leaves less time than this to run it is given back instead (seconds)
+MIN_ROOM = 0.5
 
 
 def run_child(plan: ChildPlan, unblock: set[int] | None = None) -> int:

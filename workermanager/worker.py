@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class JobAlreadyFinished(RuntimeError):
-    """A second finishing call (completed, failed, ...) on one job, refused as TheSchwartz does."""
+    """Kept for code that catches it: finishing calls no longer raise it. A second finishing call
+    (completed after failed, ...) is ignored with a warning naming the job, as Perl TheSchwartz
+    ignores it, so that the rest of `work()` still runs."""
 
 
 class Job(abc.ABC):
@@ -40,6 +43,11 @@ class Job(abc.ABC):
     failures: int = 0
     #: the worker class that will run the job; its retry policy applies to failures
     worker_class: type[Worker] | None = None
+    #: monotonic instant by which whoever runs the job must have stopped: its lease ends then,
+    #: less the master's kill grace (the child cuts the job's timeout to end before it). None
+    #: where the job server keeps no lease (Gearman: the job comes back only when its worker's
+    #: connection drops, that is when the child is dead).
+    must_end_by: float | None = None
 
     def __init__(self) -> None:
         self.outcome: str | None = None
@@ -57,10 +65,24 @@ class Job(abc.ABC):
     def is_finished(self) -> bool:
         return self.outcome is not None
 
+    def _repeated(self, call: str) -> bool:
+        """True, with a warning naming the job, when the job is already settled: the finishing
+        call `call` is then ignored (as Perl TheSchwartz ignores it) and the worker's `work()`
+        goes on. Every finishing method of a backend's Job starts with this check."""
+        if self.outcome is None:
+            return False
+        log.warning("job %s (%s): %s() ignored, the job is already %s", self.handle, self.funcname, call,
+                    self.outcome)
+        return True
+
     def _finish(self, outcome: str) -> None:
+        """Mark the job settled; a backend calls it after `_repeated` said it was not yet."""
         if self.outcome is not None:
             raise JobAlreadyFinished(f"job {self.handle} already {self.outcome}; cannot mark it {outcome}")
         self.outcome = outcome
+
+    # The finishing calls below settle the job once; a second one (completed() after failed(),
+    # ...) is ignored with a warning, so code after it in work() still runs.
 
     @abc.abstractmethod
     def completed(self, result: Any = None) -> None:
@@ -104,11 +126,14 @@ class Worker:
     #: seconds to wait before a failed job is retried; a method `retry_delay(self, failures)` may
     #: replace it
     retry_delay: int | float | Callable[[int], float] = 0
-    #: seconds a grabbed job is leased to its worker; after that another worker may take it
+    #: seconds a grabbed job is leased to its worker; after that another worker may take it. The
+    #: daemon leases for longer where the job's timeout plus the master's kill grace needs it, so
+    #: that no lease ends while the child running the job may be alive (see docs/timeouts.md)
     grab_for: int = 3600
     #: seconds to keep a finished job's exit status (0: do not keep it)
     keep_exit_status_for: int = 0
-    #: seconds a job may run before the master kills its child; None means grab_for
+    #: seconds a job may run: then the child's alarm fails the attempt (it counts towards
+    #: max_retries) and, should the job not let go, the master kills the child; None means grab_for
     timeout: float | None = None
 
     def setup(self) -> None:
@@ -181,3 +206,15 @@ def run_job(worker: Worker, job: Job) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def failure_line(job: Job, attempt: int, attempts: int, message: str, next_run: float | None) -> str:
+    """The one error-log line of a failed attempt, the same shape on every backend: funcname, job,
+    attempt n of m, the message's first line ("ExceptionType: text"), and when the job runs again
+    (epoch seconds, UTC in the line) or that it failed for good (`next_run` None)."""
+    summary = message.strip().partition("\n")[0] or "(no message)"
+    if next_run is None:
+        then = "failed for good"
+    else:
+        then = "next run at " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_run))
+    return f"job {job.handle} ({job.funcname}) failed, attempt {attempt} of {attempts}: {summary}; {then}"

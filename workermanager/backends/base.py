@@ -29,6 +29,9 @@ class BackendBroken(BackendError):
 class Backend(abc.ABC):
     #: the name the per-job log line shows ("TheSchwartz", "Gearman")
     log_name: str = ""
+    #: the backend's jobs log one line per failed attempt themselves (worker.failure_line); the
+    #: child then adds none of its own when it fails a job that timed out
+    logs_failures: bool = False
 
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[Worker]]) -> None:
         """Validate `options` (the config's worker_options) without connecting anywhere.

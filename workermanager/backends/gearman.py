@@ -93,11 +93,15 @@ class GearmanJob(Job):
             log.warning("job %s: cannot send %s: %s", self.handle, what, exc)
 
     def completed(self, result: Any = None) -> None:
+        if self.outcome is not None and self._repeated("completed"):  # no call per job where it is not
+            return
         self._finish("completed")
         # held back to go out with the child's next GRAB, which follows at once
         self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
+        if self._repeated("failed"):
+            return
         self._finish("failed")
         cls = self.worker_class
         attempt = self.failures + 1  # failures including this one
@@ -112,10 +116,14 @@ class GearmanJob(Job):
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
+        if self._repeated("permanent_failure"):
+            return
         self._finish("permanent_failure")
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def declined(self) -> None:
+        if self._repeated("declined"):
+            return
         self._finish("declined")
         cls = self.worker_class
         if self.resubmittable:

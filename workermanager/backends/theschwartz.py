@@ -9,17 +9,23 @@ default 5; 0 leases one job at a time: see backends.leaseahead).
 
 Idle waiting is `theschwartz.wakeup`: LISTEN/NOTIFY with turns on PostgreSQL, polling with a
 50 ms cap elsewhere.
+
+Leases outlive the children that hold them (docs/timeouts.md): a job is leased for its grab_for,
+raised where needed to cover its timeout, the master's kill grace and the slack of a lease kept
+in whole seconds, and each job carries `must_end_by`, the instant its child must be gone by, to
+which the child cuts the job's timeout. So no job starts while a child holding it may be alive.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from workermanager.backends.base import Backend, BackendBroken, BackendError
-from workermanager.backends.leaseahead import BUDGET, LeaseAhead
+from workermanager.backends.leaseahead import BUDGET, STALE, LeaseAhead
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
@@ -28,12 +34,38 @@ from workermanager.worker import Job, Worker
 
 log = logging.getLogger(__name__)
 
+#: a lease is written in whole seconds of the queue's clock (up to 1 s of it has gone by when it is
+#: taken), and other workers read that clock up to about a second apart (a MySQL connection's offset
+#: to the server clock is measured to the whole second; hosts' clocks on PostgreSQL): a lease is
+#: trusted for this much less than its length
+CLOCK_SLACK = 2.0
+#: how late after the kill grace the master's SIGKILL may land (its loop wakes within 10 ms of
+#: the deadline; a loaded machine delays it)
+KILL_SLACK = 0.5
+
+
+def kill_grace() -> float:
+    """The master's grace between a job's timeout and the SIGKILL of its child (read, not copied:
+    imported here, as the master imports the backends' package)."""
+    from workermanager.master import KILL_GRACE_SECONDS
+    return KILL_GRACE_SECONDS
+
+
+def lease_seconds(cls: type[Worker], grace: float) -> int:
+    """How long the daemon leases a job of `cls`: its grab_for, or longer when the job may hold its
+    child longer than that: the timeout, the master's kill grace after it, the wait of a job leased
+    ahead (at most leaseahead.STALE) and the slack of the queue's whole-second clock."""
+    needed = cls.job_timeout() + grace + KILL_SLACK + STALE + CLOCK_SLACK
+    return max(int(cls.grab_for), math.ceil(needed))
+
+
 _KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir", "listeners_per_host",
                   "lease_ahead_ms"}
 
 
 class TheSchwartzBackend(Backend):
     log_name = "TheSchwartz"
+    logs_failures = True
 
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[Worker]]) -> None:
         super().__init__(options, worker_classes)
@@ -76,6 +108,10 @@ class TheSchwartzBackend(Backend):
         self.wakeup: Wakeup | None = None
         #: jobs leased and not started yet (see backends.leaseahead)
         self.ahead: LeaseAhead[TheSchwartzJob] = LeaseAhead(budget / 1000)
+        grace = kill_grace()
+        #: funcname -> lease seconds, and -> seconds from the lease to when its child must be gone
+        self.lease_for = {cls.function_name(): lease_seconds(cls, grace) for cls in self.worker_classes}
+        self.room = {name: seconds - CLOCK_SLACK - grace - KILL_SLACK for name, seconds in self.lease_for.items()}
 
     def prepare(self) -> None:
         """The client and its waits, built once in the master: a child's start costs a fork, not
@@ -102,7 +138,8 @@ class TheSchwartzBackend(Backend):
         # defer_completions: a child leases again straight after each job (and closes the client
         # before it exits), so a completion rides with that lease
         self.client = Client(self.databases, prioritize=self.prioritize, base_dir=self.options.get("base_dir"),
-                             retry_seconds=self.retry_seconds, defer_completions=True)
+                             retry_seconds=self.retry_seconds, defer_completions=True,
+                             lease_for=lambda cls: self.lease_for[cls.function_name()])
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
 
     def grab(self, timeout: float, most: int = 1) -> Job | None:
@@ -121,6 +158,7 @@ class TheSchwartzBackend(Backend):
             self._release_ahead()  # they waited too long behind a slow job: let another child run them
         deadline = now + max(0.0, timeout)
         self.wakeup.reset()
+        asked = now  # no later than the lease's start: what is left of a lease is counted from here
         while True:
             try:
                 jobs = self.client.find_jobs_for_workers(self.worker_classes, ahead.sizes(self.worker_by_funcname, most))
@@ -131,9 +169,11 @@ class TheSchwartzBackend(Backend):
                 raise BackendError(f"TheSchwartz: {exc}") from exc
             if jobs:
                 self.wakeup.busy()
+                room = self.room
                 for job in jobs:
                     if job.worker_class is None:
                         job.worker_class = self.worker_by_funcname.get(job.funcname)
+                    job.must_end_by = asked + room[job.funcname]
                 now = time.monotonic()
                 if len(jobs) > 1:
                     ahead.hold(jobs[1:], now)
@@ -144,6 +184,7 @@ class TheSchwartzBackend(Backend):
             if remaining <= 0:
                 return None
             self.wakeup.wait(remaining)
+            asked = time.monotonic()
 
     def close(self) -> None:
         self._release_ahead()

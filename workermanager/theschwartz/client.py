@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from workermanager.theschwartz.args import as_bytes, encode_arg
@@ -82,7 +82,8 @@ class Client:
 
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
-                 lease_by_names: bool = True, defer_completions: bool = False) -> None:
+                 lease_by_names: bool = True, defer_completions: bool = False,
+                 lease_for: Callable[[type[Worker]], int] | None = None) -> None:
         self.databases = build_databases(databases, base_dir, retry_seconds)
         #: completions wait for this process's next lease (Database.defer_delete): asked for by
         #: workers that lease again at once (the daemon's children); kept to one database, whose
@@ -97,6 +98,9 @@ class Client:
         self._worker_classes: dict[str, type[Worker]] = {}
         self._wanted_cache: dict[Any, dict[str, tuple[type[Worker] | None, int]]] = {}
         self._workers: dict[type[Worker], Worker] = {}
+        #: lease seconds for a worker class (default: its grab_for); the daemon's lasts as long as
+        #: a child may hold the job (backends.theschwartz.lease_seconds)
+        self.lease_for = lease_for
 
     def close(self) -> None:
         for db in self.databases:
@@ -319,7 +323,10 @@ class Client:
             else:
                 seconds = grab_for
             if seconds is None:
-                seconds = cls.grab_for if cls is not None else Worker.grab_for
+                if cls is None:
+                    seconds = Worker.grab_for
+                else:
+                    seconds = self.lease_for(cls) if self.lease_for is not None else cls.grab_for
             wanted[name] = (cls, max(1, int(seconds)))
         if not wanted:
             raise ValueError("find_job_for_workers needs at least one funcname")
@@ -381,8 +388,7 @@ class Client:
 
     @staticmethod
     def _fail_unreadable(job: TheSchwartzJob) -> None:
-        log.warning("job %s (%s): %s; failed permanently", job.handle, job.funcname, job.arg_error)
-        job.permanent_failure(job.arg_error or "")
+        job.permanent_failure(job.arg_error or "")  # which logs the one line that says why
 
     def _candidates(self, cursor: Any, db: Database, wanted: Mapping[str, Any], limit: int,
                     coalescing: tuple[str, str] | None) -> tuple[list[tuple], int]:

@@ -4,17 +4,25 @@ The finishing calls follow Perl TheSchwartz::Job: completed deletes the row (kee
 status when the worker class asks for it), failed writes an error row and either schedules a
 retry or removes the job, declined leaves it alone, replace_with inserts the successors and
 completes this job in one transaction. `failures` counts error rows, as Perl does.
+
+Every failed attempt writes one line to the log (worker.failure_line: attempt n of m, the message,
+the next run or "failed for good"); the error row holds the message and, when the failure is an
+exception being handled (the daemon's case), its traceback. A second finishing call on a settled
+job is ignored with a warning, as Perl ignores it.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workermanager.theschwartz.args import StorableArgError, decode_arg
 from workermanager.theschwartz.storable import FIRST_BYTES as STORABLE_FIRST_BYTES
-from workermanager.worker import Job, JobAlreadyFinished, Worker
+from workermanager.worker import Job, Worker, failure_line
 
 if TYPE_CHECKING:
     from workermanager.theschwartz.client import Client
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
 ERROR_MAX_AGE = 7 * 86400
 #: share of exit-status writes that also remove expired exit statuses (Perl: 10%)
 EXITSTATUS_CLEAN_SHARE = 0.10
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,9 +175,10 @@ class TheSchwartzJob(Job):
         """Done: delete the row; keep exit status 0 when the worker class keeps exit statuses.
         Without an exit status to keep, the DELETE alone runs in autocommit where the dialect
         allows it: one round trip per completed job instead of three."""
+        if self.outcome is not None and self._repeated("completed"):
+            return
         keeps_status = self._keep_exit_status_for() > 0
         if not keeps_status and self.client.defer_completions:  # see Database.defer_delete
-            self._check_unfinished("completed")
             self.db.defer_delete(self.jobid)
             self.outcome = "completed"
             return
@@ -179,24 +190,28 @@ class TheSchwartzJob(Job):
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure; retry per max_retries/retry_delay, else remove with exit status (default 1)."""
+        if self._repeated("failed"):
+            return
         if self.arg_error:  # a Storable arg fails the same way every time: never retry it
             self.permanent_failure(msg, exit_status)
             return
-        self._check_unfinished("failed")
         failures = self.failures + 1  # this one included
         cls = self.worker_class or Worker
         retry = cls.should_retry(failures)
         delay = cls.retry_delay_for(failures) if retry else 0.0
-        self._fail(msg, exit_status, retry, delay)
+        self._fail(msg, exit_status, retry, delay, failures)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
-        self._fail(msg, exit_status, False, 0.0, outcome="permanent_failure")
+        if self._repeated("permanent_failure"):
+            return
+        self._fail(msg, exit_status, False, 0.0, self.failures + 1, outcome="permanent_failure")
 
     def declined(self, run_after: float | None = None) -> None:
         """Not now, and not a failure. As in Perl: without `run_after` the job stays leased until its
         grab_for ends; with it, the lease is dropped and the job runs again from `run_after`."""
-        self._check_unfinished("declined")
+        if self._repeated("declined"):
+            return
         if run_after is not None:
             def work(cursor: Any) -> None:
                 cursor.execute(self.db.q.retry_job, (int(run_after), self.jobid))
@@ -206,6 +221,8 @@ class TheSchwartzJob(Job):
     def replace_with(self, *jobs: Any) -> None:
         """Insert `jobs` (JobSpec, (funcname, arg) or dict) into this job's database and complete
         this job, in one durable transaction: either all of it happens or none."""
+        if self._repeated("replace_with"):
+            return
         specs = [JobSpec.coerce(j) for j in jobs]
 
         def work(cursor: Any) -> None:
@@ -221,35 +238,39 @@ class TheSchwartzJob(Job):
 
     # --- the parts -------------------------------------------------------------------------------
 
-    def _check_unfinished(self, outcome: str) -> None:
-        if self.outcome is not None:
-            raise JobAlreadyFinished(f"job {self.handle} already {self.outcome}; cannot mark it {outcome}")
-
     def _settle(self, outcome: str, work: Any, durable: bool = False, single_statement: bool = False) -> None:
-        self._check_unfinished(outcome)
         self.db.run(work, write=True, durable=durable, single_statement=single_statement)
         self.outcome = outcome
 
-    def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float,
+    def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float, attempt: int,
               outcome: str = "failed") -> None:
+        """Write the error row (the message, then the traceback of the exception being handled, if
+        any), retry or remove the job, and log the attempt's one line."""
         q = self.db.q
         message = str(msg if msg is not None else "")
-        limit = self.db.dialect.error_message_max
-        if limit:
-            message = message[:limit]
+        detail = _fit(message, _handled_traceback(), self.db.dialect.error_message_max)
+        next_run: int | None = None
 
         def work(cursor: Any) -> None:
+            nonlocal next_run
             now = self.db.dialect.now(cursor)
-            cursor.execute(q.insert_error, (now, self.jobid, message, self.funcid))
+            cursor.execute(q.insert_error, (now, self.jobid, detail, self.funcid))
             cursor.execute(q.clean_errors, (now - ERROR_MAX_AGE,))
             if retry:
                 run_after = now + int(delay) if delay else self.run_after
                 cursor.execute(q.retry_job, (run_after, self.jobid))
+                next_run = max(now, run_after or 0)
             else:
                 self._write_exit_status(cursor, exit_status or 1)
                 cursor.execute(q.delete_job, (self.jobid,))
         self._settle(outcome, work)
         self._failures = None
+        attempts = 1 + int((self.worker_class or Worker).max_retries or 0)
+        line = failure_line(self, attempt, max(attempts, attempt), message, next_run)
+        if next_run is None:
+            log.error("%s", line)
+        else:
+            log.warning("%s", line)
 
     def _keep_exit_status_for(self) -> int:
         return int((self.worker_class or Worker).keep_exit_status_for or 0)
@@ -264,6 +285,30 @@ class TheSchwartzJob(Job):
         cursor.execute(q.insert_exitstatus, (self.jobid, self.funcid, status, now, now + keep))
         if random.random() < EXITSTATUS_CLEAN_SHARE:
             cursor.execute(q.clean_exitstatus, (now,))
+
+
+def _fit(message: str, trace: str, limit: int | None) -> str:
+    """The error row's text within the column's `limit` (MySQL: 255): the message first, then as much
+    of the traceback's end (the innermost frames and the exception) as fits."""
+    text = message + trace
+    if not limit or len(text) <= limit:
+        return text
+    room = limit - len(message) - len(_CUT)
+    if room <= 0:
+        return message[:limit]
+    return message + _CUT + trace[-room:]
+
+
+_CUT = "\n..."
+
+
+def _handled_traceback() -> str:
+    """The traceback of the exception being handled where a finishing call runs (the daemon calls
+    failed() in its except clause), as text after a newline; "" outside an except clause."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return ""
+    return "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n")
 
 
 __all__ = ["JobHandle", "JobSpec", "StorableArgError", "TheSchwartzJob"]

@@ -59,7 +59,7 @@ class MySQLDialect(Dialect):
                 # a row lock held longer than this fails the statement (1205, retried until the
                 # Database's busy_timeout is spent); whole seconds, at least 1
                 cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", (max(1, round(busy_timeout)),))
-                cursor.execute("SELECT UNIX_TIMESTAMP(), VERSION()")
+                cursor.execute("SELECT UNIX_TIMESTAMP(NOW(6)), VERSION()")  # to the microsecond, not the second
                 server_now, version = cursor.fetchone()
             conn.wm_clock_offset = float(server_now) - time.time()
             conn.wm_skip_locked = _has_skip_locked(str(version))

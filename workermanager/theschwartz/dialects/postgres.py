@@ -11,6 +11,7 @@ and the worst outcome is a job that runs again, the same promise as SQLite's syn
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -60,10 +61,18 @@ class PostgresDialect(Dialect):
             # a lock held longer than this fails the statement (55P03, retried until the
             # Database's busy_timeout is spent) instead of blocking it for as long as it is held
             conn.execute(f"SET lock_timeout = {max(1, int(busy_timeout * 1000))}")
+            # The queue's clock is the server's (Perl uses each host's own: a deliberate difference,
+            # docs/timeouts.md): hosts whose clocks differ still agree on when a lease ends. The
+            # offset is asked once per connection, to the microsecond.
+            server_now = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+            conn.wm_clock_offset = float(server_now) - time.time()
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def now(self, cursor: Any) -> int:
+        return int(time.time() + getattr(cursor.connection, "wm_clock_offset", 0.0))
 
     def ddl(self, prefix: str) -> list[str]:
         p = prefix
