@@ -109,11 +109,14 @@ def check_fails(daemon: Daemon, *expected: str) -> None:
 
 
 # -- SQLite ---------------------------------------------------------------------------------------
-def test_init_db_run_as_root_for_a_service_user_is_refused(daemons, folder, service_account):
+def test_a_database_root_created_for_a_service_user_is_refused(daemons, folder, service_account):
     user = service_account.pw_name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     daemon = sqlite_daemon(folder, db_path, user=user)
-    created = wm(daemon, "init-db")  # as root: the file is root's, 0644
+    # init-db -f creates it as the service user now; --dsn runs as the caller: root's file, 0644
+    created = subprocess.run([sys.executable, "-m", "workermanager", "init-db", "--dsn",
+                              f"dbi:SQLite:dbname={db_path}"], capture_output=True, text=True,
+                             env=daemon.env(), cwd=daemon.folder, timeout=60)
     assert created.returncode == 0, created.stderr
     assert os.stat(db_path).st_uid == 0
     output = refused(daemons, daemon)

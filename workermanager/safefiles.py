@@ -135,8 +135,7 @@ def open_file(folder_fd: int, name: str, flags: int, mode: int, path: str, what:
                 continue  # removed between the two opens: create it
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    raise UnsafePath(f"{path}: refusing to open the {what}: it is a symbolic link "
-                                     "(links are never followed where a file is expected)") from None
+                    raise _link_refused(path, what) from None
                 raise OSError(exc.errno, f"{path}: cannot open the {what}: {exc.strerror}") from None
         except OSError as exc:
             raise OSError(exc.errno, f"{path}: cannot open the {what}: {exc.strerror}") from None
@@ -153,6 +152,11 @@ def open_file(folder_fd: int, name: str, flags: int, mode: int, path: str, what:
     raise OSError(errno.EAGAIN, f"{path}: cannot open the {what}: it keeps disappearing")
 
 
+def _link_refused(path: str, what: str) -> UnsafePath:
+    return UnsafePath(f"{path}: refusing to open the {what}: it is a symbolic link "
+                      "(links are never followed where a file is expected)")
+
+
 def _check_existing(fd: int, path: str, what: str, owners: Iterable[int]) -> None:
     info = os.fstat(fd)
     if stat.S_ISCHR(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
@@ -166,6 +170,27 @@ def _check_existing(fd: int, path: str, what: str, owners: Iterable[int]) -> Non
     if info.st_uid not in allowed:
         raise UnsafePath(f"{path}: refusing to open the {what}: owned by uid {info.st_uid}, "
                          "not by root or the service account")
+
+
+def check_existing(path: str, what: str, owners: Iterable[int] = ()) -> None:
+    """Raise UnsafePath when open_file would refuse the existing file at `path` (a link, a hard
+    link, a stranger's file); opens it read-only and creates nothing, for `check`."""
+    folder, name = split(path)
+    folder_fd = open_folder(folder)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+                         dir_fd=folder_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _link_refused(path, what) from None
+            raise
+        try:
+            _check_existing(fd, path, what, owners)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(folder_fd)
 
 
 def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> int:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from workermanager import daemonize, safefiles
 from workermanager.config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -90,6 +91,11 @@ def folder_checks(config: Config) -> list[Finding]:
         if not os.path.isdir(folder):
             findings.append(Finding(ERROR, f"{what} {path}: folder {folder} does not exist"))
         elif what != "pidfile" and os.path.lexists(path):
+            try:
+                safefiles.check_existing(path, what, daemonize.service_owners(config))
+            except OSError as exc:  # a planted link, a hard link, a stranger's file: the start's words
+                findings.append(Finding(ERROR, str(exc)))
+                continue
             if not os.access(path, os.W_OK):
                 findings.append(Finding(ERROR, f"{what} {path}: not writable"))
             else:
