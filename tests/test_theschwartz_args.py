@@ -71,6 +71,18 @@ def test_rows_written_by_older_versions_read_as_before(raw, value):
     assert same(decode_arg(raw), value)
 
 
+@pytest.mark.parametrize("raw", [b"\x05\x0b\x1a junk after a code's type code",  # the reviewer's repro
+                                 b"\x05\x0b\x13\x00\x01", b"\x05\x0b\x0c\x00\x00\x00\x00\x00\x00",
+                                 b"\x05\x0a\x15\xff\xfe", b"\x05\x0b\x20\x01\x02"])
+def test_bytes_that_start_like_a_refused_storable_item_are_plain(raw):
+    """Not a whole Storable image, so not refused: read as any other row (text if UTF-8, else bytes)."""
+    try:
+        expected = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = raw
+    assert same(decode_arg(raw), expected)
+
+
 def test_only_ambiguous_bytes_are_tagged():
     """A Perl worker sees JSON, text and plain binary as they were; only bytes that would read as
     something else carry the tag."""
@@ -175,6 +187,15 @@ def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(perl, pe
     assert message.startswith("arg is a Perl Storable image this worker cannot read") and reason in message
     lines = [r.getMessage() for r in caplog.records if handle in r.getMessage()]
     assert len(lines) == 1 and reason in lines[0] and Seen.funcname in lines[0]
+
+
+def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):
+    """Perl stores a plain string arg as it is; bytes that only start like a code reference's
+    image are not a refusal, so the job runs with them (as Perl's own worker would)."""
+    entry, client = perl_queue
+    perl_insert(perl, entry, '"\\x05\\x0b\\x1a junk"')
+    assert client.work_until_done([Seen]) == 1
+    assert Seen.args == ["\x05\x0b\x1a junk"]
 
 
 def test_a_refused_arg_raises_when_read(perl, perl_queue):
