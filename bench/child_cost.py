@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 FUNC = "Bench::Noop"
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
-FILL_SQLITE = ("import sys; sys.path.insert(0, sys.argv[3]); import daemon_bench; "
-               "daemon_bench.prepare_db(sys.argv[1], 'Bench::Noop', int(sys.argv[2]))")
+FILL_SQLITE = ("import sys; sys.path.insert(0, sys.argv[3]); import sqlite_queue; "
+               "sqlite_queue.prepare_db(sys.argv[1], 'Bench::Noop', int(sys.argv[2]))")
 FILL_GEARMAN = ("import sys; from workermanager.gearman import Client; c = Client(sys.argv[1]); "
                 "c.submit_background_many('Bench::Noop', (b'' for _ in range(int(sys.argv[2])))); c.close()")
 

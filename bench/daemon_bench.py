@@ -31,31 +31,12 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sqlite_queue import jobs_left, prepare_db  # noqa: E402
+
 from workermanager.theschwartz import init_db  # noqa: E402
 
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
 PERL_PEER = os.path.join(ROOT, "bench", "perl", "theschwartz_prefork.pl")
-
-
-def prepare_db(path: str, funcname: str, count: int) -> None:
-    """Create the schema with our init-db, then bulk-load `count` ready jobs in one transaction."""
-    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    db = sqlite3.connect(path)
-    with db:
-        db.execute("INSERT OR IGNORE INTO funcmap (funcname) VALUES (?)", (funcname,))
-        funcid = db.execute("SELECT funcid FROM funcmap WHERE funcname = ?", (funcname,)).fetchone()[0]
-        now = int(time.time())
-        db.executemany("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until, priority) "
-                       "VALUES (?, ?, ?, ?, 0, 0)", ((funcid, b"{}", now, now) for _ in range(count)))
-    db.close()
-
-
-def jobs_left(path: str) -> int:
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
-    finally:
-        db.close()
 
 
 def wait_empty(path: str, timeout: float) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,31 +24,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from workermanager.theschwartz import init_db  # noqa: E402
+from sqlite_queue import jobs_left, prepare_db  # noqa: E402
 
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
 FUNCNAME = "Bench::Noop"
-
-
-def prepare_db(path: str, count: int) -> None:
-    """The schema by our init-db, then `count` ready no-op jobs in one transaction."""
-    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    db = sqlite3.connect(path)
-    with db:
-        db.execute("INSERT OR IGNORE INTO funcmap (funcname) VALUES (?)", (FUNCNAME,))
-        funcid = db.execute("SELECT funcid FROM funcmap WHERE funcname = ?", (FUNCNAME,)).fetchone()[0]
-        now = int(time.time())
-        db.executemany("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until, priority) "
-                       "VALUES (?, ?, ?, ?, 0, 0)", ((funcid, b"{}", now, now) for _ in range(count)))
-    db.close()
-
-
-def jobs_left(path: str) -> int:
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        return db.execute("SELECT COUNT(*) FROM job").fetchone()[0]
-    finally:
-        db.close()
 
 
 def rss_kib(pid: int) -> int:
@@ -77,7 +55,7 @@ def measure(folder: str, warmup: int, lives: int, metrics_port: int | None = Non
     run takes at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
     db = os.path.join(folder, "queue.db")
-    prepare_db(db, warmup + lives + 50)  # a few left over: the last lives still find a job
+    prepare_db(db, FUNCNAME, warmup + lives + 50)  # a few left over: the last lives still find a job
     config = {"workers": ["benchworkers.Noop"], "inc_path": BENCH_WORKERS,
               "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={db}"}]},
               "logfile": os.path.join(folder, "job.log"), "errorlogfile": os.path.join(folder, "error.log")}

@@ -13,6 +13,8 @@ import time
 from collections import defaultdict
 
 import psutil
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workermanager.backends.leaseahead import STALE
 from workermanager.backends.theschwartz import CLOCK_SLACK, KILL_SLACK, TheSchwartzBackend, lease_seconds
@@ -72,7 +74,26 @@ def jobs_left(client: Client, funcname: str) -> int:
     return len(client.list_jobs(funcname))
 
 
-def test_the_lease_covers_the_timeout_the_kill_grace_and_the_whole_second_clock():
+@settings(max_examples=400, deadline=None)
+@given(grab_for=st.integers(1, 100_000), timeout=st.none() | st.floats(0.001, 100_000),
+       grace=st.floats(0, 120))
+def test_the_lease_outlives_every_child_that_may_hold_the_job(grab_for, timeout, grace):
+    """The property, not the formula: whatever grab_for, timeout and kill grace, the lease (whole
+    seconds) lasts at least as long as a child may hold the job, counted on a clock that may be
+    CLOCK_SLACK behind ours, and is never shorter than grab_for nor longer than needed."""
+    worker = type("W", (Worker,), {"grab_for": grab_for, "timeout": timeout})
+    lease = lease_seconds(worker, grace)
+    runs_for = grab_for if timeout is None else timeout  # the child's alarm ends the attempt then
+    # a job leased ahead waits up to STALE before it starts; after its alarm the master waits the
+    # grace, then its SIGKILL may land up to KILL_SLACK late: the child is gone by then at the latest
+    held = STALE + runs_for + grace + KILL_SLACK
+    assert isinstance(lease, int)
+    assert lease >= grab_for
+    assert lease - CLOCK_SLACK >= held - 1e-9
+    assert lease <= max(grab_for, held + CLOCK_SLACK + 1)
+
+
+def test_the_child_may_use_its_whole_timeout_within_the_lease():
     class Short(Worker):
         grab_for = 2
 
@@ -80,12 +101,11 @@ def test_the_lease_covers_the_timeout_the_kill_grace_and_the_whole_second_clock(
         grab_for = 3600
         timeout = 60
 
-    grace = KILL_GRACE_SECONDS
-    assert lease_seconds(Short, grace) == math.ceil(2 + grace + KILL_SLACK + STALE + CLOCK_SLACK)
-    assert lease_seconds(Long, grace) == 3600  # a long grab_for already covers it
-    backend = TheSchwartzBackend({"databases": ["dbi:SQLite:dbname=:memory:"]}, [Short])
+    assert lease_seconds(Long, KILL_GRACE_SECONDS) == 3600  # a long grab_for already covers it
+    backend = TheSchwartzBackend({"databases": ["dbi:SQLite:dbname=:memory:"]}, [Short, Long])
     # what the child may use of a lease: the lease less the clock slack, the grace and the kill's lateness
-    assert backend.room[Short.function_name()] >= Short.job_timeout() + STALE
+    for cls in (Short, Long):
+        assert backend.room[cls.function_name()] >= cls.job_timeout() + STALE
 
 
 def test_timed_out_jobs_started_at_every_tenth_of_a_second_never_overlap(tmp_path, queue_db, daemons):

@@ -183,3 +183,66 @@ def test_fuzz_returns_data_or_its_own_error(sample_images, data):
     except StorableError:
         pass
     assert time.monotonic() - started < 1
+
+
+HOOKED = 'package Hooked; sub STORABLE_freeze { ("x", [1], { a => 2 }) } sub STORABLE_thaw {} package main; '
+REFUSED_ITEMS_THEN_DATA = pytest.mark.parametrize("expression, reason", [
+    ('[qr/x+/i, "after"]', "a regular expression"),
+    ('do { $Storable::Deparse = 1; [sub { 42 }, "after"] }', "a code reference"),
+    ('do { require Tie::Array; tie my @a, "Tie::StdArray"; @a = (1); [\\@a, "after"] }', "a tied array"),
+    ('do { require Tie::Scalar; tie my $s, "Tie::StdScalar"; $s = 1; [\\$s, "after"] }', "a tied scalar"),
+    ('do { require Tie::Hash; tie my %h, "Tie::StdHash"; $h{a} = 1; [\\$h{a}, "after"] }',
+     "a tied hash element"),
+    ('do { require Tie::Array; tie my @a, "Tie::StdArray"; @a = (1); [\\$a[0], "after"] }',
+     "a tied array element"),
+    # sub-objects (recursion flag), a tag list, a class by number, then a shared ref to the object
+    ('do { ' + HOOKED + 'my $o = bless {}, "Hooked"; [$o, bless([], "Hooked"), "after", $o] }',
+     "STORABLE_freeze hook"),
+    ('do { ' + HOOKED + 'require Tie::Hash; tie my %h, "Tie::StdHash"; [bless(\\%h, "Hooked"), "after"] }',
+     "STORABLE_freeze hook"),  # a hooked tied hash: the extra type byte and the tied object last
+])
+
+
+@BOTH
+@REFUSED_ITEMS_THEN_DATA
+def test_a_refusal_is_certain_only_for_a_whole_image(perl_freeze, freeze, expression, reason):
+    """The refused item's payload is read past, so the image is known whole before it is refused;
+    the same bytes cut short or followed by junk are not an image and not refused."""
+    raw = perl_freeze(freeze, expression)
+    with pytest.raises(StorableRefused, match=reason):
+        thaw(raw)
+    for end in range(len(raw)):
+        with pytest.raises(StorableMalformed):
+            thaw(raw[:end])
+    for junk in (b"\x00", b"\x0a\x03abc", b"junk after the image"):
+        with pytest.raises(StorableMalformed):
+            thaw(raw + junk)
+
+
+#: the type codes of the items refused: tied array, hash, scalar, hash and array element, hook,
+#: code, regular expression, object over 2 GiB
+REFUSED_CODES = [0x0b, 0x0c, 0x0d, 0x15, 0x16, 0x13, 0x1a, 0x20, 0x21]
+
+
+@pytest.mark.parametrize("code", REFUSED_CODES)
+@pytest.mark.parametrize("junk", [b"", b"junk", b"\x00" * 6, b"\xff" * 12, b"\x0a\x03abc" * 3])
+def test_bytes_that_only_start_like_a_refused_item_are_malformed(code, junk):
+    with pytest.raises(StorableMalformed):
+        thaw(b"\x05\x0b" + bytes([code]) + junk)
+
+
+@settings(max_examples=600, deadline=None)
+@given(first=st.sampled_from([b"\x05\x0b", b"\x05\x0b\x04", b"\x05\x0b\x02\x00\x00\x00\x02"]),
+       code=st.sampled_from(REFUSED_CODES), junk=st.binary(max_size=64))
+def test_random_bytes_after_a_refused_code_are_refused_only_when_the_image_parses(first, code, junk):
+    """A refusal only ever comes for bytes that end exactly where a whole image ends: the same
+    bytes one short, or one longer, are Malformed."""
+    raw = first + bytes([code]) + junk
+    try:
+        thaw(raw)
+    except StorableRefused:
+        for other in (raw[:-1], raw + b"\x00", raw + b"\x0a"):
+            with pytest.raises(StorableMalformed):
+                thaw(other)
+    except StorableMalformed:
+        pass

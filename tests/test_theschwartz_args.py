@@ -13,6 +13,7 @@ import subprocess
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_theschwartz_perl import perl, queue  # noqa: F401  (fixtures: Perl and its modules, the queue)
 
 from workermanager.theschwartz import Client
 from workermanager.theschwartz.args import BYTES_TAG, StorableArgError, decode_arg, encode_arg
@@ -20,11 +21,7 @@ from workermanager.theschwartz.job import JobHandle
 from workermanager.theschwartz.storable import Blessed
 from workermanager.worker import Worker
 
-from helpers import IN_CI, require_program
-
 SCRIPT = os.path.join(os.path.dirname(__file__), "perl", "schwartz_args.pl")
-DBD = {"sqlite": ("DBD::SQLite", "libdbd-sqlite3-perl"), "postgres": ("DBD::Pg", "libdbd-pg-perl"),
-       "mysql": ("DBD::mysql", "libdbd-mysql-perl")}
 
 #: the bytes issue 14 saw failed for good as "a Perl Storable value", and bytes that read as text
 ISSUE_BYTES = [struct.pack(">HI", 1281, 7), b"\x07\x00\x00\x00", b"\x09\x03\x1a\x00\x01", struct.pack("<I", 5),
@@ -71,6 +68,18 @@ def test_rows_written_by_older_versions_read_as_before(raw, value):
     assert same(decode_arg(raw), value)
 
 
+@pytest.mark.parametrize("raw", [b"\x05\x0b\x1a junk after a code's type code",  # the reviewer's repro
+                                 b"\x05\x0b\x13\x00\x01", b"\x05\x0b\x0c\x00\x00\x00\x00\x00\x00",
+                                 b"\x05\x0a\x15\xff\xfe", b"\x05\x0b\x20\x01\x02"])
+def test_bytes_that_start_like_a_refused_storable_item_are_plain(raw):
+    """Not a whole Storable image, so not refused: read as any other row (text if UTF-8, else bytes)."""
+    try:
+        expected = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = raw
+    assert same(decode_arg(raw), expected)
+
+
 def test_only_ambiguous_bytes_are_tagged():
     """A Perl worker sees JSON, text and plain binary as they were; only bytes that would read as
     something else carry the tag."""
@@ -113,41 +122,27 @@ def test_our_bytes_and_values_reach_our_worker_as_written(client):
 
 
 @pytest.fixture
-def perl(queue_kind):
-    path = require_program("perl", "perl")
-    for module, package in (("TheSchwartz", "libtheschwartz-perl"), DBD[queue_kind]):
-        if subprocess.run([path, f"-M{module}", "-e1"], capture_output=True).returncode != 0:
-            message = f"Perl module {module} missing: install Debian's {package} (make test does)"
-            pytest.fail(message) if IN_CI else pytest.skip(message)
-    return path
-
-
-@pytest.fixture
-def perl_queue(queue_db):
-    entry = dict(queue_db)
-    if "path" in entry:  # SQLite: the DBI form, as Perl writes it
-        entry = {"dsn": f"dbi:SQLite:dbname={entry['path']}", "user": "", "pass": ""}
-    c = Client([entry])
+def perl_queue(queue):  # noqa: F811
+    """test_theschwartz_perl's queue (the DBI form of the DSN on SQLite, as Perl writes it)."""
     Seen.args = []
-    yield entry, c
-    c.close()
+    return queue
 
 
-def run_perl(perl, entry, *args) -> list[str]:
+def run_perl(program: str, entry, *args) -> list[str]:
     env = dict(os.environ, WM_PEER_USER=entry.get("user") or "", WM_PEER_PASS=entry.get("pass") or "",
                WM_PEER_PREFIX=entry.get("prefix") or "")
-    result = subprocess.run([perl, SCRIPT, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([program, SCRIPT, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
                             env=env)
     assert result.returncode == 0, f"perl failed: {result.stderr}"
     return result.stdout.splitlines()
 
 
-def perl_insert(perl, entry, expression: str) -> str:
-    [line] = run_perl(perl, entry, "insert", Seen.funcname, expression)
+def perl_insert(program: str, entry, expression: str) -> str:
+    [line] = run_perl(program, entry, "insert", Seen.funcname, expression)
     return line.split("=", 1)[1]
 
 
-def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):
+def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # noqa: F811
     entry, client = perl_queue
     perl_insert(perl, entry, '{ key => "value", list => [1, 2], nested => { "ключ" => undef } }')
     perl_insert(perl, entry, 'bless { id => 7 }, "My::Task"')
@@ -162,8 +157,8 @@ def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):
     ('do { my $h = { a => 1 }; $h->{me} = $h; $h }', "a reference cycle"),
     ('do { $Storable::Deparse = 1; { code => sub { 1 } } }', "a code reference"),
 ])
-def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(perl, perl_queue, caplog,
-                                                                        expression, reason):
+def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
+        perl, perl_queue, caplog, expression, reason):  # noqa: F811
     entry, client = perl_queue
     handle = perl_insert(perl, entry, expression)
     client.insert(Seen.funcname, "fine")
@@ -177,7 +172,16 @@ def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(perl, pe
     assert len(lines) == 1 and reason in lines[0] and Seen.funcname in lines[0]
 
 
-def test_a_refused_arg_raises_when_read(perl, perl_queue):
+def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):  # noqa: F811
+    """Perl stores a plain string arg as it is; bytes that only start like a code reference's
+    image are not a refusal, so the job runs with them (as Perl's own worker would)."""
+    entry, client = perl_queue
+    perl_insert(perl, entry, '"\\x05\\x0b\\x1a junk"')
+    assert client.work_until_done([Seen]) == 1
+    assert Seen.args == ["\x05\x0b\x1a junk"]
+
+
+def test_a_refused_arg_raises_when_read(perl, perl_queue):  # noqa: F811
     entry, client = perl_queue
     handle = perl_insert(perl, entry, 'do { my $h = {}; $h->{me} = $h; $h }')
     job = client.lookup_job(handle)
@@ -186,7 +190,7 @@ def test_a_refused_arg_raises_when_read(perl, perl_queue):
         _ = job.arg
 
 
-def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):
+def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):  # noqa: F811
     """Documented in workermanager/theschwartz/README.md: JSON values arrive as JSON text, str as its
     UTF-8 text (JSON-quoted when it would read as JSON), bytes as they are unless they would read
     as something else: then behind the four tag bytes."""

@@ -250,3 +250,60 @@ def hand_over_folder(path: str, uid: int, gid: int) -> None:
         os.fchown(fd, uid, gid)
     finally:
         os.close(fd)
+
+
+def private_folder_problem(fd: int) -> str | None:
+    """Why the folder open on `fd` is not ours alone (None when it is): it must be owned by the
+    account we run as and closed to group and others, or someone else could enter or plant in it.
+    Judged by fstat on the descriptor, so the answer is about the folder that will be used."""
+    info = os.fstat(fd)
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a folder"
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return (f"not a private folder of ours (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}, "
+                f"expected uid {os.geteuid()}, 0700)")
+    return None
+
+
+def is_private_folder(path: str) -> bool:
+    """Whether `path` is a folder of ours alone (see private_folder_problem); False when it cannot
+    be reached safely."""
+    try:
+        fd = open_folder(path)
+    except OSError:
+        return False
+    try:
+        return private_folder_problem(fd) is None
+    finally:
+        os.close(fd)
+
+
+def open_private_folder(parent: str, name: str, what: str) -> int:
+    """A descriptor of folder `name` in `parent`, made 0700 when missing; UnsafePath when it is a
+    link, or not ours alone (someone else made it first, or opened it to others)."""
+    path = os.path.join(parent, name)
+    parent_fd = open_folder(parent)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:  # O_NOFOLLOW|O_DIRECTORY on a link: ELOOP or ENOTDIR
+            reason = "a symbolic link" if _is_link(parent_fd, name) else exc.strerror
+            raise UnsafePath(f"{path}: not usable for {what}: {reason}") from None
+    finally:
+        os.close(parent_fd)
+    problem = private_folder_problem(fd)
+    if problem is not None:
+        os.close(fd)
+        raise UnsafePath(f"{path}: {problem}")
+    return fd
+
+
+def _is_link(folder_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -56,13 +55,7 @@ def private_runtime_folder() -> str | None:
     folder = os.environ.get("XDG_RUNTIME_DIR")
     if not folder or not os.path.isabs(folder):
         return None
-    try:
-        info = os.lstat(folder)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        return None
-    return folder
+    return folder if safefiles.is_private_folder(folder) else None
 
 
 def snapshot(master: Master) -> dict[str, Any]:

@@ -68,18 +68,13 @@ class Job(abc.ABC):
     def _repeated(self, call: str) -> bool:
         """True, with a warning naming the job, when the job is already settled: the finishing
         call `call` is then ignored (as Perl TheSchwartz ignores it) and the worker's `work()`
-        goes on. Every finishing method of a backend's Job starts with this check."""
+        goes on. The one place that decides it: every finishing method of a backend's Job starts
+        with `if self._repeated(...): return` and sets `outcome` once it has settled the job."""
         if self.outcome is None:
             return False
         log.warning("job %s (%s): %s() ignored, the job is already %s", self.handle, self.funcname, call,
                     self.outcome)
         return True
-
-    def _finish(self, outcome: str) -> None:
-        """Mark the job settled; a backend calls it after `_repeated` said it was not yet."""
-        if self.outcome is not None:
-            raise JobAlreadyFinished(f"job {self.handle} already {self.outcome}; cannot mark it {outcome}")
-        self.outcome = outcome
 
     # The finishing calls below settle the job once; a second one (completed() after failed(),
     # ...) is ignored with a warning, so code after it in work() still runs.

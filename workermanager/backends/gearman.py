@@ -93,16 +93,16 @@ class GearmanJob(Job):
             log.warning("job %s: cannot send %s: %s", self.handle, what, exc)
 
     def completed(self, result: Any = None) -> None:
-        if self.outcome is not None and self._repeated("completed"):  # no call per job where it is not
+        if self._repeated("completed"):
             return
-        self._finish("completed")
+        self.outcome = "completed"
         # held back to go out with the child's next GRAB, which follows at once
         self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
     def failed(self, msg: str, exit_status: int | None = None) -> None:
         if self._repeated("failed"):
             return
-        self._finish("failed")
+        self.outcome = "failed"
         cls = self.worker_class
         attempt = self.failures + 1  # failures including this one
         if self.resubmittable and cls is not None and cls.should_retry(attempt):
@@ -118,13 +118,13 @@ class GearmanJob(Job):
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         if self._repeated("permanent_failure"):
             return
-        self._finish("permanent_failure")
+        self.outcome = "permanent_failure"
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def declined(self) -> None:
         if self._repeated("declined"):
             return
-        self._finish("declined")
+        self.outcome = "declined"
         cls = self.worker_class
         if self.resubmittable:
             delay = max(1.0, cls.retry_delay_for(self.failures) if cls is not None else 0.0)

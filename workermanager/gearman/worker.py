@@ -103,7 +103,8 @@ class GrabbedJob:
 
     def _already_finished(self, what: str) -> bool:
         """A job ends once: a second finishing call is ignored (as Perl's Gearman::Worker does), and
-        said so, for gearmand would only answer it with JOB_NOT_FOUND."""
+        said so, for gearmand would only answer it with JOB_NOT_FOUND. The one place that decides
+        it: every finishing method starts with it."""
         if self.finished:
             log.warning("job %s (%s): already finished, %s ignored", self.handle, self.funcname, what)
         return self.finished
@@ -112,7 +113,7 @@ class GrabbedJob:
         """WORK_COMPLETE. `later`: held back to travel with this worker's next packet to the
         server (its next GRAB, or a flush before it waits or closes): one system call per job
         fewer, for a caller that grabs again at once."""
-        if self.finished and self._already_finished("complete"):
+        if self._already_finished("complete"):
             return
         self.finished = True
         if later and type(result) is bytes:

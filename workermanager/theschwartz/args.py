@@ -17,8 +17,9 @@ reference) still reads as Perl meant it:
 
 Reading an untagged row: a Storable image is thawed by `storable.thaw`; if that finds the bytes
 are not Storable after all, they are read as below. Then JSON when it parses, else UTF-8 text,
-else the bytes. Only an image that is certainly Storable and holds what the reader refuses
-(code, tied values, hooks, cycles, too deep) raises StorableArgError.
+else the bytes. Only an image that is certainly Storable (read whole, ending at its last byte)
+and holds what the reader refuses (code, tied values, hooks, cycles, too deep) raises
+StorableArgError; bytes that merely start like such an image are a plain row.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ class TheSchwartzJob(Job):
         """Done: delete the row; keep exit status 0 when the worker class keeps exit statuses.
         Without an exit status to keep, the DELETE alone runs in autocommit where the dialect
         allows it: one round trip per completed job instead of three."""
-        if self.outcome is not None and self._repeated("completed"):
+        if self._repeated("completed"):
             return
         keeps_status = self._keep_exit_status_for() > 0
         if not keeps_status and self.client.defer_completions:  # see Database.defer_delete

@@ -16,7 +16,12 @@ Two error classes tell a caller how sure it may be. `StorableRefused`: a well-fo
 something this reader will not read (the same every time: fail the job for good).
 `StorableMalformed`: the bytes are not a Storable image after all (truncated, an unknown type
 code, trailing bytes): the caller should treat them as plain bytes, as Perl TheSchwartz does
-when `thaw` fails ("false alarm").
+when `thaw` fails ("false alarm"). A refusal is only certain once the whole image is known to be
+well formed, so a refused item is noted, its payload read past as Storable.xs lays it out, and
+the refusal raised only after the image has ended where its bytes end; bytes that merely start
+like a refused item are Malformed. Two refusals are raised where they are met, since the rest
+cannot be read to prove the image whole: nesting past MAX_DEPTH (200 and more nested
+container codes are not what junk looks like) and an image over MAX_IMAGE_BYTES.
 
 The format is Storable.xs's (Storable 3.x, binary major 2, minors up to 11), as a fact.
 """
@@ -79,6 +84,8 @@ def thaw(raw: bytes) -> Any:
     value = reader.item(0)
     if reader.pos != len(reader.data):
         raise StorableMalformed(f"{len(reader.data) - reader.pos} bytes after the end of the image")
+    if reader.refusal is not None:
+        raise StorableRefused(reader.refusal)  # certain now: the image is whole and well formed
     return value
 
 
@@ -90,16 +97,17 @@ SX_TIED_KEY, SX_TIED_IDX, SX_UTF8STR, SX_LUTF8STR, SX_FLAG_HASH, SX_CODE = range
 SX_WEAKREF, SX_WEAKOVERLOAD, SX_VSTRING, SX_LVSTRING, SX_SVUNDEF_ELEM, SX_REGEXP = range(27, 33)
 SX_LOBJECT, SX_BOOLEAN_TRUE, SX_BOOLEAN_FALSE = range(33, 36)
 
-#: type codes refused, with the words an error names them by
-_REFUSED = {
-    SX_TIED_ARRAY: "a tied array", SX_TIED_HASH: "a tied hash", SX_TIED_SCALAR: "a tied scalar",
-    SX_TIED_KEY: "a tied hash element", SX_TIED_IDX: "a tied array element",
-    SX_HOOK: "an object frozen by its class's STORABLE_freeze hook", SX_CODE: "a code reference",
-    SX_REGEXP: "a regular expression", SX_LOBJECT: "an object over 2 GiB",
-}
-
 # flag-hash key flags (SHV_K_*)
 _KEY_UTF8, _KEY_WASUTF8, _KEY_ISSV, _KEY_PLACEHOLDER = 0x01, 0x02, 0x08, 0x10
+
+# SX_HOOK flags (SHF_*) and the object types its flags and extra byte name (SHT_*)
+_HOOK_TYPE_MASK, _HOOK_LARGE_CLASSLEN, _HOOK_LARGE_STRLEN, _HOOK_LARGE_LISTLEN = 0x03, 0x04, 0x08, 0x10
+_HOOK_IDX_CLASSNAME, _HOOK_NEED_RECURSE, _HOOK_HAS_LIST = 0x20, 0x40, 0x80
+_HOOK_EXTRA, _HOOK_TIED_TYPES = 3, frozenset((4, 5, 6))
+#: a regular expression's op flags: its length takes four bytes (SHR_U32_RE_LEN)
+_RE_LONG_LENGTH = 0x01
+#: the code of the source text of a code reference
+_CODE_TEXT_TYPES = frozenset((SX_SCALAR, SX_LSCALAR, SX_UTF8STR, SX_LUTF8STR))
 
 #: marks a tag whose value is still being read: a reference to it is a cycle
 _PENDING = object()
@@ -116,6 +124,9 @@ class _Reader:
         self.order = ">"  # lengths and native integers: network order unless the header says
         self.iv_format = ">q"
         self.nv_format: str | None = None  # None: doubles are stored as strings (network order)
+        self.nv_size = 8
+        #: the first thing refused, raised by `thaw` only if the image turns out whole
+        self.refusal: str | None = None
         self.handlers: dict[int, Callable[[int], Any]] = {
             SX_LSCALAR: lambda depth: self._scalar(self.length()),
             SX_SCALAR: lambda depth: self._scalar(self.byte()),
@@ -137,6 +148,16 @@ class _Reader:
             SX_IX_BLESS: self._ix_bless,
             SX_VSTRING: lambda depth: self._vstring(self.byte(), depth),
             SX_LVSTRING: lambda depth: self._vstring(self.length(), depth),
+            # refused: read past as laid out, refused once the whole image is known to be whole
+            SX_TIED_ARRAY: lambda depth: self._tied("a tied array", depth),
+            SX_TIED_HASH: lambda depth: self._tied("a tied hash", depth),
+            SX_TIED_SCALAR: lambda depth: self._tied("a tied scalar", depth),
+            SX_TIED_KEY: self._tied_key,
+            SX_TIED_IDX: self._tied_idx,
+            SX_CODE: self._code,
+            SX_HOOK: self._hook,
+            SX_REGEXP: self._regexp,
+            SX_LOBJECT: self._large_object,
         }
 
     # --- bytes ----------------------------------------------------------------------------------
@@ -181,10 +202,15 @@ class _Reader:
         self.order = "<" if order.startswith(b"1") else ">"
         self.iv_format = self.order + ("q" if len(order) == 8 else "i")
         self.take(3)  # sizeof(int), sizeof(long), sizeof(char *)
-        nv_size = self.byte() if minor >= 2 else 8
-        if nv_size != 8:
-            raise StorableRefused(f"doubles of {nv_size} bytes (a Perl built with long doubles)")
+        self.nv_size = self.byte() if minor >= 2 else 8
+        if self.nv_size != 8:
+            self.refuse(f"doubles of {self.nv_size} bytes (a Perl built with long doubles)", 0)
         self.nv_format = self.order + "d"
+
+    def refuse(self, what: str, at: int) -> None:
+        """Note a refusal; `thaw` raises the first one if the image proves whole."""
+        if self.refusal is None:
+            self.refusal = f"{what} at byte {at}"
 
     # --- items ----------------------------------------------------------------------------------
 
@@ -197,11 +223,9 @@ class _Reader:
         if code == SX_OBJECT:
             return self._shared(at)
         handler = self.handlers.get(code)
-        if handler is not None:
-            return handler(depth)
-        if code in _REFUSED:
-            raise StorableRefused(f"{_REFUSED[code]} at byte {at}")
-        raise StorableMalformed(f"unknown type code {code} at byte {at}")
+        if handler is None:
+            raise StorableMalformed(f"unknown type code {code} at byte {at}")
+        return handler(depth)
 
     def _new_tag(self) -> int:
         self.seen.append(_PENDING)
@@ -217,7 +241,8 @@ class _Reader:
             raise StorableMalformed(f"reference to unknown object {tag} at byte {at}")
         value = self.seen[tag]
         if value is _PENDING:
-            raise StorableRefused(f"a reference cycle (to object {tag}) at byte {at}")
+            self.refuse(f"a reference cycle (to object {tag})", at)
+            return None
         return value
 
     def _scalar(self, size: int) -> str | bytes:
@@ -243,6 +268,9 @@ class _Reader:
     def _double(self, depth: int) -> float:
         if self.nv_format is None:
             raise StorableMalformed(f"native double in a network-order image at byte {self.pos - 1}")
+        if self.nv_size != 8:  # refused at the header: read past it
+            self.take(self.nv_size)
+            return self._leaf(None)
         return self._leaf(self.unpack(self.nv_format, 8))
 
     def _array(self, depth: int) -> list:
@@ -278,8 +306,10 @@ class _Reader:
             element = self.item(depth + 1)
             at = self.pos
             flags = self.byte()
-            if flags & _KEY_ISSV:
-                raise StorableRefused(f"a hash key stored as a Perl value at byte {at}")
+            if flags & _KEY_ISSV:  # the key is a whole stored value, not a length and bytes
+                self.refuse("a hash key stored as a Perl value", at)
+                self.item(depth + 1)
+                continue
             key = self.take(self.length())
             if flags & _KEY_PLACEHOLDER:
                 continue  # a key deleted from a restricted hash
@@ -343,3 +373,86 @@ class _Reader:
         """A v-string literal (v1.2.3): its magic is skipped, the scalar after it is the value."""
         self.take(size)
         return self.item(depth + 1)
+
+    # --- refused items: their payload is read past, the refusal noted ---------------------------
+
+    def _tied(self, what: str, depth: int) -> None:
+        """SX_TIED_* <object>: the object the variable is tied to."""
+        self.refuse(what, self.pos - 1)
+        tag = self._new_tag()
+        self.item(depth + 1)
+        self.seen[tag] = None
+        return None
+
+    def _tied_key(self, depth: int) -> None:
+        """SX_TIED_KEY <object> <key>."""
+        self._tied("a tied hash element", depth)
+        self.item(depth + 1)
+
+    def _tied_idx(self, depth: int) -> None:
+        """SX_TIED_IDX <object> <index as a 32-bit length>."""
+        self._tied("a tied array element", depth)
+        self.length()
+
+    def _code(self, depth: int) -> None:
+        """SX_CODE <scalar holding the source text>: a tag for the code, then the text's own."""
+        self.refuse("a code reference", self.pos - 1)
+        self.seen.append(None)
+        at = self.pos
+        if self.byte() not in _CODE_TEXT_TYPES:
+            raise StorableMalformed(f"a code reference without its source text at byte {at}")
+        self.pos = at
+        self.item(depth + 1)
+
+    def _regexp(self, depth: int) -> None:
+        """SX_REGEXP <op flags> <pattern length: 1 or 4 bytes> <pattern> <flags length> <flags>."""
+        self.refuse("a regular expression", self.pos - 1)
+        long_length = self.byte() & _RE_LONG_LENGTH
+        self.take(self.length() if long_length else self.byte())
+        self.take(self.byte())
+        self.seen.append(None)
+
+    def _hook(self, depth: int) -> None:
+        """SX_HOOK <flags> [<extra>] [<sub-objects, flags>...] <class> <frozen string> [<tag list>]
+        [<tied object>]: an object its class froze itself, readable only by running its code."""
+        self.refuse("an object frozen by its class's STORABLE_freeze hook", self.pos - 1)
+        at = self.pos
+        flags = self.byte()
+        extra = None
+        if flags & _HOOK_TYPE_MASK == _HOOK_EXTRA:
+            extra = self.byte()
+            if extra not in _HOOK_TIED_TYPES:
+                raise StorableMalformed(f"unknown hooked object type {extra} at byte {at + 1}")
+        self.seen.append(None)
+        while flags & _HOOK_NEED_RECURSE:  # objects the hook returned references to, then flags again
+            self.item(depth + 1)
+            flags = self.byte()
+        size = self.length() if flags & _HOOK_LARGE_CLASSLEN else self.byte()
+        if flags & _HOOK_IDX_CLASSNAME:
+            if size >= len(self.classes):
+                raise StorableMalformed(f"unknown class number {size} in a hooked object at byte {at}")
+        else:
+            self.classes.append(self._class_name(self.take(size)))
+        self.take(self.length() if flags & _HOOK_LARGE_STRLEN else self.byte())
+        if flags & _HOOK_HAS_LIST:
+            self._hook_tags(flags, at)
+        if extra is not None:
+            self.item(depth + 1)
+
+    def _hook_tags(self, flags: int, at: int) -> None:
+        """The tags of the objects a hook's frozen string refers to: each must be read already."""
+        count = self.unpack(self.order + "i", 4) if flags & _HOOK_LARGE_LISTLEN else self.byte()
+        tag_size = 4
+        if count < 0:  # Storable's mark for 64-bit tags
+            count, tag_size = -count, 8
+        if count * tag_size > self.left():
+            raise StorableMalformed(f"{count} object tags in {self.left()} bytes at byte {at}")
+        for _ in range(count):
+            tag = self.unpack(">I" if tag_size == 4 else ">Q", tag_size)
+            if tag >= len(self.seen):
+                raise StorableMalformed(f"a hooked object refers to unknown object {tag} at byte {at}")
+
+    def _large_object(self, depth: int) -> None:
+        """SX_LOBJECT: Storable writes it only for a string, array or hash over 2 GiB, which no
+        image within MAX_IMAGE_BYTES can hold whole: so these bytes are not a whole image."""
+        raise StorableMalformed(f"an object over 2 GiB in an image of {len(self.data)} bytes")

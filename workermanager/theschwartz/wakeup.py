@@ -25,14 +25,12 @@ the children open. Slots are opened relative to that folder's descriptor, never 
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import logging
 import os
 import random
 import select
-import stat
 import tempfile
 import time
 from typing import NamedTuple
@@ -52,10 +50,6 @@ SAFETY_POLL = 1.0
 POLL_FIRST = 0.005
 POLL_FACTOR = 2.0
 POLL_MAX = 0.05
-
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SLOT_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-
 
 class SlotFolder(NamedTuple):
     """Where the listening turns of the account we run as live: `name` inside `parent`."""
@@ -78,30 +72,6 @@ def slot_folder() -> SlotFolder:
     if runtime is not None:
         return SlotFolder(runtime, "workermanager")
     return SlotFolder(tempfile.gettempdir(), f"workermanager-{os.geteuid()}")
-
-
-def open_private_folder(folder: SlotFolder) -> int:
-    """A descriptor of `folder`, created 0700 when missing; UnsafePath when it is a link, or not
-    ours alone (someone else made it first, or opened it to others)."""
-    parent_fd = safefiles.open_folder(folder.parent)
-    try:
-        try:
-            os.mkdir(folder.name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        try:
-            fd = os.open(folder.name, _FOLDER_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            raise safefiles.UnsafePath(f"{folder.path}: not usable for listening turns: "
-                                       f"{'a symbolic link' if exc.errno == errno.ELOOP else exc.strerror}") from None
-    finally:
-        os.close(parent_fd)
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        os.close(fd)
-        raise safefiles.UnsafePath(f"{folder.path}: not a private folder of ours (owner uid {info.st_uid}, "
-                                   f"mode {stat.S_IMODE(info.st_mode):04o}, expected uid {os.geteuid()}, 0700)")
-    return fd
 
 
 class Wakeup:
@@ -241,8 +211,8 @@ class Wakeup:
             return True
         for index in range(self.listeners):
             name = f"{self._slot_name}-{index}"
-            try:
-                fd = self._open_slot(folder_fd, name)
+            try:  # never through a link, a missing one created exclusively (O_EXCL)
+                fd, _ = safefiles.open_file(folder_fd, name, os.O_RDWR, 0o600, name, "listening slot")
             except OSError as exc:  # the folder was removed under us (a temp cleaner): find it again
                 log.debug("listening slot %s: %s", name, exc)
                 os.close(folder_fd)
@@ -265,26 +235,12 @@ class Wakeup:
                     self._folder_fd = safefiles.open_folder(self._slot_dir)
                 else:
                     assert self._slot_folder is not None
-                    self._folder_fd = open_private_folder(self._slot_folder)
+                    self._folder_fd = safefiles.open_private_folder(
+                        self._slot_folder.parent, self._slot_folder.name, "listening turns")
             except OSError as exc:
                 self._folder_refused = True
                 log.warning("listening turns: %s; every idle child listens instead (more queries per insert)", exc)
         return self._folder_fd
-
-    @staticmethod
-    def _open_slot(folder_fd: int, name: str) -> int:
-        """Slot file `name`, opened relative to the folder and never through a link; a missing one
-        is created exclusively (O_EXCL), so two children creating it at once both end on one file."""
-        for _ in range(5):
-            try:
-                return os.open(name, _SLOT_FLAGS, dir_fd=folder_fd)
-            except FileNotFoundError:
-                pass
-            try:
-                return os.open(name, _SLOT_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=folder_fd)
-            except FileExistsError:
-                continue  # another child created it between the two opens
-        raise OSError(errno.EAGAIN, f"{name}: keeps appearing and disappearing")
 
     def _release_slot(self) -> None:
         fd, self._slot_fd = self._slot_fd, None
