@@ -325,7 +325,8 @@ def test_a_pid_file_the_service_account_made_first_ends_roots(site, daemons):  #
 def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_path, monkeypatch):  # noqa: F811
     """No pidfile:, no status_file:, root's private $XDG_RUNTIME_DIR in the environment of both the
     start and `status`: the master (after the drop) cannot use root's folder, so `status` must not
-    look there and say "not running" while the daemon runs; both follow the config's rule."""
+    look there and say "not running" while the daemon runs, and root's folder must not be handed
+    over to the account as the status file's; both follow the config's rule."""
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
@@ -339,7 +340,8 @@ def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_p
                             capture_output=True, text=True, env=daemon.env(), timeout=60)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "cannot tell whether it runs" in result.stdout and "not running" not in result.stdout, result.stdout
-    assert os.listdir(runtime) == []
+    info = os.lstat(runtime)  # not handed over as the status file's folder, nothing written there
+    assert (info.st_uid, stat.S_IMODE(info.st_mode), os.listdir(runtime)) == (0, 0o700, [])
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
 

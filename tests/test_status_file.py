@@ -116,7 +116,8 @@ def test_a_well_formed_status_file_passes_the_schema():
      ["key children[0].works_limit is str, not int"]),
     (json.dumps(full_state(os.getpid(), time.time(), restarts={"exit": [1]})),
      ["key restarts.exit is list, not int"]),
-])
+], ids=["not json", "not an object", "no started_at", "str pid", "child without slot", "child job str bare",
+        "child job str", "job without running_for", "str works_limit", "list restart count"])
 def test_a_malformed_status_file_is_one_clear_error(tmp_path, queue_path, content, words):  # noqa: F811
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid.status").write_text(content)
