@@ -27,7 +27,7 @@ import yaml
 from workermanager.theschwartz import init_db
 
 from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
-from helpers import IN_CI, wait_for
+from helpers import IN_CI, require_program, wait_for
 
 SECRET = b"root's secret\n"
 
@@ -366,6 +366,28 @@ def test_a_run_folder_is_handed_over_only_when_it_holds_exactly_our_files(tmp_pa
                                     "worker_options": {"job_servers": ["127.0.0.1:1"]}}))
     owned = runfolder.folders_to_own(config_module.load(str(conf)))
     assert owned == ([str(folder)] if handed_over else [])
+
+
+@pytest.mark.parametrize("planted", ["link to a file naming pid 1", "FIFO"])
+def test_the_init_script_refuses_a_planted_pid_file(tmp_path, planted):
+    """start-stop-daemon follows a link at the pid file's name (a root file naming pid 1 made the
+    script say "running") and waits forever on a FIFO: the script refuses both, in one line."""
+    from test_service import INIT_SCRIPT, launcher
+
+    require_program("start-stop-daemon", "dpkg")
+    pidfile = tmp_path / "wm.pid"
+    if planted == "FIFO":
+        os.mkfifo(pidfile)
+    else:
+        (tmp_path / "one").write_text("1\n")
+        os.symlink(tmp_path / "one", pidfile)
+    defaults = tmp_path / "defaults"
+    defaults.write_text(f"CONF={tmp_path / 'conf.yml'}\nPIDFILE={pidfile}\nDAEMON={launcher(str(tmp_path))}\n")
+    result = subprocess.run([INIT_SCRIPT, "status"], capture_output=True, text=True, timeout=20,
+                            env=dict(os.environ, WORKERMANAGER_DEFAULTS=str(defaults)))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert result.stderr == f"workermanager: refusing {pidfile}: not a regular file (a link, a FIFO or a device); " \
+                            "remove it\n", result.stderr
 
 
 # -- reopening the error log -----------------------------------------------------------------------
