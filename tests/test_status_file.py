@@ -116,8 +116,11 @@ def test_a_well_formed_status_file_passes_the_schema():
      ["key children[0].works_limit is str, not int"]),
     (json.dumps(full_state(os.getpid(), time.time(), restarts={"exit": [1]})),
      ["key restarts.exit is list, not int"]),
+    (json.dumps(full_state(-1, time.time())), ["key pid is -1, not a process id"]),
+    (json.dumps(full_state(2 ** 70, time.time())), [f"key pid is {2 ** 70}, not a process id"]),
 ], ids=["not json", "not an object", "no started_at", "str pid", "child without slot", "child job str bare",
-        "child job str", "job without running_for", "str works_limit", "list restart count"])
+        "child job str", "job without running_for", "str works_limit", "list restart count", "pid -1",
+        "pid past a C long"])
 def test_a_malformed_status_file_is_one_clear_error(tmp_path, queue_path, content, words):  # noqa: F811
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid.status").write_text(content)
@@ -202,3 +205,13 @@ def test_an_oversized_pid_file_is_refused(tmp_path, queue_path):  # noqa: F811
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid").write_text("1" + " " * 100 + "\n")
     one_error(status_bounded(config), "larger than 64 bytes", what="pid file")
+
+
+@pytest.mark.parametrize("content", ["\u00b2\n", "99999999999999999999\n", "0\n"])
+def test_a_pid_file_naming_no_possible_pid_names_none(tmp_path, queue_path, content):  # noqa: F811
+    # "²" is a digit to str.isdigit, not to int(); os.kill cannot take 20 digits: both were tracebacks
+    config = config_at(tmp_path, queue_path)
+    (tmp_path / "wm.pid").write_text(content)
+    result = status_bounded(config)
+    assert result.returncode == 3 and result.stderr == "", result.stdout + result.stderr
+    assert "not running" in result.stdout

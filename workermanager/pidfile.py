@@ -39,6 +39,8 @@ class PidFileError(Exception):
 
 #: a pid file holds a pid and a newline; more than this was not written by a master
 MAX_PID_BYTES = 64
+#: the largest pid Linux hands out (pid_max cannot be set higher): a bigger number names no process
+PID_MAX = 4194304
 
 
 class PidFileState(NamedTuple):
@@ -74,15 +76,16 @@ def probe(path: str) -> PidFileState | None:
         os.close(fd)
 
 
-def read_pid(path: str) -> int | None:
-    """The pid written in `path`, or None when there is no usable one (see probe)."""
-    state = probe(path)
-    return None if state is None else state.pid
-
-
 def _parse(text: str) -> int | None:
+    """The pid in `text`, None unless it is ASCII digits naming a possible pid ("²" is a digit to
+    str.isdigit but not to int; os.kill cannot take a number past a C long)."""
     text = text.strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return int(text) if text.isascii() and text.isdigit() and is_pid(int(text)) else None
+
+
+def is_pid(number: int) -> bool:
+    """Whether `number` can be a process id (os.kill on 0 or -1 means a whole group, or everyone)."""
+    return 0 < number <= PID_MAX
 
 
 def is_alive(pid: int) -> bool:

@@ -92,6 +92,8 @@ def check_state(state: object, path: str) -> None:
     if not isinstance(state, dict):
         raise StatusFileError(f"status file {path} is malformed: not a JSON object")
     _check_keys(state, STATE_KEYS, path, "")
+    if not pidfile.is_pid(state["pid"]):
+        raise StatusFileError(f"status file {path} is malformed: key pid is {state['pid']}, not a process id")
     _check_keys(state["restarts"], dict.fromkeys(state["restarts"], RESTART_COUNT), path, "restarts.")
     for n, child in enumerate(state["children"]):
         if not isinstance(child, dict):
