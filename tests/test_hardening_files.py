@@ -15,17 +15,19 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from typing import NamedTuple
 
 import psutil
 import pytest
+import yaml
 
 from workermanager.theschwartz import init_db
 
 from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
-from helpers import IN_CI, wait_for
+from helpers import IN_CI, require_program, wait_for
 
 SECRET = b"root's secret\n"
 
@@ -291,6 +293,101 @@ def test_children_do_not_hold_the_pid_files_lock(tmp_path, sqlite_queue, daemons
     assert pidfile in _open_paths(daemon.pid)
     for child in daemon.children():
         assert pidfile not in _open_paths(child.pid), f"child {child.pid} holds the pid file open"
+
+
+# -- the pid file's owner, the folders handed over, where the status lives ------------------------
+
+def test_a_pid_file_the_service_account_made_first_ends_roots(site, daemons):  # noqa: F811
+    """The account owns the folder, so it can make the pid file before root starts the daemon: the
+    file must still end root's, 0644 (else the account could rewrite the pid, and start-stop-daemon
+    refuses a pid file that is not root's, so the init script could no longer stop the daemon)."""
+    pidfile = os.path.join(site.svc, "wm.pid")
+    with open(pidfile, "w") as handle:
+        handle.write("1\n")
+    os.chown(pidfile, site.account.uid, site.account.gid)
+    os.chmod(pidfile, 0o666)
+    daemon = daemon_for(daemons, site)
+    open(daemon.ledger, "w").close()
+    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    daemon.start(wait_children=1)
+    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+    info = os.lstat(pidfile)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o644)
+    if shutil.which("start-stop-daemon"):
+        checked = subprocess.run(["start-stop-daemon", "--status", "--pidfile", pidfile], capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
+    assert not os.path.exists(pidfile)
+
+
+def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_path, monkeypatch):  # noqa: F811
+    """No pidfile:, no status_file:, root's private $XDG_RUNTIME_DIR in the environment of both the
+    start and `status`: the master (after the drop) cannot use root's folder, so `status` must not
+    look there and say "not running" while the daemon runs, and root's folder must not be handed
+    over to the account as the status file's; both follow the config's rule."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    daemon = daemon_for(daemons, site, pidfile=None)
+    open(daemon.ledger, "w").close()
+    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    daemon.start(wait_children=1)
+    error_log = os.path.join(site.svc, "error.log")
+    wait_for(lambda: "neither pidfile: nor status_file:" in open(error_log).read(), 10, what="the warning")
+    result = subprocess.run([sys.executable, "-m", "workermanager", "status", "--no-queue", "-f", daemon.config_path],
+                            capture_output=True, text=True, env=daemon.env(), timeout=60)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "cannot tell whether it runs" in result.stdout and "not running" not in result.stdout, result.stdout
+    info = os.lstat(runtime)  # not handed over as the status file's folder, nothing written there
+    assert (info.st_uid, stat.S_IMODE(info.st_mode), os.listdir(runtime)) == (0, 0o700, [])
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
+
+
+@pytest.mark.parametrize("others, handed_over", [
+    ([], True),
+    (["wm.status", ".status.0a1b2c"], True),  # the status file and its temp files are ours
+    (["wm.yml"], False),  # pidfile: /etc/wm/wm must not hand over the folder of wm.yml
+    (["wm.status.bak"], False),
+])
+def test_a_run_folder_is_handed_over_only_when_it_holds_exactly_our_files(tmp_path, others, handed_over):
+    from workermanager import config as config_module
+    from workermanager import runfolder
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ["wm", *others]:
+        (folder / name).write_text("")
+    conf = tmp_path / "conf.yml"
+    conf.write_text(yaml.safe_dump({"workers": ["testworkers.Noop"], "user": "nobody", "pidfile": str(folder / "wm"),
+                                    "status_file": str(folder / "wm.status"), "type": "Gearman",
+                                    "worker_options": {"job_servers": ["127.0.0.1:1"]}}))
+    owned = runfolder.folders_to_own(config_module.load(str(conf)))
+    assert owned == ([str(folder)] if handed_over else [])
+
+
+@pytest.mark.parametrize("planted", ["link to a file naming pid 1", "FIFO"])
+def test_the_init_script_refuses_a_planted_pid_file(tmp_path, planted):
+    """start-stop-daemon follows a link at the pid file's name (a root file naming pid 1 made the
+    script say "running") and waits forever on a FIFO: the script refuses both, in one line."""
+    from test_service import INIT_SCRIPT, launcher
+
+    require_program("start-stop-daemon", "dpkg")
+    pidfile = tmp_path / "wm.pid"
+    if planted == "FIFO":
+        os.mkfifo(pidfile)
+    else:
+        (tmp_path / "one").write_text("1\n")
+        os.symlink(tmp_path / "one", pidfile)
+    defaults = tmp_path / "defaults"
+    defaults.write_text(f"CONF={tmp_path / 'conf.yml'}\nPIDFILE={pidfile}\nDAEMON={launcher(str(tmp_path))}\n")
+    result = subprocess.run([INIT_SCRIPT, "status"], capture_output=True, text=True, timeout=20,
+                            env=dict(os.environ, WORKERMANAGER_DEFAULTS=str(defaults)))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert result.stderr == f"workermanager: refusing {pidfile}: not a regular file (a link, a FIFO or a device); " \
+                            "remove it\n", result.stderr
 
 
 # -- reopening the error log -----------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """`workermanager status` trusts only a status file the master could have written: never a shared
 /tmp name, owned by root or the service user, well formed, naming a live workermanager master;
-and output to a closed pipe ends quietly."""
+a pid file only when it is a regular file whose lock a workermanager master holds; and output to a
+closed pipe ends quietly."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,10 +34,10 @@ def config_at(tmp_path, queue: str, **settings) -> str:
     return str(path)
 
 
-def one_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+def one_error(result: subprocess.CompletedProcess[str], *words: str, what: str = "status file") -> None:
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("workermanager: status file "), result.stderr
+    assert result.stderr.startswith("workermanager: ") and what in result.stderr, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
 
@@ -75,6 +78,25 @@ def test_a_status_file_that_is_a_link_is_refused(tmp_path, queue_path):  # noqa:
     one_error(status(config, "--no-queue"), "symbolic link")
 
 
+def full_child(**changes) -> dict:
+    """A child as the master writes it (scoreboard.Child.as_dict)."""
+    child = {"pid": 5, "slot": 1, "generation": 0, "state": "busy", "uptime": 2.0, "works_done": 3,
+             "works_limit": 100, "completed": 3, "failed": 0, "rss": 1 << 20,
+             "job": {"funcname": "Test::Noop", "id": 7, "running_for": 0.5}}
+    child.update(changes)
+    return child
+
+
+def test_a_well_formed_status_file_passes_the_schema():
+    from workermanager.commands.status import check_state, format_daemon
+
+    state = full_state(os.getpid(), time.time(), restarts={"exit": 2},
+                       children=[full_child(), full_child(slot=2, job=None, rss=None)])
+    check_state(state, "wm.pid.status")
+    lines = format_daemon("running as pid 1", state, "wm.pid.status")
+    assert "Test::Noop id 7 running 0.5s" in lines[-2] and "exit 2" in "\n".join(lines)
+
+
 @pytest.mark.parametrize("content, words", [
     ("{not json", ["not JSON"]),
     (json.dumps([1, 2]), ["not a JSON object"]),
@@ -83,7 +105,22 @@ def test_a_status_file_that_is_a_link_is_refused(tmp_path, queue_path):  # noqa:
     (json.dumps(full_state("1", time.time())), ["key pid is str, not int"]),
     (json.dumps(full_state(os.getpid(), time.time(), children=[{"pid": 5, "state": "idle"}])),
      ["key children[0].slot is missing"]),
-])
+    # the keys format_daemon reads, not only the ones the first check knew
+    (json.dumps(full_state(os.getpid(), time.time(), children=[{"pid": 1, "slot": 1, "state": "idle", "job": "x"}])),
+     ["key children[0]."]),
+    (json.dumps(full_state(os.getpid(), time.time(), children=[full_child(job="x")])),
+     ["key children[0].job is str, not dict or null"]),
+    (json.dumps(full_state(os.getpid(), time.time(), children=[full_child(job={"funcname": "f", "id": 1})])),
+     ["key children[0].job.running_for is missing"]),
+    (json.dumps(full_state(os.getpid(), time.time(), children=[full_child(works_limit="100")])),
+     ["key children[0].works_limit is str, not int"]),
+    (json.dumps(full_state(os.getpid(), time.time(), restarts={"exit": [1]})),
+     ["key restarts.exit is list, not int"]),
+    (json.dumps(full_state(-1, time.time())), ["key pid is -1, not a process id"]),
+    (json.dumps(full_state(2 ** 70, time.time())), [f"key pid is {2 ** 70}, not a process id"]),
+], ids=["not json", "not an object", "no started_at", "str pid", "child without slot", "child job str bare",
+        "child job str", "job without running_for", "str works_limit", "list restart count", "pid -1",
+        "pid past a C long"])
 def test_a_malformed_status_file_is_one_clear_error(tmp_path, queue_path, content, words):  # noqa: F811
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid.status").write_text(content)
@@ -119,3 +156,62 @@ def test_a_pid_file_nobody_holds_is_stale_even_when_its_pid_lives(tmp_path, queu
     result = status(config, "--no-queue")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "names pid 1, which does not hold its lock (stale)" in result.stdout
+
+
+# -- a pid file planted by the account that owns its folder, with no master running ----------------
+
+def status_bounded(config: str) -> subprocess.CompletedProcess[str]:
+    """`status --no-queue`, bounded in time and memory: without the fix a FIFO made it wait forever
+    and /dev/zero made it read until MemoryError."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "workermanager", "status", "--no-queue", "-f", config],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=20,
+                            preexec_fn=limit_memory)
+    assert time.monotonic() - started < 15
+    return result
+
+
+@pytest.mark.parametrize("planted", ["link to a file naming pid 1", "link to /dev/zero", "FIFO"])
+def test_a_planted_pid_file_is_one_clear_error(tmp_path, queue_path, planted):  # noqa: F811
+    config = config_at(tmp_path, queue_path)
+    pidfile = tmp_path / "wm.pid"
+    if planted == "FIFO":
+        os.mkfifo(pidfile)
+        words = ["not a regular file"]
+    else:
+        target = tmp_path / "one"
+        target.write_text("1\n")
+        os.symlink("/dev/zero" if "zero" in planted else target, pidfile)
+        words = ["symbolic link"]
+    one_error(status_bounded(config), str(pidfile), *words, what="pid file")
+
+
+def test_a_pid_file_locked_by_a_stranger_is_not_a_running_master(tmp_path, queue_path):  # noqa: F811
+    # anyone who can open the pid file can lock it: the lock alone does not make pid 1 a master
+    config = config_at(tmp_path, queue_path)
+    pidfile = tmp_path / "wm.pid"
+    pidfile.write_text("1\n")
+    with open(pidfile) as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        result = status_bounded(config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "names pid 1, which is not a workermanager master" in result.stdout, result.stdout
+
+
+def test_an_oversized_pid_file_is_refused(tmp_path, queue_path):  # noqa: F811
+    config = config_at(tmp_path, queue_path)
+    (tmp_path / "wm.pid").write_text("1" + " " * 100 + "\n")
+    one_error(status_bounded(config), "larger than 64 bytes", what="pid file")
+
+
+@pytest.mark.parametrize("content", ["\u00b2\n", "99999999999999999999\n", "0\n"])
+def test_a_pid_file_naming_no_possible_pid_names_none(tmp_path, queue_path, content):  # noqa: F811
+    # "²" is a digit to str.isdigit, not to int(); os.kill cannot take 20 digits: both were tracebacks
+    config = config_at(tmp_path, queue_path)
+    (tmp_path / "wm.pid").write_text(content)
+    result = status_bounded(config)
+    assert result.returncode == 3 and result.stderr == "", result.stdout + result.stderr
+    assert "not running" in result.stdout

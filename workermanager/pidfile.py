@@ -9,7 +9,9 @@ left behind never holds it.
 
 The file is opened without following links (safefiles) and written in place (the lock is on this
 inode, so no temp file and rename): the pid is written over the old content, then the file is cut
-to its length.
+to its length. It is root's, 0644, even when the service account (which owns the folder) made it
+first. Readers go through `probe`, which neither follows a link nor waits on a FIFO nor reads more
+than a pid's worth, and gets the pid and the lock from the same descriptor.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import fcntl
 import logging
 import os
 import time
+from typing import NamedTuple
 
 from workermanager import safefiles
 
@@ -34,23 +37,55 @@ class PidFileError(Exception):
     """Another daemon holds the pid file, or it cannot be used; the message says which."""
 
 
-def read_pid(path: str) -> int | None:
-    """The pid written in `path`, or None when there is no usable one."""
+#: a pid file holds a pid and a newline; more than this was not written by a master
+MAX_PID_BYTES = 64
+#: the largest pid Linux hands out (pid_max cannot be set higher): a bigger number names no process
+PID_MAX = 4194304
+
+
+class PidFileState(NamedTuple):
+    """What a reader learns from the pid file, through one descriptor: the pid it names (None
+    when it names none) and whether a master holds its lock."""
+
+    pid: int | None
+    locked: bool
+
+
+def probe(path: str) -> PidFileState | None:
+    """The pid file at `path` as a reader such as `workermanager status` sees it; None when there
+    is no such file. The one reader of the pid file: it may run as root on a file the service
+    account could have replaced, so it goes through safefiles.open_regular (a link, a FIFO or a
+    device is refused, PidFileError in one line) and reads at most MAX_PID_BYTES."""
     try:
-        # utf-8, not ascii: its codec is loaded at start; a master that dropped privileges may not
-        # be able to import another one from a Python installed in a private home folder
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read().strip()
-    except FileNotFoundError:
+        fd = safefiles.open_regular(path, "pid file")
+    except OSError as exc:  # UnsafePath is one
+        raise PidFileError(str(exc) if isinstance(exc, safefiles.UnsafePath)
+                           else f"{path}: cannot read pid file: {exc.strerror or exc}") from None
+    if fd is None:
         return None
+    try:
+        data = safefiles.read_at_most(fd, MAX_PID_BYTES + 1)
+        if len(data) > MAX_PID_BYTES:
+            raise PidFileError(f"{path}: refusing to read the pid file: larger than {MAX_PID_BYTES} bytes")
+        # decoded by hand, not by open(): a master that dropped privileges may not be able to import
+        # another codec from a Python installed in a private home folder
+        return PidFileState(_parse(data.decode("utf-8", "replace")), _locked(fd))
     except OSError as exc:
-        raise PidFileError(f"{path}: cannot read pid file: {exc.strerror}") from None
-    return _parse(text)
+        raise PidFileError(f"{path}: cannot read pid file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _parse(text: str) -> int | None:
+    """The pid in `text`, None unless it is ASCII digits naming a possible pid ("²" is a digit to
+    str.isdigit but not to int; os.kill cannot take a number past a C long)."""
     text = text.strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return int(text) if text.isascii() and text.isdigit() and is_pid(int(text)) else None
+
+
+def is_pid(number: int) -> bool:
+    """Whether `number` can be a process id (os.kill on 0 or -1 means a whole group, or everyone)."""
+    return 0 < number <= PID_MAX
 
 
 def is_alive(pid: int) -> bool:
@@ -63,19 +98,16 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def is_locked(path: str) -> bool | None:
-    """Whether a master holds the lock on the pid file at `path` (None: no such file, or it
-    cannot be read). Readers such as `workermanager status` use it to tell a stale file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return None
+def _locked(fd: int) -> bool:
+    """Whether someone holds an exclusive lock on the open file `fd` (a master holds its pid
+    file's for its whole life); our shared lock, when we get it, goes with the descriptor."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
-        return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-    finally:
-        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
 
 
@@ -166,11 +198,27 @@ def acquire(path: str, owners: tuple[int, ...] = ()) -> PidLock:
             who = f"as pid {holder}" if holder else "(its pid file is locked, but names no live pid yet)"
             raise PidFileError(f"{path}: workermanager already running {who}") from None
         if _still_linked(fd, folder_fd, name):
-            stale = _parse(os.pread(fd, 64, 0).decode("utf-8", "replace"))
-            os.ftruncate(fd, 0)
+            try:
+                stale = _parse(os.pread(fd, MAX_PID_BYTES, 0).decode("utf-8", "replace"))
+                os.ftruncate(fd, 0)
+                _make_ours(fd)
+            except OSError as exc:
+                _close(fd, folder_fd)
+                raise PidFileError(f"{path}: cannot take over pid file: {exc.strerror or exc}") from None
             return PidLock(path, fd, folder_fd, stale)
         _close(fd, folder_fd)  # the master before us removed it after we opened it: open the new one
     raise PidFileError(f"{path}: cannot lock pid file: it keeps being replaced")
+
+
+def _make_ours(fd: int) -> None:
+    """Root's pid file is root's, 0644, whoever created it: a file the service account made first
+    (it owns the folder) would stay writable by it, so it could rewrite the pid, and
+    start-stop-daemon refuses a pid file that is not root's ("matching only on non-root pidfile
+    is insecure"). fchown/fchmod on the locked descriptor, never on the path."""
+    if os.geteuid() == 0:
+        os.fchown(fd, 0, 0)
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, PID_MODE)
 
 
 def _still_linked(fd: int, folder_fd: int, name: str) -> bool:
@@ -186,7 +234,7 @@ def _holder_pid(fd: int) -> int | None:
     """The pid the lock holder wrote, waiting a little: it writes it only once it has detached."""
     deadline = time.monotonic() + HOLDER_WAIT_SECONDS
     while True:
-        pid = _parse(os.pread(fd, 64, 0).decode("utf-8", "replace"))
+        pid = _parse(os.pread(fd, MAX_PID_BYTES, 0).decode("utf-8", "replace"))
         if pid is not None and is_alive(pid):
             return pid
         if time.monotonic() > deadline:

@@ -14,12 +14,15 @@ import os
 import stat
 
 from workermanager.config import Config
-from workermanager.status import status_path
+from workermanager.status import TEMP_PREFIX, status_path
 
 log = logging.getLogger(__name__)
 
 
 def _ours(folder: str, names: set[str]) -> bool:
+    """Whether `folder` is not shared and holds nothing but our files: exactly the pid file and the
+    status file (`names`) and the status file's temp files. Exact names, not prefixes: with
+    `pidfile: /etc/wm/wm` a prefix would count /etc/wm/wm.yml as ours and hand over /etc/wm."""
     try:
         mode = os.stat(folder).st_mode
         entries = os.listdir(folder)
@@ -27,8 +30,7 @@ def _ours(folder: str, names: set[str]) -> bool:
         return False
     if mode & (stat.S_IWOTH | stat.S_ISVTX):
         return False
-    prefixes = tuple(names)
-    return all(entry.startswith(prefixes) or entry.startswith(".status.") for entry in entries)
+    return all(entry in names or entry.startswith(TEMP_PREFIX) for entry in entries)
 
 
 def folders_to_own(config: Config) -> list[str]:

@@ -32,6 +32,9 @@ from collections.abc import Iterable
 MAX_LINKS = 40
 
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: how a file is opened where a planted one may be: a link is refused (ELOOP), a FIFO or a device
+#: cannot block the open, a terminal never becomes ours; the one spelling of these flags
+NO_FOLLOW_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class UnsafePath(OSError):
@@ -122,7 +125,7 @@ def open_file(folder_fd: int, name: str, flags: int, mode: int, path: str, what:
     and gets `mode` exactly (fchmod, whatever the umask). An existing file must be a regular file
     with a single link, owned by root, by us or by one of `owners`; else UnsafePath.
     """
-    base = flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    base = flags | NO_FOLLOW_FLAGS
     for _ in range(5):
         created = False
         try:
@@ -179,8 +182,7 @@ def check_existing(path: str, what: str, owners: Iterable[int] = ()) -> None:
     folder_fd = open_folder(folder)
     try:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
-                         dir_fd=folder_fd)
+            fd = os.open(name, os.O_RDONLY | NO_FOLLOW_FLAGS, dir_fd=folder_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise _link_refused(path, what) from None
@@ -191,6 +193,49 @@ def check_existing(path: str, what: str, owners: Iterable[int] = ()) -> None:
             os.close(fd)
     finally:
         os.close(folder_fd)
+
+
+def open_regular(path: str, what: str) -> int | None:
+    """A read-only descriptor of the regular file at `path`, None when there is none; for reading
+    a file that someone else may have planted (the pid file, the status file) as root.
+
+    The folder is reached as open_folder does; the file is opened with NO_FOLLOW_FLAGS, so a link
+    is refused and a FIFO cannot make the open wait; anything but a regular file (a FIFO, a device
+    such as /dev/zero) is refused before a byte is read. UnsafePath says which, in one line. The
+    caller bounds how much it reads.
+    """
+    folder, name = split(path)
+    try:
+        folder_fd = open_folder(folder)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | NO_FOLLOW_FLAGS, dir_fd=folder_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _link_refused(path, what) from None
+            raise OSError(exc.errno, f"{path}: cannot open the {what}: {exc.strerror}") from None
+    finally:
+        os.close(folder_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(f"{path}: refusing to open the {what}: not a regular file")
+    return fd
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from the start of `fd` (a regular file: reads do not wait)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = os.pread(fd, limit - size, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> int:

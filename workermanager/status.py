@@ -4,9 +4,16 @@ Written through an exclusively created temp file and a rename inside its folder 
 see half a file, and no link planted in the folder is followed: safefiles), mode 0644, at most
 twice a second while jobs stream by, and within a tenth of a second when children come or go.
 
-Where: `status_file:` when set, else beside the pid file (`<pidfile>.status`), else in the
-per-user runtime folder $XDG_RUNTIME_DIR when it is ours alone (mode 0700). Never a shared name
-in /tmp, which any local user could plant; without any of these there is no status file.
+Where: `status_file:` when set, else beside the pid file (`<pidfile>.status`), else, for a config
+that does not drop privileges, in the per-user runtime folder $XDG_RUNTIME_DIR when it is ours
+alone (mode 0700). Never a shared name in /tmp, which any local user could plant; without any of
+these there is no status file.
+
+A config with `user:` or `group:` gets no status file from $XDG_RUNTIME_DIR: the master writes it
+after the drop, with root's environment, while `status` runs as root or as someone else, so the
+two would look in different places (status said "not running" while the daemon ran). The rule
+depends on the config only, so writer and reader agree: such a config needs pidfile: or
+status_file: for `workermanager status`, the master warns at start and `status` says so.
 """
 
 from __future__ import annotations
@@ -43,11 +50,18 @@ def status_path(config: Config) -> str | None:
         return config.status_file
     if config.pidfile:
         return config.pidfile + ".status"
+    if drops_privileges(config):
+        return None
     folder = private_runtime_folder()
     if folder is None:
         return None
     digest = hashlib.sha1(config.path.encode()).hexdigest()[:12]
     return os.path.join(folder, f"workermanager-{digest}.status.json")
+
+
+def drops_privileges(config: Config) -> bool:
+    """Whether the daemon of `config` runs as another account than the one that starts it."""
+    return config.user is not None or config.group is not None
 
 
 def private_runtime_folder() -> str | None:
@@ -79,7 +93,10 @@ def snapshot(master: Master) -> dict[str, Any]:
 class StatusPublisher:
     def __init__(self, config: Config) -> None:
         self.path = status_path(config)
-        if self.path is None:
+        if self.path is None and drops_privileges(config):
+            log.warning("no status file: the config sets user:/group: but neither pidfile: nor status_file:, "
+                        "so `workermanager status` cannot tell whether this daemon runs; set pidfile:")
+        elif self.path is None:
             log.info("no status file (set pidfile: or status_file: for `workermanager status`)")
         self._last_write = 0.0
         self._last_pids: frozenset[int] = frozenset()

@@ -4,26 +4,27 @@ child doing, and how full is the queue.
 The daemon's side comes from the status file the master keeps current (status.status_path);
 the queue's side is read here, by this command, so a slow database never stalls the master.
 Exit statuses follow LSB `status`: 0 running, 1 dead but the pid file is left, 3 not running,
-4 cannot tell (the config cannot be read). 1 also, with one line on stderr, when the status file
-cannot be trusted: a link, owned by someone other than root or the service user, malformed (a
-missing key, bad JSON, a wrong type), or naming a live process that is not a workermanager master.
+4 cannot tell (the config cannot be read, or it drops privileges and sets neither pidfile nor
+status_file). 1 also, with one line on stderr, when the status file or the pid file cannot be
+trusted: a link, a FIFO or a device, a status file owned by someone other than root or the service
+user, malformed (a missing key, bad JSON, a wrong type, too big), or naming a live process that is
+not a workermanager master.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import pwd
-import stat
 import time
 from typing import Any
 
-from workermanager import pidfile
+from workermanager import pidfile, safefiles
+from workermanager.cli import SUBCOMMANDS
 from workermanager.commands import fail, load_config
 from workermanager.config import Config, ConfigError
-from workermanager.status import status_path
+from workermanager.status import drops_privileges, status_path
 
 RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
 #: a master's process may be this much older than the started_at it wrote (pid reuse check)
@@ -31,16 +32,26 @@ START_SLACK_SECONDS = 5.0
 
 
 class StatusFileError(Exception):
-    """The status file cannot be trusted or read as the master writes it; one line says why."""
+    """The status file (or the pid file) cannot be trusted or read as the master writes it; one
+    line says why."""
 
 
-#: what the master writes (status.snapshot) and this command relies on: key -> accepted types
+NUMBER = (int, float)
+NULL = type(None)
+#: The one schema of the status file: every key the master writes (status.snapshot, a child's
+#: scoreboard.Child.as_dict) that this command reads, with the types it accepts; check_state
+#: checks all of it, so format_daemon and --json can use any of these keys without looking.
 STATE_KEYS: dict[str, tuple[type, ...]] = {
-    "pid": (int,), "started_at": (int, float), "updated_at": (int, float), "uptime": (int, float),
+    "pid": (int,), "started_at": NUMBER, "updated_at": NUMBER, "uptime": NUMBER,
     "config": (str,), "type": (str,), "concurrency": (int,), "works_per_child": (int,),
     "generation": (int,), "stopping": (bool,), "restarts": (dict,), "children": (list,),
 }
-CHILD_KEYS: dict[str, tuple[type, ...]] = {"pid": (int,), "slot": (int,), "state": (str,)}
+CHILD_KEYS: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "slot": (int,), "state": (str,), "uptime": NUMBER, "works_done": (int,),
+    "works_limit": (int,), "failed": (int,), "rss": (int, NULL), "job": (dict, NULL),
+}
+JOB_KEYS: dict[str, tuple[type, ...]] = {"funcname": (str,), "id": (int, str), "running_for": (*NUMBER, NULL)}
+RESTART_COUNT = (int,)
 #: a status file is a few kilobytes; anything much bigger was not written by the master
 MAX_STATE_BYTES = 4 * 1024 * 1024
 
@@ -49,21 +60,23 @@ def read_state(path: str, owners: set[int]) -> dict[str, Any] | None:
     """The status file's content, None when there is none; StatusFileError when it is a link,
     not a regular file, owned by someone other than `owners`, or malformed."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        return None
+        fd = safefiles.open_regular(path, "status file")
+    except safefiles.UnsafePath as exc:
+        raise StatusFileError(str(exc)) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StatusFileError(f"status file {path} is a symbolic link: refusing to read it") from None
-        raise StatusFileError(f"status file {path}: cannot read it: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StatusFileError(f"status file {path} is not a regular file")
-        if info.st_uid not in owners:
-            raise StatusFileError(f"status file {path} is owned by uid {info.st_uid}, not by root or "
+        raise StatusFileError(f"status file {path}: cannot read it: {exc.strerror or exc}") from None
+    if fd is None:
+        return None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner not in owners:
+            raise StatusFileError(f"status file {path} is owned by uid {owner}, not by root or "
                                   "the service user: not written by the master, ignoring it")
-        data = handle.read(MAX_STATE_BYTES + 1)
+        data = safefiles.read_at_most(fd, MAX_STATE_BYTES + 1)
+    except OSError as exc:
+        raise StatusFileError(f"status file {path}: cannot read it: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_STATE_BYTES:
         raise StatusFileError(f"status file {path} is malformed: larger than {MAX_STATE_BYTES} bytes")
     try:
@@ -79,10 +92,15 @@ def check_state(state: object, path: str) -> None:
     if not isinstance(state, dict):
         raise StatusFileError(f"status file {path} is malformed: not a JSON object")
     _check_keys(state, STATE_KEYS, path, "")
+    if not pidfile.is_pid(state["pid"]):
+        raise StatusFileError(f"status file {path} is malformed: key pid is {state['pid']}, not a process id")
+    _check_keys(state["restarts"], dict.fromkeys(state["restarts"], RESTART_COUNT), path, "restarts.")
     for n, child in enumerate(state["children"]):
         if not isinstance(child, dict):
             raise StatusFileError(f"status file {path} is malformed: children[{n}] is not an object")
         _check_keys(child, CHILD_KEYS, path, f"children[{n}].")
+        if child["job"] is not None:
+            _check_keys(child["job"], JOB_KEYS, path, f"children[{n}].job.")
 
 
 def _check_keys(record: dict[str, Any], keys: dict[str, tuple[type, ...]], path: str, where: str) -> None:
@@ -92,7 +110,11 @@ def _check_keys(record: dict[str, Any], keys: dict[str, tuple[type, ...]], path:
         value = record[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise StatusFileError(f"status file {path} is malformed: key {where}{key} is "
-                                  f"{type(value).__name__}, not {' or '.join(t.__name__ for t in types)}")
+                                  f"{_type_name(type(value))}, not {' or '.join(map(_type_name, types))}")
+
+
+def _type_name(kind: type) -> str:
+    return "null" if kind is NULL else kind.__name__
 
 
 def allowed_owners(config: Config) -> set[int]:
@@ -135,23 +157,17 @@ def master_command_line(pid: int) -> str | None:
     # before its title is set, or without setproctitle: `[python -m] workermanager [...] -f conf`
     names = [os.path.basename(a) for a in args[:3]]
     if ("workermanager" in names or "workermanager" in args[1:3]) and "-f" in args and not (
-            set(args) & set(SUBCOMMAND_NAMES)):
+            set(args) & set(SUBCOMMANDS)):
         return text
     return None
 
 
-SUBCOMMAND_NAMES = ("init-db", "insert", "submit", "status", "report", "check")
-
-
 def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
     """(LSB exit status, one-line message, the master's state when it runs); StatusFileError
-    when the status file is planted or malformed, or names a live process that is no master."""
+    when the status file or the pid file is planted or malformed, or the status file names a live
+    process that is no master."""
     path = status_path(config)
     state = read_state(path, allowed_owners(config)) if path is not None else None
-    try:
-        pid_in_file = pidfile.read_pid(config.pidfile) if config.pidfile else None
-    except pidfile.PidFileError:
-        pid_in_file = None
     if state is not None:
         pid = state["pid"]
         if is_master(pid, state["started_at"]):
@@ -162,17 +178,39 @@ def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
         stale = f"status file {path} is stale (pid {pid} is not running)"
     else:
         stale = ""
-    if pid_in_file is not None:
-        locked = pidfile.is_locked(config.pidfile) if config.pidfile else None
-        if pidfile.is_alive(pid_in_file) and locked is not False:
-            return RUNNING, f"running as pid {pid_in_file} (no status yet in {path})", None
-        why = "which is dead" if not pidfile.is_alive(pid_in_file) else "which does not hold its lock (stale)"
-        return DEAD_WITH_PIDFILE, (f"not running, but pid file {config.pidfile} names pid {pid_in_file}, "
-                                   f"{why}"), None
+    if config.pidfile:
+        found = from_pid_file(config.pidfile, path)
+        if found is not None:
+            return found
     if path is None:
+        if drops_privileges(config):
+            return UNKNOWN, ("cannot tell whether it runs: the config sets user:/group: but neither pidfile "
+                             "nor status_file (set pidfile:, e.g. /run/workermanager/workermanager.pid)"), None
         return NOT_RUNNING, ("not running (no status file: the config sets neither pidfile nor "
                              "status_file)"), None
     return NOT_RUNNING, "not running" + (f": {stale}" if stale else f" (no status file {path})"), None
+
+
+def from_pid_file(path: str, status_file: str | None) -> tuple[int, str, None] | None:
+    """What the pid file says when there is no live status: running only when a master holds its
+    lock AND the pid it names is a workermanager master (anyone who can open the file can lock
+    it); None when there is no pid file or it names no pid."""
+    try:
+        found = pidfile.probe(path)
+    except pidfile.PidFileError as exc:
+        raise StatusFileError(str(exc)) from None
+    if found is None or found.pid is None:
+        return None
+    pid = found.pid
+    if found.locked and master_command_line(pid) is not None:
+        return RUNNING, f"running as pid {pid} (no status yet in {status_file})", None
+    if not pidfile.is_alive(pid):
+        why = "which is dead"
+    elif not found.locked:
+        why = "which does not hold its lock (stale)"
+    else:
+        why = "which is not a workermanager master"
+    return DEAD_WITH_PIDFILE, f"not running, but pid file {path} names pid {pid}, {why}", None
 
 
 def format_duration(seconds: float | None) -> str:
@@ -197,31 +235,31 @@ def format_bytes(count: int | None) -> str:
     return f"{count / (1024 * 1024):.1f}M"
 
 
-def format_daemon(message: str, state: dict[str, Any] | None, path: str) -> list[str]:
+def format_daemon(message: str, state: dict[str, Any] | None, path: str | None) -> list[str]:
+    """The daemon's part of the report; `state` has passed check_state, so every key it reads is
+    there with its type."""
     lines = [f"workermanager {message}"]
     if state is None:
         return lines
-    children = state.get("children") or []
-    lines.append(f"  uptime {format_duration(state.get('uptime'))}, {state.get('type')}, "
-                 f"{len(children)}/{state.get('concurrency')} children, "
-                 f"{state.get('works_per_child')} jobs each, generation {state.get('generation')}"
-                 + (", STOPPING" if state.get("stopping") else ""))
-    lines.append(f"  config {state.get('config')}")
-    updated = state.get("updated_at")
-    age = "" if updated is None else f" (updated {format_duration(time.time() - updated)} ago)"
-    lines.append(f"  status {path}{age}")
-    restarts = state.get("restarts") or {}
+    children = state["children"]
+    lines.append(f"  uptime {format_duration(state['uptime'])}, {state['type']}, "
+                 f"{len(children)}/{state['concurrency']} children, "
+                 f"{state['works_per_child']} jobs each, generation {state['generation']}"
+                 + (", STOPPING" if state["stopping"] else ""))
+    lines.append(f"  config {state['config']}")
+    lines.append(f"  status {path} (updated {format_duration(time.time() - state['updated_at'])} ago)")
+    restarts = state["restarts"]
     if restarts:
         lines.append("  child exits: " + ", ".join(f"{why} {n}" for why, n in sorted(restarts.items())))
     lines.append("")
     lines.append(f"  {'slot':>4} {'pid':>7} {'state':<6} {'jobs':>9} {'failed':>6} {'rss':>8} {'up':>9}  current job")
     for child in children:
-        job = child.get("job")
-        current = "-" if not job else (f"{job.get('funcname')} id {job.get('id')} "
-                                       f"running {format_duration(job.get('running_for'))}")
-        lines.append(f"  {child.get('slot'):>4} {child.get('pid'):>7} {child.get('state'):<6} "
-                     f"{child.get('works_done')}/{child.get('works_limit'):<4} {child.get('failed', 0):>6} "
-                     f"{format_bytes(child.get('rss')):>8} {format_duration(child.get('uptime')):>9}  {current}")
+        job = child["job"]
+        current = "-" if job is None else (f"{job['funcname']} id {job['id']} "
+                                           f"running {format_duration(job['running_for'])}")
+        lines.append(f"  {child['slot']:>4} {child['pid']:>7} {child['state']:<6} "
+                     f"{child['works_done']}/{child['works_limit']:<4} {child['failed']:>6} "
+                     f"{format_bytes(child['rss']):>8} {format_duration(child['uptime']):>9}  {current}")
     return lines
 
 
