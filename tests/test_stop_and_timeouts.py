@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -188,3 +189,42 @@ def test_a_child_whose_backend_broke_for_good_is_replaced_with_backoff(tmp_path,
     assert exits and set(exits) == {str(EXIT_BACKEND_BROKEN)}, daemon.error_log()[-2000:]
     assert len(exits) <= 12, f"{len(exits)} children in about 4 s: no backoff"
     assert "children keep crashing with no job finished in between" in daemon.error_log()
+
+
+def queue_read_age(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r"^workermanager_queue_read_age_seconds (\S+)$", text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_a_database_read_in_flight_puts_a_fork_off_without_stopping_the_loop(tmp_path, silent_job_servers, daemons):
+    """A database read must not be interrupted by a fork (a C library's mutex could be inherited
+    held), so the fork is put off to a later turn, but the loop goes on meanwhile: a signal is
+    handled at once. The queue is a PostgreSQL DSN naming a silent server, so each queue read
+    waits out libpq's 5 s connect timeout; during one, the test kills a child (the master wants to
+    fork) and sends TTIN. The master used to wait 2 s inside that fork, deaf to signals, children
+    and job timeouts."""
+    host, port = silent_job_servers[0].split(":")
+    metrics_port = free_port()
+    daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"],
+                                    "worker_options": {"databases": [
+                                        {"dsn": f"dbi:Pg:dbname=queue;host={host};port={port}"}]},
+                                    "metrics": {"listen": f"127.0.0.1:{metrics_port}", "queue_interval": 0.3}},
+                    ("-n", "-c", "2"))
+    daemons.append(daemon)
+    daemon.start()
+    wait_for(lambda: daemon.handles_signals() and len(daemon.children()) == 2, 30, what="2 children")
+    wait_for(lambda: queue_read_age(metrics_port) < 1.0, 15, what="a queue read to end")
+    wait_for(lambda: queue_read_age(metrics_port) > 1.0, 5, what="the next queue read to be under way")
+    victim = daemon.children()[0]
+    victim.kill()
+    wait_for(lambda: f"child {victim.pid} exited" in daemon.error_log(), 5, what="the master to reap the child")
+    daemon.signal(signal.SIGTTIN)
+    signalled = time.monotonic()
+    daemon.wait_error_log("concurrency raised to 3", 10)
+    answered_in = time.monotonic() - signalled
+    assert answered_in < 1.0, f"TTIN handled {answered_in:.1f}s after it was sent"
+    wait_for(lambda: len(daemon.children()) == 3, 15, what="the pool of 3 once the read ended")
+    assert "forking anyway" not in daemon.error_log()
