@@ -1,8 +1,10 @@
 """The prefork master: keep N children alive, recycle them, and stop them gracefully.
 
 One loop, readable on a screen: sleep until a signal, a child's message or a timer; handle
-the signals; read the scoreboard; reap; kill jobs past their timeout; top the pool up. Signal
-handlers only record the signal, so logging and forking never happen inside one.
+the signals; read the scoreboard; reap; kill jobs past their timeout (in every state, stopping
+included); top the pool up. Signal handlers only record the signal, so logging and forking never
+happen inside one. Nothing in a turn waits: a fork that a thread of the master must not interrupt
+is put off to a later turn (ForkGuard), since the leases assume a timed-out job is killed on time.
 
 Only TERM, QUIT and INT stop the master. Anything else that goes wrong in a turn of the loop (a
 failed log reopen, a listener or the status publisher raising, a fork or pipe refused for lack of
