@@ -30,6 +30,9 @@ log = logging.getLogger("workermanager.child")
 GRAB_SLICE = 0.5
 #: backoff after a backend outage: from the first to the last, doubling
 OUTAGE_BACKOFF = (0.1, 5.0)
+#: exit status of a child whose backend connection broke for good (BackendBroken): abnormal, so
+#: the master's crash backoff applies instead of a fork in a tight loop
+EXIT_BACKEND_BROKEN = 4
 
 
 class JobTimeout(BaseException):
@@ -143,7 +146,7 @@ class Child:
             self.reporter.exiting(self.stop_reason or "unknown")
             self._close_backend()
             self.joblog.close()
-        return 0
+        return EXIT_BACKEND_BROKEN if self.stop_reason == BACKEND_BROKEN else 0
 
     def _loop(self) -> None:
         backoff = 0.0
@@ -158,7 +161,7 @@ class Child:
                 job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
             except BackendBroken as exc:
                 log.error("child %d: %s; replacing this child", os.getpid(), exc)
-                self.stop_reason = "backend broken"
+                self.stop_reason = BACKEND_BROKEN
                 return
             except Exception as exc:  # BackendError, or a driver error a backend let through
                 backoff = min(OUTAGE_BACKOFF[1], max(OUTAGE_BACKOFF[0], backoff * 2))
@@ -343,6 +346,8 @@ TITLE_INTERVAL = 0.25
 MASTER_CHECK_INTERVAL = 0.25
 #: a job whose lease leaves less time than this to run it is given back instead (seconds)
 MIN_ROOM = 0.5
+#: the stop reason of a child whose backend broke for good
+BACKEND_BROKEN = "backend broken"
 
 
 def run_child(plan: ChildPlan, unblock: set[int] | None = None) -> int:

@@ -1,8 +1,10 @@
 """The prefork master: keep N children alive, recycle them, and stop them gracefully.
 
 One loop, readable on a screen: sleep until a signal, a child's message or a timer; handle
-the signals; read the scoreboard; reap; kill jobs past their timeout; top the pool up. Signal
-handlers only record the signal, so logging and forking never happen inside one.
+the signals; read the scoreboard; reap; kill jobs past their timeout (in every state, stopping
+included); top the pool up. Signal handlers only record the signal, so logging and forking never
+happen inside one. Nothing in a turn waits: a fork that a thread of the master must not interrupt
+is put off to a later turn (ForkGuard), since the leases assume a timed-out job is killed on time.
 
 Only TERM, QUIT and INT stop the master. Anything else that goes wrong in a turn of the loop (a
 failed log reopen, a listener or the status publisher raising, a fork or pipe refused for lack of
@@ -24,10 +26,11 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
-from workermanager.child import ChildPlan, flush_log_handlers, run_child
+from workermanager.child import EXIT_BACKEND_BROKEN, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, JobBoard
 from workermanager.worker import Worker
@@ -57,6 +60,23 @@ SPAWN_FAILURE_BACKOFF = (0.1, 10.0)
 RESERVED_DESCRIPTORS = 64
 #: the same unexpected error (per place in the loop) is logged at most this often (seconds)
 SURVIVED_LOG_INTERVAL = 60.0
+#: a fork a ForkGuard puts off is tried again this much later (the loop goes on meanwhile)
+FORK_DEFER_RETRY = 0.05
+#: ... and goes ahead anyway once it has been put off this long (seconds)
+FORK_DEFER_LIMIT = 10.0
+
+
+class ForkGuard(Protocol):
+    """A thread of the master that must not be in the middle of something when the master forks
+    (the metrics' queue poller inside a database call: a child forked then could inherit a C
+    library's mutex held by a thread it does not have). The loop never waits for one: a guard that
+    is busy puts the fork off to a later turn."""
+
+    def try_hold(self) -> bool:
+        """Without blocking: True if the thread is now kept from starting anything until release()."""
+
+    def release(self) -> None:
+        """After the fork, in the master."""
 
 
 class MasterListener:
@@ -94,6 +114,10 @@ class Master:
         self.restarts: collections.Counter[str] = collections.Counter()
         #: objects told of finished jobs and exited children (metrics); see MasterListener
         self.listeners: list[MasterListener] = []
+        #: threads a fork must not interrupt (metrics' queue poller); see ForkGuard
+        self.fork_guards: list[ForkGuard] = []
+        #: since when a busy ForkGuard has been putting forks off (None: it is not)
+        self._fork_deferred_since: float | None = None
         self._wakeup_r = self._wakeup_w = -1
         self._last_read = 0.0
         self._title: tuple = ()
@@ -127,7 +151,8 @@ class Master:
                         break
                 except Exception as exc:  # a bug or a surprise: the pool must outlive it
                     self._survive("the master's loop", exc)
-                    self._signal_selector.select(1.0)  # never spin on a repeating error
+                    self._kill_timed_out_jobs_safely()  # whatever broke the turn, jobs keep their timeouts
+                    self._signal_selector.select(0.2)  # never spin on a repeating error
         finally:
             self._selector.close()
             self._signal_selector.close()
@@ -145,12 +170,14 @@ class Master:
         self._handle_signals()
         self._reap()
         self._read_boards()
+        # In every state, stopping included: a graceful stop lets running jobs finish within their
+        # timeout, never past it (the lease, or gearmand's CAN_DO_TIMEOUT, covers only that much).
+        self._kill_timed_out_jobs()
         if self.stopping:
             if not self.children:
                 return True
             self._enforce_stop_deadline()
         else:
-            self._kill_timed_out_jobs()
             self._maintain_pool()
         self._publish()
         return False
@@ -339,10 +366,46 @@ class Master:
         if missing < 0:
             self._retire(-missing)
         while missing > 0 and time.monotonic() >= self.next_spawn_at:
-            self._spawn()
+            held = self._hold_fork_guards()
+            if held is None:
+                break  # put off to a later turn: next_spawn_at says when
+            try:
+                self._spawn()
+            finally:
+                for guard in held:
+                    guard.release()
             missing -= 1
             if self.young_deaths or self.crash_streak > 1 or self.spawn_failures:
                 break  # under backoff: one child at a time, then wait again
+
+    def _hold_fork_guards(self) -> list[ForkGuard] | None:
+        """The guards held for a fork now, or None when the fork is put off: the loop never waits
+        for a guard (it must go on reaping and killing jobs past their timeout). A fork put off for
+        FORK_DEFER_LIMIT goes ahead without the busy guard (a thread that long in one call waits on
+        the network, holding no library mutex), with a warning at most once a minute."""
+        held: list[ForkGuard] = []
+        for guard in self.fork_guards:
+            if guard.try_hold():
+                held.append(guard)
+                continue
+            now = time.monotonic()
+            if self._fork_deferred_since is None:
+                self._fork_deferred_since = now
+            if now - self._fork_deferred_since < FORK_DEFER_LIMIT:
+                for other in held:
+                    other.release()
+                self.next_spawn_at = max(self.next_spawn_at, now + FORK_DEFER_RETRY)
+                return None
+            self._warn_rate_limited("fork guard", "master %d: %s still busy after %gs; forking anyway",
+                                    os.getpid(), type(guard).__name__, FORK_DEFER_LIMIT)
+        self._fork_deferred_since = None
+        return held
+
+    def _warn_rate_limited(self, where: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now >= self._survived.get(where, 0.0):
+            self._survived[where] = now + SURVIVED_LOG_INTERVAL
+            log.warning(message, *args)
 
     def _retire(self, count: int) -> None:
         """Stop `count` children of the current generation, idle ones first."""
@@ -482,9 +545,11 @@ class Master:
         else:
             code = os.WEXITSTATUS(status)
             how = f"exit status {code}"
-            abnormal = code != 0
+            abnormal = code != 0  # EXIT_BACKEND_BROKEN too: the crash backoff below applies
             if code == EXIT_BOOT_FAILURE:
                 reason = "worker setup failed"
+            elif code == EXIT_BACKEND_BROKEN:
+                reason = "backend broken"
         if child.job_funcname:
             log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
         if abnormal and child.board is not None:
@@ -525,6 +590,12 @@ class Master:
             if delay:
                 log.warning("children keep crashing with no job finished in between (%d in a row); "
                             "next start in %.2fs", self.crash_streak, delay)
+
+    def _kill_timed_out_jobs_safely(self) -> None:
+        try:
+            self._kill_timed_out_jobs()
+        except Exception as exc:
+            self._survive("killing jobs past their timeout", exc)
 
     def _kill_timed_out_jobs(self) -> None:
         now = time.monotonic()

@@ -20,9 +20,11 @@ and why they are shaped so:
   which the hook calls, and every fork would print a TypeError).
 - Queue depth needs a database or job-server query, which can be slow: a second daemon thread
   runs it every `queue_interval` seconds (0: never) and the scrape serves the last answer with
-  its age. While that thread is inside a query, forking waits for it (at most
-  FORK_WAIT_SECONDS): a child forked in the middle of an SQLite call could inherit a library
-  mutex held by a thread that does not exist in the child.
+  its age. While that thread is inside a query the master does not fork (a child forked in the
+  middle of an SQLite call could inherit a library mutex held by a thread that does not exist in
+  the child), but it never waits for the query either: the poller is one of the master's
+  ForkGuards, and a fork it would interrupt is put off to a later turn of the loop, which goes on
+  reaping and killing jobs past their timeout meanwhile (master.FORK_DEFER_LIMIT bounds the delay).
 
 The `listen` address is checked before detaching (an error on the terminal) and bound after
 (python-daemon closes inherited sockets). Changes to `metrics` take effect at restart, not at HUP.
@@ -32,6 +34,7 @@ The `listen` address is checked before detaching (an error on the terminal) and 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import logging
@@ -54,7 +57,6 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_KEYS = ("listen", "queue_interval")
 DEFAULT_QUEUE_INTERVAL = 15.0
-FORK_WAIT_SECONDS = 2.0
 #: the host of `listen: ":PORT"` (and of a bare port): loopback, never every interface by default
 DEFAULT_HOST = "127.0.0.1"
 #: scrapes served at once; more connections wait in the kernel's listen queue (LISTEN_BACKLOG)
@@ -199,23 +201,32 @@ class QueueCollector:
 
 
 class QueuePoller(threading.Thread):
-    """Reads the queue every `interval` seconds in the background; forks wait for a read in flight."""
+    """Reads the queue every `interval` seconds in the background.
+
+    A master.ForkGuard: the master forks only while no database read is in flight, and puts a fork
+    off (never waits) while one is: a database driver's C library (sqlite3, libpq) may hold a
+    mutex of its own at any instant of a call, and a child forked then would inherit it held by a
+    thread it does not have. A Gearman read is Python on a socket (its modules imported before
+    the thread starts, so no import lock is held either): forking in the middle of it is safe, so
+    it never puts a fork off, however long a job server takes to answer."""
 
     def __init__(self, master: Master, collector: QueueCollector, interval: float) -> None:
         super().__init__(name="workermanager-queue-poller", daemon=True)
         self.master = master
         self.collector = collector
         self.interval = interval
+        #: held while a read that a fork must not interrupt is in flight (see try_hold)
         self.querying = threading.Lock()
         # not `_stop`: that would shadow Thread._stop, which threading's after-fork hook calls
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        from workermanager.queuestatus import queue_status
+        from workermanager.queuestatus import queue_status  # imported already: see start()
 
         while not self._stopping.is_set():
             config = self.master.config  # follows reloads
-            with self.querying:
+            fork_safe = config.type.lower() == "gearman"
+            with contextlib.nullcontext() if fork_safe else self.querying:
                 try:
                     status = queue_status(config.type, config.worker_options, config.base_dir,
                                           timeout=min(5.0, self.interval))
@@ -226,20 +237,24 @@ class QueuePoller(threading.Thread):
                 self.collector.latest, self.collector.read_at = status, time.time()
             self._stopping.wait(self.interval)
 
+    def start(self) -> None:
+        # imported here, in the main thread: a child forked while the poller imported them could
+        # inherit a module lock held by a thread it does not have
+        import workermanager.gearman.admin  # noqa: F401
+        import workermanager.gearman.connection  # noqa: F401
+        import workermanager.queuestatus  # noqa: F401
+
+        super().start()
+
     def stop(self) -> None:
         self._stopping.set()
 
-    def before_fork(self) -> None:
-        if not self.querying.acquire(timeout=FORK_WAIT_SECONDS):
-            log.warning("metrics: queue read still running after %gs; forking anyway", FORK_WAIT_SECONDS)
-            self._held = False
-        else:
-            self._held = True
+    def try_hold(self) -> bool:
+        """Before a fork, in the master's loop: never blocks (see master.ForkGuard)."""
+        return self.querying.acquire(blocking=False)
 
-    def after_fork_in_parent(self) -> None:
-        if getattr(self, "_held", False):
-            self._held = False
-            self.querying.release()
+    def release(self) -> None:
+        self.querying.release()
 
 
 class MetricsServer(http.server.ThreadingHTTPServer):
@@ -368,11 +383,11 @@ class Metrics:
             collector = QueueCollector()
             self.listener.registry.register(collector)
             self.poller = QueuePoller(master, collector, interval)
+            master.fork_guards.append(self.poller)
         master.listeners.append(self.listener)
 
     def start(self) -> None:
-        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent,
-                            after_in_child=self._after_fork_in_child)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
         self.thread.start()
         if self.poller is not None:
             self.poller.start()
@@ -385,14 +400,6 @@ class Metrics:
             on_state(master)
             self.listener.observe_master(master)
         return both
-
-    def _before_fork(self) -> None:
-        if self.poller is not None and threading.current_thread() is threading.main_thread():
-            self.poller.before_fork()
-
-    def _after_fork_in_parent(self) -> None:
-        if self.poller is not None:
-            self.poller.after_fork_in_parent()
 
     def _after_fork_in_child(self) -> None:
         self.server.close_in_child()
