@@ -50,11 +50,11 @@ def test_insert_as_root_never_opens_the_database_through_a_planted_link(site, da
     plant_link(site, empty, database)
     daemon = daemon_for(daemons, site, **sqlite_settings(database))
     done = command(daemon, "insert", "Test::Noop", "{}")
+    assert_untouched(empty, b"")  # not made a SQLite database, not handed over
+    assert sorted(os.listdir(site.secret)) == ["empty", "target"]  # no -wal/-shm of root's made there
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(
         f"workermanager: insert failed as {site.account.name} (the account of key 'user' in "), done.stderr
-    assert_untouched(empty, b"")  # not made a SQLite database, not handed over
-    assert sorted(os.listdir(site.secret)) == ["empty", "target"]  # no -wal/-shm of root's made there
 
 
 def test_insert_as_root_inserts_as_the_service_account(site, daemons):  # noqa: F811

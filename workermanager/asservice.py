@@ -108,8 +108,10 @@ def _read_answer(read_fd: int, timeout: float) -> bytes:
     poller.register(read_fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
+        if remaining <= 0:
             raise ServiceChildTimeout("", f"no answer within {timeout:g} s (stopped or stuck); killed it")
+        if not poller.poll(min(remaining, 3600.0) * 1000):  # poll's timeout is an int of milliseconds
+            continue
         chunk = os.read(read_fd, 65536)
         if not chunk:
             return bytes(data)
