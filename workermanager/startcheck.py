@@ -7,9 +7,11 @@ schema, the SQLite files are writable by the service user, the logs can be reope
 can be re-read on HUP, the job servers answer.
 
 What the children will see is what counts, so the probes run in a forked child that first
-becomes the service user exactly as the master will (setgroups, setgid, initgroups, setuid) and
-reports back over a pipe. As root, nothing here creates, chowns or opens anything through a path:
-the root side only looks at folders (stat, access).
+becomes the service user exactly as the master will (asservice.run_as_service: the drop, a
+deadline, the findings back as JSON over a pipe). When root starts a config that drops
+privileges, that child is also where the workers are imported (backend_here): root never runs
+the workers' code. As root, nothing here creates, chowns or opens anything through a path: the
+root side only looks at folders (stat, access).
 
 Each check yields Findings: "ok" lines say what was checked, "warning" lines do not stop a start
 (a job server or a PostgreSQL/MySQL server that is down: a fleet may start before them), "error"
