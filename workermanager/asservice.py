@@ -80,14 +80,15 @@ def run_as_service(config: Config, work: Callable[[], Any], timeout: float) -> A
         os.close(read_fd)
         _child(config, work, write_fd)
     os.close(write_fd)
+    deadline = time.monotonic() + timeout
     try:
-        data = _read_answer(read_fd, timeout)
+        data = _read_answer(read_fd, deadline, timeout)
     except ServiceChildTimeout:
         _kill(pid)
         raise
     finally:
         os.close(read_fd)
-    _, wait_status = os.waitpid(pid, 0)  # the pipe closed: the child is leaving (os._exit)
+    wait_status = _reap(pid, deadline)
     try:
         answer = json.loads(data)
     except ValueError:
@@ -100,10 +101,9 @@ def run_as_service(config: Config, work: Callable[[], Any], timeout: float) -> A
     return answer["result"]
 
 
-def _read_answer(read_fd: int, timeout: float) -> bytes:
-    """Everything the child writes until it closes the pipe, within `timeout` seconds."""
+def _read_answer(read_fd: int, deadline: float, timeout: float) -> bytes:
+    """Everything the child writes until it closes the pipe, before `deadline` (monotonic)."""
     data = bytearray()
-    deadline = time.monotonic() + timeout
     poller = select.poll()
     poller.register(read_fd, select.POLLIN)
     while True:
@@ -118,6 +118,19 @@ def _read_answer(read_fd: int, timeout: float) -> bytes:
         data += chunk
         if len(data) > MAX_ANSWER_BYTES:
             return b""  # not an answer the work can have given: "ended without an answer"
+
+
+def _reap(pid: int, deadline: float) -> int:
+    """The child's wait status once it has left; the pipe closed, so it is leaving (os._exit),
+    unless the work closed it and went on: it is then killed at the deadline."""
+    while True:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return wait_status
+        if time.monotonic() >= deadline:
+            _kill(pid)
+            return int(signal.SIGKILL)  # the wait status of a child killed by it
+        time.sleep(0.01)
 
 
 def _kill(pid: int) -> None:
