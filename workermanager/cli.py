@@ -110,12 +110,15 @@ def run_daemon(options: argparse.Namespace) -> int:
     try:
         config = load()
         config_module.apply_environment(config)
-        master = Master(config, reload_config=load)
+        # root that drops privileges never imports the workers' code: the start-time probe imports
+        # them as the service user, the master after the drop (startcheck.backend_here)
+        backend = startcheck.backend_here(config)
+        master = Master(config, reload_config=load, import_workers=False)
         daemonize.resolve_identity(config)
         metrics_module = _metrics_module(config)
         if metrics_module is not None:
             metrics_module.check_listen(config)
-        startcheck.at_start(config, master.backend)  # refuse what cannot work, on the terminal
+        startcheck.at_start(config, backend)  # refuse what cannot work, on the terminal
         # the lock before anything is written or detached: a start that loses fails here, on the
         # terminal; it is held (and survives the detach) for the master's whole life
         lock = pidfile.acquire(config.pidfile, daemonize.service_owners(config)) if config.pidfile else None
@@ -146,9 +149,10 @@ def run_daemon(options: argparse.Namespace) -> int:
         if metrics_module is not None:  # before the drop: ports below 1024
             metrics = metrics_module.bind(config, master)
         daemonize.drop_privileges(config, runfolder.folders_to_own(config))
+        master.load_workers(backend)  # None: imported now, as the service user, as the probe did
         if metrics is not None:
             metrics.start()  # its threads run as the service user only
-    except (pidfile.PidFileError, OSError) as exc:
+    except (pidfile.PidFileError, OSError, config_module.ConfigError) as exc:
         log.error("%s", exc)
         if lock is not None:
             lock.release()

@@ -95,10 +95,17 @@ def _log_stream(fd: int):  # noqa: ANN202 - a text file object
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
+def will_drop(config: Config) -> bool:
+    """Whether this process changes identity to run `config`: we are root and it names `user:` or
+    `group:`. The one answer to that question: the start, the start-time probe, the root-run
+    commands (asservice) and the hand-over of files all ask here."""
+    return os.getuid() == 0 and (config.user is not None or config.group is not None)
+
+
 def service_ids(config: Config) -> tuple[int, int] | None:
     """(uid, gid) the files we create must be handed to: only when root starts a master that
-    drops privileges; -1 leaves that half unchanged."""
-    if (config.user is None and config.group is None) or os.getuid() != 0:
+    drops privileges (will_drop); -1 leaves that half unchanged."""
+    if not will_drop(config):
         return None
     user, gid = resolve_identity(config)
     return (user.pw_uid if user else -1, gid if gid is not None else -1)

@@ -92,13 +92,15 @@ class MasterListener:
 class Master:
     def __init__(self, config: Config, reload_config: Callable[[], Config],
                  on_reopen_logs: Callable[[], None] = lambda: None,
-                 on_state: Callable[[Master], None] = lambda master: None) -> None:
+                 on_state: Callable[[Master], None] = lambda master: None, import_workers: bool = True) -> None:
         self.config = config
         self.reload_config = reload_config
         self.on_reopen_logs = on_reopen_logs
         self.on_state = on_state
-        self.worker_classes: list[type[Worker]] = import_worker_classes(config)
-        self.backend: Backend = build_backend(config, self.worker_classes)
+        self.worker_classes: list[type[Worker]] = []
+        self.backend: Backend = None  # type: ignore[assignment] - set by load_workers, before run()
+        if import_workers:
+            self.load_workers()
         self.concurrency = config.concurrency
         self.generation = 1
         self.children: dict[int, ChildState] = {}
@@ -130,6 +132,14 @@ class Master:
         self._selector: selectors.BaseSelector | None = None
         #: waits for the wakeup pipe alone (the pause that lets children's messages gather)
         self._signal_selector: selectors.BaseSelector | None = None
+
+    def load_workers(self, backend: Backend | None = None) -> None:
+        """Import the worker classes and build the backend, or take `backend`, built from them
+        already. The start calls this after dropping privileges (import_workers=False): root
+        never runs the user's code (startcheck.backend_here)."""
+        if backend is None:
+            backend = build_backend(self.config, import_worker_classes(self.config))
+        self.worker_classes, self.backend = list(backend.worker_classes), backend
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:

@@ -7,9 +7,11 @@ schema, the SQLite files are writable by the service user, the logs can be reope
 can be re-read on HUP, the job servers answer.
 
 What the children will see is what counts, so the probes run in a forked child that first
-becomes the service user exactly as the master will (setgroups, setgid, initgroups, setuid) and
-reports back over a pipe. As root, nothing here creates, chowns or opens anything through a path:
-the root side only looks at folders (stat, access).
+becomes the service user exactly as the master will (asservice.run_as_service: the drop, a
+deadline, the findings back as JSON over a pipe). When root starts a config that drops
+privileges, that child is also where the workers are imported (backend_here): root never runs
+the workers' code. As root, nothing here creates, chowns or opens anything through a path: the
+root side only looks at folders (stat, access).
 
 Each check yields Findings: "ok" lines say what was checked, "warning" lines do not stop a start
 (a job server or a PostgreSQL/MySQL server that is down: a fleet may start before them), "error"
@@ -18,18 +20,14 @@ lines do.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
-import select
-import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from workermanager import daemonize, safefiles
-from workermanager.config import Config, ConfigError
+from workermanager.config import Config, ConfigError, import_worker_classes
 
 if TYPE_CHECKING:
     from workermanager.backends.base import Backend
@@ -55,9 +53,10 @@ class StartCheckError(ConfigError):
     """The start is refused; str() is the first problem (and how many more there are)."""
 
 
-def at_start(config: Config, backend: Backend) -> None:
+def at_start(config: Config, backend: Backend | None) -> None:
     """Run every check before daemonizing: print warnings to stderr, raise StartCheckError on
-    errors (run_daemon prints it as the one line of a refused start, exit 1)."""
+    errors (run_daemon prints it as the one line of a refused start, exit 1). `backend` as for
+    check_all; ConfigError when the workers do not import there."""
     findings = check_all(config, backend)
     for finding in findings:
         if finding.level == WARNING:
@@ -69,13 +68,38 @@ def at_start(config: Config, backend: Backend) -> None:
         raise StartCheckError(f"refusing to start: {errors[0]}{more}")
 
 
-def check_all(config: Config, backend: Backend) -> list[Finding]:
-    """Every check for an already loaded config whose workers imported and whose backend built."""
+def backend_here(config: Config) -> Backend | None:
+    """The config's backend, its worker classes imported by this process; None when this process
+    is root and will drop privileges: root never imports the user's worker code (an account that
+    can write it would get root), so the probing child imports the workers as the service user
+    (check_all) and the master after the drop. Our own modules and the database drivers are
+    imported here, as root, in either case: the service account may not be able to read the
+    Python installation root runs from."""
+    from workermanager.backends import backend_class
+    from workermanager.master import build_backend
+
+    if not daemonize.will_drop(config):
+        return build_backend(config, import_worker_classes(config))
+    try:
+        backend_class(config.type)
+    except ValueError:  # an unknown type: build_backend names it, in the probing child
+        pass
+    if config.type.lower() == "theschwartz":
+        from workermanager import asservice
+
+        asservice.import_drivers(config)
+    return None
+
+
+def check_all(config: Config, backend: Backend | None) -> list[Finding]:
+    """Every check for a loaded config. `backend` is the backend built from the imported workers,
+    or None (backend_here): the probing child then imports them as the service user, and a worker
+    that does not import raises ConfigError here, with the same line as an import in this process."""
     findings = [Finding(OK, f"config {config.path}: loaded, {len(config.workers)} worker class(es) import")]
     findings += folder_checks(config)
-    will_drop = dropped(config)  # asked here: the probe asks after it became the service user
+    will_drop = daemonize.will_drop(config)  # asked here: the probe asks after it became the service user
     findings += as_service(config, lambda: service_checks(config, backend, will_drop),
-                           PROBE_SECONDS + PROBE_SECONDS_EACH * _probe_count(backend))
+                           PROBE_SECONDS + PROBE_SECONDS_EACH * _probe_count(config))
     return findings
 
 
@@ -107,21 +131,20 @@ def folder_checks(config: Config) -> list[Finding]:
     return findings
 
 
-def service_checks(config: Config, backend: Backend, will_drop: bool) -> list[Finding]:
-    """In the probing child, as the service user: the config can be re-read (HUP) and the logs
-    reopened (USR1) after the drop (`will_drop`), and the backend's own checks (databases, job
-    servers)."""
+def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> list[Finding]:
+    """In the probing child, as the service user: the workers import and the backend builds (when
+    `backend` is None), the config can be re-read (HUP) and the logs reopened (USR1) after the drop
+    (`will_drop`), and the backend's own checks (databases, job servers)."""
+    if backend is None:
+        from workermanager.master import build_backend
+
+        backend = build_backend(config, import_worker_classes(config))  # ConfigError: to the parent
     findings = []
     if will_drop:
         findings += _config_readable(config)
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
     return findings
-
-
-def dropped(config: Config) -> bool:
-    """Whether the daemon will change identity after the start: root with `user:` or `group:`."""
-    return os.getuid() == 0 and (config.user is not None or config.group is not None)
 
 
 def service_user_name() -> str:
@@ -202,71 +225,24 @@ def _logs_reopenable(config: Config) -> list[Finding]:
     return findings
 
 
-def _probe_count(backend: Backend) -> int:
-    return len(getattr(backend, "databases", None) or getattr(backend, "job_servers", None) or [])
+def _probe_count(config: Config) -> int:
+    """How many databases or job servers the backend will probe (each may take its connect timeout)."""
+    options = config.worker_options
+    return len(options.get("databases") or options.get("job_servers") or [])
 
 
 def as_service(config: Config, probe: Callable[[], list[Finding]], timeout: float) -> list[Finding]:
     """Run `probe()` in a forked child that became the service user (when we are root and the
-    config names one), and return its findings; an error finding when it fails or overruns."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the probing child: never returns
-        os.close(read_end)
-        _probe_child(config, probe, write_end)
-    os.close(write_end)
-    data = bytearray()
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(read_end, select.POLLIN)
+    config names one: asservice.run_as_service), and return its findings; an error finding when
+    it fails or overruns. A ConfigError in it (a worker that does not import) is raised here."""
+    from workermanager import asservice
+
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                return [Finding(ERROR, f"start checks did not finish within {timeout:g} s")]
-            if poller.poll(remaining * 1000):
-                chunk = os.read(read_end, 65536)
-                if not chunk:
-                    break
-                data += chunk
-    finally:
-        os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    try:
-        return [Finding(level, message) for level, message in json.loads(data)]
-    except ValueError:
-        return [Finding(ERROR, f"start checks failed (probe exit status {os.waitstatus_to_exitcode(status)})")]
-
-
-def _probe_child(config: Config, probe: Callable[[], list[Finding]], write_end: int) -> None:
-    import logging
-
-    logging.disable(logging.CRITICAL)  # the libraries' own warnings: the findings say it all
-    try:
-        _become_service_user(config)
-        findings = probe()
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised here
-        findings = [Finding(ERROR, f"start checks failed: {type(exc).__name__}: {exc}")]
-    try:
-        os.write(write_end, json.dumps([list(f) for f in findings]).encode())
-    finally:
-        os._exit(0)
-
-
-def _become_service_user(config: Config) -> None:
-    """The same change of identity as daemonize.drop_privileges, minus the handing over of files."""
-    if not dropped(config):
-        return
-    from workermanager.daemonize import resolve_identity
-
-    user, gid = resolve_identity(config)
-    if gid is not None:
-        os.setgroups([gid])
-        os.setgid(gid)
-    if user is not None:
-        os.initgroups(user.pw_name, gid if gid is not None else user.pw_gid)
-        os.setuid(user.pw_uid)
-        os.environ["HOME"] = user.pw_dir  # libpq's ~/.pgpass, as the children will see it
-        os.environ["USER"] = os.environ["LOGNAME"] = user.pw_name
+        answer = asservice.run_as_service(config, lambda: [list(f) for f in probe()], timeout)
+    except asservice.ServiceChildTimeout:
+        return [Finding(ERROR, f"start checks did not finish within {timeout:g} s")]
+    except asservice.ServiceChildError as exc:
+        if exc.kind == "ConfigError":  # a worker that does not import: the line it always was
+            raise ConfigError(exc.detail) from None
+        return [Finding(ERROR, f"start checks failed: {exc}")]
+    return [Finding(level, message) for level, message in answer]

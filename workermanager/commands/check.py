@@ -3,8 +3,9 @@
 Like `nginx -t`: prints each thing checked ("ok"), each warning and each problem, then "ok" with
 exit status 0, or the number of problems with exit status 1. The daemon runs the same checks at
 every start (workermanager.startcheck); this command creates nothing (no log, pid or database file).
-Run it as the account that starts the daemon (root, when the config names `user:`): the database
-and log checks are then made as the service user, as the start makes them.
+Run it as the account that starts the daemon (root, when the config names `user:`): the worker
+imports, the database and the log checks are then made as the service user, as the start makes
+them (root never imports the workers' code).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workermanager.commands import fail
+from workermanager.commands import fail, load_config
 from workermanager.config import ConfigError
 
 
@@ -25,16 +26,15 @@ def main(argv: list[str]) -> int:
 
     from workermanager import config as config_module
     from workermanager import daemonize, startcheck
-    from workermanager.master import build_backend
 
     try:
-        config = config_module.load(options.config)
+        config = load_config(options.config)
         config_module.apply_environment(config)
-        backend = build_backend(config, config_module.import_worker_classes(config))
+        backend = startcheck.backend_here(config)  # None as root with `user:`: imported as that user
         daemonize.resolve_identity(config)
+        findings = startcheck.check_all(config, backend)
     except (ConfigError, OSError, ValueError) as exc:
         return fail(str(exc))
-    findings = startcheck.check_all(config, backend)
     for finding in findings:  # in order, on one stream: a reader sees what was checked before what failed
         print(f"{finding.level}: {finding.message}")
     sys.stdout.flush()

@@ -3,15 +3,16 @@
 Run by root on a config that names `user:`, the tables are created by a child that became that
 account first (see asservice): the SQLite file and its -wal/-shm are then the service account's,
 which the daemon's children must write, and no root process opens a path that account could have
-planted with a link. With --dsn (no config) it runs as whoever calls it.
+planted with a link; that child is given --timeout seconds. With --dsn (no config) it runs as
+whoever calls it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from workermanager import asservice
-from workermanager.commands import fail, load_config
+from workermanager import asservice, daemonize
+from workermanager.commands import QUEUE_SECONDS, fail, failed_as_service, load_config, on_queue
 from workermanager.config import ConfigError
 
 
@@ -25,36 +26,35 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--user", help="database user (with --dsn)")
     parser.add_argument("--password", help="database password (with --dsn)")
     parser.add_argument("--prefix", default="", help="table name prefix (with --dsn)")
+    parser.add_argument("--timeout", type=float, default=QUEUE_SECONDS, metavar="SECONDS",
+                        help="run by root on a config with `user:`, the tables are made as that account "
+                             f"and it is given up after this long (default {QUEUE_SECONDS:g})")
     options = parser.parse_args(argv)
 
     from workermanager.theschwartz import init_db
 
     try:
         if options.dsn:
-            databases = [{"dsn": options.dsn, "user": options.user, "pass": options.password,
-                          "prefix": options.prefix}]
-            base_dir = None
-        else:
-            config = load_config(options.config)
-            if config.type.lower() != "theschwartz":
-                return fail(f"{config.path}: init-db is for type TheSchwartz, not {config.type}")
-            databases = config.worker_options.get("databases")
-            if not databases:
-                return fail(f"{config.path}: key 'worker_options.databases' is required for init-db")
-            base_dir = config.base_dir
-            if asservice.must_drop(config):
-                asservice.import_drivers(config)
-                asservice.run_as_service(config, lambda: init_db(databases, base_dir=base_dir))
-                print(f"workermanager: schema ready (created as {asservice.account_name(config)})")
-                return 0
-        init_db(databases, base_dir=base_dir)
+            init_db([{"dsn": options.dsn, "user": options.user, "pass": options.password,
+                      "prefix": options.prefix}])
+            print("workermanager: schema ready")
+            return 0
+        config = load_config(options.config)
+        if config.type.lower() != "theschwartz":
+            return fail(f"{config.path}: init-db is for type TheSchwartz, not {config.type}")
+        databases = config.worker_options.get("databases")
+        if not databases:
+            return fail(f"{config.path}: key 'worker_options.databases' is required for init-db")
+        base_dir = config.base_dir
+        on_queue(config, lambda: init_db(databases, base_dir=base_dir), options.timeout)
     except ConfigError as exc:
         return fail(str(exc))
     except asservice.ServiceChildError as exc:
-        return fail(f"init-db failed as {asservice.account_name(config)} (the account of key 'user' in "
-                    f"{config.path}): {exc}")
+        return fail(failed_as_service("init-db", config, exc))
     except Exception as exc:  # a database error: one line, not a traceback
         return fail(f"init-db failed: {type(exc).__name__}: {exc}")
-    print("workermanager: schema ready")
+    if daemonize.will_drop(config):
+        print(f"workermanager: schema ready (created as {asservice.account_name(config)})")
+    else:
+        print("workermanager: schema ready")
     return 0
-

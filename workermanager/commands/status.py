@@ -22,7 +22,7 @@ from typing import Any
 
 from workermanager import pidfile, safefiles
 from workermanager.cli import SUBCOMMANDS
-from workermanager.commands import fail, load_config
+from workermanager.commands import fail, load_config, on_queue
 from workermanager.config import Config, ConfigError
 from workermanager.status import drops_privileges, status_path
 
@@ -290,9 +290,9 @@ def _one_line(text: str | None, width: int = 60) -> str:
 
 def read_queue(config: Config, timeout: float) -> dict[str, Any]:
     """The queue as a dict. Root on a config that drops privileges reads a TheSchwartz queue as
-    the service account, in a forked child (see asservice): root's SQLite would follow a link the
-    account planted at the database name and open its target read-write (switching it to WAL is
-    a write). When that child cannot read it, the queue is skipped with one line in `problems`."""
+    the service account, in a forked child with a deadline (commands.on_queue): root's SQLite
+    would follow a link the account planted at the database name and open its target read-write
+    (switching it to WAL is a write). When that child cannot read it, the queue is skipped with one line in `problems`."""
     from workermanager import asservice
     from workermanager.queuestatus import QueueStatus, queue_status
 
@@ -302,10 +302,8 @@ def read_queue(config: Config, timeout: float) -> dict[str, Any]:
     if config.type.lower() != "theschwartz":
         return read()
     try:
-        if not asservice.must_drop(config):
-            return read()
-        asservice.import_drivers(config)
-        return asservice.run_as_service(config, read)
+        # the child gets 5 s plus `timeout` per database: a stopped or stuck one cannot hang status
+        return on_queue(config, read, 5.0 + timeout * max(1, len(config.worker_options.get("databases") or [])))
     except (asservice.ServiceChildError, OSError) as exc:  # OSError: no such user or group
         return QueueStatus("TheSchwartz", [], [], [
             f"queue not read: reading it as {asservice.account_name(config)} failed: {exc}"]).as_dict()
@@ -320,7 +318,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print everything as one JSON object")
     parser.add_argument("--no-queue", action="store_true", help="do not read the queue (database or job servers)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="give up on a job server after this long (default 5)")
+                        help="give up on a job server after this long (default 5); run by root on a config "
+                             "with `user:`, the queue is read as that account within 5 s plus this "
+                             "long per database")
     options = parser.parse_args(argv)
     try:
         config = load_config(options.config)

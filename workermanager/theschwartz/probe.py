@@ -16,16 +16,10 @@ from typing import Any
 
 from workermanager.startcheck import ERROR, OK, WARNING, Finding, describe, service_user_name
 from workermanager.theschwartz.database import Database
+from workermanager.theschwartz.database import _one_line as one_line
 
 #: the tables init-db creates; all of them are used
 TABLES = ("funcmap", "job", "note", "error", "exitstatus")
-
-#: MySQL client errors that mean the server did not answer (down, not listening, unknown host)
-_MYSQL_DOWN = {2002, 2003, 2005, 2006, 2013, 1040, 1053}
-#: words of libpq's messages when no server answered
-_POSTGRES_DOWN = ("connection refused", "timeout expired", "no such file or directory", "could not translate host",
-                  "network is unreachable", "no route to host", "server closed the connection",
-                  "the database system is starting up", "the database system is shutting down")
 
 
 def probe_database(db: Database, config_path: str) -> list[Finding]:
@@ -42,8 +36,8 @@ def probe_database(db: Database, config_path: str) -> list[Finding]:
     try:
         conn = db.dialect.connect(db.dsn, create=False)
     except db.dialect.errors as exc:
-        reason = _one_line(exc)
-        if db.dsn.driver != "sqlite" and _server_down(db.dsn.driver, exc):
+        reason = one_line(exc)
+        if db.dialect.no_server(exc):
             return [Finding(WARNING, f"{name} ({db.label}) does not answer: {reason}; the children will "
                                      "wait for it")]
         return [Finding(ERROR, f"{name} ({db.label}) does not open: {reason}")]
@@ -98,16 +92,3 @@ def _missing_tables(db: Database, conn: Any) -> list[str]:
     finally:
         cursor.close()
     return missing
-
-
-def _server_down(driver: str, exc: BaseException) -> bool:
-    """Whether a failed connect means that no server answered (rather than that one refused us)."""
-    if driver == "mysql":
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-        return code in _MYSQL_DOWN
-    text = str(exc).lower()
-    return getattr(exc, "sqlstate", None) in ("57P03", "57P01") or any(words in text for words in _POSTGRES_DOWN)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

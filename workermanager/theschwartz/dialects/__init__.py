@@ -85,6 +85,12 @@ class Dialect(abc.ABC):
     def is_unreachable(self, exc: BaseException) -> bool:
         """The database cannot be used now (down, missing, unreadable): mark it dead, use the others."""
 
+    def no_server(self, exc: BaseException) -> bool:
+        """A failed connect means that no server answered (down, not listening, unknown host), as
+        opposed to one that answered and refused us (bad password, no such database): the first is
+        worth waiting for, the second is not (the start-time checks warn or refuse on it)."""
+        return False
+
     def is_broken_connection(self, exc: BaseException) -> bool:
         """The connection itself is broken for good (its database may be fine): open a new one."""
         return False

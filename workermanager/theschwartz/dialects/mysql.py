@@ -24,10 +24,12 @@ from workermanager.theschwartz.sql import JOB_COLUMNS, coalesce_condition
 CONNECT_TIMEOUT = 5
 #: deadlock, lock wait timeout
 _RETRYABLE = {1213, 1205}
-#: can't connect / server gone / lost connection / shutdown / killed / too many connections /
-#: unknown database / access denied / no such table (a database without the queue's tables): the
-#: database is not usable now, use the others
-_UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031, 1049, 1044, 1045, 1129, 1146}
+#: no server answered: can't connect (socket, TCP, unknown host) / server gone / lost connection /
+#: too many connections / shutdown in progress
+_NO_SERVER = {2002, 2003, 2005, 2006, 2013, 1040, 1053}
+#: those, and killed / unknown database / access denied / host blocked / no such table (a database
+#: without the queue's tables): the database is not usable now, use the others
+_UNREACHABLE = _NO_SERVER | {2055, 1927, 4031, 1049, 1044, 1045, 1129, 1146}
 _DUPLICATE_KEY = 1062
 
 
@@ -133,6 +135,9 @@ class MySQLDialect(Dialect):
         if isinstance(exc, pymysql.InterfaceError):  # (0, '') on a connection already closed
             return True
         return _errno(exc) in _UNREACHABLE
+
+    def no_server(self, exc: BaseException) -> bool:
+        return _errno(exc) in _NO_SERVER
 
     def now(self, cursor: Any) -> int:
         offset = getattr(cursor.connection, "wm_clock_offset", 0.0)

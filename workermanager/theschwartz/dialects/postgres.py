@@ -29,6 +29,12 @@ _RETRYABLE = {"40001", "40P01", "55P03"}
 #: SQLSTATEs that mean "this database is not usable now" (besides connection-level failures)
 #: (42P01 undefined_table: a database without the queue's tables cannot serve either)
 _UNREACHABLE = {"57P01", "57P02", "57P03", "53300", "3D000", "28000", "28P01", "53100", "58030", "42P01"}
+#: SQLSTATEs of a server that is starting or stopping, and libpq's words (its connect failures
+#: carry no SQLSTATE) when no server answered
+_NO_SERVER_STATES = {"57P03", "57P01"}
+_NO_SERVER_WORDS = ("connection refused", "timeout expired", "no such file or directory", "could not translate host",
+                    "network is unreachable", "no route to host", "server closed the connection",
+                    "the database system is starting up", "the database system is shutting down")
 
 
 def channel_for(prefix: str) -> str:
@@ -148,6 +154,12 @@ class PostgresDialect(Dialect):
             # connection is closed) carry no SQLSTATE
             return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
         return state.startswith("08") or state in _UNREACHABLE
+
+    def no_server(self, exc: BaseException) -> bool:
+        if getattr(exc, "sqlstate", None) in _NO_SERVER_STATES:
+            return True
+        text = str(exc).lower()
+        return any(words in text for words in _NO_SERVER_WORDS)
 
     def insert_ignore(self, cursor: Any, table: str, columns: Sequence[str], values: Sequence[Any],
                       id_column: str) -> int | None:
