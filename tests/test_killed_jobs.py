@@ -1,0 +1,108 @@
+"""A job whose child dies running it (killed by the master past its timeout, killed from outside,
+crashed) counts a failed attempt: it runs at most 1 + max_retries times, never two at once
+(docs/timeouts.md, "A child that dies mid-job"). Real daemons, real databases, real gearmand; the
+workers (tests/workers/leaseworkers.py) keep a ledger of their own starts and ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from test_job_timeouts import runs_by_job
+
+from workermanager.backends.theschwartz import TheSchwartzBackend
+from workermanager.scoreboard import DeadJob
+from workermanager.theschwartz import Client
+from workermanager.worker import Worker
+
+from daemon_harness import Daemon
+from helpers import wait_for
+
+KILLED = "was killed by SIGKILL after running the job"
+
+
+def sqlite_daemon(tmp_path, path: str, workers: list[str], children: int = 2) -> Daemon:
+    return Daemon(str(tmp_path), {"workers": workers,
+                                  "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]},
+                                  "graceful_timeout": 1}, ("-n", "-c", str(children)))
+
+
+def test_a_job_deaf_to_its_alarm_runs_1_plus_max_retries_times_then_fails_for_good(tmp_path, sqlite_queue,
+                                                                                   daemons):
+    """Lease::Deaf (timeout 1 s, max_retries 1) blocks SIGALRM: the master kills each child that
+    runs it at 3 s. Each kill is a failed attempt, recorded by the next child while the dead one's
+    lease (7 s) still holds: the job runs twice, back to back, and is then failed for good. It used
+    to run again after every lease, uncounted, for ever."""
+    client, path = sqlite_queue
+    daemon = sqlite_daemon(tmp_path, path, ["leaseworkers.Deaf"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    handle = client.insert("Lease::Deaf", {"n": 1})
+    wait_for(lambda: client.lookup_job(handle) is None, 15, what="the deaf job failed for good")
+    runs = runs_by_job(daemon)[str(handle)]
+    assert len(runs) == 2
+    assert not runs[1]["holders"], f"started again while {runs[1]['holders']} still ran it"
+    errors = handle.failure_log()
+    assert len(errors) == 2 and all(KILLED in e and "past its timeout 1s" in e for e in errors), errors
+    log = daemon.error_log()
+    assert "(Lease::Deaf) failed, attempt 1 of 2: child " in log
+    assert "(Lease::Deaf) failed, attempt 2 of 2: child " in log and "; failed for good" in log
+
+
+def test_a_child_killed_from_outside_mid_job_counts_a_failed_attempt(tmp_path, sqlite_queue, daemons):
+    """kill -9 (or the OOM killer) of a child in mid-job: the job runs again at once, not after its
+    lease (36 s), with the attempt counted; killed again, it is failed for good. So a job that
+    kills whoever runs it cannot loop; the price, a one-off kill of a healthy job costs it a try."""
+    client, path = sqlite_queue
+    daemon = sqlite_daemon(tmp_path, path, ["leaseworkers.Victim"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    handle = client.insert("Lease::Victim", {"sleep": 60})
+    for run in (1, 2):
+        daemon.wait_ledger(lambda rows, run=run: len([r for r in rows if r[2] == "start"]) >= run, 10, f"run {run}")
+        os.kill(int([r for r in daemon.ledger_rows() if r[2] == "start"][-1][1]), signal.SIGKILL)
+    wait_for(lambda: client.lookup_job(handle) is None, 10, what="the job failed for good")
+    assert len(runs_by_job(daemon)[str(handle)]) == 2
+    errors = handle.failure_log()
+    assert len(errors) == 2 and all(KILLED in e and "timeout" not in e for e in errors), errors
+
+
+class Doomed(Worker):
+    funcname = "Killed::Doomed"
+    grab_for = 30
+    max_retries = 1
+
+
+def test_a_dead_childs_attempt_is_recorded_only_while_its_lease_holds(queue_db):
+    """The next child fails the job only while the dead child's lease (its grabbed_until) is on the
+    row: a job leased again since (its lease ran out before the note got there) is left alone.
+    On SQLite, PostgreSQL and MariaDB."""
+    client = Client([queue_db])
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Doomed])
+    try:
+        backend.open()
+        handle = client.insert(Doomed.funcname, 1)
+        first = backend.grab(1)
+        note = DeadJob(first.handle, first.claim, Doomed.funcname, "child 1 was killed by SIGKILL", time.time())
+        # the lease ran out and another worker holds the job now: a later lease
+        client.release_leases([(first.handle, first.grabbed_until)])
+        Doomed.grab_for = 40
+        try:
+            again = client.find_job_for_workers([Doomed])
+        finally:
+            Doomed.grab_for = 30
+        assert again.grabbed_until != first.grabbed_until
+        backend.fail_dead([note])
+        assert handle.failure_log() == [] and client.lookup_job(handle).grabbed_until == again.grabbed_until
+
+        # while the lease is the dead child's: failed, retried at once (retry_delay 0), then for good
+        for attempt in (1, 2):
+            leased = client.find_job_for_workers([Doomed]) if attempt == 2 else again
+            backend.fail_dead([note._replace(claim=leased.claim)])
+            assert len(handle.failure_log()) == attempt
+        assert client.lookup_job(handle) is None
+        assert all(message == "child 1 was killed by SIGKILL" for message in handle.failure_log())
+    finally:
+        backend.close()
+        client.close()
