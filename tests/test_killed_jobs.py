@@ -9,14 +9,19 @@ import os
 import signal
 import time
 
+import pytest
 from test_job_timeouts import runs_by_job
 
 from workermanager.backends.theschwartz import TheSchwartzBackend
+from workermanager.gearman import Client as GearmanClient
+from workermanager.gearman.admin import Admin
+from workermanager.gearman.client import JobFailed
 from workermanager.scoreboard import DeadJob
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
 from daemon_harness import Daemon
+from gearmand_server import gearmand_fixture  # noqa: F401
 from helpers import wait_for
 
 KILLED = "was killed by SIGKILL after running the job"
@@ -106,3 +111,71 @@ def test_a_dead_childs_attempt_is_recorded_only_while_its_lease_holds(queue_db):
     finally:
         backend.close()
         client.close()
+
+
+def gearman_daemon(tmp_path, gearmand, workers: list[str], children: int = 2) -> Daemon:
+    return Daemon(str(tmp_path), {"type": "Gearman", "workers": workers, "graceful_timeout": 1,
+                                  "worker_options": {"job_servers": [gearmand.address]}}, ("-n", "-c", str(children)))
+
+
+def deaf_jobs_in_gearmand(gearmand) -> int:
+    with Admin(gearmand.address) as admin:
+        return sum(f.queued for f in admin.status() if f.name == "Lease::Deaf")
+
+
+def test_on_gearman_a_deaf_background_job_runs_1_plus_max_retries_times(tmp_path, gearmand, daemons):
+    """gearmand hands a dead child's job to the next worker at once, the same handle and unique id:
+    the master notes the job before it kills the child (DeathNotes), and the child that gets it
+    fails it instead of running it: our client's background job is submitted again per
+    max_retries, then failed for good. It used to run again and again, once per kill, for ever."""
+    daemon = gearman_daemon(tmp_path, gearmand, ["leaseworkers.Deaf"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    with GearmanClient(gearmand.address) as client:
+        client.submit_background("Lease::Deaf", b"{}")
+    wait_for(lambda: "(Lease::Deaf) failed, attempt 2 of 2" in daemon.error_log(), 20,
+             what="the second attempt failed")
+    wait_for(lambda: deaf_jobs_in_gearmand(gearmand) == 0, 5, what="gearmand to forget the job")
+    runs = runs_by_job(daemon, by_funcname=True)["Lease::Deaf"]
+    assert len(runs) == 2 and not runs[1]["holders"]
+    lines = [line for line in daemon.error_log().splitlines() if "(Lease::Deaf) failed, attempt" in line]
+    assert len(lines) == 2, lines
+    assert "attempt 1 of 2: child " in lines[0] and "past its timeout 1s; next run at " in lines[0]
+    assert "attempt 2 of 2: child " in lines[1] and KILLED in lines[1] and lines[1].endswith("; failed for good")
+
+
+def test_on_gearman_a_foreground_client_hears_of_its_killed_job_at_once(tmp_path, gearmand, daemons):
+    """A foreground job is never retried by the daemon (its client decides): killed once, it is
+    failed to its waiting client with the reason, instead of running again in the next child."""
+    daemon = gearman_daemon(tmp_path, gearmand, ["leaseworkers.Deaf"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    with GearmanClient(gearmand.address) as client, pytest.raises(JobFailed) as failed:
+        client.submit("Lease::Deaf", b"{}", timeout=15)
+    assert KILLED in str(failed.value) and "past its timeout 1s" in str(failed.value)
+    assert len(runs_by_job(daemon, by_funcname=True)["Lease::Deaf"]) == 1
+    assert "(Lease::Deaf) failed, attempt 1 of 1: child " in daemon.error_log()
+
+
+def test_on_gearman_each_failed_attempt_logs_one_line_foreground_jobs_too(tmp_path, gearmand, daemons):
+    """The same one line per failed attempt as on TheSchwartz (worker.failure_line), logged once by
+    the job: a raising foreground job, a timed-out one (the child adds no line of its own), and a
+    background job of our client with its retries."""
+    daemon = gearman_daemon(tmp_path, gearmand, ["testworkers.Fail", "leaseworkers.Sleeper"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    with GearmanClient(gearmand.address) as client:
+        with pytest.raises(JobFailed):
+            client.submit("Test::Fail", b"{}", timeout=15)
+        with pytest.raises(JobFailed):
+            client.submit("Lease::Sleeper", b'{"sleep": 5}', timeout=15)
+        client.submit_background("Test::Fail", b"{}")
+    wait_for(lambda: "attempt 3 of 3" in daemon.error_log(), 15, what="the third attempt's line")
+    lines = [line for line in daemon.error_log().splitlines() if ") failed, attempt " in line or "timed out after" in line]
+    assert [line.partition(") failed, ")[2] for line in lines] == [
+        "attempt 1 of 1: RuntimeError: failing on purpose (attempt 1); failed for good",
+        "attempt 1 of 1: timed out after 1s; failed for good",
+        *(line.partition(") failed, ")[2] for line in lines[2:4]),
+        "attempt 3 of 3: RuntimeError: failing on purpose (attempt 3); failed for good"], lines
+    assert all(" WARNING " in line and "; next run at " in line for line in lines[2:4]), lines
+    assert " ERROR " in lines[0] and " ERROR " in lines[1]
