@@ -235,12 +235,11 @@ class TheSchwartzBackend(Backend):
                 continue
             try:
                 job = self.client.lookup_job(note.job_id)
-                if job is None or job.grabbed_until != int(note.claim):
-                    log.info("TheSchwartz: job %s (%s) of a dead child is settled or leased again: %s",
+                if job is not None:
+                    job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
+                if job is None or not job.failed_while_leased(note.message, int(note.claim)):
+                    log.info("TheSchwartz: job %s (%s) of a dead child was settled or leased again since: %s",
                              note.job_id, note.funcname, note.message)
-                    continue
-                job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
-                job.failed_while_leased(note.message)
             except (DatabaseError, ValueError) as exc:
                 log.warning("TheSchwartz: job %s (%s): cannot record that %s; it runs again when its "
                             "lease ends: %s", note.job_id, note.funcname, note.message, exc)

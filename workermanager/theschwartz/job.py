@@ -206,19 +206,19 @@ class TheSchwartzJob(Job):
         delay = cls.retry_delay_for(failures) if retry else 0.0
         self._fail(msg, exit_status, retry, delay, failures)
 
-    def failed_while_leased(self, msg: str) -> bool:
+    def failed_while_leased(self, msg: str, lease: int) -> bool:
         """Record a failed attempt of this job made by a process that is gone (a child killed
-        mid-job), as `failed` would, but only while the lease this object was read with
-        (`grabbed_until`) is still on the row: False, and nothing written, when the job was
-        settled or leased again since. Each statement is conditional on that lease, in one
-        transaction, so a worker that took the job meanwhile is never disturbed."""
+        mid-job), as `failed` would, but only while that process's lease (the grabbed_until it
+        wrote) is still on the row: False, and nothing written, when the job was settled or leased
+        again since. The retry or removal is conditional on the lease and goes first, in one
+        transaction with the error row, so a worker that took the job meanwhile is never disturbed."""
         if self._repeated("failed"):
             return False
         failures = self.failures + 1
         cls = self.worker_class or Worker
         retry = cls.should_retry(failures)
         delay = cls.retry_delay_for(failures) if retry else 0.0
-        return self._fail(msg, None, retry, delay, failures, lease=int(self.grabbed_until or 0))
+        return self._fail(msg, None, retry, delay, failures, lease=int(lease))
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
