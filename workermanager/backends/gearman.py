@@ -20,10 +20,15 @@ What each Job method does on Gearman, which has no retry queue of its own:
   `gearman` tool hangs on it, Perl's client dies): every client gets a clean failure at once, and
   those that read warnings the message (see docs/gearman.md). When the job is a background job of
   our client (see workermanager.gearman.unique) and the worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
-  retry_delay, with its attempt count raised in the unique id; after the last attempt it is logged
-  as failed for good. Foreground jobs and other clients' jobs are never resubmitted: their client
+  retry_delay, with its attempt count raised in the unique id; after the last attempt it is failed
+  for good. Foreground jobs and other clients' jobs are never resubmitted: their client
   is the one to decide, so a foreground client always sees the failure at once.
 - permanent_failure(msg): the same WORK_WARNING and WORK_FAIL, never resubmitted.
+- failed() and permanent_failure() log the attempt's one line (worker.failure_line), as on
+  TheSchwartz; the backend's `logs_failures` tells the child so.
+- a job whose child died running it (docs/timeouts.md, "A child that dies mid-job") comes back from
+  gearmand with the same handle and unique id: grab() finds it on the master's DeathNotes page and
+  fails it (failed(), so retries apply as above) instead of handing it out to run again.
 - declined(): a background job of our client is resubmitted as an epoch job due after
   max(1 s, retry_delay) with the same attempt count, and the original is completed with an empty
   result (nobody waits for it). Any other job gets WORK_FAIL: its client waits for an answer, and
