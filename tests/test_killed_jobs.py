@@ -16,7 +16,7 @@ from workermanager.backends.theschwartz import TheSchwartzBackend
 from workermanager.gearman import Client as GearmanClient
 from workermanager.gearman.admin import Admin
 from workermanager.gearman.client import JobFailed
-from workermanager.scoreboard import DeadJob
+from workermanager.scoreboard import NOTE_TTL, DeadJob, DeathNotes
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
@@ -179,3 +179,31 @@ def test_on_gearman_each_failed_attempt_logs_one_line_foreground_jobs_too(tmp_pa
         "attempt 3 of 3: RuntimeError: failing on purpose (attempt 3); failed for good"], lines
     assert all(" WARNING " in line and "; next run at " in line for line in lines[2:4]), lines
     assert " ERROR " in lines[0] and " ERROR " in lines[1]
+
+
+def test_death_notes_keep_the_newest_that_fit_and_forget_old_ones():
+    """The page every child reads is bounded: a storm of deaths keeps the newest notes, never a
+    corrupt page; a note past NOTE_TTL is forgotten (gearmand may reuse a handle after a restart)."""
+    notes = DeathNotes()
+    try:
+        pid = os.fork()
+        if pid == 0:  # a child reads what the master writes after the fork
+            status = 1
+            try:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if notes.lookup("s//H:x:999", "u999") is not None:
+                        status = 0 if notes.lookup("s//H:x:0", "u0") is None else 2
+                        break
+                    time.sleep(0.01)
+            finally:
+                os._exit(status)
+        for n in range(1000):
+            notes.add(DeadJob(f"s//H:x:{n}", f"u{n}", "F", "child 1 was killed by SIGKILL " + "x" * 200, time.time()))
+        assert os.waitpid(pid, 0)[1] == 0
+        assert notes.lookup("s//H:x:999", "u999").message.startswith("child 1 was killed")
+        assert notes.lookup("s//H:x:999", "another unique") is None
+        notes.add(DeadJob("s//H:x:old", "u", "F", "old", time.time() - NOTE_TTL - 1))
+        assert notes.lookup("s//H:x:old", "u") is None
+    finally:
+        notes.close()

@@ -194,8 +194,8 @@ class DeathNotes:
     def __init__(self) -> None:
         self._page = mmap.mmap(-1, _NOTES_SIZE)
         self._seq = 0
-        #: the master's notes, oldest first
-        self._notes: list[DeadJob] = []
+        #: the master's notes, oldest first, each with its JSON
+        self._notes: list[tuple[DeadJob, bytes]] = []
         #: the child's reading: the sequence number it was read at, and the notes by (job_id, claim)
         self._read_seq = 0
         self._by_key: dict[tuple[str, str], DeadJob] = {}
@@ -203,14 +203,18 @@ class DeathNotes:
     # -- the master's side ---------------------------------------------------------------
     def add(self, note: DeadJob) -> None:
         now = time.time()
-        notes = [n for n in self._notes if now - n.noted_at < NOTE_TTL and n[:2] != note[:2]] + [note]
-        while True:
-            text = json.dumps([list(n) for n in notes], separators=(",", ":")).encode()
-            if len(text) <= _NOTES.size - 4 or len(notes) <= 1:
-                break
-            notes = notes[1:]
+        room = _NOTES.size - 4 - 2  # the list's brackets
+        entry = json.dumps(list(note), separators=(",", ":")).encode()
+        if len(entry) + 1 > room:  # a note that cannot fit (the board cut its texts: never)
+            return
+        notes = [(n, raw) for n, raw in self._notes if now - n.noted_at < NOTE_TTL and n[:2] != note[:2]]
+        notes.append((note, entry))
+        size = sum(len(raw) + 1 for _, raw in notes)
+        while size > room:
+            size -= len(notes.pop(0)[1]) + 1
         self._notes = notes
-        self._seq = _write_locked(self._page, 0, self._seq, _NOTES, len(text), text[:_NOTES.size - 4])
+        text = b"[" + b",".join(raw for _, raw in notes) + b"]"
+        self._seq = _write_locked(self._page, 0, self._seq, _NOTES, len(text), text)
 
     # -- a child's side ------------------------------------------------------------------
     def lookup(self, job_id: str, claim: str) -> DeadJob | None:
