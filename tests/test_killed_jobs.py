@@ -16,7 +16,7 @@ from workermanager.backends.theschwartz import TheSchwartzBackend
 from workermanager.gearman import Client as GearmanClient
 from workermanager.gearman.admin import Admin
 from workermanager.gearman.client import JobFailed
-from workermanager.scoreboard import NOTE_TTL, DeadJob, DeathNotes
+from workermanager.scoreboard import DEATH_ATTEMPTS, NOTE_TTL, DeadJob, DeathNotes
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
@@ -57,20 +57,25 @@ def test_a_job_deaf_to_its_alarm_runs_1_plus_max_retries_times_then_fails_for_go
 
 def test_a_child_killed_from_outside_mid_job_counts_a_failed_attempt(tmp_path, sqlite_queue, daemons):
     """kill -9 (or the OOM killer) of a child in mid-job: the job runs again at once, not after its
-    lease (36 s), with the attempt counted; killed again, it is failed for good. So a job that
-    kills whoever runs it cannot loop; the price, a one-off kill of a healthy job costs it a try."""
+    lease (36 s), with the attempt counted. A death from outside may be bad luck, so it ends a job
+    only from its third attempt (DEATH_ATTEMPTS), even with max_retries 1: a job that kills every
+    child running it stops after three runs instead of looping."""
     client, path = sqlite_queue
     daemon = sqlite_daemon(tmp_path, path, ["leaseworkers.Victim"])
     daemons.append(daemon)
     daemon.start(wait_children=2)
     handle = client.insert("Lease::Victim", {"sleep": 60})
-    for run in (1, 2):
+    for run in range(1, DEATH_ATTEMPTS + 1):
         daemon.wait_ledger(lambda rows, run=run: len([r for r in rows if r[2] == "start"]) >= run, 10, f"run {run}")
         os.kill(int([r for r in daemon.ledger_rows() if r[2] == "start"][-1][1]), signal.SIGKILL)
     wait_for(lambda: client.lookup_job(handle) is None, 10, what="the job failed for good")
-    assert len(runs_by_job(daemon)[str(handle)]) == 2
+    assert len(runs_by_job(daemon)[str(handle)]) == DEATH_ATTEMPTS == 3
     errors = handle.failure_log()
-    assert len(errors) == 2 and all(KILLED in e and "timeout" not in e for e in errors), errors
+    assert len(errors) == 3 and all(KILLED in e and "timeout" not in e for e in errors), errors
+    lines = [line for line in daemon.error_log().splitlines() if "(Lease::Victim) failed, attempt" in line]
+    assert [line.split("failed, ")[1].split(":")[0] for line in lines] == ["attempt 1 of 3", "attempt 2 of 3",
+                                                                          "attempt 3 of 3"]
+    assert lines[2].endswith("; failed for good")
 
 
 class Doomed(Worker):
@@ -89,7 +94,8 @@ def test_a_dead_childs_attempt_is_recorded_only_while_its_lease_holds(queue_db):
         backend.open()
         handle = client.insert(Doomed.funcname, 1)
         first = backend.grab(1)
-        note = DeadJob(first.handle, first.claim, Doomed.funcname, "child 1 was killed by SIGKILL", time.time())
+        note = DeadJob(first.handle, first.claim, Doomed.funcname, "child 1 was killed by SIGKILL", time.time(),
+                       timed_out=True)
         # the lease ran out and another worker holds the job now: a later lease
         client.release_leases([(first.handle, first.grabbed_until)])
         Doomed.grab_for = 40
@@ -101,11 +107,15 @@ def test_a_dead_childs_attempt_is_recorded_only_while_its_lease_holds(queue_db):
         backend.fail_dead([note])
         assert handle.failure_log() == [] and client.lookup_job(handle).grabbed_until == again.grabbed_until
 
-        # while the lease is the dead child's: failed, retried at once (retry_delay 0), then for good
+        # while the lease is the dead child's: failed, retried a second later (DEATH_RETRY_DELAY), then
+        # failed for good (a timeout kill: max_retries 1 applies)
         for attempt in (1, 2):
-            leased = client.find_job_for_workers([Doomed]) if attempt == 2 else again
+            leased = again if attempt == 1 else wait_for(lambda: client.find_job_for_workers([Doomed]), 5,
+                                                         what="the retry")
             backend.fail_dead([note._replace(claim=leased.claim)])
             assert len(handle.failure_log()) == attempt
+            if attempt == 1:
+                assert client.lookup_job(handle).run_after > time.time() - 1
         assert client.lookup_job(handle) is None
         assert all(message == "child 1 was killed by SIGKILL" for message in handle.failure_log())
     finally:

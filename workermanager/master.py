@@ -544,10 +544,11 @@ class Master:
                           child.pid, child.job_id, child.job_funcname, running_for, child.job_timeout)
                 child.kill_reason = "job timed out"
                 # noted before the kill: gearmand hands the job on the moment the child is gone
-                self._note_dead_job(child, "was killed by SIGKILL", f", past its timeout {child.job_timeout:g}s")
+                self._note_dead_job(child, "was killed by SIGKILL", f", past its timeout {child.job_timeout:g}s",
+                                    timed_out=True)
                 _kill(child.pid, signal.SIGKILL)
 
-    def _note_dead_job(self, child: ChildState, how: str, why: str = "") -> None:
+    def _note_dead_job(self, child: ChildState, how: str, why: str = "", timed_out: bool = False) -> None:
         """The job on a dead (or doomed) child's board failed an attempt: the next child records
         it (Backend.fail_dead), and any child that gets it from a job server that hands it on at
         once fails it instead of running it again (Backend.deaths). See docs/timeouts.md."""
@@ -555,7 +556,8 @@ class Master:
             return
         running_for = child.job_running_for() or 0.0
         note = DeadJob(child.job_id, child.job_claim, child.job_funcname,
-                       f"child {child.pid} {how} after running the job {running_for:.1f}s{why}", time.time())
+                       f"child {child.pid} {how} after running the job {running_for:.1f}s{why}", time.time(),
+                       timed_out)
         self._dead_jobs.append(note)
         try:
             self.deaths.add(note)

@@ -171,6 +171,25 @@ class DeadJob(NamedTuple):
     message: str
     #: epoch seconds when the master noted it
     noted_at: float
+    #: the master killed the child because the job ran past its timeout (else: killed from
+    #: outside, out of memory, crashed): see min_attempts
+    timed_out: bool = False
+
+    @property
+    def min_attempts(self) -> int:
+        """How many attempts the job gets at least, whatever its max_retries: a timeout is the
+        job's own doing and counts as any failure (1); a death from outside may be bad luck (an
+        operator's kill -9, the OOM killer choosing this child), so it ends a job for good only
+        from its DEATH_ATTEMPTS-th attempt on, while a job that kills every child still stops."""
+        return 1 if self.timed_out else DEATH_ATTEMPTS
+
+
+#: a job whose child died in mid-job, not by the master's timeout kill, is retried at least until
+#: it has had this many attempts (see DeadJob.min_attempts)
+DEATH_ATTEMPTS = 3
+#: a dead child's job runs again no sooner than this (seconds; more when its retry_delay says so):
+#: behind the jobs already waiting, not first in line again for the next child it may kill
+DEATH_RETRY_DELAY = 1.0
 
 
 #: size of the DeathNotes page: room for a few hundred notes

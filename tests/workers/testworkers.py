@@ -95,9 +95,7 @@ class BadSetup(Worker):
 
 
 class ShortLease(Sleep):
-    """A job whose lease runs out quickly, so a killed child's job comes back within the test; one
-    retry, which a child killed mid-job costs it (docs/timeouts.md)."""
+    """A job whose lease runs out quickly, so a killed child's job comes back within the test."""
 
     funcname = "Test::ShortLease"
     grab_for = 3
-    max_retries = 1

@@ -55,6 +55,7 @@ from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
 from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
 from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
+from workermanager.scoreboard import DEATH_RETRY_DELAY
 from workermanager.worker import Job, decode_arg, failure_line
 from workermanager.worker import Worker as WorkerClass
 
@@ -104,17 +105,21 @@ class GearmanJob(Job):
         # held back to go out with the child's next GRAB, which follows at once
         self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
-    def failed(self, msg: str, exit_status: int | None = None) -> None:
+    def failed(self, msg: str, exit_status: int | None = None, min_attempts: int = 1,
+               min_delay: float = 0.0) -> None:
+        """`min_attempts`, `min_delay`: retry a background job of our client until it has had that
+        many attempts, whatever max_retries, no sooner than that (a dead child's job:
+        scoreboard.DeadJob.min_attempts, DEATH_RETRY_DELAY)."""
         if self._repeated("failed"):
             return
         self._finish("failed")
         cls = self.worker_class
         attempt = self.failures + 1  # failures including this one
         next_run = None
-        if self.resubmittable and cls is not None and cls.should_retry(attempt):
-            delay = cls.retry_delay_for(attempt)
+        if self.resubmittable and cls is not None and (cls.should_retry(attempt) or attempt < min_attempts):
+            delay = max(cls.retry_delay_for(attempt), min_delay)
             next_run = self._resubmit(attempt, delay)
-        self._log_failure(attempt, msg, next_run)
+        self._log_failure(attempt, msg, next_run, min_attempts)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
@@ -124,13 +129,14 @@ class GearmanJob(Job):
         self._log_failure(self.failures + 1, msg, None)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
-    def _log_failure(self, attempt: int, msg: str, next_run: float | None) -> None:
+    def _log_failure(self, attempt: int, msg: str, next_run: float | None, min_attempts: int = 1) -> None:
         """The attempt's one line (worker.failure_line), as on TheSchwartz: a WARNING when the job
         runs again, an ERROR when it does not. Only our client's background jobs are retried, so
         any other job's failure is its last as far as the daemon goes (its client may submit it
         again): "attempt 1 of 1 ... failed for good"."""
         cls = self.worker_class
-        attempts = 1 + int(cls.max_retries or 0) if self.resubmittable and cls is not None else attempt
+        attempts = max(1 + int(cls.max_retries or 0), min_attempts) if self.resubmittable and cls is not None \
+            else attempt
         line = failure_line(self, attempt, max(attempts, attempt), str(msg if msg is not None else ""), next_run)
         log.log(logging.ERROR if next_run is None else logging.WARNING, "%s", line)
 
@@ -247,7 +253,7 @@ class GearmanBackend(Backend):
         if deaths is not None:
             dead = deaths.lookup(job.handle, job.claim)
             if dead is not None:  # gearmand handed on the job of a child that died running it
-                job.failed(dead.message)
+                job.failed(dead.message, min_attempts=dead.min_attempts, min_delay=DEATH_RETRY_DELAY)
                 return None
         return job
 

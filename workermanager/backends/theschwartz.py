@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from workermanager.backends.base import Backend, BackendBroken, BackendError
 from workermanager.backends.leaseahead import BUDGET, STALE, LeaseAhead
+from workermanager.scoreboard import DEATH_RETRY_DELAY
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
@@ -237,7 +238,8 @@ class TheSchwartzBackend(Backend):
                 job = self.client.lookup_job(note.job_id)
                 if job is not None:
                     job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
-                if job is None or not job.failed_while_leased(note.message, int(note.claim)):
+                if job is None or not job.failed_while_leased(note.message, int(note.claim), note.min_attempts,
+                                                                   DEATH_RETRY_DELAY):
                     log.info("TheSchwartz: job %s (%s) of a dead child was settled or leased again since: %s",
                              note.job_id, note.funcname, note.message)
             except (DatabaseError, ValueError) as exc:
