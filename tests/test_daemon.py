@@ -102,9 +102,10 @@ def test_kill_9_of_a_child_holding_jobs_leased_ahead_the_next_child_gives_them_b
     assert "died holding 5 job(s)" in daemon.error_log()
 
 
-def test_kill_9_of_a_child_mid_job_the_job_runs_again_as_its_retry(tmp_path, sqlite_queue, daemons):
-    """The kill costs the job an attempt (docs/timeouts.md: a job that kills every child must not
-    loop), recorded by the next child, which runs the job again at once: not lost."""
+def test_kill_9_of_a_child_mid_job_the_job_runs_again_in_another_child(tmp_path, sqlite_queue, daemons):
+    """The kill costs the job an attempt, recorded by the next child (docs/timeouts.md: a job that
+    kills every child must not loop), but a death from outside ends a job only from its third
+    attempt: this max_retries 0 job runs again a second later, not after its lease. Not lost."""
     client, path = sqlite_queue
     job_handle = client.insert("Test::ShortLease", {"sleep": 0.5})
     handle = str(job_handle)
