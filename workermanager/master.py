@@ -492,8 +492,10 @@ class Master:
                 reason = "worker setup failed"
         if child.job_funcname:
             log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
-            if abnormal and child.kill_reason != "job timed out":  # a timed-out job was noted at its kill
+            if child.dead_job is None and abnormal:  # (a timed-out job was noted at its kill)
                 self._note_dead_job(child, f"was {how}" if os.WIFSIGNALED(status) else f"exited with status {code}")
+        if child.dead_job is not None:  # handed to the next child only now: the child is gone
+            self._dead_jobs.append(child.dead_job)
         if abnormal and child.board is not None:
             unstarted = child.board.unstarted_held(child.works_done, child.job_started is not None)
             if unstarted:
@@ -549,16 +551,18 @@ class Master:
                 _kill(child.pid, signal.SIGKILL)
 
     def _note_dead_job(self, child: ChildState, how: str, why: str = "", timed_out: bool = False) -> None:
-        """The job on a dead (or doomed) child's board failed an attempt: the next child records
-        it (Backend.fail_dead), and any child that gets it from a job server that hands it on at
-        once fails it instead of running it again (Backend.deaths). See docs/timeouts.md."""
+        """The job on a dead (or doomed) child's board failed an attempt: any child that gets it
+        from a job server that hands it on at once fails it instead of running it again
+        (Backend.deaths; gearmand hands it on only once the child is gone), and the next child
+        forked after the reap records it (Backend.fail_dead, see _account_exit). See
+        docs/timeouts.md."""
         if child.job_id is None or child.job_funcname is None:
             return
         running_for = child.job_running_for() or 0.0
         note = DeadJob(child.job_id, child.job_claim, child.job_funcname,
                        f"child {child.pid} {how} after running the job {running_for:.1f}s{why}", time.time(),
                        timed_out)
-        self._dead_jobs.append(note)
+        child.dead_job = note
         try:
             self.deaths.add(note)
         except Exception as exc:  # never a reason for the master to stop

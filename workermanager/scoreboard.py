@@ -349,6 +349,8 @@ class ChildState:
     completed: int = 0
     failed: int = 0
     board: JobBoard | None = None
+    #: the job it died (or is being killed) running, as the master noted it
+    dead_job: DeadJob | None = None
 
     @property
     def state(self) -> str:
