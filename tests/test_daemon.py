@@ -102,9 +102,13 @@ def test_kill_9_of_a_child_holding_jobs_leased_ahead_the_next_child_gives_them_b
     assert "died holding 5 job(s)" in daemon.error_log()
 
 
-def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, sqlite_queue, daemons):
+def test_kill_9_of_a_child_mid_job_the_job_runs_again_in_another_child(tmp_path, sqlite_queue, daemons):
+    """The kill costs the job an attempt, recorded by the next child (docs/timeouts.md: a job that
+    kills every child must not loop), but a death from outside ends a job only from its third
+    attempt: this max_retries 0 job runs again a second later, not after its lease. Not lost."""
     client, path = sqlite_queue
-    handle = str(client.insert("Test::ShortLease", {"sleep": 0.5}))
+    job_handle = client.insert("Test::ShortLease", {"sleep": 0.5})
+    handle = str(job_handle)
     daemon = make(daemons, tmp_path, path, ["testworkers.ShortLease"], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
     victim = int(rows[0][1])
@@ -114,6 +118,7 @@ def test_kill_9_of_a_child_mid_job_the_job_completes_after_its_lease(tmp_path, s
     assert lines[0]["job_id"] == handle and lines[0]["outcome"] == "completed"
     assert lines[0]["pid"] != victim
     assert "killed by SIGKILL" in daemon.wait_error_log(f"child {victim} exited")
+    assert [m.partition(" after")[0] for m in job_handle.failure_log()] == [f"child {victim} was killed by SIGKILL"]
 
 
 def test_a_failing_job_is_retried_per_max_retries_and_the_child_survives(tmp_path, sqlite_queue, daemons):

@@ -141,7 +141,9 @@ def test_a_failed_background_job_is_retried_as_an_epoch_job_until_max_retries(ge
             attempts.append((job.failures, outcome, parse_unique(job.unique).attempt))
         assert attempts == [(0, "failed", 0), (1, "failed", 1), (2, "failed", 2)]
         assert backend.grab(1.5) is None  # no fourth attempt
-        assert "failed for good after 3 attempts" in caplog.text
+        lines = [r.message for r in caplog.records if "(Test::Flaky) failed, attempt" in r.message]
+        assert [line.split("failed, ")[1].split(":")[0] for line in lines] == [f"attempt {n} of 3" for n in (1, 2, 3)]
+        assert lines[0].endswith("Z") and "; next run at " in lines[0] and lines[2].endswith("; failed for good")
     finally:
         backend.close()
 

@@ -21,7 +21,7 @@ from workermanager.backends.base import BackendBroken
 from workermanager.config import Config
 from workermanager.jobalarm import JobAlarm
 from workermanager.joblog import JobLog, JobRecord, outcome_word
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, JobBoard, Reporter
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, DeadJob, JobBoard, Reporter
 from workermanager.worker import Job, Worker, run_job
 
 log = logging.getLogger("workermanager.child")
@@ -62,6 +62,9 @@ class ChildPlan:
     report_jobs: bool = False
     #: jobs a dead child claimed ahead and never started: this child gives them back first
     orphans: Sequence[str] = ()
+    #: jobs whose children died running them: this child records each as a failed attempt
+    #: (Backend.fail_dead) before it grabs anything
+    dead_jobs: Sequence[DeadJob] = ()
 
 
 class Child:
@@ -158,6 +161,8 @@ class Child:
                     opened = True
                     if self.plan.orphans:
                         self.backend.release_held(self.plan.orphans)
+                    if self.plan.dead_jobs:
+                        self.backend.fail_dead(self.plan.dead_jobs)
                 job = self.backend.grab(GRAB_SLICE, self.plan.works_limit - self.works_done)
             except BackendBroken as exc:
                 log.error("child %d: %s; replacing this child", os.getpid(), exc)
@@ -220,7 +225,7 @@ class Child:
             if timeout < MIN_ROOM:
                 self._give_back_late(job, timeout)
                 return
-        self.reporter.job_started(funcname, handle, timeout, self.works_done, started, started_wall)
+        self.reporter.job_started(funcname, handle, timeout, self.works_done, started, started_wall, job.claim)
         self.alarm.start(timeout)
         try:
             outcome = run_job(worker, job)

@@ -32,7 +32,7 @@ from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import EXIT_BACKEND_BROKEN, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, JobBoard
+from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.worker import Worker
 
 log = logging.getLogger("workermanager.master")
@@ -111,6 +111,10 @@ class Master:
         self.young_deaths = 0
         #: claimed-ahead jobs of children that died, for the next child to give back (Backend.held)
         self._orphans: list[str] = []
+        #: jobs whose children died running them, for the next child to fail (Backend.fail_dead);
+        #: and the same on a page every child reads (Backend.deaths), made before any fork
+        self._dead_jobs: list[DeadJob] = []
+        self.deaths = DeathNotes()
         self.crash_streak = 0
         self.next_spawn_at = 0.0
         self.restarts: collections.Counter[str] = collections.Counter()
@@ -445,8 +449,9 @@ class Master:
                          slot=slot, generation=self.generation,
                          works_limit=self.config.works_per_child + jitter,
                          report_fd=write_fd, master_pid=os.getpid(), board=board,
-                         report_jobs=bool(self.listeners), orphans=self._orphans)
-        self._orphans = []
+                         report_jobs=bool(self.listeners), orphans=self._orphans, dead_jobs=self._dead_jobs)
+        self._orphans, self._dead_jobs = [], []
+        self.backend.deaths = self.deaths
         flush_log_handlers()
         # Objects that exist now stay out of the child's collections (no copy-on-write of their
         # pages). The parent thaws them right after the fork: left frozen, every object alive at
@@ -562,6 +567,10 @@ class Master:
                 reason = "backend broken"
         if child.job_funcname:
             log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
+            if child.dead_job is None and abnormal:  # (a timed-out job was noted at its kill)
+                self._note_dead_job(child, f"was {how}" if os.WIFSIGNALED(status) else f"exited with status {code}")
+        if child.dead_job is not None:  # handed to the next child only now: the child is gone
+            self._dead_jobs.append(child.dead_job)
         if abnormal and child.board is not None:
             unstarted = child.board.unstarted_held(child.works_done, child.job_started is not None)
             if unstarted:
@@ -617,7 +626,28 @@ class Master:
                 log.error("child %d: job %s (%s) ran %.1fs, past its timeout %gs: killing the child",
                           child.pid, child.job_id, child.job_funcname, running_for, child.job_timeout)
                 child.kill_reason = "job timed out"
+                # noted before the kill: gearmand hands the job on the moment the child is gone
+                self._note_dead_job(child, "was killed by SIGKILL", f", past its timeout {child.job_timeout:g}s",
+                                    timed_out=True)
                 _kill(child.pid, signal.SIGKILL)
+
+    def _note_dead_job(self, child: ChildState, how: str, why: str = "", timed_out: bool = False) -> None:
+        """The job on a dead (or doomed) child's board failed an attempt: any child that gets it
+        from a job server that hands it on at once fails it instead of running it again
+        (Backend.deaths; gearmand hands it on only once the child is gone), and the next child
+        forked after the reap records it (Backend.fail_dead, see _account_exit). See
+        docs/timeouts.md."""
+        if child.job_id is None or child.job_funcname is None:
+            return
+        running_for = child.job_running_for() or 0.0
+        note = DeadJob(child.job_id, child.job_claim, child.job_funcname,
+                       f"child {child.pid} {how} after running the job {running_for:.1f}s{why}", time.time(),
+                       timed_out)
+        child.dead_job = note
+        try:
+            self.deaths.add(note)
+        except Exception as exc:  # never a reason for the master to stop
+            self._survive("noting a dead child's job", exc)
 
     def _enforce_stop_deadline(self) -> None:
         if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:

@@ -12,6 +12,10 @@ and in metrics. It has two channels, because its news comes at two very differen
 * the same page also lists the jobs the child claimed ahead of their turn (Backend.held), written
   once per claim: if the child dies, the master hands those it never started to the next child,
   which gives them back at once instead of leaving them to wait out their claim.
+* the job a child was running when it died is named on its board (id and `claim`, the backend's
+  mark of that hand-out of the job): the master notes it (`DeadJob`) for the next child to record
+  as a failed attempt (TheSchwartz, while the dead child's lease is still on the row), and on the
+  `DeathNotes` page every child can read (Gearman, where gearmand hands the job to any worker).
 * the pipe: small JSON lines (well under PIPE_BUF, so each write is atomic) for the events of a
   child's life ("ready", "exiting"), and a "done" line per job only where someone listens for
   each job (the metrics' histograms).
@@ -27,7 +31,7 @@ import struct
 import time
 from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, NamedTuple
 
 #: child exit status meaning "could not start: setup or backend configuration failed"
 EXIT_BOOT_FAILURE = 3
@@ -47,10 +51,12 @@ def _json_int(value: int | None) -> str:
 
 #: the longest function name and job id a board keeps (in UTF-8 bytes; longer ones are cut)
 BOARD_TEXT = 240
+#: the longest claim a board keeps (a lease's grabbed_until, a Gearman unique id: at most 64 bytes)
+CLAIM_TEXT = 128
 _SEQ = struct.Struct("<Q")
 #: job started (monotonic, 0 when idle), started (epoch), timeout, works done, completed, failed,
-#: rss, function name, job id
-_BODY = struct.Struct(f"<dddQQQQH{BOARD_TEXT}sH{BOARD_TEXT}s")
+#: rss, function name, job id, claim
+_BODY = struct.Struct(f"<dddQQQQH{BOARD_TEXT}sH{BOARD_TEXT}sH{CLAIM_TEXT}s")
 _SEQ_READS = 100
 #: the held jobs' part of the page (its own seqlock): jobs done before the first job of the batch,
 #: then the tokens of the jobs claimed ahead, newline-separated
@@ -76,16 +82,18 @@ class JobBoard:
 
     # -- the child's side ----------------------------------------------------------------
     def job_started(self, funcname: str, job_id: str, timeout: float, started: float, started_wall: float,
-                    works_done: int, completed: int, failed: int, rss: int) -> None:
-        """`started` is time.monotonic() (one clock for all processes), `started_wall` time.time()."""
+                    works_done: int, completed: int, failed: int, rss: int, claim: str = "") -> None:
+        """`started` is time.monotonic() (one clock for all processes), `started_wall` time.time();
+        `claim` is Job.claim."""
         if funcname is not self._funcname_text:  # the same few names, job after job
             self._funcname_text, self._funcname = funcname, funcname.encode()[:BOARD_TEXT]
         ident = job_id.encode()[:BOARD_TEXT]
+        mark = claim.encode()[:CLAIM_TEXT]
         self._write(started, started_wall, float(timeout), works_done, completed, failed, rss,
-                    len(self._funcname), self._funcname, len(ident), ident)
+                    len(self._funcname), self._funcname, len(ident), ident, len(mark), mark)
 
     def job_done(self, works_done: int, completed: int, failed: int, rss: int) -> None:
-        self._write(0.0, 0.0, 0.0, works_done, completed, failed, rss, 0, b"", 0, b"")
+        self._write(0.0, 0.0, 0.0, works_done, completed, failed, rss, 0, b"", 0, b"", 0, b"")
 
     def held(self, works_done: int, tokens: Sequence[str]) -> None:
         """The backend claimed jobs ahead (Backend.held), right after `works_done` jobs: the first
@@ -150,6 +158,112 @@ def _read_locked(page: mmap.mmap, offset: int, layout: struct.Struct) -> tuple |
     return None
 
 
+class DeadJob(NamedTuple):
+    """A job whose child died running it (killed by the master past its timeout, by kill -9, by the
+    OOM killer, or it crashed): the next run must count this one as a failed attempt."""
+
+    #: the job's id as the child's board had it (Job.handle)
+    job_id: str
+    #: Job.claim: which hand-out of the job the dead child had (TheSchwartz: its lease)
+    claim: str
+    funcname: str
+    #: what happened, for the error row and the log: "child 1234 was killed by SIGKILL ..."
+    message: str
+    #: epoch seconds when the master noted it
+    noted_at: float
+    #: the master killed the child because the job ran past its timeout (else: killed from
+    #: outside, out of memory, crashed): see min_attempts
+    timed_out: bool = False
+
+    @property
+    def min_attempts(self) -> int:
+        """How many attempts the job gets at least, whatever its max_retries: a timeout is the
+        job's own doing and counts as any failure (1); a death from outside may be bad luck (an
+        operator's kill -9, the OOM killer choosing this child), so it ends a job for good only
+        from its DEATH_ATTEMPTS-th attempt on, while a job that kills every child still stops."""
+        return 1 if self.timed_out else DEATH_ATTEMPTS
+
+
+#: a job whose child died in mid-job, not by the master's timeout kill, is retried at least until
+#: it has had this many attempts (see DeadJob.min_attempts)
+DEATH_ATTEMPTS = 3
+#: a dead child's job runs again no sooner than this (seconds; more when its retry_delay says so):
+#: behind the jobs already waiting, not first in line again for the next child it may kill
+DEATH_RETRY_DELAY = 1.0
+
+
+#: size of the DeathNotes page: room for a few hundred notes
+_NOTES_SIZE = 64 * 1024
+_NOTES = struct.Struct(f"<I{_NOTES_SIZE - _SEQ.size - 4}s")
+#: a note older than this (seconds) is forgotten: a job server may reuse the job's handle later
+NOTE_TTL = 3600.0
+
+
+class DeathNotes:
+    """The jobs whose children died running them, on one shared page that every child can read.
+
+    Made by the master before it forks any child; the master writes (a seqlock, as JobBoard), the
+    children only read. For job servers that hand a dead worker's job to any worker (gearmand, the
+    moment the child's connection drops): whichever child gets the job next looks it up here and
+    fails it instead of running it again. A child reads the page's sequence number per lookup and
+    parses the notes only when it changed. Bounded: the newest notes that fit, none older than
+    NOTE_TTL.
+    """
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, _NOTES_SIZE)
+        self._seq = 0
+        #: the master's notes, oldest first, each with its JSON
+        self._notes: list[tuple[DeadJob, bytes]] = []
+        #: the child's reading: the sequence number it was read at, and the notes by (job_id, claim)
+        self._read_seq = 0
+        self._by_key: dict[tuple[str, str], DeadJob] = {}
+
+    # -- the master's side ---------------------------------------------------------------
+    def add(self, note: DeadJob) -> None:
+        now = time.time()
+        room = _NOTES.size - 4 - 2  # the list's brackets
+        entry = json.dumps(list(note), separators=(",", ":")).encode()
+        if len(entry) + 1 > room:  # a note that cannot fit (the board cut its texts: never)
+            return
+        notes = [(n, raw) for n, raw in self._notes if now - n.noted_at < NOTE_TTL and n[:2] != note[:2]]
+        notes.append((note, entry))
+        size = sum(len(raw) + 1 for _, raw in notes)
+        while size > room:
+            size -= len(notes.pop(0)[1]) + 1
+        self._notes = notes
+        text = b"[" + b",".join(raw for _, raw in notes) + b"]"
+        self._seq = _write_locked(self._page, 0, self._seq, _NOTES, len(text), text)
+
+    # -- a child's side ------------------------------------------------------------------
+    def lookup(self, job_id: str, claim: str) -> DeadJob | None:
+        """The note for this hand-out of the job, if its child died running it."""
+        if _SEQ.unpack_from(self._page, 0)[0] != self._read_seq:
+            self._reread()
+        if not self._by_key:
+            return None
+        note = self._by_key.get((job_id, claim))
+        if note is None or time.time() - note.noted_at >= NOTE_TTL:
+            return None
+        return note
+
+    def _reread(self) -> None:
+        seq = _SEQ.unpack_from(self._page, 0)[0]
+        body = _read_locked(self._page, 0, _NOTES)
+        if body is None:
+            return  # the master stopped in mid-write: try again at the next lookup
+        length, text = body
+        try:
+            rows = json.loads(text[:length]) if length else []
+            self._by_key = {(row[0], row[1]): DeadJob(*row) for row in rows}
+        except (ValueError, TypeError):
+            self._by_key = {}
+        self._read_seq = seq
+
+    def close(self) -> None:
+        self._page.close()
+
+
 class Reporter:
     """The child's end of the scoreboard: its job board, and its pipe for events. A dead master
     (EPIPE) is noticed, never fatal.
@@ -178,10 +292,10 @@ class Reporter:
         self._write(f'{{"event":"exiting","reason":{_json_str(reason)}}}\n'.encode())
 
     def job_started(self, funcname: str, job_id: str, timeout: float, works_done: int, started: float,
-                    started_wall: float) -> None:
+                    started_wall: float, claim: str = "") -> None:
         if self.board is not None:
             self.board.job_started(funcname, job_id, timeout, started, started_wall, works_done, self.completed,
-                                   self.failed, self.rss)
+                                   self.failed, self.rss, claim)
 
     def held(self, works_done: int, tokens: Sequence[str]) -> None:
         if self.board is not None:
@@ -226,6 +340,7 @@ class ChildState:
     job_started: float | None = None  # monotonic
     job_started_wall: float | None = None
     job_timeout: float | None = None
+    job_claim: str = ""
     rss: int = 0
     stopping: bool = False  # we asked it to stop (TERM sent)
     ready: bool = False  # its workers are set up (it said "ready")
@@ -234,6 +349,8 @@ class ChildState:
     completed: int = 0
     failed: int = 0
     board: JobBoard | None = None
+    #: the job it died (or is being killed) running, as the master noted it
+    dead_job: DeadJob | None = None
 
     @property
     def state(self) -> str:
@@ -250,16 +367,19 @@ class ChildState:
         body = self.board.read() if self.board is not None else None
         if body is None:
             return False
-        started, wall, timeout, works_done, self.completed, self.failed, rss, name_len, name, id_len, ident = body
+        (started, wall, timeout, works_done, self.completed, self.failed, rss, name_len, name, id_len, ident,
+         claim_len, claim) = body
         grew = works_done > self.works_done
         self.works_done, self.rss = works_done, rss or self.rss
         if started > 0.0:  # busy: 0 marks an idle board
             self.job_started, self.job_started_wall, self.job_timeout = started, wall, timeout
             self.job_funcname = name[:name_len].decode(errors="replace")
             self.job_id = ident[:id_len].decode(errors="replace")
+            self.job_claim = claim[:claim_len].decode(errors="replace")
         else:
             self.job_started = self.job_started_wall = self.job_timeout = None
             self.job_funcname = self.job_id = None
+            self.job_claim = ""
         return grew
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:

@@ -48,6 +48,10 @@ class Job(abc.ABC):
     #: where the job server keeps no lease (Gearman: the job comes back only when its worker's
     #: connection drops, that is when the child is dead).
     must_end_by: float | None = None
+    #: which hand-out of the job this is (TheSchwartz: its lease's grabbed_until; Gearman: its unique
+    #: id): with the handle, what the master notes of a job whose child died running it, so that
+    #: whoever records that failure can tell it is still the same hand-out (see docs/timeouts.md)
+    claim: str = ""
 
     def __init__(self) -> None:
         self.outcome: str | None = None

@@ -101,3 +101,17 @@ class Twice(Worker):
         job.failed("first call wins")
         job.completed()
         note(job, "end")
+
+
+class Victim(Worker):
+    """Sleeps arg["sleep"] seconds, well within its timeout: a test kills its child from outside
+    (kill -9, as the OOM killer would) while it runs."""
+
+    funcname = "Lease::Victim"
+    grab_for = 30
+    max_retries = 1
+
+    def work(self, job):
+        note(job, "start")
+        time.sleep(float(job.arg["sleep"]))
+        note(job, "end")

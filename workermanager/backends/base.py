@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from workermanager.worker import Job, Worker
 
 if TYPE_CHECKING:
+    from workermanager.scoreboard import DeadJob, DeathNotes
     from workermanager.startcheck import Finding
 
 
@@ -52,6 +53,17 @@ class Backend(abc.ABC):
         """In a fresh child: give back jobs that a child which died had claimed ahead and never
         started (what it last told `on_held`, minus those it started), so that they need not wait
         out their claim."""
+
+    def fail_dead(self, notes: Sequence[DeadJob]) -> None:
+        """In a fresh child: record each job whose child died running it as a failed attempt
+        (an error row, then a retry or the end per the worker's max_retries), but only while the
+        dead child's hand-out of the job (`DeadJob.claim`) is still the current one. Errors are
+        logged, not raised. The default does nothing: see `deaths` for job servers that hand the
+        job to any worker."""
+
+    #: the master's DeathNotes page (set before it forks), for backends whose job server hands a
+    #: dead child's job to any worker at once (Gearman): the backend looks each job it grabs up there
+    deaths: DeathNotes | None = None
 
     def prepare(self) -> None:
         """In the master, before it forks children (and after it dropped privileges): build what

@@ -20,10 +20,15 @@ What each Job method does on Gearman, which has no retry queue of its own:
   `gearman` tool hangs on it, Perl's client dies): every client gets a clean failure at once, and
   those that read warnings the message (see docs/gearman.md). When the job is a background job of
   our client (see workermanager.gearman.unique) and the worker's max_retries allows, the job is first submitted again as a SUBMIT_JOB_EPOCH job due after
-  retry_delay, with its attempt count raised in the unique id; after the last attempt it is logged
-  as failed for good. Foreground jobs and other clients' jobs are never resubmitted: their client
+  retry_delay, with its attempt count raised in the unique id; after the last attempt it is failed
+  for good. Foreground jobs and other clients' jobs are never resubmitted: their client
   is the one to decide, so a foreground client always sees the failure at once.
 - permanent_failure(msg): the same WORK_WARNING and WORK_FAIL, never resubmitted.
+- failed() and permanent_failure() log the attempt's one line (worker.failure_line), as on
+  TheSchwartz; the backend's `logs_failures` tells the child so.
+- a job whose child died running it (docs/timeouts.md, "A child that dies mid-job") comes back from
+  gearmand with the same handle and unique id: grab() finds it on the master's DeathNotes page and
+  fails it (failed(), so retries apply as above) instead of handing it out to run again.
 - declined(): a background job of our client is resubmitted as an epoch job due after
   max(1 s, retry_delay) with the same attempt count, and the original is completed with an empty
   result (nobody waits for it). Any other job gets WORK_FAIL: its client waits for an answer, and
@@ -50,7 +55,8 @@ from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
 from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
 from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
-from workermanager.worker import Job, decode_arg
+from workermanager.scoreboard import DEATH_RETRY_DELAY
+from workermanager.worker import Job, decode_arg, failure_line
 from workermanager.worker import Worker as WorkerClass
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ class GearmanJob(Job):
         self.funcname = grabbed.funcname
         self.raw_arg = grabbed.arg
         self.arg = decode_arg(grabbed.arg)
-        self.unique = grabbed.unique
+        self.unique = self.claim = grabbed.unique
         self.info: UniqueInfo | None = parse_unique(grabbed.unique)
         self.insert_time = self.info.runnable_since if self.info else None
         self.failures = self.info.attempt if self.info else 0
@@ -99,27 +105,40 @@ class GearmanJob(Job):
         # held back to go out with the child's next GRAB, which follows at once
         self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
-    def failed(self, msg: str, exit_status: int | None = None) -> None:
+    def failed(self, msg: str, exit_status: int | None = None, min_attempts: int = 1,
+               min_delay: float = 0.0) -> None:
+        """`min_attempts`, `min_delay`: retry a background job of our client until it has had that
+        many attempts, whatever max_retries, no sooner than that (a dead child's job:
+        scoreboard.DeadJob.min_attempts, DEATH_RETRY_DELAY)."""
         if self._repeated("failed"):
             return
         self.outcome = "failed"
         cls = self.worker_class
         attempt = self.failures + 1  # failures including this one
-        if self.resubmittable and cls is not None and cls.should_retry(attempt):
-            delay = cls.retry_delay_for(attempt)
-            if self._resubmit(attempt, delay):
-                log.info("job %s (%s) failed (attempt %d of %d), retrying in %gs: %s", self.handle,
-                         self.funcname, attempt, cls.max_retries + 1, delay, msg)
-        elif self.resubmittable and cls is not None:
-            log.warning("job %s (%s) failed for good after %d attempts: %s", self.handle,
-                        self.funcname, attempt, msg)
+        next_run = None
+        if self.resubmittable and cls is not None and (cls.should_retry(attempt) or attempt < min_attempts):
+            delay = max(cls.retry_delay_for(attempt), min_delay)
+            next_run = self._resubmit(attempt, delay)
+        self._log_failure(attempt, msg, next_run, min_attempts)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         if self._repeated("permanent_failure"):
             return
         self.outcome = "permanent_failure"
+        self._log_failure(self.failures + 1, msg, None)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
+
+    def _log_failure(self, attempt: int, msg: str, next_run: float | None, min_attempts: int = 1) -> None:
+        """The attempt's one line (worker.failure_line), as on TheSchwartz: a WARNING when the job
+        runs again, an ERROR when it does not. Only our client's background jobs are retried, so
+        any other job's failure is its last as far as the daemon goes (its client may submit it
+        again): "attempt 1 of 1 ... failed for good"."""
+        cls = self.worker_class
+        attempts = max(1 + int(cls.max_retries or 0), min_attempts) if self.resubmittable and cls is not None \
+            else attempt
+        line = failure_line(self, attempt, max(attempts, attempt), str(msg if msg is not None else ""), next_run)
+        log.log(logging.ERROR if next_run is None else logging.WARNING, "%s", line)
 
     def declined(self) -> None:
         if self._repeated("declined"):
@@ -128,7 +147,7 @@ class GearmanJob(Job):
         cls = self.worker_class
         if self.resubmittable:
             delay = max(1.0, cls.retry_delay_for(self.failures) if cls is not None else 0.0)
-            if self._resubmit(self.failures, delay):
+            if self._resubmit(self.failures, delay) is not None:
                 self._send("WORK_COMPLETE", self._grabbed.complete, b"")
                 return
         self._send("WORK_FAIL", self._grabbed.fail)
@@ -142,19 +161,22 @@ class GearmanJob(Job):
     def warning(self, data: bytes | str) -> None:
         self._send("WORK_WARNING", self._grabbed.warning, data)
 
-    def _resubmit(self, attempt: int, delay: float) -> bool:
+    def _resubmit(self, attempt: int, delay: float) -> float | None:
+        """Submit the job again, due in `delay` seconds: when it is due (epoch), or None when it
+        could not be submitted."""
         when = time.time() + delay
         unique = make_unique(True, attempt, runnable_since=when)
         try:
             self._backend.client().submit_at(self.funcname, self.raw_arg, when, unique=unique)
-            return True
+            return when
         except (GearmanError, GearmanConnectionError) as exc:
             log.error("job %s (%s): cannot resubmit, the job is lost: %s", self.handle, self.funcname, exc)
-            return False
+            return None
 
 
 class GearmanBackend(Backend):
     log_name = "Gearman"
+    logs_failures = True
 
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[WorkerClass]]) -> None:
         super().__init__(options, worker_classes)
@@ -226,7 +248,14 @@ class GearmanBackend(Backend):
             except GearmanConnectionError:
                 pass
             return None
-        return GearmanJob(self, grabbed, cls)
+        job = GearmanJob(self, grabbed, cls)
+        deaths = self.deaths
+        if deaths is not None:
+            dead = deaths.lookup(job.handle, job.claim)
+            if dead is not None:  # gearmand handed on the job of a child that died running it
+                job.failed(dead.message, min_attempts=dead.min_attempts, min_delay=DEATH_RETRY_DELAY)
+                return None
+        return job
 
     def release(self, job: Job) -> None:
         """Drop the connection the job came on: gearmand gives the job to another worker."""

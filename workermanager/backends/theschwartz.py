@@ -22,15 +22,19 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workermanager.backends.base import Backend, BackendBroken, BackendError
 from workermanager.backends.leaseahead import BUDGET, STALE, LeaseAhead
+from workermanager.scoreboard import DEATH_RETRY_DELAY
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
 from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Job, Worker
+
+if TYPE_CHECKING:
+    from workermanager.scoreboard import DeadJob
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +221,30 @@ class TheSchwartzBackend(Backend):
                 return
             for job in jobs:
                 job.outcome = "released"
+
+    def fail_dead(self, notes: Sequence[DeadJob]) -> None:
+        """Each job a dead child held is failed (an error row naming the death, a retry per the
+        worker's max_retries and retry_delay, or the end) while that child's lease is still on the
+        row; a job settled or leased again since is left alone. Without this the job would simply
+        run again when the lease ends, uncounted, as in Perl TheSchwartz: one that kills every
+        child running it would loop forever."""
+        if self.client is None:
+            self.open()
+        assert self.client is not None
+        for note in notes:
+            if not note.claim.isdigit():
+                continue
+            try:
+                job = self.client.lookup_job(note.job_id)
+                if job is not None:
+                    job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
+                if job is None or not job.failed_while_leased(note.message, int(note.claim), note.min_attempts,
+                                                                   DEATH_RETRY_DELAY):
+                    log.info("TheSchwartz: job %s (%s) of a dead child was settled or leased again since: %s",
+                             note.job_id, note.funcname, note.message)
+            except (DatabaseError, ValueError) as exc:
+                log.warning("TheSchwartz: job %s (%s): cannot record that %s; it runs again when its "
+                            "lease ends: %s", note.job_id, note.funcname, note.message, exc)
 
     def release_held(self, tokens: Sequence[str]) -> None:
         """Tokens are "<handle>@<grabbed_until of that lease>": only a lease still that one goes."""

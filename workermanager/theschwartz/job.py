@@ -127,6 +127,11 @@ class TheSchwartzJob(Job):
         return f"{self.db.hashdsn}-{self.jobid}"
 
     @property
+    def claim(self) -> str:  # type: ignore[override]
+        """The lease this object holds (grabbed_until): what tells it from a later lease of the job."""
+        return str(self.grabbed_until)
+
+    @property
     def job_handle(self) -> JobHandle:
         return JobHandle(self.client, self.db.hashdsn, self.jobid)
 
@@ -201,6 +206,22 @@ class TheSchwartzJob(Job):
         delay = cls.retry_delay_for(failures) if retry else 0.0
         self._fail(msg, exit_status, retry, delay, failures)
 
+    def failed_while_leased(self, msg: str, lease: int, min_attempts: int = 1, min_delay: float = 0.0) -> bool:
+        """Record a failed attempt of this job made by a process that is gone (a child killed
+        mid-job), as `failed` would, but only while that process's lease (the grabbed_until it
+        wrote) is still on the row: False, and nothing written, when the job was settled or leased
+        again since. The retry or removal is conditional on the lease and goes first, in one
+        transaction with the error row, so a worker that took the job meanwhile is never disturbed.
+        The job is retried while it has had fewer than `min_attempts` attempts, whatever its
+        max_retries (scoreboard.DeadJob.min_attempts), no sooner than `min_delay` seconds."""
+        if self._repeated("failed"):
+            return False
+        failures = self.failures + 1
+        cls = self.worker_class or Worker
+        retry = cls.should_retry(failures) or failures < min_attempts
+        delay = max(cls.retry_delay_for(failures), min_delay) if retry else 0.0
+        return self._fail(msg, None, retry, delay, failures, lease=int(lease), min_attempts=min_attempts)
+
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
         if self._repeated("permanent_failure"):
@@ -243,34 +264,51 @@ class TheSchwartzJob(Job):
         self.outcome = outcome
 
     def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float, attempt: int,
-              outcome: str = "failed") -> None:
+              outcome: str = "failed", lease: int | None = None, min_attempts: int = 1) -> bool:
         """Write the error row (the message, then the traceback of the exception being handled, if
-        any), retry or remove the job, and log the attempt's one line."""
+        any), retry or remove the job, and log the attempt's one line. With `lease`, all of it only
+        while the row's grabbed_until is still `lease` (the retry or removal goes first and tells):
+        returns whether anything was written."""
         q = self.db.q
         message = str(msg if msg is not None else "")
         detail = _fit(message, _handled_traceback(), self.db.dialect.error_message_max)
         next_run: int | None = None
+        written = True
 
         def work(cursor: Any) -> None:
-            nonlocal next_run
+            nonlocal next_run, written
             now = self.db.dialect.now(cursor)
+            run_after = (now + int(delay) if delay else self.run_after) if retry else None
+            if lease is not None:
+                if retry:
+                    cursor.execute(q.retry_leased_job, (run_after, self.jobid, lease))
+                else:
+                    cursor.execute(q.delete_leased_job, (self.jobid, lease))
+                written = cursor.rowcount == 1
+                if not written:
+                    return
             cursor.execute(q.insert_error, (now, self.jobid, detail, self.funcid))
             cursor.execute(q.clean_errors, (now - ERROR_MAX_AGE,))
             if retry:
-                run_after = now + int(delay) if delay else self.run_after
-                cursor.execute(q.retry_job, (run_after, self.jobid))
+                if lease is None:
+                    cursor.execute(q.retry_job, (run_after, self.jobid))
                 next_run = max(now, run_after or 0)
             else:
                 self._write_exit_status(cursor, exit_status or 1)
-                cursor.execute(q.delete_job, (self.jobid,))
+                if lease is None:
+                    cursor.execute(q.delete_job, (self.jobid,))
         self._settle(outcome, work)
         self._failures = None
-        attempts = 1 + int((self.worker_class or Worker).max_retries or 0)
+        if not written:
+            self.outcome = None
+            return False
+        attempts = max(1 + int((self.worker_class or Worker).max_retries or 0), min_attempts)
         line = failure_line(self, attempt, max(attempts, attempt), message, next_run)
         if next_run is None:
             log.error("%s", line)
         else:
             log.warning("%s", line)
+        return True
 
     def _keep_exit_status_for(self) -> int:
         return int((self.worker_class or Worker).keep_exit_status_for or 0)

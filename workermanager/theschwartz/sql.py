@@ -62,6 +62,10 @@ class Queries:
         self.release_lease = s(f"UPDATE {self.job} SET grabbed_until = 0 WHERE jobid = ? AND grabbed_until = ?")
         self.set_grabbed_until = s(f"UPDATE {self.job} SET grabbed_until = ? WHERE jobid = ?")
         self.retry_job = s(f"UPDATE {self.job} SET run_after = ?, grabbed_until = 0 WHERE jobid = ?")
+        # a dead child's failed attempt, recorded by another process: only while its lease is on the row
+        self.retry_leased_job = s(
+            f"UPDATE {self.job} SET run_after = ?, grabbed_until = 0 WHERE jobid = ? AND grabbed_until = ?")
+        self.delete_leased_job = s(f"DELETE FROM {self.job} WHERE jobid = ? AND grabbed_until = ?")
         self.insert_error = s(
             f"INSERT INTO {self.error} (error_time, jobid, message, funcid) VALUES (?, ?, ?, ?)")
         self.clean_errors = s(f"DELETE FROM {self.error} WHERE error_time < ?")
