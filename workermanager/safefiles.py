@@ -146,7 +146,8 @@ def open_file(folder_fd: int, name: str, flags: int, mode: int, path: str, what:
             if created:
                 os.fchmod(fd, mode)
             else:
-                _check_existing(fd, path, what, owners)
+                _check_existing(fd, path, what, owners, folder_fd)
+                _narrow_mode(fd, mode)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         except BaseException:
             os.close(fd)
@@ -160,7 +161,7 @@ def _link_refused(path: str, what: str) -> UnsafePath:
                       "(links are never followed where a file is expected)")
 
 
-def _check_existing(fd: int, path: str, what: str, owners: Iterable[int]) -> None:
+def _check_existing(fd: int, path: str, what: str, owners: Iterable[int], folder_fd: int) -> None:
     info = os.fstat(fd)
     if stat.S_ISCHR(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
         return  # /dev/null, /dev/full: only root makes device nodes, and this one has no second name
@@ -173,6 +174,27 @@ def _check_existing(fd: int, path: str, what: str, owners: Iterable[int]) -> Non
     if info.st_uid not in allowed:
         raise UnsafePath(f"{path}: refusing to open the {what}: owned by uid {info.st_uid}, "
                          "not by root or the service account")
+    if info.st_uid == 0 and os.geteuid() == 0 and _others_can_write(os.fstat(folder_fd)):
+        # whoever can write the folder can rename into it any root file they can reach in
+        # another folder they write: root would then append to it and hand it over
+        raise UnsafePath(f"{path}: refusing to open the {what}: it is root's, in a folder another "
+                         "account can write, so it may have been moved there from elsewhere; "
+                         "remove it, or chown it to the service account")
+
+
+def _others_can_write(folder: os.stat_result) -> bool:
+    """Whether an account other than root can create or rename entries in the folder."""
+    mode = folder.st_mode
+    return (folder.st_uid != 0 or bool(mode & stat.S_IWOTH)
+            or bool(mode & stat.S_IWGRP and folder.st_gid != 0))
+
+
+def _narrow_mode(fd: int, mode: int) -> None:
+    """An existing file keeps no permission bit beyond `mode` (a log left 0666 becomes 0640)."""
+    info = os.fstat(fd)
+    current = stat.S_IMODE(info.st_mode)
+    if current & ~mode and stat.S_ISREG(info.st_mode):
+        os.fchmod(fd, current & mode)
 
 
 def check_existing(path: str, what: str, owners: Iterable[int] = ()) -> None:
@@ -188,7 +210,7 @@ def check_existing(path: str, what: str, owners: Iterable[int] = ()) -> None:
                 raise _link_refused(path, what) from None
             raise
         try:
-            _check_existing(fd, path, what, owners)
+            _check_existing(fd, path, what, owners, folder_fd)
         finally:
             os.close(fd)
     finally:
