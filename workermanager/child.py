@@ -26,6 +26,18 @@ from workermanager.worker import Job, Worker, run_job
 
 log = logging.getLogger("workermanager.child")
 
+def _stray_signals() -> frozenset[int]:
+    names = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ",
+             "SIGSTKFLT")
+    numbers = {int(getattr(signal, name)) for name in names if hasattr(signal, name)}
+    return frozenset(numbers | set(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)))
+
+
+#: signals that end a process by default and that nobody should send the master: it only logs
+#: them (only TERM, QUIT and INT stop it); faults (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS) keep their
+#: default, and a child takes these back to their default too
+STRAY_SIGNALS = _stray_signals()
+
 #: longest a grab blocks, so that stop requests and a dead master are noticed promptly
 GRAB_SLICE = 0.5
 #: backoff after a backend outage: from the first to the last, doubling
@@ -91,6 +103,8 @@ class Child:
 
     # -- signals -------------------------------------------------------------------------
     def _install_signals(self) -> None:
+        """The child's own handlers; the signals the master only notes (STRAY_SIGNALS) take
+        their default action again in a child."""
         # _signal, the C module under `signal`: the wrapper converts every old handler to an enum
         # (a ValueError caught per call for a function handler), which in a fresh child touches,
         # and so copies, pages of the enum machinery: half a millisecond of each child's start.
@@ -103,6 +117,9 @@ class Child:
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             install(signum, _signal.SIG_IGN)
         install(signal.SIGCHLD, _signal.SIG_DFL)
+        for signum in STRAY_SIGNALS:
+            if signum != signal.SIGALRM:
+                install(signum, _signal.SIG_DFL)
         _signal.set_wakeup_fd(-1)
 
     def _on_graceful_stop(self, signum: int, frame: object) -> None:

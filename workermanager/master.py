@@ -30,7 +30,7 @@ from typing import Protocol
 
 from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
-from workermanager.child import EXIT_BACKEND_BROKEN, ChildPlan, flush_log_handlers, run_child
+from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.worker import Worker
@@ -38,7 +38,8 @@ from workermanager.worker import Worker
 log = logging.getLogger("workermanager.master")
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
-_HANDLED_NUMBERS = frozenset(int(getattr(signal, name)) for name in HANDLED_SIGNALS)
+#: blocked across fork until the child has its own handlers
+_HANDLED_NUMBERS = frozenset(int(getattr(signal, name)) for name in HANDLED_SIGNALS) | STRAY_SIGNALS
 #: respawn delay grows from the first to the second value while children die before they are ready
 RESPAWN_BACKOFF = (0.1, 30.0)
 #: the same for children that crash after setup with no job finished in between (capped low:
@@ -105,6 +106,7 @@ class Master:
         self.generation = 1
         self.children: dict[int, ChildState] = {}
         self.pending_signals: collections.deque[int] = collections.deque()
+        self._strays_seen: set[str] = set()
         self.started_at = time.time()
         self.stopping = False
         self.stop_deadline: float | None = None
@@ -275,6 +277,8 @@ class Master:
         signal.set_wakeup_fd(self._wakeup_w)
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, name), self._record_signal)
+        for signum in STRAY_SIGNALS:  # noted in the loop (handle_stray), never a reason to stop
+            signal.signal(signum, self._record_signal)
 
     def _record_signal(self, signum: int, frame: object) -> None:
         """Nothing to do: the C-level handler wrote the signal number to the wakeup pipe, one
@@ -286,11 +290,21 @@ class Master:
             name = _signal_name(signum)
             handler = getattr(self, f"handle_{name.lower()}", None)
             if handler is None:
+                if signum in STRAY_SIGNALS:
+                    self.handle_stray(name)
                 continue
             try:
                 handler()
             except Exception as exc:  # only TERM, QUIT and INT stop the master, and by their flags
                 self._survive(f"{name} handling", exc)
+
+    def handle_stray(self, name: str) -> None:
+        """A signal that would end a process by default (USR2, ALRM, XCPU, real-time signals...):
+        noted once per signal, ignored."""
+        if name not in self._strays_seen:
+            self._strays_seen.add(name)
+            log.warning("master %d: ignoring %s (only TERM, QUIT and INT stop the master; logged once)",
+                        os.getpid(), name)
 
     def _reopen_logs(self) -> None:
         """The error log's reopen (USR1, HUP); a failure is one line, and the master goes on."""

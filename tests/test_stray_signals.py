@@ -1,0 +1,49 @@
+"""Only TERM, QUIT and INT stop the master: every other signal whose default would end a process
+(USR2, ALRM, VTALRM, PROF, IO, PWR, XCPU, XFSZ, real-time signals) is logged once and ignored,
+and the children it forks still take those signals' default actions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from test_hardening_master import alive, sqlite_settings, wait_more_jobs
+
+from daemon_harness import Daemon
+
+STRAYS = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ")
+
+
+def test_signals_other_than_term_quit_and_int_never_stop_the_master(tmp_path, sqlite_queue, daemons):
+    client, path = sqlite_queue
+    for i in range(400):
+        client.insert("Test::Noop", {"n": i})
+    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"]), ("-n", "-c", "1", "-w", "1"))
+    daemons.append(daemon)
+    daemon.start(wait_children=1)
+    for name in STRAYS:
+        daemon.signal(getattr(signal, name))
+    for signum in (signal.SIGRTMIN, signal.SIGRTMIN + 5, signal.SIGRTMAX):
+        daemon.signal(signum)
+    daemon.signal(signal.SIGUSR2)  # again: logged once only
+    wait_more_jobs(daemon, 10)  # forking and recycling on, after every one of them
+    assert alive(daemon)
+    log = daemon.wait_error_log("ignoring SIGXFSZ", 10)
+    assert log.count("ignoring SIGUSR2") == 1
+    for name in STRAYS:
+        assert f"ignoring {name} " in log, name
+
+    # a child still dies of USR2, as any process would (children live for one job: a few tries)
+    for _ in range(50):
+        for child in daemon.children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGUSR2)
+        if "killed by SIGUSR2" in open(daemon.errorlog).read():
+            break
+        time.sleep(0.05)
+    daemon.wait_error_log("killed by SIGUSR2", 10)
+    assert alive(daemon)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
