@@ -149,6 +149,20 @@ def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):  # no
     assert result.stderr == "", result.stderr
 
 
+@pytest.mark.parametrize("argv", [["status", "--no-queue"], ["check"]])
+def test_closed_or_full_standard_output_is_one_line_never_a_traceback(tmp_path, queue_path, argv):  # noqa: F811
+    config = config_at(tmp_path, queue_path)
+    command = [sys.executable, "-m", "workermanager", *argv, "-f", config]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "workers")]))
+    closed = subprocess.run(" ".join(command) + " >&-", shell=True, stderr=subprocess.PIPE, text=True,
+                            env=env, timeout=60)
+    assert "Traceback" not in closed.stderr, closed.stderr
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "workermanager: cannot write the output: No space left on device"
+
+
 def test_a_pid_file_nobody_holds_is_stale_even_when_its_pid_lives(tmp_path, queue_path):  # noqa: F811
     # a master killed with -9 left its pid file; the pid is now another program's (pid 1 here)
     config = config_at(tmp_path, queue_path)

@@ -66,18 +66,27 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the daemon or a subcommand. Output to a closed pipe ends quietly with 141."""
+    """Run the daemon or a subcommand. Output to a closed pipe ends quietly with 141; output that
+    cannot be written at all (a full disk) is one line on stderr and exit 1, never a traceback."""
     try:
         try:
             return _dispatch(list(sys.argv[1:] if argv is None else argv))
         finally:
-            sys.stdout.flush()  # here, not at exit (also after argparse's exit), so it is caught below
+            if sys.stdout is not None:  # None when started with stdout closed (>&-)
+                sys.stdout.flush()  # here, not at exit (also after argparse's exit): caught below
     except BrokenPipeError:
-        # stdout's buffer cannot be written; point it at /dev/null so the flush at exit is quiet
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _quiet_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        _quiet_stdout()
+        return fail(f"cannot write the output: {exc.strerror or exc}")
+
+
+def _quiet_stdout() -> None:
+    """stdout's buffer cannot be written; point it at /dev/null so the flush at exit is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _dispatch(args: list[str]) -> int:

@@ -11,7 +11,6 @@ them (root never imports the workers' code).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from workermanager.commands import fail, load_config
 from workermanager.config import ConfigError
@@ -36,8 +35,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, OSError, ValueError) as exc:
         return fail(str(exc))
     for finding in findings:  # in order, on one stream: a reader sees what was checked before what failed
-        print(f"{finding.level}: {finding.message}")
-    sys.stdout.flush()
+        print(f"{finding.level}: {finding.message}", flush=True)
     errors = sum(1 for finding in findings if finding.level == startcheck.ERROR)
     if errors:
         return fail(f"{errors} problem(s): a start with this config would be refused")
