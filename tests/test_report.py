@@ -141,3 +141,30 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path):
                             env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert result.returncode == 1 and "needs matplotlib" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_planted_logs_cannot_hang_or_exhaust_the_report(tmp_path):
+    """`report` may run as root over the service account's folder: a FIFO, a link to /dev/zero
+    and a gzip of one endless line are each skipped with a problem line, in bounded time and
+    memory, and the real log beside them is still reported."""
+    good = tmp_path / "job.log"
+    good.write_text("".join(format_record(record(i, process=i + 1, delay=1, at=BASE + i)) for i in range(5)))
+    fifo = tmp_path / "job.log.1"
+    os.mkfifo(fifo)
+    zero = tmp_path / "job.log.2"
+    os.symlink("/dev/zero", zero)
+    bomb = tmp_path / "job.log.3.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as handle:
+        for _ in range(640):  # 640 MiB of zeros without a newline (past the limit below), 640 KiB on disk
+            handle.write(b"\0" * (1 << 20))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    limit = "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20)); " \
+            "sys.argv = ['workermanager', 'report', '--json', *sys.argv[1:]]; " \
+            "runpy.run_module('workermanager', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", limit, str(fifo), str(zero), str(bomb), str(good)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    data = json.loads(result.stdout)
+    assert data["funcnames"]["Sandbox::Worker::A"]["jobs"] == 5
+    problems = "\n".join(data.get("problems", [])) + result.stderr
+    assert "job.log.1" in problems and "job.log.2" in problems

@@ -8,13 +8,18 @@ and a line that cannot be read is counted and skipped, never fatal.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import gzip
+import io
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
 from typing import IO, Any
+
+from workermanager import safefiles
 
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -96,13 +101,32 @@ def _milliseconds(value: Any) -> int | None:
     return number
 
 
+#: a job line is a few hundred bytes; a longer one is cut here, so a file of one endless line
+#: (a gzip bomb of zeros) cannot fill the memory of whoever runs `report`, root included
+MAX_LINE = 64 * 1024
+
+
 def open_log(path: str) -> IO[str]:
-    """A text stream over `path`, gunzipped when it is gzip (sniffed, whatever its name)."""
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - the caller closes it
+    """A text stream over `path`, gunzipped when it is gzip (sniffed, whatever its name).
+
+    The logs live in the service account's folder and `report` may run as root: the file is
+    opened as safefiles.open_regular does (no link followed, a FIFO or a device refused)."""
+    fd = safefiles.open_regular(path, "job log")
+    if fd is None:
+        raise FileNotFoundError(errno.ENOENT, "no such file")
+    raw = os.fdopen(fd, "rb")
+    if raw.peek(2)[:2] == GZIP_MAGIC:
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors="replace")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+
+
+def _lines(handle: IO[str]) -> Iterator[str]:
+    """The lines of `handle`, each cut at MAX_LINE characters (the rest of a long line skipped)."""
+    while line := handle.readline(MAX_LINE):
+        if len(line) == MAX_LINE and not line.endswith("\n"):
+            while (rest := handle.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+        yield line
 
 
 @dataclasses.dataclass
@@ -124,7 +148,7 @@ def read_entries(paths: list[str], stats: ReadStats) -> Iterator[LogEntry]:
             continue
         with handle:
             try:
-                for line in handle:
+                for line in _lines(handle):
                     if not line.strip():
                         continue
                     stats.lines += 1
