@@ -184,6 +184,33 @@ def test_fork_and_pipe_refused_back_off_and_recover(tmp_path, sqlite_queue, daem
     assert "forking works again" in daemon.error_log()
 
 
+def test_a_pool_that_keeps_running_short_logs_its_refused_forks_rarely(tmp_path, sqlite_queue, daemons):
+    """Descriptors for some children but not all (-c 6 -w 1, the limit a few above what the master
+    holds): forks keep failing between forks that work, and the error log gets a line at most
+    every SPAWN_FAILURE_LOG_INTERVAL, not two per turn; jobs still run."""
+    client, path = sqlite_queue
+    for i in range(2000):
+        client.insert("Test::Noop", {"n": i})
+    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"]), ("-n", "-c", "6", "-w", "1"))
+    daemons.append(daemon)
+    daemon.start(wait_children=6)
+    soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (open_fds(daemon.pid) - 2, hard))
+    try:
+        daemon.wait_error_log("cannot start a child", 20)
+        before = ran(daemon)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # watch it run short for three seconds
+            assert alive(daemon)
+            time.sleep(0.1)
+        assert ran(daemon) > before, "jobs must still run on the children that fit"
+        assert daemon.error_log().count("cannot start a child") <= 2, daemon.error_log()[-3000:]
+    finally:
+        if alive(daemon):
+            resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    daemon.wait_error_log("the pool is whole", 20)
+
+
 def test_a_message_the_master_cannot_digest_does_not_stop_it(tmp_path, sqlite_queue, daemons):
     """A child writes a 'done' line whose process time overflows a float (metrics on, so the master
     feeds it to a histogram): one error line, and the master keeps forking. Only TERM, QUIT and

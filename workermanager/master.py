@@ -56,6 +56,8 @@ FAST_STOP_SECONDS = 3.0
 #: a fork or pipe refused (no descriptors, no memory): the next try after this many seconds,
 #: doubling from the first to the second value while it keeps failing
 SPAWN_FAILURE_BACKOFF = (0.1, 10.0)
+#: a refused fork is logged at most this often (seconds)
+SPAWN_FAILURE_LOG_INTERVAL = 10
 #: descriptors the master keeps for itself beyond one per child (std streams, logs, wakeup pipe,
 #: selector, metrics' port and its connections, a spawn's pipe in the making)
 RESERVED_DESCRIPTORS = 64
@@ -132,6 +134,7 @@ class Master:
         self._routine_recycles = 0  # recycled children whose replacements are not yet forked
         #: forks (or their pipes) refused in a row; see SPAWN_FAILURE_BACKOFF
         self.spawn_failures = 0
+        self._spawn_failure_logged_at = -float(SPAWN_FAILURE_LOG_INTERVAL)
         #: where an unexpected error was last logged -> when it may be logged again; see _survive
         self._survived: dict[str, float] = {}
         #: waits for the wakeup pipe and every child's pipe (epoll/poll: no limit at 1,024 as select's)
@@ -405,6 +408,10 @@ class Master:
             missing -= 1
             if self.young_deaths or self.crash_streak > 1 or self.spawn_failures:
                 break  # under backoff: one child at a time, then wait again
+        if self.spawn_failures and self._missing_children() <= 0:
+            log.warning("master %d: forking works again after %d failure(s); the pool is whole",
+                        os.getpid(), self.spawn_failures)
+            self.spawn_failures = 0
 
     def _hold_fork_guards(self) -> list[ForkGuard] | None:
         """The guards held for a fork now, or None when the fork is put off: the loop never waits
@@ -515,9 +522,6 @@ class Master:
         self.children[pid] = child
         assert self._selector is not None, "run() sets it"
         self._selector.register(read_fd, selectors.EVENT_READ, child)
-        if self.spawn_failures:
-            log.warning("master %d: forking works again after %d failure(s)", os.getpid(), self.spawn_failures)
-            self.spawn_failures = 0
         # A routine recycle's replacement is news only at debug level: with -w 1 it is every job.
         level = logging.DEBUG if self._routine_recycles else logging.INFO
         self._routine_recycles = max(0, self._routine_recycles - 1)
@@ -529,10 +533,18 @@ class Master:
         later, doubling the wait while it keeps failing. Never a reason for the master to exit."""
         self.spawn_failures += 1
         delay = min(SPAWN_FAILURE_BACKOFF[1], SPAWN_FAILURE_BACKOFF[0] * 2 ** (self.spawn_failures - 1))
-        self.next_spawn_at = time.monotonic() + delay
+        now = time.monotonic()
+        self.next_spawn_at = now + delay
+        # The count and the backoff last until the pool is whole again (see _maintain_pool), not
+        # until the next fork that works: a pool that keeps running short, one fork in two
+        # refused, must not log two lines a turn.
+        if now < self._spawn_failure_logged_at + SPAWN_FAILURE_LOG_INTERVAL:
+            return
+        self._spawn_failure_logged_at = now
         name = errno.errorcode.get(exc.errno or 0, "error")
-        log.error("master %d: cannot start a child: %s failed: %s (%s); %d failure(s) in a row, next try in %.1fs",
-                  os.getpid(), what, exc.strerror or exc, name, self.spawn_failures, delay)
+        log.error("master %d: cannot start a child: %s failed: %s (%s); %d failure(s) since the pool was last "
+                  "whole, next try in %.1fs (logged at most every %ds)", os.getpid(), what, exc.strerror or exc,
+                  name, self.spawn_failures, delay, SPAWN_FAILURE_LOG_INTERVAL)
 
     def _reap(self) -> None:
         while True:
