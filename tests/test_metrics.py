@@ -120,6 +120,8 @@ def test_bad_metrics_settings_fail_on_the_terminal(tmp_path, sqlite_queue):
         for metrics, message in (({"listen": "localhost"}, "listen must be \"host:port\""),
                                  ({"listen": "127.0.0.1:99999"}, "port must be a number"),
                                  ({"listen": "127.0.0.1:9180", "color": 1}, "unknown setting 'color'"),
+                                 ({"listen": "0:9180"}, "would listen on every interface: write 0.0.0.0:9180"),
+                                 ({"listen": "[::0]:9180"}, "would listen on every interface"),
                                  ({"listen": f"127.0.0.1:{port}"}, f"cannot listen on 127.0.0.1:{port}")):
             daemon = make_daemon(tmp_path, path, ["testworkers.Noop"], 0, pidfile=str(tmp_path / "wm.pid"))
             daemon.write_config({**daemon.config, "metrics": metrics})

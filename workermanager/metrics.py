@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import ipaddress
 import logging
 import os
 import socket
@@ -96,7 +97,24 @@ def parse_listen(config: Config) -> tuple[str, int] | None:
     host = host.strip("[]") or DEFAULT_HOST
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{where}: listen {listen!r}: the port must be a number from 1 to 65535")
+    if host not in ALL_INTERFACES and _is_unspecified(host):
+        raise ValueError(f"{where}: listen {listen!r} would listen on every interface: write "
+                         f"0.0.0.0:{port_text} (or [::]:{port_text}) if that is meant")
     return host, int(port_text)
+
+
+#: the only spellings that listen on every interface: written out, never by accident
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+def _is_unspecified(host: str) -> bool:
+    """Whether `host` names every interface in a spelling other than ALL_INTERFACES ("0",
+    "0x0", "0.0", "::0", a name that resolves to 0.0.0.0): the socket would take it as 0.0.0.0."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return False  # the bind says what is wrong with it
+    return any(ipaddress.ip_address(info[4][0].split("%")[0]).is_unspecified for info in infos)
 
 
 def check_listen(config: Config) -> None:
