@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -139,12 +140,12 @@ def test_a_dead_childs_job_killed_from_outside_is_given_back_uncounted_while_its
     backend = TheSchwartzBackend({"databases": [queue_db]}, [Doomed])
     try:
         backend.open()
-        handle = client.insert(Doomed.funcname, 1)
+        handle = client.insert(Doomed.funcname, 1, run_after=time.time() - 100)
         first = backend.grab(1)
         note = DeadJob(first.handle, first.claim, Doomed.funcname, "child 1 was killed by SIGKILL", time.time())
         backend.fail_dead([note])
         row = client.lookup_job(handle)
-        assert row.grabbed_until == 0 and time.time() - 2 < row.run_after <= time.time() + 2
+        assert row.grabbed_until == 0 and time.time() - 1 < row.run_after <= time.time() + 2  # DEATH_RETRY_DELAY
         assert handle.failure_log() == []
         again = wait_for(lambda: client.find_job_for_workers([Doomed]), 5, what="the job again")
         backend.fail_dead([note])  # the old lease is gone: the new holder keeps the job
@@ -197,6 +198,33 @@ def test_on_gearman_a_foreground_client_hears_of_its_killed_job_at_once(tmp_path
     assert KILLED in str(failed.value) and "past its timeout 1s" in str(failed.value)
     assert len(runs_by_job(daemon, by_funcname=True)["Lease::Deaf"]) == 1
     assert "(Lease::Deaf) failed, attempt 1 of 1: child " in daemon.error_log()
+
+
+def test_on_gearman_a_job_whose_child_is_killed_from_outside_just_runs_again(tmp_path, gearmand, daemons):
+    """No death note for a kill from outside: gearmand hands the foreground job to the other child,
+    which runs it, and the waiting client gets its result, not a failure."""
+    daemon = gearman_daemon(tmp_path, gearmand, ["leaseworkers.Victim"])
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    outcome: list = []
+
+    def submit() -> None:
+        with GearmanClient(gearmand.address) as client:
+            try:
+                outcome.append(client.submit("Lease::Victim", b'{"sleep": 2}', timeout=20))
+            except JobFailed as exc:
+                outcome.append(exc)
+    waiter = threading.Thread(target=submit)
+    waiter.start()
+    try:
+        rows = daemon.wait_ledger(lambda rows: rows, 10, "the job to start")
+        os.kill(int(rows[0][1]), signal.SIGKILL)
+    finally:
+        waiter.join(25)
+    assert outcome and not isinstance(outcome[0], JobFailed), outcome
+    runs = runs_by_job(daemon, by_funcname=True)["Lease::Victim"]
+    assert len(runs) == 2 and runs[1]["end"] is not None and not runs[1]["holders"], runs
+    assert "failed, attempt" not in daemon.error_log()
 
 
 def test_on_gearman_each_failed_attempt_logs_one_line_foreground_jobs_too(tmp_path, gearmand, daemons):
