@@ -103,9 +103,9 @@ def test_kill_9_of_a_child_holding_jobs_leased_ahead_the_next_child_gives_them_b
 
 
 def test_kill_9_of_a_child_mid_job_the_job_runs_again_in_another_child(tmp_path, sqlite_queue, daemons):
-    """The kill costs the job an attempt, recorded by the next child (docs/timeouts.md: a job that
-    kills every child must not loop), but a death from outside ends a job only from its third
-    attempt: this max_retries 0 job runs again a second later, not after its lease. Not lost."""
+    """A kill from outside is not the job's doing: this max_retries 0 job runs again a second or so
+    later, given back by the next child rather than after its lease, with no failure counted
+    (docs/timeouts.md, "A child that dies mid-job"). Not lost."""
     client, path = sqlite_queue
     job_handle = client.insert("Test::ShortLease", {"sleep": 0.5})
     handle = str(job_handle)
@@ -118,7 +118,8 @@ def test_kill_9_of_a_child_mid_job_the_job_runs_again_in_another_child(tmp_path,
     assert lines[0]["job_id"] == handle and lines[0]["outcome"] == "completed"
     assert lines[0]["pid"] != victim
     assert "killed by SIGKILL" in daemon.wait_error_log(f"child {victim} exited")
-    assert [m.partition(" after")[0] for m in job_handle.failure_log()] == [f"child {victim} was killed by SIGKILL"]
+    assert job_handle.failure_log() == []
+    assert "failed, attempt" not in daemon.error_log()
 
 
 def test_a_failing_job_is_retried_per_max_retries_and_the_child_survives(tmp_path, sqlite_queue, daemons):

@@ -74,8 +74,8 @@ class ChildPlan:
     report_jobs: bool = False
     #: jobs a dead child claimed ahead and never started: this child gives them back first
     orphans: Sequence[str] = ()
-    #: jobs whose children died running them: this child records each as a failed attempt
-    #: (Backend.fail_dead) before it grabs anything
+    #: jobs whose children died running them: this child settles each (Backend.fail_dead: a
+    #: timeout kill is a failed attempt, any other death gives the job back) before it grabs anything
     dead_jobs: Sequence[DeadJob] = ()
 
 

@@ -658,10 +658,11 @@ class Master:
                 _kill(child.pid, signal.SIGKILL)
 
     def _note_dead_job(self, child: ChildState, how: str, why: str = "", timed_out: bool = False) -> None:
-        """The job on a dead (or doomed) child's board failed an attempt: any child that gets it
-        from a job server that hands it on at once fails it instead of running it again
-        (Backend.deaths; gearmand hands it on only once the child is gone), and the next child
-        forked after the reap records it (Backend.fail_dead, see _account_exit). See
+        """Note the job on a dead (or doomed) child's board for the next child forked after the
+        reap (Backend.fail_dead, see _account_exit): a timeout kill fails an attempt, any other death
+        gives the job back uncounted. A timeout kill also goes on the page every child reads, for a
+        job server that hands the job on at once (Backend.deaths; gearmand hands it on only once the
+        child is gone): the child that gets it fails it instead of running it again. See
         docs/timeouts.md."""
         if child.job_id is None or child.job_funcname is None:
             return
@@ -670,6 +671,8 @@ class Master:
                        f"child {child.pid} {how} after running the job {running_for:.1f}s{why}", time.time(),
                        timed_out)
         child.dead_job = note
+        if not timed_out:
+            return
         try:
             self.deaths.add(note)
         except Exception as exc:  # never a reason for the master to stop

@@ -13,8 +13,9 @@ and in metrics. It has two channels, because its news comes at two very differen
   once per claim: if the child dies, the master hands those it never started to the next child,
   which gives them back at once instead of leaving them to wait out their claim.
 * the job a child was running when it died is named on its board (id and `claim`, the backend's
-  mark of that hand-out of the job): the master notes it (`DeadJob`) for the next child to record
-  as a failed attempt (TheSchwartz, while the dead child's lease is still on the row), and on the
+  mark of that hand-out of the job): the master notes it (`DeadJob`) for the next child, which
+  (TheSchwartz, while the dead child's lease is still on the row) records a timeout kill as a failed
+  attempt and gives any other death's job back uncounted; a timeout kill also goes on the
   `DeathNotes` page every child can read (Gearman, where gearmand hands the job to any worker).
 * the pipe: small JSON lines (well under PIPE_BUF, so each write is atomic) for the events of a
   child's life ("ready", "exiting"), and a "done" line per job only where someone listens for
@@ -160,7 +161,9 @@ def _read_locked(page: mmap.mmap, offset: int, layout: struct.Struct) -> tuple |
 
 class DeadJob(NamedTuple):
     """A job whose child died running it (killed by the master past its timeout, by kill -9, by the
-    OOM killer, or it crashed): the next run must count this one as a failed attempt."""
+    OOM killer, or it crashed). A timeout kill is the job's own doing: the next run counts it as a
+    failed attempt. Any other death may be bad luck (an operator's kill -9, the OOM killer choosing
+    this child): never counted, the job just runs again (at-least-once, docs/timeouts.md)."""
 
     #: the job's id as the child's board had it (Job.handle)
     job_id: str
@@ -172,21 +175,10 @@ class DeadJob(NamedTuple):
     #: epoch seconds when the master noted it
     noted_at: float
     #: the master killed the child because the job ran past its timeout (else: killed from
-    #: outside, out of memory, crashed): see min_attempts
+    #: outside, out of memory, crashed, and not counted)
     timed_out: bool = False
 
-    @property
-    def min_attempts(self) -> int:
-        """How many attempts the job gets at least, whatever its max_retries: a timeout is the
-        job's own doing and counts as any failure (1); a death from outside may be bad luck (an
-        operator's kill -9, the OOM killer choosing this child), so it ends a job for good only
-        from its DEATH_ATTEMPTS-th attempt on, while a job that kills every child still stops."""
-        return 1 if self.timed_out else DEATH_ATTEMPTS
 
-
-#: a job whose child died in mid-job, not by the master's timeout kill, is retried at least until
-#: it has had this many attempts (see DeadJob.min_attempts)
-DEATH_ATTEMPTS = 3
 #: a dead child's job runs again no sooner than this (seconds; more when its retry_delay says so):
 #: behind the jobs already waiting, not first in line again for the next child it may kill
 DEATH_RETRY_DELAY = 1.0
@@ -200,7 +192,8 @@ NOTE_TTL = 3600.0
 
 
 class DeathNotes:
-    """The jobs whose children died running them, on one shared page that every child can read.
+    """The jobs whose children the master killed past their timeout, on one shared page that every
+    child can read.
 
     Made by the master before it forks any child; the master writes (a seqlock, as JobBoard), the
     children only read. For job servers that hand a dead worker's job to any worker (gearmand, the

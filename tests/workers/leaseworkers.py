@@ -109,7 +109,7 @@ class Victim(Worker):
 
     funcname = "Lease::Victim"
     grab_for = 30
-    max_retries = 1
+    max_retries = 0
 
     def work(self, job):
         note(job, "start")

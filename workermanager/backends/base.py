@@ -55,11 +55,12 @@ class Backend(abc.ABC):
         out their claim."""
 
     def fail_dead(self, notes: Sequence[DeadJob]) -> None:
-        """In a fresh child: record each job whose child died running it as a failed attempt
-        (an error row, then a retry or the end per the worker's max_retries), but only while the
-        dead child's hand-out of the job (`DeadJob.claim`) is still the current one. Errors are
-        logged, not raised. The default does nothing: see `deaths` for job servers that hand the
-        job to any worker."""
+        """In a fresh child, for each job whose child died running it, but only while the dead
+        child's hand-out of the job (`DeadJob.claim`) is still the current one: a timeout kill
+        (`DeadJob.timed_out`) is recorded as a failed attempt (an error row, then a retry or the end
+        per the worker's max_retries); any other death gives the job back uncounted, to run again
+        soon. Errors are logged, not raised. The default does nothing: see `deaths` for job
+        servers that hand the job to any worker."""
 
     #: the master's DeathNotes page (set before it forks), for backends whose job server hands a
     #: dead child's job to any worker at once (Gearman): the backend looks each job it grabs up there

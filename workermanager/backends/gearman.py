@@ -26,9 +26,10 @@ What each Job method does on Gearman, which has no retry queue of its own:
 - permanent_failure(msg): the same WORK_WARNING and WORK_FAIL, never resubmitted.
 - failed() and permanent_failure() log the attempt's one line (worker.failure_line), as on
   TheSchwartz; the backend's `logs_failures` tells the child so.
-- a job whose child died running it (docs/timeouts.md, "A child that dies mid-job") comes back from
-  gearmand with the same handle and unique id: grab() finds it on the master's DeathNotes page and
-  fails it (failed(), so retries apply as above) instead of handing it out to run again.
+- a job whose child the master killed past its timeout (docs/timeouts.md, "A child that dies
+  mid-job") comes back from gearmand with the same handle and unique id: grab() finds it on the
+  master's DeathNotes page and fails it (failed(), so retries apply as above) instead of handing it
+  out to run again. A job whose child died any other way (kill -9, OOM, a crash) simply runs again.
 - declined(): a background job of our client is resubmitted as an epoch job due after
   max(1 s, retry_delay) with the same attempt count, and the original is completed with an empty
   result (nobody waits for it). Any other job gets WORK_FAIL: its client waits for an answer, and
@@ -105,21 +106,19 @@ class GearmanJob(Job):
         # held back to go out with the child's next GRAB, which follows at once
         self._send("WORK_COMPLETE", self._grabbed.complete, encode_result(result), True)
 
-    def failed(self, msg: str, exit_status: int | None = None, min_attempts: int = 1,
-               min_delay: float = 0.0) -> None:
-        """`min_attempts`, `min_delay`: retry a background job of our client until it has had that
-        many attempts, whatever max_retries, no sooner than that (a dead child's job:
-        scoreboard.DeadJob.min_attempts, DEATH_RETRY_DELAY)."""
+    def failed(self, msg: str, exit_status: int | None = None, min_delay: float = 0.0) -> None:
+        """`min_delay`: a retry of a background job of our client runs no sooner than that (a job
+        whose child the master killed past its timeout: DEATH_RETRY_DELAY)."""
         if self._repeated("failed"):
             return
         self.outcome = "failed"
         cls = self.worker_class
         attempt = self.failures + 1  # failures including this one
         next_run = None
-        if self.resubmittable and cls is not None and (cls.should_retry(attempt) or attempt < min_attempts):
+        if self.resubmittable and cls is not None and cls.should_retry(attempt):
             delay = max(cls.retry_delay_for(attempt), min_delay)
             next_run = self._resubmit(attempt, delay)
-        self._log_failure(attempt, msg, next_run, min_attempts)
+        self._log_failure(attempt, msg, next_run)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
@@ -129,14 +128,13 @@ class GearmanJob(Job):
         self._log_failure(self.failures + 1, msg, None)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
-    def _log_failure(self, attempt: int, msg: str, next_run: float | None, min_attempts: int = 1) -> None:
+    def _log_failure(self, attempt: int, msg: str, next_run: float | None) -> None:
         """The attempt's one line (worker.failure_line), as on TheSchwartz: a WARNING when the job
         runs again, an ERROR when it does not. Only our client's background jobs are retried, so
         any other job's failure is its last as far as the daemon goes (its client may submit it
         again): "attempt 1 of 1 ... failed for good"."""
         cls = self.worker_class
-        attempts = max(1 + int(cls.max_retries or 0), min_attempts) if self.resubmittable and cls is not None \
-            else attempt
+        attempts = 1 + int(cls.max_retries or 0) if self.resubmittable and cls is not None else attempt
         line = failure_line(self, attempt, max(attempts, attempt), str(msg if msg is not None else ""), next_run)
         log.log(logging.ERROR if next_run is None else logging.WARNING, "%s", line)
 
@@ -252,8 +250,8 @@ class GearmanBackend(Backend):
         deaths = self.deaths
         if deaths is not None:
             dead = deaths.lookup(job.handle, job.claim)
-            if dead is not None:  # gearmand handed on the job of a child that died running it
-                job.failed(dead.message, min_attempts=dead.min_attempts, min_delay=DEATH_RETRY_DELAY)
+            if dead is not None:  # gearmand handed on the job of a child killed past its timeout
+                job.failed(dead.message, min_delay=DEATH_RETRY_DELAY)
                 return None
         return job
 

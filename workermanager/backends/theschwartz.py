@@ -223,11 +223,12 @@ class TheSchwartzBackend(Backend):
                 job.outcome = "released"
 
     def fail_dead(self, notes: Sequence[DeadJob]) -> None:
-        """Each job a dead child held is failed (an error row naming the death, a retry per the
-        worker's max_retries and retry_delay, or the end) while that child's lease is still on the
-        row; a job settled or leased again since is left alone. Without this the job would simply
-        run again when the lease ends, uncounted, as in Perl TheSchwartz: one that kills every
-        child running it would loop forever."""
+        """Each job a dead child held, while that child's lease is still on the row (a job settled
+        or leased again since is left alone): a timeout kill is failed (an error row naming the
+        death, a retry per the worker's max_retries and retry_delay, or the end), so a job that
+        hangs every child stops; any other death (kill -9, OOM, a crash) is given back uncounted,
+        to run again DEATH_RETRY_DELAY from now rather than after the lease (at-least-once: it is
+        never dropped, whatever happens to its children)."""
         if self.client is None:
             self.open()
         assert self.client is not None
@@ -235,16 +236,27 @@ class TheSchwartzBackend(Backend):
             if not note.claim.isdigit():
                 continue
             try:
-                job = self.client.lookup_job(note.job_id)
-                if job is not None:
-                    job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
-                if job is None or not job.failed_while_leased(note.message, int(note.claim), note.min_attempts,
-                                                                   DEATH_RETRY_DELAY):
+                if note.timed_out:
+                    done = self._fail_timed_out(note)
+                else:
+                    done = self.client.release_leases([(note.job_id, int(note.claim))], int(DEATH_RETRY_DELAY)) == 1
+                    if done:
+                        log.warning("TheSchwartz: job %s (%s) runs again, not counted as a failed attempt: %s",
+                                    note.job_id, note.funcname, note.message)
+                if not done:
                     log.info("TheSchwartz: job %s (%s) of a dead child was settled or leased again since: %s",
                              note.job_id, note.funcname, note.message)
             except (DatabaseError, ValueError) as exc:
                 log.warning("TheSchwartz: job %s (%s): cannot record that %s; it runs again when its "
                             "lease ends: %s", note.job_id, note.funcname, note.message, exc)
+
+    def _fail_timed_out(self, note: DeadJob) -> bool:
+        assert self.client is not None
+        job = self.client.lookup_job(note.job_id)
+        if job is None:
+            return False
+        job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
+        return job.failed_while_leased(note.message, int(note.claim), DEATH_RETRY_DELAY)
 
     def release_held(self, tokens: Sequence[str]) -> None:
         """Tokens are "<handle>@<grabbed_until of that lease>": only a lease still that one goes."""

@@ -260,20 +260,29 @@ class Client:
             raise DatabaseUnavailable("no database available: " + ("; ".join(errors) or "all marked dead"))
         return []
 
-    def release_leases(self, leases: Iterable[tuple[str, int]]) -> None:
-        """Give back leased jobs that were not started, as (handle, grabbed_until of our lease)
-        pairs: each can be leased again at once. A job whose lease is no longer that one (it ran
-        out and someone else holds it: a later lease ends later) is left alone. ValueError names a
-        malformed handle before anything is written."""
+    def release_leases(self, leases: Iterable[tuple[str, int]], delay: int = 0) -> int:
+        """Give back leased jobs that were not started, or whose worker died, as (handle,
+        grabbed_until of that lease) pairs: each can be leased again at once, or `delay` seconds
+        from now. A job whose lease is no longer that one (it ran out and someone else holds it: a
+        later lease ends later; or it was settled) is left alone. Returns how many were given
+        back. ValueError names a malformed handle before anything is written."""
         by_db: dict[Database, list[tuple[int, int]]] = {}
         for handle, grabbed_until in leases:
             db, jobid = self.locate(handle)
             by_db.setdefault(db, []).append((jobid, int(grabbed_until)))
+        released = 0
         for db, mine in by_db.items():
-            def work(cursor: Any, db: Database = db, mine: list[tuple[int, int]] = mine) -> None:
-                for params in mine:
-                    cursor.execute(db.q.release_lease, params)
-            db.run(work, write=True)
+            def work(cursor: Any, db: Database = db, mine: list[tuple[int, int]] = mine) -> int:
+                count = 0
+                for jobid, lease in mine:
+                    if delay:
+                        cursor.execute(db.q.retry_leased_job, (db.dialect.now(cursor) + int(delay), jobid, lease))
+                    else:
+                        cursor.execute(db.q.release_lease, (jobid, lease))
+                    count += max(cursor.rowcount, 0)
+                return count
+            released += db.run(work, write=True) or 0
+        return released
 
     def find_job_with_coalescing_value(self, funcname: str | type[Worker], value: str,
                                        grab_for: int | None = None) -> TheSchwartzJob | None:

@@ -206,21 +206,20 @@ class TheSchwartzJob(Job):
         delay = cls.retry_delay_for(failures) if retry else 0.0
         self._fail(msg, exit_status, retry, delay, failures)
 
-    def failed_while_leased(self, msg: str, lease: int, min_attempts: int = 1, min_delay: float = 0.0) -> bool:
+    def failed_while_leased(self, msg: str, lease: int, min_delay: float = 0.0) -> bool:
         """Record a failed attempt of this job made by a process that is gone (a child killed
         mid-job), as `failed` would, but only while that process's lease (the grabbed_until it
         wrote) is still on the row: False, and nothing written, when the job was settled or leased
         again since. The retry or removal is conditional on the lease and goes first, in one
         transaction with the error row, so a worker that took the job meanwhile is never disturbed.
-        The job is retried while it has had fewer than `min_attempts` attempts, whatever its
-        max_retries (scoreboard.DeadJob.min_attempts), no sooner than `min_delay` seconds."""
+        A retry runs no sooner than `min_delay` seconds from now."""
         if self._repeated("failed"):
             return False
         failures = self.failures + 1
         cls = self.worker_class or Worker
-        retry = cls.should_retry(failures) or failures < min_attempts
+        retry = cls.should_retry(failures)
         delay = max(cls.retry_delay_for(failures), min_delay) if retry else 0.0
-        return self._fail(msg, None, retry, delay, failures, lease=int(lease), min_attempts=min_attempts)
+        return self._fail(msg, None, retry, delay, failures, lease=int(lease))
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
@@ -264,7 +263,7 @@ class TheSchwartzJob(Job):
         self.outcome = outcome
 
     def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float, attempt: int,
-              outcome: str = "failed", lease: int | None = None, min_attempts: int = 1) -> bool:
+              outcome: str = "failed", lease: int | None = None) -> bool:
         """Write the error row (the message, then the traceback of the exception being handled, if
         any), retry or remove the job, and log the attempt's one line. With `lease`, all of it only
         while the row's grabbed_until is still `lease` (the retry or removal goes first and tells):
@@ -302,7 +301,7 @@ class TheSchwartzJob(Job):
         if not written:
             self.outcome = None
             return False
-        attempts = max(1 + int((self.worker_class or Worker).max_retries or 0), min_attempts)
+        attempts = 1 + int((self.worker_class or Worker).max_retries or 0)
         line = failure_line(self, attempt, max(attempts, attempt), message, next_run)
         if next_run is None:
             log.error("%s", line)
