@@ -13,7 +13,8 @@ hand over. So every file the daemon writes is reached like this:
   expected is refused, never followed; new files are created with O_EXCL and given their mode
   with fchmod; an existing file must be a regular file with one link, owned by root, by us or by
   the service account;
-- ownership is handed over with fchown on the opened descriptor, never chown on a path;
+- ownership is handed over with fchown on the opened descriptor, never chown on a path; folders
+  are never handed over (root_only_problem tells where root may keep what it reads later);
 - replacements go through an exclusively created temp file and a rename inside the folder.
 
 docs/security.md says the same for operators.
@@ -288,13 +289,27 @@ def remove(path: str) -> None:
         os.close(folder_fd)
 
 
-def hand_over_folder(path: str, uid: int, gid: int) -> None:
-    """chown a folder to the service account through its descriptor (fchown), never by path."""
-    fd = open_folder(path)
-    try:
-        os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
+def root_only_problem(path: str) -> str | None:
+    """Why someone other than root could replace what is in folder `path` (None when nobody can):
+    the folder and each one above it must be root's and writable by root alone, except that a
+    sticky folder above (/tmp) may be writable by all, since others cannot rename what root made
+    in it. For files root reads later (the pid file): a folder the service account can write
+    lets it swap the file for one naming any pid."""
+    real = os.path.realpath(path)
+    parts = [p for p in real.split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        folder = "/" + "/".join(parts[:depth])
+        try:
+            info = os.lstat(folder)
+        except OSError as exc:
+            return f"{folder}: {exc.strerror}"
+        others_write = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and info.st_gid != 0)
+        last = depth == len(parts)
+        if info.st_uid != 0:
+            return f"{folder} is owned by uid {info.st_uid}, not by root"
+        if others_write and (last or not info.st_mode & stat.S_ISVTX):
+            return f"{folder} is writable by others than root (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def private_folder_problem(fd: int) -> str | None:
