@@ -156,9 +156,8 @@ def test_a_pid_file_in_a_folder_the_account_can_write_is_refused(site, daemons, 
     if planted:
         plant_link(site, site.target, os.path.join(site.svc, "wm.pid"))
     output = refused(daemon_for(daemons, site, pidfile=os.path.join(site.svc, "wm.pid")))
-    assert output == (f"workermanager: {site.svc}/wm.pid: refusing the pid file's folder: {site.svc} is owned "
-                      f"by uid {site.account.uid}, not by root (root reads and signals the pid in it; use a "
-                      "folder only root can write, e.g. /run/workermanager owned by root, mode 0755)\n")
+    assert output == (f"workermanager: refusing to start: pidfile {site.svc}/wm.pid: {site.svc} is owned by uid "
+                      f"{site.account.uid}, not by root; the pid file's folder must be writable by root alone\n")
     assert_untouched(site.target)
     assert sorted(os.listdir(site.svc)) == ["queue.db"] + (["wm.pid"] if planted else [])
 
