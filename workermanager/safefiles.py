@@ -15,7 +15,8 @@ hand over. So every file the daemon writes is reached like this:
   the service account;
 - ownership is handed over with fchown on the opened descriptor, never chown on a path; folders
   are never handed over (root_only_problem tells where root may keep what it reads later);
-- replacements go through an exclusively created temp file and a rename inside the folder.
+- a file root makes anew (the pid file, the status file) is unlinked at its name through the
+  folder descriptor and created again with O_EXCL: whatever was there is never adopted.
 
 docs/security.md says the same for operators.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 
@@ -246,35 +246,6 @@ def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> 
     try:
         fd, _ = open_file(folder_fd, name, os.O_WRONLY | os.O_APPEND, mode, path, what, owners)
         return fd
-    finally:
-        os.close(folder_fd)
-
-
-def replace_file(path: str, data: bytes, mode: int, temp_prefix: str) -> None:
-    """Write `data` as the new content of `path` at once: an exclusively created temp file in the
-    same folder (random name starting with `temp_prefix`), renamed over `path`. A link at `path`
-    is replaced, never followed."""
-    folder, name = split(path)
-    folder_fd = open_folder(folder)
-    try:
-        temp = f"{temp_prefix}{secrets.token_hex(6)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                     dir_fd=folder_fd)
-        try:
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=folder_fd)
-            except OSError:
-                pass
-            raise
     finally:
         os.close(folder_fd)
 
