@@ -15,9 +15,9 @@ Root reads the pid file later (logrotate's postrotate sends USR1 to the pid in i
 script's start-stop-daemon TERMs it), so a master started as root refuses a pid file in a folder
 that anyone but root can write (safefiles.root_only_problem): there the account could rename the
 file away and write any pid, and root would signal that process. Under the lock, the pid file is
-always a new inode (the old name is unlinked through the folder descriptor, the new file created
-with O_EXCL, 0644, root's): a file made earlier by someone else, who may still hold it open for
-writing, is never adopted. The daemon never chowns a folder.
+always a new inode (created with O_EXCL, 0644, root's, under a random name, renamed over the old
+name inside the folder descriptor): a file made earlier by someone else, who may still hold it
+open for writing, is never adopted. The daemon never chowns a folder.
 
 After the drop the master cannot remove a root file from a root folder, and does not need to: at
 stop it empties the pid file through its descriptor (opened for writing as root), and a pid file
@@ -32,6 +32,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import stat
 import time
 from typing import NamedTuple
@@ -260,8 +261,10 @@ def _lock(folder_fd: int, name: str, path: str) -> int:
 
 def _new_pid_file(folder_fd: int, name: str, path: str) -> tuple[int, int | None]:
     """(descriptor of a new pid file, the pid the old one named). Called under the lock, so no
-    other master is making it; whatever is at the name (a stranger's file someone may still hold
-    open for writing, a link) is unlinked, never adopted or followed."""
+    other master is making it. The new file is created under a random name with O_EXCL (0644,
+    root's) and renamed over `name`: whatever was there (a stranger's file someone may still hold
+    open for writing, a link) is replaced, never adopted or followed, and readers never find the
+    name missing."""
     stale = None
     try:
         old = os.open(name, os.O_RDONLY | safefiles.NO_FOLLOW_FLAGS, dir_fd=folder_fd)
@@ -273,14 +276,9 @@ def _new_pid_file(folder_fd: int, name: str, path: str) -> tuple[int, int | None
                 stale = _parse(safefiles.read_at_most(old, MAX_PID_BYTES).decode("utf-8", "replace"))
         finally:
             os.close(old)
+    temp = f".{name}.{secrets.token_hex(6)}"
     try:
-        os.unlink(name, dir_fd=folder_fd)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise PidFileError(f"{path}: cannot replace the pid file: {exc.strerror or exc}") from None
-    try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | safefiles.NO_FOLLOW_FLAGS, PID_MODE,
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | safefiles.NO_FOLLOW_FLAGS, PID_MODE,
                      dir_fd=folder_fd)
     except OSError as exc:
         raise PidFileError(f"{path}: cannot create the pid file: {exc.strerror or exc}") from None
@@ -288,8 +286,13 @@ def _new_pid_file(folder_fd: int, name: str, path: str) -> tuple[int, int | None
         if os.geteuid() == 0:
             os.fchown(fd, 0, 0)
         os.fchmod(fd, PID_MODE)
+        os.rename(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except OSError as exc:
         os.close(fd)
+        try:
+            os.unlink(temp, dir_fd=folder_fd)
+        except OSError:
+            pass
         raise PidFileError(f"{path}: cannot create the pid file: {exc.strerror or exc}") from None
     return fd, stale
 
