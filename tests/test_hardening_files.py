@@ -60,10 +60,12 @@ def service_account():
 
 class Site(NamedTuple):
     """A root-owned folder outside pytest's private temp folders, holding `svc` (the service
-    account's own folder, where it plants things) and `secret` (root's, 0700, with a 0600 file)."""
+    account's own folder, where it plants things), `run` (root's, 0755, empty: the pid file's
+    folder) and `secret` (root's, 0700, with a 0600 file)."""
 
     root: str
     svc: str
+    run: str
     secret: str
     target: str
     queue: str
@@ -79,6 +81,8 @@ def site(service_account):
     os.mkdir(svc, 0o755)
     os.chown(svc, service_account.uid, service_account.gid)
     os.mkdir(secret, 0o700)
+    run = os.path.join(root, "run")
+    os.mkdir(run, 0o755)
     target = os.path.join(secret, "target")
     with open(target, "wb") as handle:
         handle.write(SECRET)
@@ -86,7 +90,7 @@ def site(service_account):
     queue = os.path.join(svc, "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={queue}"}])
     os.chown(queue, service_account.uid, service_account.gid)
-    yield Site(root, svc, secret, target, queue, service_account)
+    yield Site(root, svc, run, secret, target, queue, service_account)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -106,7 +110,7 @@ def assert_untouched(path: str, content: bytes = SECRET) -> None:
 def daemon_for(daemons, site: Site, flags=("-n",), **settings) -> Daemon:  # noqa: F811
     config = {"workers": ["testworkers.Noop"], "user": site.account.name, "concurrency": 1,
               "logfile": os.path.join(site.svc, "job.log"), "errorlogfile": os.path.join(site.svc, "error.log"),
-              "pidfile": os.path.join(site.svc, "wm.pid"),
+              "pidfile": os.path.join(site.run, "wm.pid"),
               "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={site.queue}"}]}}
     config.update(settings)
     daemon = Daemon(site.root, config, flags)
@@ -145,11 +149,17 @@ def test_job_log_planted_as_a_dangling_link_into_a_root_folder_is_refused(site, 
     assert not os.path.lexists(missing)
 
 
-def test_pid_file_planted_as_a_link_is_refused(site, daemons):  # noqa: F811
-    plant_link(site, site.target, os.path.join(site.svc, "wm.pid"))
-    output = refused(daemon_for(daemons, site))
-    assert "wm.pid" in output and "symbolic link" in output
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_pid_file_in_a_folder_the_account_can_write_is_refused(site, daemons, planted):  # noqa: F811
+    """Root signals the pid in the pid file (logrotate, the init script): in the account's folder
+    the account could rename it away and write any pid, so the start is refused, link or not."""
+    if planted:
+        plant_link(site, site.target, os.path.join(site.svc, "wm.pid"))
+    output = refused(daemon_for(daemons, site, pidfile=os.path.join(site.svc, "wm.pid")))
+    assert output == (f"workermanager: refusing to start: pidfile {site.svc}/wm.pid: {site.svc} is owned by uid "
+                      f"{site.account.uid}, not by root; the pid file's folder must be writable by root alone\n")
     assert_untouched(site.target)
+    assert sorted(os.listdir(site.svc)) == ["queue.db"] + (["wm.pid"] if planted else [])
 
 
 def test_a_link_planted_as_a_folder_on_the_way_is_refused(site, daemons):  # noqa: F811
@@ -170,35 +180,33 @@ def test_a_hard_link_to_a_root_file_planted_as_the_error_log_is_refused(site, da
     assert open(site.target, "rb").read() == SECRET and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
 
 
-def test_temp_and_status_names_planted_as_links_are_never_followed(site, daemons):  # noqa: F811
-    """The old pid file's temp name (<pidfile>.<pid>.tmp, for the next pids) and the status file
-    are links to root's file: the daemon starts, and root's file stays as it was."""
-    pidfile = os.path.join(site.svc, "wm.pid")
-    with open("/proc/sys/kernel/ns_last_pid") as handle:
-        last = int(handle.read())
-    planted = range(last + 1, last + 400)
-    for pid in planted:
-        plant_link(site, site.target, f"{pidfile}.{pid}.tmp")
-    plant_link(site, site.target, pidfile + ".status")
-    daemon = daemon_for(daemons, site)
+def test_a_status_file_planted_as_a_link_is_never_followed(site, daemons):  # noqa: F811
+    """status_file: in the account's folder, planted as a link to root's file: the daemon starts,
+    the link is replaced by a new root file (never followed), and root's file stays as it was."""
+    status_file = os.path.join(site.svc, "wm.status")
+    plant_link(site, site.target, status_file)
+    daemon = daemon_for(daemons, site, status_file=status_file)
     open(daemon.ledger, "w").close()
     os.chown(daemon.ledger, site.account.uid, site.account.gid)
     daemon.start(wait_children=1)
-    assert daemon.pid in planted, "another process took the planted pids: the test proved nothing"
-    wait_for(lambda: os.path.isfile(pidfile + ".status") and not os.path.islink(pidfile + ".status"), 10,
-             what="the status file replacing the link")
+    wait_for(lambda: os.path.isfile(status_file) and not os.path.islink(status_file)
+             and os.path.getsize(status_file), 10, what="the status file replacing the link")
+    pidfile = os.path.join(site.run, "wm.pid")
     assert int(open(pidfile).read()) == daemon.pid
     info = os.lstat(pidfile)
     assert stat.S_ISREG(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o644
-    status = os.lstat(pidfile + ".status")
-    assert status.st_uid == site.account.uid and stat.S_IMODE(status.st_mode) == 0o644
+    status = os.lstat(status_file)
+    assert status.st_uid == 0 and stat.S_IMODE(status.st_mode) == 0o644
+    assert json.loads(open(status_file).read())["pid"] == daemon.pid
     for name in ("job.log", "error.log"):
         info = os.lstat(os.path.join(site.svc, name))
         assert stat.S_IMODE(info.st_mode) == 0o640 and info.st_uid == site.account.uid, name
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
     assert_untouched(site.target)
-    assert not os.path.exists(pidfile)
+    # the master (the account by now) cannot remove root's file from root's folder: it empties it
+    assert open(pidfile).read() == ""
+    assert not os.path.exists(status_file)  # the account's folder: removed
 
 
 # -- one master per pid file -----------------------------------------------------------------------
@@ -290,36 +298,165 @@ def test_children_do_not_hold_the_pid_files_lock(tmp_path, sqlite_queue, daemons
     daemons.append(daemon)
     daemon.start(wait_children=2)
     wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid file")
-    assert pidfile in _open_paths(daemon.pid)
+    assert {pidfile, pidfile + ".lock"} <= _open_paths(daemon.pid)
     for child in daemon.children():
-        assert pidfile not in _open_paths(child.pid), f"child {child.pid} holds the pid file open"
+        assert not {pidfile, pidfile + ".lock"} & _open_paths(child.pid), f"child {child.pid} holds the lock"
 
 
 # -- the pid file's owner, the folders handed over, where the status lives ------------------------
 
-def test_a_pid_file_the_service_account_made_first_ends_roots(site, daemons):  # noqa: F811
-    """The account owns the folder, so it can make the pid file before root starts the daemon: the
-    file must still end root's, 0644 (else the account could rewrite the pid, and start-stop-daemon
-    refuses a pid file that is not root's, so the init script could no longer stop the daemon)."""
-    pidfile = os.path.join(site.svc, "wm.pid")
+#: a Python the service account may run (the test's may live in root's home)
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def as_account(site: Site, code: str) -> str:
+    """Run Python `code` as the service account; what it prints."""
+    result = subprocess.run([SYSTEM_PYTHON, "-c", code], user=site.account.uid, group=site.account.gid,
+                            extra_groups=[], capture_output=True, text=True, timeout=30, cwd="/")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_pid_file_made_earlier_by_the_account_is_never_adopted(site, daemons):  # noqa: F811
+    """A pid file the account made (when the folder was once its own) and still holds open for
+    writing: the master unlinks it and makes a new root inode, so writes through the account's
+    descriptor never reach the file root reads (start-stop-daemon would TERM the pid in it)."""
+    pidfile = os.path.join(site.run, "wm.pid")
     with open(pidfile, "w") as handle:
         handle.write("1\n")
     os.chown(pidfile, site.account.uid, site.account.gid)
     os.chmod(pidfile, 0o666)
+    old = os.open(pidfile, os.O_RDWR)  # the account's descriptor, kept across the start
+    try:
+        daemon = daemon_for(daemons, site)
+        open(daemon.ledger, "w").close()
+        os.chown(daemon.ledger, site.account.uid, site.account.gid)
+        daemon.start(wait_children=1)
+        wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+        info = os.lstat(pidfile)
+        assert info.st_ino != os.fstat(old).st_ino, "the account's file was adopted"
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o644)
+        os.pwrite(old, b"1\n" + b" " * 20, 0)
+        assert open(pidfile).read() == f"{daemon.pid}\n"
+        if shutil.which("start-stop-daemon"):
+            checked = subprocess.run(["start-stop-daemon", "--status", "--pidfile", pidfile], capture_output=True,
+                                     text=True, timeout=30)
+            assert checked.returncode == 0, checked.stderr
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(20) == 0
+    finally:
+        os.close(old)
+
+
+def test_root_run_folder_stays_roots_and_the_account_cannot_touch_the_pid_file(site, daemons):  # noqa: F811
+    """An empty root folder named as the pid folder is never handed over (the old code gave any
+    folder holding only our names to the account, for good): while the daemon runs the account can
+    neither rename the pid file away nor write one of its own, nor open the lock file; after the
+    stop the folder is still root's, 0755."""
+    pidfile = os.path.join(site.run, "wm.pid")
     daemon = daemon_for(daemons, site)
     open(daemon.ledger, "w").close()
     os.chown(daemon.ledger, site.account.uid, site.account.gid)
     daemon.start(wait_children=1)
     wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
-    info = os.lstat(pidfile)
-    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o644)
-    if shutil.which("start-stop-daemon"):
-        checked = subprocess.run(["start-stop-daemon", "--status", "--pidfile", pidfile], capture_output=True,
-                                 text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
+    tries = {"rename": f"os.rename({pidfile!r}, {pidfile + '.old'!r})",
+             "create": f"os.open({site.run + '/other.pid'!r}, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)",
+             "rewrite": f"os.open({pidfile!r}, os.O_WRONLY)",
+             "open the lock": f"os.open({pidfile + '.lock'!r}, os.O_RDONLY)"}
+    code = "import os\n" + "".join(
+        f"try:\n    {action}\n    print({what!r}, 'done')\nexcept OSError as e:\n    print({what!r}, 'denied' if isinstance(e, PermissionError) else e.strerror)\n"
+        for what, action in tries.items())
+    assert as_account(site, code).splitlines() == [f"{what} denied" for what in tries]
+    assert sorted(os.listdir(site.run)) == ["wm.pid", "wm.pid.lock", "wm.pid.status"]
+    lock = os.lstat(pidfile + ".lock")
+    assert (lock.st_uid, stat.S_IMODE(lock.st_mode)) == (0, 0o600)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
-    assert not os.path.exists(pidfile)
+    info = os.lstat(site.run)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o755)
+
+
+def test_the_account_holding_a_lock_on_the_pid_file_does_not_block_a_start(site, daemons):  # noqa: F811
+    """After a crash the pid file is left; any local user can open a 0644 file and flock it. The
+    master's lock is on the lock file, which only root can open, so the start goes on."""
+    pidfile = os.path.join(site.run, "wm.pid")
+    with open(pidfile, "w") as handle:
+        handle.write("999999\n")
+    os.chmod(pidfile, 0o644)
+    holder = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", f"import fcntl, os, sys; fd = os.open({pidfile!r}, os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"],
+        user=site.account.uid, group=site.account.gid, extra_groups=[], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        daemon = daemon_for(daemons, site)
+        open(daemon.ledger, "w").close()
+        os.chown(daemon.ledger, site.account.uid, site.account.gid)
+        daemon.start(wait_children=1)
+        wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid) or daemon.process.poll() is not None,
+                 10, what="the pid written")
+        assert daemon.process.poll() is None, open(daemon.stdout_path).read()
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+
+
+def test_after_a_killed_master_status_and_the_init_script_say_stale_and_a_start_works(site, daemons):  # noqa: F811
+    """The master is SIGKILLed and its pid reused by another program: the lock is free, so the
+    init script's status says "not running", its stop signals nobody, `workermanager status` says
+    stale, and the init script starts a new master."""
+    from test_service import INIT_SCRIPT, launcher
+
+    require_program("start-stop-daemon", "dpkg")
+    require_program("flock", "util-linux")
+    pidfile = os.path.join(site.run, "wm.pid")
+    daemon = daemon_for(daemons, site)
+    open(daemon.ledger, "w").close()
+    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    daemon.start(wait_children=1)
+    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+    children = daemon.children()
+    daemon.signal(signal.SIGKILL)
+    daemon.wait_exit(10)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    stranger = subprocess.Popen(["sleep", "60"])  # the dead master's pid, reused
+    defaults = os.path.join(site.root, "defaults")
+    with open(defaults, "w") as handle:
+        handle.write(f"CONF={daemon.config_path}\nPIDFILE={pidfile}\nDAEMON={launcher(site.root)}\nSTOP_TIMEOUT=20\n")
+    env = dict(daemon.env(), WORKERMANAGER_DEFAULTS=defaults, START_TIMEOUT="20")
+
+    def script(action: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([INIT_SCRIPT, action], capture_output=True, text=True, env=env, timeout=60)
+
+    new_pid = None
+    try:
+        with open(pidfile, "w") as handle:
+            handle.write(f"{stranger.pid}\n")
+        status = script("status")
+        assert status.returncode == 1 and "not running" in status.stdout, status.stdout + status.stderr
+        result = subprocess.run([sys.executable, "-m", "workermanager", "status", "--no-queue", "-f",
+                                 daemon.config_path], capture_output=True, text=True, env=daemon.env(), timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"names pid {stranger.pid}, which does not hold its lock (stale)" in result.stdout, result.stdout
+        assert script("stop").returncode == 0
+        assert stranger.poll() is None, "the init script's stop signalled the stranger"
+        started = script("start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        new_pid = int(open(pidfile).read())
+        assert new_pid != stranger.pid and script("status").returncode == 0
+        assert script("stop").returncode == 0
+        wait_for(lambda: not psutil.pid_exists(new_pid), 20, what="the new master to stop")
+        new_pid = None
+    finally:
+        stranger.kill()
+        stranger.wait()
+        if new_pid is not None:
+            os.kill(new_pid, signal.SIGKILL)
 
 
 def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_path, monkeypatch):  # noqa: F811
@@ -346,26 +483,52 @@ def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_p
     assert daemon.wait_exit(20) == 0
 
 
-@pytest.mark.parametrize("others, handed_over", [
-    ([], True),
-    (["wm.status", ".status.0a1b2c"], True),  # the status file and its temp files are ours
-    (["wm.yml"], False),  # pidfile: /etc/wm/wm must not hand over the folder of wm.yml
-    (["wm.status.bak"], False),
-])
-def test_a_run_folder_is_handed_over_only_when_it_holds_exactly_our_files(tmp_path, others, handed_over):
-    from workermanager import config as config_module
-    from workermanager import runfolder
+def test_status_readers_never_see_half_a_status_file(tmp_path):
+    """The master rewrites the status file in place (it may not replace it in root's folder after
+    the drop); readers take a shared lock, the writer an exclusive one: a reader looping against a
+    writer of a large file (bounded: 1.5 seconds) reads a whole state every time."""
+    import threading
 
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ["wm", *others]:
-        (folder / name).write_text("")
+    from workermanager import config as config_module
+    from workermanager.commands.status import read_state
+    from workermanager.status import StatusPublisher
+
     conf = tmp_path / "conf.yml"
-    conf.write_text(yaml.safe_dump({"workers": ["testworkers.Noop"], "user": "nobody", "pidfile": str(folder / "wm"),
-                                    "status_file": str(folder / "wm.status"), "type": "Gearman",
-                                    "worker_options": {"job_servers": ["127.0.0.1:1"]}}))
-    owned = runfolder.folders_to_own(config_module.load(str(conf)))
-    assert owned == ([str(folder)] if handed_over else [])
+    status_file = tmp_path / "wm.status"
+    conf.write_text(yaml.safe_dump({"workers": ["testworkers.Noop"], "status_file": str(status_file),
+                                    "type": "Gearman", "worker_options": {"job_servers": ["127.0.0.1:1"]}}))
+    publisher = StatusPublisher(config_module.load(str(conf)))
+    publisher.open()
+    child = {"pid": 2, "slot": 0, "state": "busy", "uptime": 1.0, "works_done": 1, "works_limit": 100,
+             "failed": 0, "rss": None, "job": {"funcname": "F" * 200, "id": 1, "running_for": 0.5}}
+    states = [json.dumps({"pid": os.getpid(), "started_at": 1.0, "updated_at": 2.0, "uptime": 1.0,
+                          "config": str(conf), "type": "Gearman", "concurrency": n, "works_per_child": 100,
+                          "generation": 0, "stopping": False, "restarts": {},
+                          "children": [child] * n}).encode() for n in (100, 300)]
+    assert publisher._write(states[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            publisher._write(states[n % 2])
+            n += 1
+            time.sleep(0.001)  # the master writes at most ten times a second; let the reader in
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            state = read_state(str(status_file), {os.geteuid()})
+            assert state is not None and len(state["children"]) == state["concurrency"]
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(10)
+    assert reads > 20
+    publisher.remove()
 
 
 @pytest.mark.parametrize("planted", ["link to a file naming pid 1", "FIFO"])

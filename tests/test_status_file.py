@@ -204,11 +204,12 @@ def test_a_planted_pid_file_is_one_clear_error(tmp_path, queue_path, planted):  
 
 
 def test_a_pid_file_locked_by_a_stranger_is_not_a_running_master(tmp_path, queue_path):  # noqa: F811
-    # anyone who can open the pid file can lock it: the lock alone does not make pid 1 a master
+    # the lock file is root's, 0600, yet any root process (a shell's flock) may hold it: the lock
+    # alone does not make pid 1 a master
     config = config_at(tmp_path, queue_path)
     pidfile = tmp_path / "wm.pid"
     pidfile.write_text("1\n")
-    with open(pidfile) as handle:
+    with open(str(pidfile) + ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         result = status_bounded(config)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -148,7 +148,7 @@ def _child(config: Config, work: Callable[[], Any], write_fd: int) -> None:
     try:
         logging.disable(logging.CRITICAL)  # its answer carries the error: no second line for it
         try:
-            daemonize.drop_privileges(config, [])
+            daemonize.drop_privileges(config)
             answer: dict[str, Any] = {"result": work()}
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised here
             answer = {"error": " ".join(str(exc).split()) or type(exc).__name__, "kind": type(exc).__name__}

@@ -106,7 +106,7 @@ def fail(message: str) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, joblog, pidfile, runfolder, startcheck
+    from workermanager import daemonize, joblog, pidfile, startcheck
     from workermanager.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
@@ -130,7 +130,7 @@ def run_daemon(options: argparse.Namespace) -> int:
         startcheck.at_start(config, backend)  # refuse what cannot work, on the terminal
         # the lock before anything is written or detached: a start that loses fails here, on the
         # terminal; it is held (and survives the detach) for the master's whole life
-        lock = pidfile.acquire(config.pidfile, daemonize.service_owners(config)) if config.pidfile else None
+        lock = pidfile.acquire(config.pidfile) if config.pidfile else None
     except (config_module.ConfigError, pidfile.PidFileError, OSError, ValueError) as exc:
         return fail(str(exc))
     try:
@@ -150,6 +150,7 @@ def run_daemon(options: argparse.Namespace) -> int:
         log.warning("replacing stale pid file %s (pid %d is not running it)", config.pidfile, lock.stale_pid)
     from workermanager.status import StatusPublisher
 
+    publisher = StatusPublisher(config)
     try:
         if lock is not None:
             lock.write_pid()
@@ -157,7 +158,8 @@ def run_daemon(options: argparse.Namespace) -> int:
         metrics = None
         if metrics_module is not None:  # before the drop: ports below 1024
             metrics = metrics_module.bind(config, master)
-        daemonize.drop_privileges(config, runfolder.folders_to_own(config))
+        publisher.open(daemonize.service_owners(config))  # as root: the folder may be root's alone
+        daemonize.drop_privileges(config)
         master.load_workers(backend)  # None: imported now, as the service user, as the probe did
         if metrics is not None:
             metrics.start()  # its threads run as the service user only
@@ -165,8 +167,8 @@ def run_daemon(options: argparse.Namespace) -> int:
         log.error("%s", exc)
         if lock is not None:
             lock.release()
+        publisher.remove()
         return 1
-    publisher = StatusPublisher(config)
     master.on_state = publisher.publish if metrics is None else metrics.with_gauges(publisher.publish)
     try:
         return master.run()

@@ -184,18 +184,17 @@ def resolve_identity(config: Config) -> tuple[pwd.struct_passwd | None, int | No
     return user, gid
 
 
-def drop_privileges(config: Config, own_folders: list[str]) -> None:
-    """Become `user`/`group` (when started as root), handing them the folders they must write.
+def drop_privileges(config: Config) -> None:
+    """Become `user`/`group` (when started as root).
 
-    Files were handed over when they were opened (fchown on the descriptor); folders are
-    chowned through a descriptor too, never by path.
+    Files the account must write were handed over when they were opened (fchown on the
+    descriptor); no folder is ever handed over: what the master writes after the drop in root's
+    folders (the pid file, the status file) it writes through descriptors opened as root.
     """
     ids = service_ids(config)
     if ids is None:
         return
     user, gid = resolve_identity(config)
-    for folder in own_folders:
-        safefiles.hand_over_folder(folder, *ids)
     if gid is not None:
         os.setgroups([gid])
         os.setgid(gid)

@@ -1,17 +1,28 @@
-"""The master's pid file, locked for the master's whole life: one master per pid file.
+"""The master's pid file and its lock file: one master per pid file, and nothing root reads
+that the service account could have written.
 
-Whether a daemon runs is decided by the lock (flock on the pid file itself), never by reading a
-pid and asking whether it lives: two starts at the same moment cannot both win, and a file left by
-a killed master (or naming a pid reused by another program) is stale exactly when nobody holds its
-lock. The lock belongs to the open file description, so the descriptor survives the detach (it is
-kept open through python-daemon's fork) and is closed in every child the master forks, so a child
-left behind never holds it.
+Whether a daemon runs is decided by a lock held for the master's whole life, never by reading a
+pid and asking whether it lives: two starts at the same moment cannot both win, and a pid file left
+by a killed master (or naming a pid reused by another program) is stale exactly when nobody holds
+the lock. The lock is an flock on `<pidfile>.lock`, a file of root's with mode 0600 (when started
+as root): flock needs only a descriptor, and a 0644 file can be opened read-only by anyone, so
+locking the pid file itself let any local user hold it and block every start. The lock belongs to
+the open file description, so the descriptor survives the detach (it is kept open through
+python-daemon's fork) and is closed in every child the master forks, so a child left behind never
+holds it. The lock file is never removed: removing a lock file lets two starts lock two inodes.
 
-The file is opened without following links (safefiles) and written in place (the lock is on this
-inode, so no temp file and rename): the pid is written over the old content, then the file is cut
-to its length. It is root's, 0644, even when the service account (which owns the folder) made it
-first. Readers go through `probe`, which neither follows a link nor waits on a FIFO nor reads more
-than a pid's worth, and gets the pid and the lock from the same descriptor.
+Root reads the pid file later (logrotate's postrotate sends USR1 to the pid in it, the init
+script's start-stop-daemon TERMs it), so a master started as root refuses a pid file in a folder
+that anyone but root can write (safefiles.root_only_problem): there the account could rename the
+file away and write any pid, and root would signal that process. Under the lock, the pid file is
+always a new inode (created with O_EXCL, 0644, root's, under a random name, renamed over the old
+name inside the folder descriptor): a file made earlier by someone else, who may still hold it
+open for writing, is never adopted. The daemon never chowns a folder.
+
+After the drop the master cannot remove a root file from a root folder, and does not need to: at
+stop it empties the pid file through its descriptor (opened for writing as root), and a pid file
+whose lock is free is stale whatever it holds. Readers go through `probe`, which neither follows a
+link nor waits on a FIFO nor reads more than a pid's worth.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
+import stat
 import time
 from typing import NamedTuple
 
@@ -29,6 +42,9 @@ from workermanager import safefiles
 log = logging.getLogger(__name__)
 
 PID_MODE = 0o644
+LOCK_MODE = 0o600
+#: the lock file is the pid file's name with this suffix, in the same folder
+LOCK_SUFFIX = ".lock"
 #: how long a start that lost the lock waits for the winner to write its pid (it may be detaching)
 HOLDER_WAIT_SECONDS = 5.0
 
@@ -44,11 +60,12 @@ PID_MAX = 4194304
 
 
 class PidFileState(NamedTuple):
-    """What a reader learns from the pid file, through one descriptor: the pid it names (None
-    when it names none) and whether a master holds its lock."""
+    """What a reader learns from the pid file: the pid it names (None when it names none) and
+    whether a master holds the lock (None when this reader cannot open the lock file: only root
+    can, so others judge by the pid's command line)."""
 
     pid: int | None
-    locked: bool
+    locked: bool | None
 
 
 def probe(path: str) -> PidFileState | None:
@@ -69,9 +86,28 @@ def probe(path: str) -> PidFileState | None:
             raise PidFileError(f"{path}: refusing to read the pid file: larger than {MAX_PID_BYTES} bytes")
         # decoded by hand, not by open(): a master that dropped privileges may not be able to import
         # another codec from a Python installed in a private home folder
-        return PidFileState(_parse(data.decode("utf-8", "replace")), _locked(fd))
+        pid = _parse(data.decode("utf-8", "replace"))
     except OSError as exc:
         raise PidFileError(f"{path}: cannot read pid file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return PidFileState(pid, lock_held(path))
+
+
+def lock_held(path: str) -> bool | None:
+    """Whether a master holds the lock of pid file `path`: False when there is no lock file, None
+    when this reader may not open it (it is root's, 0600)."""
+    try:
+        fd = safefiles.open_regular(path + LOCK_SUFFIX, "lock file")
+    except PermissionError:
+        return None
+    except OSError as exc:
+        raise PidFileError(str(exc) if isinstance(exc, safefiles.UnsafePath)
+                           else f"{path}{LOCK_SUFFIX}: cannot read the lock file: {exc.strerror or exc}") from None
+    if fd is None:
+        return False
+    try:
+        return _locked(fd)
     finally:
         os.close(fd)
 
@@ -113,10 +149,11 @@ def _locked(fd: int) -> bool:
 
 @dataclasses.dataclass
 class PidLock:
-    """The locked pid file of the running master: its descriptor and its folder's."""
+    """The running master's pid file and lock file: their descriptors and their folder's."""
 
     path: str
     fd: int
+    lock_fd: int
     folder_fd: int
     stale_pid: int | None  # what a dead master left in the file, for the log
     _closed_in_child: bool = False
@@ -124,7 +161,7 @@ class PidLock:
     @property
     def fds(self) -> list[int]:
         """Descriptors that must stay open through the detach (python-daemon's files_preserve)."""
-        return [self.fd, self.folder_fd]
+        return [self.fd, self.lock_fd, self.folder_fd]
 
     def write_pid(self, pid: int | None = None) -> None:
         """Write our pid over the old content, then cut the file to it (one write, no rename)."""
@@ -139,109 +176,145 @@ class PidLock:
         """Registered as an after-fork hook once detached: children never hold the lock."""
         if not self._closed_in_child:
             self._closed_in_child = True
-            for fd in self.fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_quietly(*self.fds)
 
     def keep_out_of_children(self) -> None:
         os.register_at_fork(after_in_child=self.close_after_fork)
 
     def release(self) -> None:
-        """Remove the file (still ours: we hold its lock and it is still at its path), then unlock."""
+        """Empty the pid file through our descriptor, remove it when we may (a master that
+        dropped privileges may not: the folder is root's; an empty file under a free lock says
+        "not running" just as well), then unlock. The lock file stays."""
         if self._closed_in_child:
             return  # a forked child: the descriptors are gone and the file is the master's
         try:
+            os.ftruncate(self.fd, 0)
             name = os.path.basename(self.path)
             ours, current = os.fstat(self.fd), os.stat(name, dir_fd=self.folder_fd, follow_symlinks=False)
             if (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino):
                 os.unlink(name, dir_fd=self.folder_fd)
+        except PermissionError:
+            pass  # the root folder of a master that dropped privileges: the file stays, empty
         except OSError as exc:
             log.warning("cannot remove pid file %s: %s", self.path, exc.strerror or exc)
         finally:
-            for fd in self.fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_quietly(*self.fds)
 
 
-def acquire(path: str, owners: tuple[int, ...] = ()) -> PidLock:
-    """Lock the pid file at `path` (creating it 0644 without following links) for this process.
+def acquire(path: str) -> PidLock:
+    """Take the lock of pid file `path`, then make the pid file anew (0644, root's when root).
 
-    Raises PidFileError "already running as pid N" when another master holds it. A file whose
-    lock is free is stale, whatever pid it names.
+    Raises PidFileError "already running as pid N" when another master holds the lock, and a
+    one-line PidFileError when the folder is unsafe (see root_only_problem) or a file cannot be
+    made. A pid file whose lock is free is stale, whatever pid it names.
     """
     folder, name = safefiles.split(path)
-    for _ in range(10):
-        try:
-            folder_fd = safefiles.open_folder(folder)
-        except OSError as exc:
-            raise PidFileError(f"{path}: cannot use the pid file's folder: {exc.strerror or exc}") from None
-        try:
-            fd, _ = safefiles.open_file(folder_fd, name, os.O_RDWR, PID_MODE, path, "pid file", owners)
-        except safefiles.UnsafePath as exc:
-            os.close(folder_fd)
-            raise PidFileError(str(exc)) from None
-        except OSError as exc:
-            os.close(folder_fd)
-            raise PidFileError(f"{path}: cannot open pid file: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                _close(fd, folder_fd)
-                raise PidFileError(f"{path}: cannot lock pid file: {exc.strerror}") from None
-            holder = _holder_pid(fd)
-            _close(fd, folder_fd)
-            who = f"as pid {holder}" if holder else "(its pid file is locked, but names no live pid yet)"
-            raise PidFileError(f"{path}: workermanager already running {who}") from None
-        if _still_linked(fd, folder_fd, name):
-            try:
-                stale = _parse(os.pread(fd, MAX_PID_BYTES, 0).decode("utf-8", "replace"))
-                os.ftruncate(fd, 0)
-                _make_ours(fd)
-            except OSError as exc:
-                _close(fd, folder_fd)
-                raise PidFileError(f"{path}: cannot take over pid file: {exc.strerror or exc}") from None
-            return PidLock(path, fd, folder_fd, stale)
-        _close(fd, folder_fd)  # the master before us removed it after we opened it: open the new one
-    raise PidFileError(f"{path}: cannot lock pid file: it keeps being replaced")
-
-
-def _make_ours(fd: int) -> None:
-    """Root's pid file is root's, 0644, whoever created it: a file the service account made first
-    (it owns the folder) would stay writable by it, so it could rewrite the pid, and
-    start-stop-daemon refuses a pid file that is not root's ("matching only on non-root pidfile
-    is insecure"). fchown/fchmod on the locked descriptor, never on the path."""
-    if os.geteuid() == 0:
-        os.fchown(fd, 0, 0)
-    if os.fstat(fd).st_uid == os.geteuid():
-        os.fchmod(fd, PID_MODE)
-
-
-def _still_linked(fd: int, folder_fd: int, name: str) -> bool:
     try:
-        current = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    ours = os.fstat(fd)
-    return (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino)
+        folder_fd = safefiles.open_folder(folder)
+    except OSError as exc:
+        raise PidFileError(str(exc) if isinstance(exc, safefiles.UnsafePath)
+                           else f"{path}: cannot use the pid file's folder: {exc.strerror or exc}") from None
+    try:
+        if os.geteuid() == 0:
+            problem = safefiles.root_only_problem(folder)
+            if problem is not None:
+                raise PidFileError(f"{path}: refusing the pid file's folder: {problem} (root reads and "
+                                   "signals the pid in it; use a folder only root can write, e.g. "
+                                   "/run/workermanager owned by root, mode 0755)")
+        lock_fd = _lock(folder_fd, name + LOCK_SUFFIX, path)
+        try:
+            fd, stale = _new_pid_file(folder_fd, name, path)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+    except safefiles.UnsafePath as exc:
+        os.close(folder_fd)
+        raise PidFileError(str(exc)) from None
+    except BaseException:
+        os.close(folder_fd)
+        raise
+    return PidLock(path, fd, lock_fd, folder_fd, stale)
 
 
-def _holder_pid(fd: int) -> int | None:
+def _lock(folder_fd: int, name: str, path: str) -> int:
+    """The locked descriptor of lock file `name` (created O_EXCL, 0600, without following links;
+    an existing one must be root's or ours, one link, a regular file)."""
+    try:
+        fd, _ = safefiles.open_file(folder_fd, name, os.O_RDONLY, LOCK_MODE, path + LOCK_SUFFIX, "lock file")
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, LOCK_MODE)
+    except safefiles.UnsafePath:
+        raise
+    except OSError as exc:
+        raise PidFileError(f"{path}{LOCK_SUFFIX}: cannot open the lock file: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise PidFileError(f"{path}{LOCK_SUFFIX}: cannot lock: {exc.strerror}") from None
+        holder = _holder_pid(path)
+        who = f"as pid {holder}" if holder else "(its lock is held, but the pid file names no live pid yet)"
+        raise PidFileError(f"{path}: workermanager already running {who}") from None
+    return fd
+
+
+def _new_pid_file(folder_fd: int, name: str, path: str) -> tuple[int, int | None]:
+    """(descriptor of a new pid file, the pid the old one named). Called under the lock, so no
+    other master is making it. The new file is created under a random name with O_EXCL (0644,
+    root's) and renamed over `name`: whatever was there (a stranger's file someone may still hold
+    open for writing, a link) is replaced, never adopted or followed, and readers never find the
+    name missing."""
+    stale = None
+    try:
+        old = os.open(name, os.O_RDONLY | safefiles.NO_FOLLOW_FLAGS, dir_fd=folder_fd)
+    except OSError:
+        pass  # missing, a link (ELOOP): nothing to read
+    else:
+        try:
+            if stat.S_ISREG(os.fstat(old).st_mode):
+                stale = _parse(safefiles.read_at_most(old, MAX_PID_BYTES).decode("utf-8", "replace"))
+        finally:
+            os.close(old)
+    temp = f".{name}.{secrets.token_hex(6)}"
+    try:
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | safefiles.NO_FOLLOW_FLAGS, PID_MODE,
+                     dir_fd=folder_fd)
+    except OSError as exc:
+        raise PidFileError(f"{path}: cannot create the pid file: {exc.strerror or exc}") from None
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, PID_MODE)
+        os.rename(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except OSError as exc:
+        os.close(fd)
+        try:
+            os.unlink(temp, dir_fd=folder_fd)
+        except OSError:
+            pass
+        raise PidFileError(f"{path}: cannot create the pid file: {exc.strerror or exc}") from None
+    return fd, stale
+
+
+def _holder_pid(path: str) -> int | None:
     """The pid the lock holder wrote, waiting a little: it writes it only once it has detached."""
     deadline = time.monotonic() + HOLDER_WAIT_SECONDS
     while True:
-        pid = _parse(os.pread(fd, MAX_PID_BYTES, 0).decode("utf-8", "replace"))
-        if pid is not None and is_alive(pid):
-            return pid
+        try:
+            found = probe(path)
+        except PidFileError:
+            found = None
+        if found is not None and found.pid is not None and is_alive(found.pid):
+            return found.pid
         if time.monotonic() > deadline:
             return None
         time.sleep(0.05)
 
 
-def _close(*fds: int) -> None:
+def _close_quietly(*fds: int) -> None:
     for fd in fds:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass

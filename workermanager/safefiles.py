@@ -13,8 +13,10 @@ hand over. So every file the daemon writes is reached like this:
   expected is refused, never followed; new files are created with O_EXCL and given their mode
   with fchmod; an existing file must be a regular file with one link, owned by root, by us or by
   the service account;
-- ownership is handed over with fchown on the opened descriptor, never chown on a path;
-- replacements go through an exclusively created temp file and a rename inside the folder.
+- ownership is handed over with fchown on the opened descriptor, never chown on a path; folders
+  are never handed over (root_only_problem tells where root may keep what it reads later);
+- a file root makes anew (the pid file, the status file) is unlinked at its name through the
+  folder descriptor and created again with O_EXCL: whatever was there is never adopted.
 
 docs/security.md says the same for operators.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 
@@ -271,35 +272,6 @@ def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> 
         os.close(folder_fd)
 
 
-def replace_file(path: str, data: bytes, mode: int, temp_prefix: str) -> None:
-    """Write `data` as the new content of `path` at once: an exclusively created temp file in the
-    same folder (random name starting with `temp_prefix`), renamed over `path`. A link at `path`
-    is replaced, never followed."""
-    folder, name = split(path)
-    folder_fd = open_folder(folder)
-    try:
-        temp = f"{temp_prefix}{secrets.token_hex(6)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                     dir_fd=folder_fd)
-        try:
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=folder_fd)
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(folder_fd)
-
-
 def remove(path: str) -> None:
     """Unlink `path` (a link itself, never its target), reached through open_folder."""
     folder, name = split(path)
@@ -310,13 +282,27 @@ def remove(path: str) -> None:
         os.close(folder_fd)
 
 
-def hand_over_folder(path: str, uid: int, gid: int) -> None:
-    """chown a folder to the service account through its descriptor (fchown), never by path."""
-    fd = open_folder(path)
-    try:
-        os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
+def root_only_problem(path: str) -> str | None:
+    """Why someone other than root could replace what is in folder `path` (None when nobody can):
+    the folder and each one above it must be root's and writable by root alone, except that a
+    sticky folder above (/tmp) may be writable by all, since others cannot rename what root made
+    in it. For files root reads later (the pid file): a folder the service account can write
+    lets it swap the file for one naming any pid."""
+    real = os.path.realpath(path)
+    parts = [p for p in real.split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        folder = "/" + "/".join(parts[:depth])
+        try:
+            info = os.lstat(folder)
+        except OSError as exc:
+            return f"{folder}: {exc.strerror}"
+        others_write = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and info.st_gid != 0)
+        last = depth == len(parts)
+        if info.st_uid != 0:
+            return f"{folder} is owned by uid {info.st_uid}, not by root"
+        if others_write and (last or not info.st_mode & stat.S_ISVTX):
+            return f"{folder} is writable by others than root (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def private_folder_problem(fd: int) -> str | None:

@@ -114,6 +114,10 @@ def folder_checks(config: Config) -> list[Finding]:
         folder = os.path.dirname(path) or "."
         if not os.path.isdir(folder):
             findings.append(Finding(ERROR, f"{what} {path}: folder {folder} does not exist"))
+        elif what == "pidfile" and os.geteuid() == 0 and (problem := safefiles.root_only_problem(folder)):
+            # root reads and signals the pid in it (logrotate, the init script): see pidfile.acquire
+            findings.append(Finding(ERROR, f"pidfile {path}: {problem}; the pid file's folder must be "
+                                           "writable by root alone"))
         elif what != "pidfile" and os.path.lexists(path):
             try:
                 safefiles.check_existing(path, what, daemonize.service_owners(config))

@@ -1,8 +1,16 @@
 """The master's state as a JSON file, so `workermanager status` can read it without a socket.
 
-Written through an exclusively created temp file and a rename inside its folder (readers never
-see half a file, and no link planted in the folder is followed: safefiles), mode 0644, at most
-twice a second while jobs stream by, and within a tenth of a second when children come or go.
+The file is made before the master drops privileges (StatusPublisher.open: whatever is at its
+name is unlinked through the folder descriptor, never followed, and a new file is created with
+O_EXCL, mode 0644, root's when started as root), and the master keeps its descriptor: after the
+drop it rewrites the file in place through it, so the file can live in a root folder the service
+account cannot write (beside the pid file), and no folder is handed to the account. Each rewrite
+(ftruncate + pwrite) happens under an exclusive flock, and `workermanager status` reads under a
+shared one, so a reader never sees half a file. The master never waits for that lock (any local
+user may hold a shared lock on a 0644 file): when it is taken, the write is retried at the next
+publish. At stop the file is emptied (and removed when the folder lets the master): an empty file
+is no status. Written at most twice a second while jobs stream by, and within a tenth of a second
+when children come or go.
 
 Where: `status_file:` when set, else beside the pid file (`<pidfile>.status`), else, for a config
 that does not drop privileges, in the per-user runtime folder $XDG_RUNTIME_DIR when it is ours
@@ -18,6 +26,7 @@ status_file: for `workermanager status`, the master warns at start and `status` 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,8 +48,6 @@ CHANGE_INTERVAL = 0.1
 
 
 STATUS_MODE = 0o644
-#: the temp files' prefix (runfolder counts such names as ours)
-TEMP_PREFIX = ".status."
 
 
 def status_path(config: Config) -> str | None:
@@ -90,7 +97,28 @@ def snapshot(master: Master) -> dict[str, Any]:
     }
 
 
+def open_status_file(path: str, owners: tuple[int, ...] = ()) -> int:
+    """A new, empty status file at `path` (O_EXCL, 0644, no link followed), its descriptor open
+    for writing. Whatever was at the name is unlinked first through the folder descriptor: a file
+    someone else made there (in a folder the service account can write) is never adopted."""
+    folder, name = safefiles.split(path)
+    folder_fd = safefiles.open_folder(folder)
+    try:
+        try:
+            os.unlink(name, dir_fd=folder_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: cannot replace the status file: {exc.strerror}") from None
+        fd, _ = safefiles.open_file(folder_fd, name, os.O_RDWR, STATUS_MODE, path, "status file", owners)
+    finally:
+        os.close(folder_fd)
+    return fd
+
+
 class StatusPublisher:
+    """Keeps the status file current through the descriptor `open` made (before the drop)."""
+
     def __init__(self, config: Config) -> None:
         self.path = status_path(config)
         if self.path is None and drops_privileges(config):
@@ -98,12 +126,32 @@ class StatusPublisher:
                         "so `workermanager status` cannot tell whether this daemon runs; set pidfile:")
         elif self.path is None:
             log.info("no status file (set pidfile: or status_file: for `workermanager status`)")
+        self.fd: int | None = None
         self._last_write = 0.0
         self._last_pids: frozenset[int] = frozenset()
         self._failing = False
 
-    def publish(self, master: Master) -> None:
+    def open(self, owners: tuple[int, ...] = ()) -> None:
+        """Make the status file (as root, before the drop); its descriptor stays out of children."""
         if self.path is None:
+            return
+        try:
+            self.fd = open_status_file(self.path, owners)
+        except OSError as exc:
+            log.error("cannot write status file %s: %s", self.path, exc.strerror or exc)
+            return
+        os.register_at_fork(after_in_child=self._close_in_child)
+
+    def _close_in_child(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+    def publish(self, master: Master) -> None:
+        if self.fd is None:
             return
         pids = frozenset(master.children)
         now = time.monotonic()
@@ -111,23 +159,52 @@ class StatusPublisher:
         changed = pids != self._last_pids or master.stopping
         if since < (CHANGE_INTERVAL if changed else MIN_INTERVAL):
             return
-        self._last_pids, self._last_write = pids, now
-        self._write(snapshot(master))
+        if self._write(json.dumps(snapshot(master)).encode()):
+            self._last_pids, self._last_write = pids, now
 
-    def _write(self, state: dict[str, Any]) -> None:
-        assert self.path is not None
+    def _write(self, data: bytes) -> bool:
+        """Rewrite the file under the exclusive lock; False when a reader holds the lock (try
+        again at the next publish), True once written or failed (logged once)."""
+        assert self.fd is not None
         try:
-            safefiles.replace_file(self.path, json.dumps(state).encode(), STATUS_MODE, TEMP_PREFIX)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._fail(exc)
+            return True
+        try:
+            os.ftruncate(self.fd, 0)
+            view, offset = memoryview(data), 0
+            while offset < len(data):
+                offset += os.pwrite(self.fd, view[offset:], offset)
             self._failing = False
         except OSError as exc:
-            if not self._failing:
-                log.error("cannot write status file %s: %s", self.path, exc.strerror or exc)
-            self._failing = True
+            self._fail(exc)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return True
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._failing:
+            log.error("cannot write status file %s: %s", self.path, exc.strerror or exc)
+        self._failing = True
 
     def remove(self) -> None:
-        if self.path is None:
+        """Empty the file (no status), and remove it when the folder lets us."""
+        if self.fd is None or self.path is None:
             return
+        self._write(b"")
         try:
-            safefiles.remove(self.path)
+            folder, name = safefiles.split(self.path)
+            folder_fd = safefiles.open_folder(folder)
+            try:
+                ours, current = os.fstat(self.fd), os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                if (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino):
+                    os.unlink(name, dir_fd=folder_fd)
+            finally:
+                os.close(folder_fd)
         except OSError:
-            pass
+            pass  # a root folder after the drop: the file stays, empty
+        os.close(self.fd)
+        self.fd = None

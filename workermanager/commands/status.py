@@ -14,6 +14,7 @@ not a workermanager master.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
@@ -54,6 +55,8 @@ JOB_KEYS: dict[str, tuple[type, ...]] = {"funcname": (str,), "id": (int, str), "
 RESTART_COUNT = (int,)
 #: a status file is a few kilobytes; anything much bigger was not written by the master
 MAX_STATE_BYTES = 4 * 1024 * 1024
+#: how long a reader waits for the master to finish a rewrite (it takes microseconds)
+LOCK_WAIT_SECONDS = 2.0
 
 
 def read_state(path: str, owners: set[int]) -> dict[str, Any] | None:
@@ -72,11 +75,14 @@ def read_state(path: str, owners: set[int]) -> dict[str, Any] | None:
         if owner not in owners:
             raise StatusFileError(f"status file {path} is owned by uid {owner}, not by root or "
                                   "the service user: not written by the master, ignoring it")
+        _share_lock(fd, path)
         data = safefiles.read_at_most(fd, MAX_STATE_BYTES + 1)
     except OSError as exc:
         raise StatusFileError(f"status file {path}: cannot read it: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    if not data:
+        return None  # emptied by a master at stop, or made and not yet written: no status
     if len(data) > MAX_STATE_BYTES:
         raise StatusFileError(f"status file {path} is malformed: larger than {MAX_STATE_BYTES} bytes")
     try:
@@ -85,6 +91,21 @@ def read_state(path: str, owners: set[int]) -> dict[str, Any] | None:
         raise StatusFileError(f"status file {path} is malformed: not JSON ({exc})") from None
     check_state(state, path)
     return state
+
+
+def _share_lock(fd: int, path: str) -> None:
+    """Take a shared lock on the status file (the master rewrites it in place under an exclusive
+    one), so a read never sees half a file; waits at most LOCK_WAIT_SECONDS."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StatusFileError(f"status file {path}: cannot read it: locked for "
+                                      f"{LOCK_WAIT_SECONDS:g}s") from None
+            time.sleep(0.01)
 
 
 def check_state(state: object, path: str) -> None:
@@ -193,8 +214,9 @@ def daemon_status(config: Config) -> tuple[int, str, dict[str, Any] | None]:
 
 def from_pid_file(path: str, status_file: str | None) -> tuple[int, str, None] | None:
     """What the pid file says when there is no live status: running only when a master holds its
-    lock AND the pid it names is a workermanager master (anyone who can open the file can lock
-    it); None when there is no pid file or it names no pid."""
+    lock AND the pid it names is a workermanager master (a reader that may not open the lock
+    file, root's 0600, judges by the master's command line alone); None when there is no pid
+    file or it names no pid (an empty one is left at stop)."""
     try:
         found = pidfile.probe(path)
     except pidfile.PidFileError as exc:
@@ -202,7 +224,7 @@ def from_pid_file(path: str, status_file: str | None) -> tuple[int, str, None] |
     if found is None or found.pid is None:
         return None
     pid = found.pid
-    if found.locked and master_command_line(pid) is not None:
+    if found.locked is not False and pidfile.is_alive(pid) and master_command_line(pid) is not None:
         return RUNNING, f"running as pid {pid} (no status yet in {status_file})", None
     if not pidfile.is_alive(pid):
         why = "which is dead"
