@@ -28,6 +28,20 @@ def sqlite_settings(path: str, workers: list[str], **settings) -> dict:
     return config
 
 
+def started(tmp_path, sqlite_queue, daemons, funcname: str, jobs: int, worker: str, children: int = 1,
+            **settings) -> Daemon:
+    """A running daemon (-n -c `children` -w 1) on the test's SQLite queue, `jobs` jobs of
+    `funcname` waiting for it."""
+    client, path = sqlite_queue
+    for i in range(jobs):
+        client.insert(funcname, {"n": i})
+    daemon = Daemon(str(tmp_path), sqlite_settings(path, [worker], **settings),
+                    ("-n", "-c", str(children), "-w", "1"))
+    daemons.append(daemon)
+    daemon.start(wait_children=children)
+    return daemon
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
@@ -69,15 +83,9 @@ def descriptors(count: int):
 def test_metrics_connection_flood_leaves_the_master_working(tmp_path, sqlite_queue, daemons):
     """1,100 idle connections to the metrics port under a 1,024 descriptor limit: the master's
     descriptors stay bounded, it keeps recycling children, and serves /metrics after the flood."""
-    client, path = sqlite_queue
     port = free_port()
-    for i in range(400):
-        client.insert("Test::Noop", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"],
-                                                   metrics={"listen": f":{port}", "queue_interval": 0}),
-                    ("-n", "-c", "1", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=1)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Noop", 400, "testworkers.Noop",
+                     metrics={"listen": f":{port}", "queue_interval": 0})
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (1024, 1024))  # the shipped units' usual limit
     wait_for(lambda: "metrics: serving" in daemon.error_log(), 10, what="metrics serving")
     # ":PORT" binds loopback only
@@ -161,12 +169,7 @@ def _read_all(sock: socket.socket) -> bytes:
 def test_fork_and_pipe_refused_back_off_and_recover(tmp_path, sqlite_queue, daemons):
     """No descriptors left (RLIMIT_NOFILE lowered on the running master): the next child's pipe
     fails with EMFILE; the master logs it, backs off, and forks again once descriptors return."""
-    client, path = sqlite_queue
-    for i in range(300):
-        client.insert("Test::Noop", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"]), ("-n", "-c", "1", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=1)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Noop", 300, "testworkers.Noop")
     wait_more_jobs(daemon, 3)
     soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (3, hard))  # below every free descriptor
@@ -188,12 +191,7 @@ def test_a_pool_that_keeps_running_short_logs_its_refused_forks_rarely(tmp_path,
     """Descriptors for some children but not all (-c 6 -w 1, the limit a few above what the master
     holds): forks keep failing between forks that work, and the error log gets a line at most
     every SPAWN_FAILURE_LOG_INTERVAL, not two per turn; jobs still run."""
-    client, path = sqlite_queue
-    for i in range(2000):
-        client.insert("Test::Noop", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"]), ("-n", "-c", "6", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=6)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Noop", 2000, "testworkers.Noop", 6)
     soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (open_fds(daemon.pid) - 2, hard))
     try:
@@ -215,15 +213,9 @@ def test_a_message_the_master_cannot_digest_does_not_stop_it(tmp_path, sqlite_qu
     """A child writes a 'done' line whose process time overflows a float (metrics on, so the master
     feeds it to a histogram): one error line, and the master keeps forking. Only TERM, QUIT and
     INT stop it."""
-    client, path = sqlite_queue
     port = free_port()
-    for i in range(100):
-        client.insert("Test::Hostile", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["hardeningworkers.Hostile"],
-                                                   metrics={"listen": f"127.0.0.1:{port}", "queue_interval": 0}),
-                    ("-n", "-c", "1", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=1)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Hostile", 100, "hardeningworkers.Hostile",
+                     metrics={"listen": f"127.0.0.1:{port}", "queue_interval": 0})
     wait_more_jobs(daemon, 10)
     log = daemon.wait_error_log("failed, carrying on", 10)
     assert "applying a child's message failed, carrying on: OverflowError" in log
@@ -296,15 +288,9 @@ def test_ttin_past_the_maximum_is_one_log_line(tmp_path, sqlite_queue, daemons):
 
 
 def test_no_traceback_and_no_master_thread_in_children_with_metrics(tmp_path, sqlite_queue, daemons):
-    client, path = sqlite_queue
     port = free_port()
-    for i in range(8):
-        client.insert("Test::Threads", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["hardeningworkers.Threads"],
-                                                   metrics={"listen": f"127.0.0.1:{port}", "queue_interval": 0.1}),
-                    ("-n", "-c", "2", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=2)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Threads", 8, "hardeningworkers.Threads", 2,
+                     metrics={"listen": f"127.0.0.1:{port}", "queue_interval": 0.1})
     rows = daemon.wait_ledger(lambda rows: len(rows) >= 8 and rows, 30, what="8 jobs")
     seen = {row[2] for row in rows}
     assert seen == {"threads=MainThread"}, seen

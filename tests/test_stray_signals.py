@@ -9,20 +9,13 @@ import os
 import signal
 import time
 
-from test_hardening_master import alive, sqlite_settings, wait_more_jobs
-
-from daemon_harness import Daemon
+from test_hardening_master import alive, started, wait_more_jobs
 
 STRAYS = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ")
 
 
 def test_signals_other_than_term_quit_and_int_never_stop_the_master(tmp_path, sqlite_queue, daemons):
-    client, path = sqlite_queue
-    for i in range(400):
-        client.insert("Test::Noop", {"n": i})
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, ["testworkers.Noop"]), ("-n", "-c", "1", "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=1)
+    daemon = started(tmp_path, sqlite_queue, daemons, "Test::Noop", 400, "testworkers.Noop")
     for name in STRAYS:
         daemon.signal(getattr(signal, name))
     for signum in (signal.SIGRTMIN, signal.SIGRTMIN + 5, signal.SIGRTMAX):
