@@ -118,6 +118,19 @@ def daemon_for(daemons, site: Site, flags=("-n",), **settings) -> Daemon:  # noq
     return daemon
 
 
+def give_ledger(daemon: Daemon, site: Site) -> None:
+    """The test workers' ledger, made by root and given to the account the children run as."""
+    open(daemon.ledger, "w").close()
+    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+
+
+def start_with_pid(daemon: Daemon, site: Site, pidfile: str) -> None:
+    """Start the daemon (its ledger the account's) and wait for its pid in `pidfile`."""
+    give_ledger(daemon, site)
+    daemon.start(wait_children=1)
+    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+
+
 def refused(daemon: Daemon) -> str:
     """Start the daemon, expect it to exit 1 at once; its output (one line)."""
     daemon.start()
@@ -186,8 +199,7 @@ def test_a_status_file_planted_as_a_link_is_never_followed(site, daemons):  # no
     status_file = os.path.join(site.svc, "wm.status")
     plant_link(site, site.target, status_file)
     daemon = daemon_for(daemons, site, status_file=status_file)
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    give_ledger(daemon, site)
     daemon.start(wait_children=1)
     wait_for(lambda: os.path.isfile(status_file) and not os.path.islink(status_file)
              and os.path.getsize(status_file), 10, what="the status file replacing the link")
@@ -329,10 +341,7 @@ def test_a_pid_file_made_earlier_by_the_account_is_never_adopted(site, daemons):
     old = os.open(pidfile, os.O_RDWR)  # the account's descriptor, kept across the start
     try:
         daemon = daemon_for(daemons, site)
-        open(daemon.ledger, "w").close()
-        os.chown(daemon.ledger, site.account.uid, site.account.gid)
-        daemon.start(wait_children=1)
-        wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+        start_with_pid(daemon, site, pidfile)
         info = os.lstat(pidfile)
         assert info.st_ino != os.fstat(old).st_ino, "the account's file was adopted"
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o644)
@@ -355,10 +364,7 @@ def test_root_run_folder_stays_roots_and_the_account_cannot_touch_the_pid_file(s
     stop the folder is still root's, 0755."""
     pidfile = os.path.join(site.run, "wm.pid")
     daemon = daemon_for(daemons, site)
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
-    daemon.start(wait_children=1)
-    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+    start_with_pid(daemon, site, pidfile)
     tries = {"rename": f"os.rename({pidfile!r}, {pidfile + '.old'!r})",
              "create": f"os.open({site.run + '/other.pid'!r}, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)",
              "rewrite": f"os.open({pidfile!r}, os.O_WRONLY)",
@@ -391,8 +397,7 @@ def test_the_account_holding_a_lock_on_the_pid_file_does_not_block_a_start(site,
     try:
         assert holder.stdout.readline() == "held\n"
         daemon = daemon_for(daemons, site)
-        open(daemon.ledger, "w").close()
-        os.chown(daemon.ledger, site.account.uid, site.account.gid)
+        give_ledger(daemon, site)
         daemon.start(wait_children=1)
         wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid) or daemon.process.poll() is not None,
                  10, what="the pid written")
@@ -412,10 +417,7 @@ def test_after_a_killed_master_status_and_the_init_script_say_stale_and_a_start_
     require_program("flock", "util-linux")
     pidfile = os.path.join(site.run, "wm.pid")
     daemon = daemon_for(daemons, site)
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
-    daemon.start(wait_children=1)
-    wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
+    start_with_pid(daemon, site, pidfile)
     children = daemon.children()
     daemon.signal(signal.SIGKILL)
     daemon.wait_exit(10)
@@ -468,8 +470,7 @@ def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_p
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     daemon = daemon_for(daemons, site, pidfile=None)
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    give_ledger(daemon, site)
     daemon.start(wait_children=1)
     error_log = os.path.join(site.svc, "error.log")
     wait_for(lambda: "neither pidfile: nor status_file:" in open(error_log).read(), 10, what="the warning")
@@ -570,8 +571,7 @@ def test_a_failed_error_log_reopen_logs_one_line_and_the_master_keeps_running(si
     logs = os.path.join(site.root, "logs")  # root's folder: the unprivileged master cannot create there
     os.mkdir(logs, 0o755)
     daemon = daemon_for(daemons, site, errorlogfile=os.path.join(logs, "error.log"))
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    give_ledger(daemon, site)
     daemon.start(wait_children=1)
     wait_for(lambda: "started (slot" in open(os.path.join(logs, "error.log")).read(), 10, what="a child")
     assert psutil.Process(daemon.pid).uids().effective == site.account.uid

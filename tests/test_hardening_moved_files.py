@@ -14,6 +14,7 @@ from test_hardening_files import (  # noqa: F401 - fixtures
     SECRET,
     assert_untouched,
     daemon_for,
+    give_ledger,
     refused,
     service_account,
     site,
@@ -42,8 +43,7 @@ def test_an_existing_log_keeps_no_permission_beyond_the_log_mode(site, daemons):
     os.chown(job_log, site.account.uid, site.account.gid)
     os.chmod(job_log, 0o666)  # anyone could write lines into it
     daemon = daemon_for(daemons, site)
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+    give_ledger(daemon, site)
     daemon.start(wait_children=1)
     assert stat.S_IMODE(os.stat(job_log).st_mode) == 0o640
     daemon.signal(signal.SIGTERM)
