@@ -1,6 +1,7 @@
 """Becoming a service: opening the logs safely, detaching, dropping privileges.
 
-Everything here runs after the config is validated and the workers imported, so a start that
+Everything here runs after the config is validated and the start checks passed (with `user:` or
+`group:` the workers are imported only after drop_privileges, never by root), so a start that
 will fail fails on the operator's terminal, before anything detached. Log files are opened as
 root, in folders the service account may own, so they go through safefiles (no links followed,
 new files created exclusively with mode 0640, handed over with fchown on the descriptor).
@@ -146,7 +147,8 @@ def open_logs(config: Config) -> int | None:
 
 def detach(config: Config, error_fd: int | None, keep_fds: list[int]) -> None:
     """Detach from the terminal; stdout and stderr go to the error log (or nowhere). `keep_fds`
-    (the pid file's lock) stay open through python-daemon's forks."""
+    (PidLock.fds: the pid file's, its lock file's and their folder's descriptors) stay open
+    through python-daemon's forks."""
     import daemon  # python-daemon; imported here so foreground runs never need it
 
     target = os.fdopen(os.dup(error_fd), "a", encoding="utf-8") if error_fd is not None else None  # noqa: SIM115

@@ -135,8 +135,8 @@ def is_alive(pid: int) -> bool:
 
 
 def _locked(fd: int) -> bool:
-    """Whether someone holds an exclusive lock on the open file `fd` (a master holds its pid
-    file's for its whole life); our shared lock, when we get it, goes with the descriptor."""
+    """Whether someone holds an exclusive lock on the open file `fd` (a master holds the one on
+    `<pidfile>.lock` for its whole life); our shared lock, when we get it, goes with the descriptor."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:

@@ -1,8 +1,8 @@
 """Opening, creating and replacing files in folders that someone else may write, without following
 their links.
 
-The master starts as root and drops to `user:`; the service account usually owns the log and run
-folders. Anything it can write is untrusted: it can replace `error.log` by a link to a root-only
+The master starts as root and drops to `user:`; the service account usually owns the log folder
+(never the pid file's: see root_only_problem). Anything it can write is untrusted: it can replace `error.log` by a link to a root-only
 file, plant a link as a folder component, or a hard link to a file root would then append to and
 hand over. So every file the daemon writes is reached like this:
 
@@ -15,8 +15,9 @@ hand over. So every file the daemon writes is reached like this:
   the service account;
 - ownership is handed over with fchown on the opened descriptor, never chown on a path; folders
   are never handed over (root_only_problem tells where root may keep what it reads later);
-- a file root makes anew (the pid file, the status file) is unlinked at its name through the
-  folder descriptor and created again with O_EXCL: whatever was there is never adopted.
+- a file root makes anew is never adopted: the status file is unlinked at its name through the
+  folder descriptor and created again with O_EXCL; the pid file is created with O_EXCL under a
+  random name and renamed over its name (pidfile.py).
 
 docs/security.md says the same for operators.
 """
@@ -268,16 +269,6 @@ def open_append(path: str, mode: int, what: str, owners: Iterable[int] = ()) -> 
     try:
         fd, _ = open_file(folder_fd, name, os.O_WRONLY | os.O_APPEND, mode, path, what, owners)
         return fd
-    finally:
-        os.close(folder_fd)
-
-
-def remove(path: str) -> None:
-    """Unlink `path` (a link itself, never its target), reached through open_folder."""
-    folder, name = split(path)
-    folder_fd = open_folder(folder)
-    try:
-        os.unlink(name, dir_fd=folder_fd)
     finally:
         os.close(folder_fd)
 

@@ -194,7 +194,9 @@ class StatusPublisher:
         """Empty the file (no status), and remove it when the folder lets us."""
         if self.fd is None or self.path is None:
             return
-        self._write(b"")
+        deadline = time.monotonic() + 2.0
+        while not self._write(b"") and time.monotonic() < deadline:
+            time.sleep(0.01)  # a `status` reader holds the shared lock only while it reads
         try:
             folder, name = safefiles.split(self.path)
             folder_fd = safefiles.open_folder(folder)

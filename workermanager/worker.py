@@ -165,8 +165,9 @@ class Worker:
 
 
 def decode_arg(raw: bytes) -> Any:
-    """The argument a worker sees, the same on every backend: JSON when it parses, else UTF-8
-    text, else the bytes themselves. Never unpickled: job data is written by whoever can reach the
+    """The argument a worker sees for a plain payload (every Gearman job; a TheSchwartz row with
+    neither our bytes tag nor a Storable image, see theschwartz/args.py): JSON when it parses, else
+    UTF-8 text, else the bytes themselves. Never unpickled: job data is written by whoever can reach the
     queue."""
     try:
         text = raw.decode("utf-8")
