@@ -9,7 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m ruff check workermanager tests bench
-	.venv/bin/python -m pytest -p no:cacheprovider -q
+	.venv/bin/python -m pytest -p no:cacheprovider -q -n 3
 
 lint: setup
 	.venv/bin/python -m ruff check workermanager tests bench

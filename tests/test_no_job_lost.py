@@ -44,30 +44,16 @@ from dbservers import MariaDBServer, PostgresServer, _start_or_skip
 from gearmand_server import GearmandServer
 from helpers import require_program
 
+
 # -- reporting ----------------------------------------------------------------------------
-_REPORTED: list[str] = []
-
-
-class _CountsSummary:
-    """A pytest plugin registered on first use: prints every scenario's counts after the run."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if _REPORTED:
-            terminalreporter.section("no job lost: counts")
-            for line in _REPORTED:
-                terminalreporter.write_line(line)
-
-
 @pytest.fixture
-def report(request, record_property):
-    """report(counts): keep the counts for the summary and the junit XML; returns their line."""
-    plugins = request.config.pluginmanager
-    if not plugins.has_plugin("no-job-lost-counts"):
-        plugins.register(_CountsSummary(), "no-job-lost-counts")
+def report(record_property):
+    """report(counts): keep the counts for the summary (conftest.py prints every "counts"
+    property after the run, from whichever xdist worker ran the test) and the junit XML;
+    returns their line."""
 
     def keep(counts: Counts) -> str:
         line = str(counts)
-        _REPORTED.append(line)
         record_property("counts", line)
         return line
     return keep

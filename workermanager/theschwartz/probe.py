@@ -68,13 +68,20 @@ def _sqlite_files(path: str, name: str, user: str, init_hint: str) -> list[Findi
         return [Finding(ERROR, f"{name}: {path} is not a file")]
     problems = []
     for each in (path, path + "-wal", path + "-shm"):
-        if os.path.lexists(each) and not os.access(each, os.R_OK | os.W_OK):
+        if _not_writable(each):
             problems.append(Finding(ERROR, f"{name}: {each} is not writable by user {user} ({describe(each)})"
                                            f"{'; init-db ran as another user?' if each == path else ''}"))
     if not os.access(folder, os.W_OK | os.X_OK):
         problems.append(Finding(ERROR, f"{name}: user {user} cannot create files in folder {folder} "
                                        f"({describe(folder)}), where SQLite keeps the -wal and -shm files"))
     return problems
+
+
+def _not_writable(path: str) -> bool:
+    """Whether `path` exists and this user cannot read and write it. SQLite deletes -wal and -shm
+    when the last connection closes, which another start's check may do at any moment: a file
+    that is gone after a refused access() was not a problem."""
+    return os.path.lexists(path) and not os.access(path, os.R_OK | os.W_OK) and os.path.lexists(path)
 
 
 def _missing_tables(db: Database, conn: Any) -> list[str]:
