@@ -21,8 +21,10 @@ from test_gearman_codec import FakeServer
 
 from workermanager.config import LOG_FORMATS, SETTINGS, Config, ConfigError, from_mapping, load
 from workermanager.gearman import ProtocolError, Worker
-from workermanager.gearman.codec import ARG_COUNTS, RES, Decoder, Packet, encode
+from workermanager.gearman.codec import ARG_COUNTS, RES, Decoder, Packet, PacketType, encode
 from workermanager.gearman.unique import make_unique, parse_unique
+
+ASSIGNMENTS = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
 
 # -- the Gearman codec on damaged real streams ----------------------------------------------
 
@@ -83,6 +85,7 @@ def test_how_a_stream_is_split_never_changes_what_it_decodes_to(wire, tail, data
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=1, max_size=200))
+@example(encode(PacketType.JOB_ASSIGN, b"H:1", b"f", b"payload", magic=RES))  # a job, once at least
 def test_a_worker_fed_random_bytes_by_its_server_returns_within_its_deadline(reply):
     server = FakeServer(reply)
     try:
@@ -94,8 +97,11 @@ def test_a_worker_fed_random_bytes_by_its_server_returns_within_its_deadline(rep
         finally:
             worker.close()
         assert time.monotonic() - started < 5
-        # a reply that happens to be a whole JOB_ASSIGN is a job; anything else is none
-        assert job is None or job.funcname == "f" or isinstance(job.funcname, str)
+        # a reply that happens to hold a whole job assignment for "f" is a job; anything else is none
+        if job is not None:
+            assignments = [p for p in decode_all([reply])[0] if p.type in ASSIGNMENTS]
+            assert any(p.args[0] == job.handle.encode() and p.args[1] == job.funcname.encode()
+                       and p.args[-1] == job.arg for p in assignments), (job, assignments)
     finally:
         server.close()
 

@@ -85,11 +85,6 @@ class PacketType(enum.IntEnum):
     GET_STATUS_UNIQ = 41
     STATUS_RES_UNIQ = 42
 
-    # An int's hash, in C: Enum's own __hash__ is a Python function (hash of the name), run for
-    # every packet that looks up its argument count; and a member now hashes like the number it
-    # equals, as an int-valued key should.
-    __hash__ = int.__hash__
-
 
 T = PacketType
 
