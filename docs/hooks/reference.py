@@ -142,8 +142,9 @@ def _anchor(subcommand: str) -> str:
     return "cmd-" + subcommand
 
 
-class _ParserBuilt(Exception):
-    """Raised from parse_args to hand back the parser a command's main() built."""
+class _ParserBuilt(BaseException):
+    """Raised from parse_args to hand back the parser a command's main() built (a BaseException,
+    so that a command's `except Exception` does not catch it)."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         super().__init__(parser.prog)
@@ -203,7 +204,8 @@ def _flags(action: argparse.Action) -> str:
     takes_value = action.nargs != 0
     metavar = ""
     if takes_value:
-        metavar = " " + str(action.metavar or action.dest.upper())
+        choices = "{" + ",".join(str(choice) for choice in action.choices) + "}" if action.choices else None
+        metavar = " " + str(action.metavar or choices or action.dest.upper())
     return ", ".join(f"`{flag}{metavar}`" for flag in action.option_strings)
 
 
@@ -221,7 +223,7 @@ def _action_default(action: argparse.Action) -> str:
         return ""
     if action.default in (None, argparse.SUPPRESS):
         return ""
-    return f"`{action.default}`"
+    return "`\"\"`" if action.default == "" else f"`{action.default}`"
 
 
 #: page (relative to docs/) -> the function that writes it
