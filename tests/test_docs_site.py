@@ -29,6 +29,7 @@ from workermanager import cli
 from workermanager import config as config_module
 from workermanager.backends import REGISTRY, backend_class
 from workermanager.backends.base import COMMON_OPTIONS
+from workermanager.metrics import METRICS_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_KEY = "zz_docs_probe_key"
@@ -107,7 +108,7 @@ def test_site_builds_in_strict_mode_without_warnings(site: BuildResult) -> None:
     assert (site.site_dir / "index.html").is_file()
 
 
-def test_config_reference_lists_every_setting_and_worker_option(site: BuildResult) -> None:
+def test_config_reference_lists_every_setting_and_every_nested_key(site: BuildResult) -> None:
     page = site.page("reference/config/")
     for setting in config_module.SETTINGS:
         assert f'id="{setting.key}"' in page, f"no heading for key {setting.key!r}"
@@ -115,6 +116,7 @@ def test_config_reference_lists_every_setting_and_worker_option(site: BuildResul
     options = [option.key for option in COMMON_OPTIONS]
     for type_name in REGISTRY:
         options += [option.key for option in backend_class(type_name).OPTIONS]
+    options += [option.key for option in METRICS_OPTIONS]
     assert options, "the backends declare their worker_options keys"
     for key in options:
         assert f"\n{key}\n" in text, f"worker_options key {key!r} missing"

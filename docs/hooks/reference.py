@@ -65,7 +65,21 @@ def config_page() -> str:
     lines += _options_table("Every backend", _common_options())
     for type_name, backend in _backends():
         lines += _options_table(f"type: {backend.log_name or type_name}", backend.OPTIONS)
+    lines += [
+        "## `metrics` keys",
+        "",
+        "Declared in `workermanager.metrics.METRICS_OPTIONS`; any other key is refused. Metrics need the "
+        "`metrics` extra, and changes take effect at a restart, not at HUP.",
+        "",
+    ]
+    lines += _options_table(None, _metrics_options())
     return "\n".join(lines)
+
+
+def _metrics_options() -> tuple[Any, ...]:
+    from workermanager.metrics import METRICS_OPTIONS
+
+    return METRICS_OPTIONS
 
 
 def _common_options() -> tuple[Any, ...]:
@@ -81,8 +95,9 @@ def _backends() -> Iterator[tuple[str, Any]]:
         yield type_name, backend_class(type_name)
 
 
-def _options_table(title: str, options: tuple[Any, ...]) -> list[str]:
-    lines = [f"### {title}", "", "| key | default | what it does |", "|---|---|---|"]
+def _options_table(title: str | None, options: tuple[Any, ...]) -> list[str]:
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| key | default | what it does |", "|---|---|---|"]
     for option in options:
         lines.append(f"| `{option.key}` | {_value(option.default)} | {_cell(_sentence(option.help))} |")
     return lines + [""]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from workermanager.config import Option
 from workermanager.worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -25,16 +26,6 @@ class BackendError(Exception):
 class BackendBroken(BackendError):
     """The backend can never work again in this process (a connection broken for good): the
     child exits and the master forks a fresh one."""
-
-
-class Option(NamedTuple):
-    """One key of `worker_options:` that a backend reads. Declared once, on the backend class: the
-    backend refuses keys it does not declare, and the configuration reference is written from it."""
-
-    key: str
-    #: the value used when the key is absent (None: no default, see `help`)
-    default: Any
-    help: str
 
 
 #: keys every backend accepts: the config loader sets base_dir itself
