@@ -214,7 +214,8 @@ def test_working_links_of_every_kind_build(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("NO_MKDOCS_2_WARNING", "1")
     config_file = small_site(tmp_path, {
         "index.md": "# home\n\n[a](other.md#there) [b](../README.md) [c](../tool.py) "
-                    "[d](../workermanager/theschwartz/README.md) `[not a link](../nowhere.py)`\n",
+                    "[d](../workermanager/theschwartz/README.md) [e](../workermanager/) "
+                    "`[not a link](../nowhere.py)`\n",
         "other.md": "# other\n\n## there\n",
     })
     result = build_site(config_file, tmp_path / "site")
@@ -223,6 +224,7 @@ def test_working_links_of_every_kind_build(tmp_path: Path, monkeypatch: pytest.M
     assert 'href="other/#there"' in index and 'href="project-readme/"' in index
     assert 'href="source/tool.py/"' in index and 'href="theschwartz-queue/"' in index
     assert "print('shown')" in result.text("source/tool.py/")
+    assert 'href="source/workermanager/"' in index and "theschwartz/" in result.text("source/workermanager/")
 
 
 def test_a_hand_written_reference_page_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

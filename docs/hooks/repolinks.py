@@ -6,7 +6,8 @@ the repository (`../README.md`, `../examples/client.py`). In the site:
 - a few markdown files outside docs/ are pages of their own (MIRRORED), and a link to one of them
   becomes a link to its page;
 - a link to any other file of the repository becomes a link to a generated page that shows the
-  file (source/<its path>.md, not in the navigation);
+  file (source/<its path>.md, not in the navigation), and a link to a folder one to a page that
+  lists its files (source/<its path>/index.md);
 - a link to a file that does not exist is left alone, so that MkDocs's link validation reports
   it and `mkdocs build --strict` fails.
 
@@ -72,8 +73,11 @@ def on_files(files: Files, config: Any) -> Files:
         files.append(mirrored)
         LINKS.by_repo_path[repo_path] = mirrored
     for repo_path in sorted(_linked_repository_files(list(LINKS.by_repo_path.items()))):
-        shown = File.generated(config, f"{SOURCE_FOLDER}/{repo_path}.md", content=_source_page(repo_path),
-                               inclusion=InclusionLevel.NOT_IN_NAV)
+        if os.path.isdir(os.path.join(LINKS.root, repo_path)):
+            uri, content = f"{SOURCE_FOLDER}/{repo_path}/index.md", _folder_page(repo_path)
+        else:
+            uri, content = f"{SOURCE_FOLDER}/{repo_path}.md", _source_page(repo_path)
+        shown = File.generated(config, uri, content=content, inclusion=InclusionLevel.NOT_IN_NAV)
         files.append(shown)
         LINKS.by_repo_path[repo_path] = shown
     return files
@@ -104,14 +108,14 @@ def _linked_repository_files(pages: list[tuple[str, File]]) -> set[str]:
 
 def _target(from_repo_path: str, href: str) -> str | None:
     """The repository file `href`, written in the file at `from_repo_path`, points to; None for a
-    URL, an anchor, or anything that is not an existing file inside the repository."""
+    URL, an anchor, or anything that is not an existing file or folder inside the repository."""
     parts = urlsplit(href)
     if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
         return None
     target = posixpath.normpath(posixpath.join(posixpath.dirname(from_repo_path), unquote(parts.path)))
-    if target.startswith("../") or target == ".." or target.split("/")[0] == ".git":
+    if target.startswith("../") or target in ("..", ".") or target.split("/")[0] == ".git":
         return None
-    if target in LINKS.by_repo_path or os.path.isfile(os.path.join(LINKS.root, target)):
+    if target in LINKS.by_repo_path or os.path.exists(os.path.join(LINKS.root, target)):
         return target
     return None
 
@@ -124,6 +128,15 @@ def _source_page(repo_path: str) -> str:
     language = LANGUAGES.get(os.path.splitext(repo_path)[1], "text")
     return (f"# `{repo_path}`\n\nThe file `{repo_path}` of the repository, as this site was built.\n\n"
             f"{fence}{language}\n{text.rstrip()}\n{fence}\n")
+
+
+def _folder_page(repo_path: str) -> str:
+    """A folder of the repository: the names of its files and folders (caches and dot files left out)."""
+    names = sorted(name + ("/" if os.path.isdir(os.path.join(LINKS.root, repo_path, name)) else "")
+                   for name in os.listdir(os.path.join(LINKS.root, repo_path))
+                   if not name.startswith(".") and name != "__pycache__")
+    listing = "\n".join(f"- `{name}`" for name in names)
+    return f"# `{repo_path}/`\n\nThe folder `{repo_path}/` of the repository, as this site was built.\n\n{listing}\n"
 
 
 class _RepositoryLinksTreeprocessor(markdown.treeprocessors.Treeprocessor):
