@@ -162,9 +162,9 @@ def test_links_to_files_outside_docs_lead_to_site_pages(site: BuildResult) -> No
     assert 'href="project-readme/"' in index
     readme = site.page("project-readme/")
     assert 'href="../gearman/#job-arguments-plain-bytes"' in readme
-    started = site.page("getting-started/")
-    assert 'href="../source/examples/client.py/"' in started
-    assert "def main() -> int:" in site.text("source/examples/client.py/")
+    benchmarks = site.page("benchmarks/")
+    assert 'href="../source/bench/run_all.py/"' in benchmarks
+    assert "def main() -> int:" in site.text("source/bench/run_all.py/")
 
 
 # --- small sites: the link checking and the hooks alone ----------------------------------------
