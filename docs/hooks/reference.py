@@ -201,8 +201,10 @@ def _parser_section(title: str, description: str | None, parser: argparse.Argume
         lines.append("")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
             for name, sub in action.choices.items():
-                lines += _parser_section(f"{title} {name}", None, sub, level=min(level + 1, 6))
+                summary = None if sub.description else helps.get(name)
+                lines += _parser_section(f"{title} {name}", summary, sub, level=min(level + 1, 6))
     return lines
 
 
