@@ -119,7 +119,7 @@ def test_config_reference_lists_every_setting_and_every_nested_key(site: BuildRe
     options += [option.key for option in METRICS_OPTIONS]
     assert options, "the backends declare their worker_options keys"
     for key in options:
-        assert f"\n{key}\n" in text, f"worker_options key {key!r} missing"
+        assert f"\n{key}\n" in text, f"nested key {key!r} (worker_options: or metrics:) missing"
 
 
 def test_config_reference_is_written_from_the_code(site: BuildResult) -> None:
