@@ -22,6 +22,8 @@ import yaml
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
+#: settings whose value is a mapping with keys declared elsewhere -> the anchor of their table
+NESTED_KEYS = {"worker_options": "worker-options-keys", "metrics": "metrics-keys"}
 #: line width of the usage lines in the CLI reference (argparse wraps to the terminal otherwise)
 USAGE_WIDTH = 96
 
@@ -54,9 +56,11 @@ def config_page() -> str:
         lines += [f"- kind: {_kind_name(setting.kind)}", f"- default: {_value(setting.default)}"]
         if setting.is_path:
             lines.append("- a path: a relative one is resolved against the config file's folder")
+        if setting.key in NESTED_KEYS:
+            lines.append(f"- its keys: [below](#{NESTED_KEYS[setting.key]})")
         lines.append("")
     lines += [
-        "## `worker_options` keys",
+        f"## `worker_options` keys {{#{NESTED_KEYS['worker_options']}}}",
         "",
         "What `worker_options:` may hold depends on `type:`. Each backend declares its keys "
         "(`Backend.OPTIONS` in `workermanager/backends/`) and refuses any other.",
@@ -66,7 +70,7 @@ def config_page() -> str:
     for type_name, backend in _backends():
         lines += _options_table(f"type: {backend.log_name or type_name}", backend.OPTIONS)
     lines += [
-        "## `metrics` keys",
+        f"## `metrics` keys {{#{NESTED_KEYS['metrics']}}}",
         "",
         "Declared in `workermanager.metrics.METRICS_OPTIONS`; any other key is refused. Metrics need the "
         "`metrics` extra, and changes take effect at a restart, not at HUP.",
