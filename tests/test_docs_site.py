@@ -67,6 +67,10 @@ def build_site(config_file: Path, site_dir: Path) -> BuildResult:
 
     handler = Keep(logging.WARNING)
     mkdocs_log = logging.getLogger("mkdocs")
+    level = mkdocs_log.level
+    # a logger quieter than WARNING (what `mkdocs build -q` sets) makes no warning records, so
+    # strict mode would count none: the build is only strict with warnings switched on
+    mkdocs_log.setLevel(logging.WARNING)
     mkdocs_log.addHandler(handler)
     try:
         build(load_config(config_file=str(config_file), site_dir=str(site_dir), strict=True))
@@ -74,6 +78,7 @@ def build_site(config_file: Path, site_dir: Path) -> BuildResult:
         raise AssertionError(f"{exc}\n" + "\n".join(warnings)) from None
     finally:
         mkdocs_log.removeHandler(handler)
+        mkdocs_log.setLevel(level)
     return BuildResult(site_dir, warnings)
 
 
