@@ -16,3 +16,8 @@ lint: setup
 
 bench: setup
 	.venv/bin/python bench/run_all.py
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors; tests/test_docs_site.py builds it too
+.PHONY: docs
+docs: setup
+	.venv/bin/python -m mkdocs build --strict

@@ -94,6 +94,14 @@ def test_options_are_validated_naming_the_option():
     assert GearmanBackend({"job_servers": "h", "max_packet_size": 4096}, [Echo]).max_packet_size == 4096
 
 
+def test_options_not_declared_are_refused():
+    """Backend.OPTIONS is what validation accepts (and what the configuration reference lists)."""
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for Gearman: prefx \(known: base_dir, job_servers, "
+                                         r"max_packet_size, prefix\)"):
+        GearmanBackend({"job_servers": "h", "prefx": "x"}, [Echo])
+    assert GearmanBackend({"job_servers": "h", "base_dir": "/srv"}, [Echo]).job_servers == ["h"]  # set by config
+
+
 def test_arguments_decode_json_then_text_then_bytes():
     assert decode_arg(b'{"a": [1, 2]}') == {"a": [1, 2]}
     assert decode_arg("plain text é".encode()) == "plain text é"

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -58,6 +58,17 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if str(value).lower() in choices else f"must be one of {', '.join(choices)}"
     return check
+
+
+class Option(NamedTuple):
+    """One key inside a mapping setting (`worker_options:`, `metrics:`), declared once where it is
+    read: the reader refuses keys it does not declare, and the configuration reference is written
+    from the declarations."""
+
+    key: str
+    #: the value used when the key is absent (None: no default, see `help`)
+    default: Any
+    help: str
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from workermanager.config import Option
 from workermanager.master import MasterListener
 
 if TYPE_CHECKING:
@@ -56,8 +57,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-METRICS_KEYS = ("listen", "queue_interval")
 DEFAULT_QUEUE_INTERVAL = 15.0
+#: the keys of `metrics:`; any other is refused (and the configuration reference lists these)
+METRICS_OPTIONS = (
+    Option("listen", None, '"host:port" to serve /metrics on; ":PORT" or a bare port means 127.0.0.1; every '
+                           "interface only when written out (0.0.0.0:PORT, [::]:PORT)"),
+    Option("queue_interval", DEFAULT_QUEUE_INTERVAL, "seconds between two reads of the queue's depth for "
+                                                     "the queue metrics (0: never read)"),
+)
+METRICS_KEYS = tuple(option.key for option in METRICS_OPTIONS)
 #: the host of `listen: ":PORT"` (and of a bare port): loopback, never every interface by default
 DEFAULT_HOST = "127.0.0.1"
 #: scrapes served at once; more connections wait in the kernel's listen queue (LISTEN_BACKLOG)

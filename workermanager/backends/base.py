@@ -11,6 +11,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from workermanager.config import Option
 from workermanager.worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -27,9 +28,18 @@ class BackendBroken(BackendError):
     child exits and the master forks a fresh one."""
 
 
+#: keys every backend accepts: the config loader sets base_dir itself
+COMMON_OPTIONS: tuple[Option, ...] = (
+    Option("base_dir", None, "the folder relative database paths are resolved against; the config loader "
+                             "sets it to the config file's folder"),
+)
+
+
 class Backend(abc.ABC):
     #: the name the per-job log line shows ("TheSchwartz", "Gearman")
     log_name: str = ""
+    #: the worker_options keys this backend reads, besides COMMON_OPTIONS; any other key is refused
+    OPTIONS: tuple[Option, ...] = ()
     #: the backend's jobs log one line per failed attempt themselves (worker.failure_line); the
     #: child then adds none of its own when it fails a job that timed out
     logs_failures: bool = False
@@ -37,9 +47,15 @@ class Backend(abc.ABC):
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[Worker]]) -> None:
         """Validate `options` (the config's worker_options) without connecting anywhere.
 
-        Raise ValueError naming the option for bad options.
+        Raise ValueError naming the option for bad options; a key not declared in OPTIONS or
+        COMMON_OPTIONS is one.
         """
         self.options = dict(options)
+        known = {option.key for option in (*COMMON_OPTIONS, *self.OPTIONS)}
+        unknown = sorted(str(key) for key in set(self.options) - known)
+        if unknown:
+            raise ValueError(f"worker_options: unknown option(s) for {self.log_name}: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
         self.worker_classes = list(worker_classes)
         self.worker_by_funcname = {cls.function_name(): cls for cls in self.worker_classes}
 

@@ -50,7 +50,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workermanager.backends.base import Backend, BackendError
+from workermanager.backends.base import Backend, BackendError, Option
 from workermanager.gearman.client import Client, GearmanError
 from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
@@ -175,6 +175,15 @@ class GearmanJob(Job):
 class GearmanBackend(Backend):
     log_name = "Gearman"
     logs_failures = True
+    OPTIONS = (
+        Option("job_servers", None, 'required: one or more "host:port" job servers (a list, or one string); '
+                                    "the port defaults to 4730"),
+        Option("prefix", None, 'functions are registered as "prefix\\tfuncname", as Perl Gearman::Worker '
+                               "does"),
+        Option("max_packet_size", DEFAULT_MAX_PAYLOAD, "bytes: the largest job a child takes (argument, "
+                                                       "handle, function name and unique id); a bigger one "
+                                                       "is failed once, without being read"),
+    )
 
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[WorkerClass]]) -> None:
         super().__init__(options, worker_classes)

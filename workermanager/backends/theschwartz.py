@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from workermanager.backends.base import Backend, BackendBroken, BackendError
+from workermanager.backends.base import Backend, BackendBroken, BackendError, Option
 from workermanager.backends.leaseahead import BUDGET, STALE, LeaseAhead
 from workermanager.scoreboard import DEATH_RETRY_DELAY
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
@@ -63,19 +63,26 @@ def lease_seconds(cls: type[Worker], grace: float) -> int:
     return max(int(cls.grab_for), math.ceil(needed))
 
 
-_KNOWN_OPTIONS = {"databases", "prefix", "prioritize", "retry_seconds", "base_dir", "listeners_per_host",
-                  "lease_ahead_ms"}
-
-
 class TheSchwartzBackend(Backend):
     log_name = "TheSchwartz"
     logs_failures = True
+    OPTIONS = (
+        Option("databases", None, "required: a list of databases, each a DSN string or a mapping of dsn "
+                                  "(or path), user, pass, prefix and busy_timeout (seconds a busy database "
+                                  "is waited for before it is skipped, default 30); inserts are spread over "
+                                  "them and workers read them all"),
+        Option("prefix", "", "table name prefix for the databases that give none"),
+        Option("prioritize", False, "grab jobs by descending priority (slower on large queues)"),
+        Option("retry_seconds", RETRY_SECONDS, "seconds a database that cannot serve is skipped before it "
+                                               "is tried again"),
+        Option("listeners_per_host", LISTENERS_PER_HOST, "PostgreSQL: idle children per host woken by one "
+                                                         "insert (LISTEN/NOTIFY)"),
+        Option("lease_ahead_ms", BUDGET * 1000, "milliseconds a job leased ahead of its turn may expect to "
+                                                "wait in its child; 0 leases one job at a time"),
+    )
 
     def __init__(self, options: Mapping[str, Any], worker_classes: Sequence[type[Worker]]) -> None:
         super().__init__(options, worker_classes)
-        unknown = sorted(set(self.options) - _KNOWN_OPTIONS)
-        if unknown:
-            raise ValueError(f"worker_options: unknown option(s) for TheSchwartz: {', '.join(unknown)}")
         databases = self.options.get("databases")
         if isinstance(databases, (str, Mapping)):
             databases = [databases]

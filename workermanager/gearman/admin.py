@@ -37,6 +37,9 @@ class WorkerInfo:
 
 
 class Admin:
+    """The text admin protocol of one job server at `address` ("host:port"): one connection, each
+    command answered within `timeout` seconds. Use it as a context manager, or call close()."""
+
     def __init__(self, address: str, timeout: float = 5.0) -> None:
         self.address = parse_address(address)
         self.name = format_address(self.address)

@@ -143,6 +143,15 @@ class _Server:
 
 
 class Client:
+    """A client of one or more job servers: submit jobs and read their results and status.
+
+    `job_servers`: "host:port" strings (the port defaults to 4730). `prefix` is put before every
+    function name as "prefix\\tfuncname", as Perl Gearman::Client does. `exceptions` asks the
+    servers to pass WORK_EXCEPTION on. A server that failed is skipped for `retry_down_after`
+    seconds unless every server is down. A job bigger than `max_payload` bytes is refused with
+    JobTooBig before anything is sent. Use it as a context manager, or call close().
+    """
+
     def __init__(self, job_servers: Iterable[str] | str, prefix: str | None = None,
                  exceptions: bool = True, connect_timeout: float = 2.0,
                  retry_down_after: float = 5.0, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:

@@ -43,6 +43,8 @@ class ProtocolError(Exception):
 
 
 class PacketType(enum.IntEnum):
+    """The packet types of the binary protocol, with their numbers on the wire."""
+
     CAN_DO = 1
     CANT_DO = 2
     RESET_ABILITIES = 3

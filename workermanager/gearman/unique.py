@@ -34,6 +34,8 @@ class UniqueInfo(NamedTuple):  # a NamedTuple: built once per job, cheaper than 
 
 
 def make_unique(background: bool, attempt: int = 0, runnable_since: float | None = None) -> str:
+    """A unique id in our format for a new job: runnable since `runnable_since` (default now),
+    after `attempt` failures, a background or a foreground job."""
     since = time.time() if runnable_since is None else runnable_since
     mode = "b" if background else "f"
     return f"{PREFIX}:{int(since * 1000)}:{int(attempt)}:{mode}:{os.urandom(8).hex()}"
@@ -45,6 +47,7 @@ _OURS = re.compile(rf"{PREFIX}:([0-9]+):([0-9]+):([bf]):([^:]+)")
 
 
 def parse_unique(unique: str | bytes) -> UniqueInfo | None:
+    """What our client wrote into a unique id; None for any other client's id (it is only data)."""
     if isinstance(unique, bytes):
         unique = unique.decode("ascii", errors="replace")
     match = _OURS.fullmatch(unique)
