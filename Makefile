@@ -8,11 +8,11 @@ demo: setup
 	./scripts/demo.sh
 
 test: setup
-	.venv/bin/python -m ruff check workermanager tests bench
+	.venv/bin/python -m ruff check workermanager tests bench docs/hooks
 	.venv/bin/python -m pytest -p no:cacheprovider -q -n 3
 
 lint: setup
-	.venv/bin/python -m ruff check workermanager tests bench
+	.venv/bin/python -m ruff check workermanager tests bench docs/hooks
 
 bench: setup
 	.venv/bin/python bench/run_all.py
