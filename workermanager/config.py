@@ -130,7 +130,10 @@ class Config:
 
     @property
     def base_dir(self) -> str:
-        return self.root or os.path.dirname(self.path)
+        """The folder relative SQLite paths in `databases:` are taken from: worker_options'
+        base_dir when the file names one (a migrated Perl config does), else the Perl install root
+        (compat), else the config's folder."""
+        return self.worker_options.get("base_dir") or self.root or os.path.dirname(self.path)
 
     @property
     def backend_log_name(self) -> str:
@@ -199,6 +202,8 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
             raise ConfigError(f"{path}: key 'env' entry {key!r} must be a string or number, "
                               f"not {type(value).__name__}")
     options = dict(values["worker_options"] or {})
+    if isinstance(options.get("base_dir"), str):
+        options["base_dir"] = _resolve(options["base_dir"], base_dir)
     options.setdefault("base_dir", base_dir)
     return Config(
         path=os.path.abspath(path),

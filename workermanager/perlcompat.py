@@ -88,6 +88,7 @@ def adapt(raw: Mapping[str, Any], config_path: str, root: str | None = None) -> 
             native[key] = _rooted(key, native[key], root, changes)
     _perl_only(raw, native, changes)
     _perl_defaults(native, changes)
+    root_sqlite_paths(native, root, changes)
     return Adapted(native, root, changes)
 
 
@@ -152,3 +153,25 @@ def _perl_defaults(native: dict[str, Any], changes: list[Change]) -> None:
         options["databases"] = [dict(PERL_DATABASE)]
         changes.append(Change("worker_options", f"no databases: Perl's default, MySQL {PERL_DATABASE['dsn']} "
                                                 f"as user {PERL_DATABASE['user']}", warn=True))
+
+
+def root_sqlite_paths(native: dict[str, Any], root: str, changes: list[Change]) -> None:
+    """A relative SQLite path in `databases:` is taken from the install root, as the other relative
+    paths are: worker_options' base_dir says so, for the migrated config (saved anywhere) too."""
+    from workermanager.theschwartz.dsn import parse_database
+
+    options = native.get("worker_options")
+    databases = options.get("databases") if isinstance(options, dict) else None
+    if not isinstance(databases, list) or "base_dir" in options:
+        return
+    for entry in databases:
+        entry = {"dsn": entry} if isinstance(entry, str) else entry
+        try:
+            relative = parse_database(entry, "/a").database != parse_database(entry, "/b").database
+        except (ValueError, TypeError):
+            continue  # the loader names it
+        if relative:
+            options["base_dir"] = root
+            changes.append(Change("worker_options", "base_dir: relative SQLite paths in databases are "
+                                                    "taken from the Perl install root"))
+            return
