@@ -229,3 +229,14 @@ def test_compat_perl_hup_reopens_the_logs_and_keeps_the_children(tmp_path, perl_
     assert "HUP under compat: perl reopens the log files" in before_reopen
     assert "reloading" not in before_reopen + daemon.error_log()
     assert sorted(child.pid for child in daemon.children()) == before
+
+
+def test_check_shows_what_compat_perl_does_differently_as_warnings(tmp_path, perl_root):
+    conf = perl_root / PERL_CONFIG
+    conf.write_text("compat: perl\nroot: ../..\nridge_env: production\n" + conf.read_text().replace(
+        "  prioritize: 1\n", "  prioritize: 1\n  databases:\n    - dsn: dbi:SQLite:dbname=examples/q.db\n"))
+    assert run("init-db", "-f", str(conf), cwd=tmp_path).returncode == 0
+    assert (perl_root / "examples" / "q.db").exists()  # relative to the install root
+    result = run("check", "-f", str(conf), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"warning: config {conf}: key 'ridge_env': ignored" in result.stdout

@@ -249,3 +249,25 @@ def test_planted_logs_cannot_hang_or_exhaust_the_report(tmp_path):
     assert data["funcnames"]["Sandbox::Worker::A"]["jobs"] == 5
     problems = "\n".join(data.get("problems", [])) + result.stderr
     assert "job.log.1" in problems and "job.log.2" in problems
+
+
+def test_a_real_daemons_log_counts_a_retried_job_once(tmp_path, sqlite_queue, daemons):
+    """The daemon's own classic lines say retry:yes for the attempt that runs again and retry:no
+    for the last, so the report counts one failed job from two failed attempts."""
+    from daemon_harness import Daemon
+    from helpers import wait_for
+
+    client, path = sqlite_queue
+    client.insert("Lease::FailsTwice", {"n": 1})
+    daemon = Daemon(str(tmp_path), {"workers": ["leaseworkers.FailsTwice"], "log_format": "classic",
+                                    "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]}},
+                    ("-n", "-c", "1"))
+    daemons.append(daemon.start())
+
+    def lines():
+        with open(daemon.joblog) as handle:
+            return handle.read().splitlines()
+    wait_for(lambda: os.path.exists(daemon.joblog) and len(lines()) == 2, 20, what="two job lines")
+    assert [line.rsplit(" ", 1)[1] for line in lines()] == ["retry:yes", "retry:no"]
+    row = json.loads(report("--json", daemon.joblog).stdout)["funcnames"]["Lease::FailsTwice"]
+    assert (row["jobs"], row["attempts"], row["failed"], row["retried"]) == (1, 2, 1, 1)
