@@ -153,8 +153,9 @@ def build_figure(entries: Sequence[LogEntry]) -> Any:
             for pct, style in PERCENTILE_STYLES:
                 for name, series in percentile_series(entries, field, pct, buckets).items():
                     ys = [math.nan if y is None else y for y in series.ys]  # NaN: matplotlib breaks the line
+                    # a marker on every point: a busy interval between two idle ones has no line
                     panel.plot(series.xs, ys, linestyle=style, color=colours[name], linewidth=1.3,
-                               marker="." if pct == 95 else None, markersize=3)
+                               marker=".", markersize=5 if pct == 95 else 3)
             panel.set_ylabel(label)
         for name, series in count_series(entries, buckets, per_second=True, keep=_finished).items():
             rate_axes.plot(series.xs, series.ys, color=colours[name], linewidth=1.2, drawstyle="steps-mid")
