@@ -148,7 +148,8 @@ def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> 
         backend = build_backend(config, import_worker_classes(config))  # ConfigError: to the parent
     findings = []
     if will_drop:
-        findings += _config_readable(config)
+        if config.compat != "perl":  # under compat HUP reopens the logs only: nothing re-reads it
+            findings += _config_readable(config)
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
     return findings
