@@ -50,8 +50,6 @@ class LogEntry:
     #: the job runs again after this attempt; None when the line does not say (logs written
     #: before the field existed)
     retry: bool | None = None
-    #: the job's id where the format carries it (ltsv, json)
-    job_id: str | None = None
 
 
 class BadLine(ValueError):
@@ -101,7 +99,7 @@ def parse_line(line: str) -> LogEntry:
         fields = match.groupdict()
         fields["retry"] = int(fields["max_retries"]) >= int(fields["failures"])
         return _from_fields(fields)
-    if PERL_OTHER.match(text):
+    if PERL_OTHER.match(text) and " process:" not in text:  # a job line, malformed, is unreadable
         raise OtherLine("a Perl WorkerManager line that is not a job line")
     raise BadLine("not a classic, ltsv or json job line")
 
@@ -129,12 +127,11 @@ def _from_fields(fields: dict[str, Any]) -> LogEntry:
         delay = fields.get("delay")
         delay_ms = None if delay in (None, "-") else _milliseconds(delay)
         retry = False if outcome == "completed" else _retry(fields.get("retry"))
-        job_id = fields.get("job_id")
     except (KeyError, ValueError, TypeError) as exc:
         raise BadLine(f"missing or bad field: {exc}") from None
     if process is None or not funcname:
         raise BadLine("no process time or funcname")
-    return LogEntry(stamp, outcome, funcname, process, delay_ms, retry, None if job_id is None else str(job_id))
+    return LogEntry(stamp, outcome, funcname, process, delay_ms, retry)
 
 
 def _milliseconds(value: Any) -> int | None:

@@ -81,6 +81,8 @@ def adapt(raw: Mapping[str, Any], config_path: str, root: str | None = None) -> 
     install_root. Values of other keys are left for the config loader to check."""
     root = root or install_root(raw, config_path)
     native = {key: value for key, value in raw.items() if key not in PERL_ONLY_KEYS and key != "compat"}
+    if isinstance(native.get("worker_options"), dict):
+        native["worker_options"] = dict(native["worker_options"])  # defaults go in: leave `raw` as read
     changes: list[Change] = []
     _merge_listed_options(native, changes)
     for key in PATH_KEYS:
