@@ -47,6 +47,21 @@ def test_missing_f_is_a_usage_error(tmp_path):
     assert "the following arguments are required: -f/--config" in result.stderr
 
 
+def test_help_subcommand_prints_the_help_not_a_usage_error(tmp_path):
+    result = run(["help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: workermanager [-hdn]" in result.stdout
+    assert "migrate-config" in result.stdout and "-f is needed to run the daemon only" in result.stdout
+    assert "required" not in result.stdout + result.stderr
+    sub = run(["help", "report"], tmp_path)
+    assert sub.returncode == 0 and sub.stdout.startswith("usage: workermanager report")
+    assert "required" not in sub.stdout + sub.stderr
+    unknown = run(["help", "frobnicate"], tmp_path)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == ("workermanager: help: no subcommand 'frobnicate' (subcommands: "
+                                      "init-db, insert, submit, status, report, check, migrate-config)")
+
+
 def test_help_shows_the_usage(tmp_path):
     result = run(["-h"], tmp_path)
     assert result.returncode == 0

@@ -106,3 +106,28 @@ def test_worker_classes_import_with_clear_errors(tmp_path):
             cfg.import_worker_classes(config)
         assert written in str(caught.value) and message in str(caught.value)
         assert str(caught.value).startswith(os.path.join(str(tmp_path), "bad.yml"))
+
+
+@pytest.mark.parametrize("typo, meant", [("concurency", "concurrency"), ("work_per_child", "works_per_child"),
+                                         ("log_fromat", "log_format"), ("workers_options", "worker_options")])
+def test_an_unknown_key_near_a_known_one_says_which_was_meant(tmp_path, typo, meant):
+    path = write(tmp_path, GOOD + f"{typo}: 8\n")
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(path)
+    assert str(caught.value) == f"{path}: unknown key {typo!r} (did you mean {meant!r}?)"
+
+
+def test_a_missing_inc_path_folder_is_named_not_only_the_module(tmp_path):
+    path = write(tmp_path, "workers: [sandbox.worker.A]\ninc_path: [no/such/lib]\n")
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.import_worker_classes(cfg.load(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: key 'inc_path': folder {tmp_path / 'no/such/lib'} does not exist")
+    assert "No module named 'sandbox'" in message
+
+
+def test_the_worker_base_class_itself_is_refused(tmp_path):
+    for written in ("workermanager.Worker", "workermanager.worker:Worker"):
+        path = write(tmp_path, f"workers: [{written}]\n")
+        with pytest.raises(cfg.ConfigError, match="is the base class workermanager.Worker itself"):
+            cfg.import_worker_classes(cfg.load(path))

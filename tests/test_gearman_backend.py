@@ -295,6 +295,8 @@ def test_the_daemon_retries_failed_background_jobs(gearmand, gearman_daemon):
     daemon.wait_ledger(lambda rows: len(rows) >= 3, 30, what="three attempts")
     wait_for(lambda: len(_lines(daemon.joblog)) >= 3, 10, what="three log lines")
     assert all(" Gearman job failed Test::Fail " in line for line in _lines(daemon.joblog))
+    # whether the job runs again, for `report` to count one job of three attempts
+    assert [line.rsplit(" ", 1)[1] for line in _lines(daemon.joblog)] == ["retry:yes", "retry:yes", "retry:no"]
     wait_for(lambda: "failed for good" in daemon.error_log(), 10, what="the failed-for-good line")
     assert len(daemon.ledger_rows()) == 3
 

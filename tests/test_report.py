@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,18 +12,18 @@ import time
 
 import pytest
 
-from workermanager.commands.report import percentile
 from workermanager.joblog import JobRecord, format_record
-from workermanager.logparse import BadLine, parse_line
+from workermanager.logparse import BadLine, OtherLine, parse_line, percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = time.mktime((2024, 5, 1, 12, 0, 0, 0, 0, -1))  # local time, as the daemon writes it
 
 
 def record(n: int, funcname: str = "Sandbox::Worker::A", outcome: str = "completed",
-           process: int = 10, delay: int | None = 100, at: float = BASE) -> JobRecord:
+           process: int = 10, delay: int | None = 100, at: float = BASE, retry: bool = False) -> JobRecord:
     return JobRecord(backend="TheSchwartz", outcome=outcome, funcname=funcname, process_ms=process,
-                     delay_ms=delay, finished_at=at, pid=4242, job_id=f"abc-{n}", worker_class="x.A")
+                     delay_ms=delay, finished_at=at, pid=4242, job_id=f"abc-{n}", worker_class="x.A",
+                     retry=retry)
 
 
 def report(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,9 +33,12 @@ def report(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_each_format_parses_to_the_same_entry():
-    entries = [parse_line(format_record(record(1, delay=155, process=2346), fmt))
-               for fmt in ("classic", "ltsv", "json")]
+    entries = [parse_line(format_record(record(1, delay=155, process=2346), fmt)) for fmt in ("classic", "ltsv", "json")]
     assert entries[0] == entries[1] == entries[2]
+    for retry in (True, False):
+        failed = [parse_line(format_record(record(1, outcome="failed", retry=retry), fmt))
+                  for fmt in ("classic", "ltsv", "json")]
+        assert [entry.retry for entry in failed] == [retry] * 3
     assert (entries[0].process_ms, entries[0].delay_ms, entries[0].time) == (2346, 155, BASE)
     no_delay = [parse_line(format_record(record(1, delay=None), fmt)).delay_ms for fmt in ("classic", "ltsv", "json")]
     assert no_delay == [None, None, None]
@@ -49,8 +53,54 @@ def test_each_format_parses_to_the_same_entry():
     '{"time": "yesterday", "outcome": "completed", "funcname": "A", "process": 1}',
 ])
 def test_bad_lines_are_rejected(line):
-    with pytest.raises(BadLine):
+    with pytest.raises(BadLine) as caught:
         parse_line(line)
+    assert not isinstance(caught.value, OtherLine)  # counted as unreadable, not as a Perl daemon line
+
+
+def test_a_completed_classic_line_is_still_perls_byte_for_byte_and_a_failed_one_says_retry():
+    line = format_record(record(1, delay=155, process=2346, at=BASE), "classic")
+    assert line == "2024-05-01T12:00:00 TheSchwartz job completed Sandbox::Worker::A process:2346 delay:155\n"
+    failed = format_record(record(1, outcome="failed", retry=True, at=BASE), "classic")
+    assert failed.endswith(" job failed Sandbox::Worker::A process:10 delay:100 retry:yes\n")
+
+
+def test_perl_workermanager_failure_lines_say_whether_the_job_is_retried():
+    """Perl's log line for a failed attempt is TheSchwartz's debug text: 'is max_retries of M >=
+    failures of F?' (yes: retried), then the funcname and times; its second line (the message)
+    and the daemon's other lines are not job lines, and not unreadable either."""
+    stamp = "2009-10-21T22:21:40 TheSchwartz "
+    retried = parse_line(stamp + "job failed.  considering retry.  is max_retries of 3 >= failures of 1? "
+                                 "Sandbox::Worker::A process:2346 delay:155")
+    assert (retried.outcome, retried.funcname, retried.process_ms, retried.delay_ms, retried.retry) == \
+        ("failed", "Sandbox::Worker::A", 2346, 155, True)
+    last = parse_line(stamp + "job failed.  considering retry.  is max_retries of 3 >= failures of 4? "
+                              "Sandbox::Worker::A process:12 delay:9")
+    assert last.retry is False
+    for other in (stamp + "job failed: Failed 'A' 1256131300 Sandbox::Worker::A",
+                  "2009-10-21T22:21:40 WorkerManager 3 started with PID 2346"):
+        with pytest.raises(OtherLine):
+            parse_line(other)
+
+
+def test_jobs_and_attempts_are_counted_apart(tmp_path):
+    """Job 1 fails twice (retried) then completes; job 2 fails, is retried, fails for good; job 3
+    completes at once; one line from an old log does not say (unknown, counted as a failed job)."""
+    lines = [record(1, outcome="failed", retry=True), record(1, outcome="failed", retry=True), record(1),
+             record(2, outcome="failed", retry=True), record(2, outcome="failed", retry=False), record(3)]
+    path = tmp_path / "job.log"
+    path.write_text("".join(format_record(r, fmt) for r, fmt in zip(lines, ["classic", "json", "ltsv"] * 2, strict=True))
+                    + "2024-05-01T12:00:00 TheSchwartz job failed Sandbox::Worker::A process:10 delay:100\n"
+                    + "2024-05-01T12:00:00 TheSchwartz job failed: the message Sandbox::Worker::A\n")
+    data = json.loads(report("--json", str(path)).stdout)
+    row = data["funcnames"]["Sandbox::Worker::A"]
+    assert {key: row[key] for key in ("jobs", "attempts", "completed", "failed", "retried", "unknown")} == \
+        {"jobs": 4, "attempts": 7, "completed": 2, "failed": 1, "retried": 3, "unknown": 1}
+    assert (data["skipped"], data["other"]) == (0, 1)
+    text = report(str(path)).stdout
+    assert next(line for line in text.splitlines() if line.startswith("Sandbox")).split()[1:6] == \
+        ["4", "2", "1", "7", "3"]
+    assert "1 failed attempt(s) from lines that do not say" in text
 
 
 def test_nearest_rank_percentiles():
@@ -132,6 +182,36 @@ def test_plot_writes_a_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_plot_has_four_panels_breaks_lines_at_idle_gaps_and_its_legend_covers_no_panel(tmp_path):
+    pytest.importorskip("matplotlib")
+    from workermanager.reportplot import build_figure
+
+    busy = [i for i in range(0, 3000, 10) if not 1000 <= i < 2000]  # idle for the middle third
+    entries = [parse_line(format_record(record(i, delay=100 + i, at=BASE + i, process=5 + i % 3,
+                                               outcome="failed" if i % 50 == 0 else "completed",
+                                               retry=i % 100 == 0), "json")) for i in busy]
+    figure = build_figure(entries)
+    delay, process, rate, failures = figure.axes
+    assert [axes.get_ylabel() for axes in (delay, process, rate)] == \
+        ["queue delay (ms)", "process time (ms)", "jobs finished / s"]
+    assert failures.get_ylabel().startswith("failures per")
+    assert len(delay.get_lines()) == 3  # p50, p95, p99 of the one function
+    for line in delay.get_lines() + process.get_lines():
+        ys = list(line.get_ydata())
+        gap = [i for i, y in enumerate(ys) if math.isnan(y)]
+        assert gap, "no break in the line across the idle third"
+        assert not math.isnan(ys[gap[0] - 1]) and not math.isnan(ys[gap[-1] + 1])
+    assert len(failures.patches) > 0
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends
+    box = legend.get_window_extent(renderer)
+    for axes in figure.axes:
+        assert not box.overlaps(axes.get_window_extent(renderer))
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels[:4] == ["Sandbox::Worker::A", "p50 (delay, process)", "p95 (delay, process)", "p99 (delay, process)"]
+
+
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path):
     path = tmp_path / "job.log"
     path.write_text(format_record(record(1), "classic"))
@@ -168,3 +248,25 @@ def test_planted_logs_cannot_hang_or_exhaust_the_report(tmp_path):
     assert data["funcnames"]["Sandbox::Worker::A"]["jobs"] == 5
     problems = "\n".join(data.get("problems", [])) + result.stderr
     assert "job.log.1" in problems and "job.log.2" in problems
+
+
+def test_a_real_daemons_log_counts_a_retried_job_once(tmp_path, sqlite_queue, daemons):
+    """The daemon's own classic lines say retry:yes for the attempt that runs again and retry:no
+    for the last, so the report counts one failed job from two failed attempts."""
+    from daemon_harness import Daemon
+    from helpers import wait_for
+
+    client, path = sqlite_queue
+    client.insert("Lease::FailsTwice", {"n": 1})
+    daemon = Daemon(str(tmp_path), {"workers": ["leaseworkers.FailsTwice"], "log_format": "classic",
+                                    "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]}},
+                    ("-n", "-c", "1"))
+    daemons.append(daemon.start())
+
+    def lines():
+        with open(daemon.joblog) as handle:
+            return handle.read().splitlines()
+    wait_for(lambda: os.path.exists(daemon.joblog) and len(lines()) == 2, 20, what="two job lines")
+    assert [line.rsplit(" ", 1)[1] for line in lines()] == ["retry:yes", "retry:no"]
+    row = json.loads(report("--json", daemon.joblog).stdout)["funcnames"]["Lease::FailsTwice"]
+    assert (row["jobs"], row["attempts"], row["failed"], row["retried"]) == (1, 2, 1, 1)

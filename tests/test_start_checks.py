@@ -201,6 +201,20 @@ def test_a_root_only_config_is_refused_when_the_daemon_drops_privileges(daemons,
     assert f"chmod 0640 {daemon.config_path}" in output
 
 
+def test_a_root_only_compat_perl_config_starts_since_its_hup_reads_no_config(daemons, folder, service_account):
+    """Under `compat: perl` HUP reopens the logs and re-reads nothing, as Perl's did: a config
+    only root can read is no reason to refuse the start."""
+    user = service_account.pw_name
+    db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
+    init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
+    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
+    daemon = sqlite_daemon(folder, db_path, user=user, compat="perl")
+    os.chmod(daemon.config_path, 0o600)
+    daemons.append(daemon)
+    daemon.start(wait_children=1)
+    assert "not readable by user" not in daemon.error_log()
+
+
 def test_a_config_readable_by_the_service_group_reloads_on_hup(daemons, folder, service_account):
     """The fix the refusal names (0640 root:group) works: HUP after the drop applies a new config."""
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")

@@ -266,7 +266,7 @@ class Child:
             self.reopen_requested = False
             self.joblog.reopen()
         self.joblog.write(JobRecord(self.backend.log_name, word, funcname, process_ms, delay_ms, time.time(),
-                                    self.pid, handle, class_name))
+                                    self.pid, handle, class_name, word != "completed" and _runs_again(outcome, job)))
         rss = self._rss() if self._memory_limited or works_done % RSS_EVERY == 1 else None
         self.reporter.job_done(word, funcname, works_done, process_ms, delay_ms, rss)
         if works_done >= self.plan.works_limit or rss:
@@ -370,6 +370,12 @@ MASTER_CHECK_INTERVAL = 0.25
 MIN_ROOM = 0.5
 #: the stop reason of a child whose backend broke for good
 BACKEND_BROKEN = "backend broken"
+
+
+def _runs_again(outcome: str, job: Job) -> bool:
+    """Whether a job that did not complete comes back after this attempt (the job log's `retry`):
+    retried or declined (the backend's job says), given back or never settled (its lease ends)."""
+    return outcome in ("unrecorded", "released") or job.outcome is None or job.runs_again
 
 
 def run_child(plan: ChildPlan, unblock: set[int] | None = None) -> int:

@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
     "check": "workermanager.commands.check",
+    "migrate-config": "workermanager.commands.migrate",
 }
 
 log = logging.getLogger("workermanager")
@@ -47,7 +48,8 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workermanager", usage=USAGE,
         description="Prefork worker-process manager for TheSchwartz and Gearman jobs. "
-                    f"Subcommands: {', '.join(SUBCOMMANDS)} (workermanager SUBCOMMAND -h).")
+                    f"Subcommands: {', '.join(SUBCOMMANDS)} (workermanager help SUBCOMMAND). "
+                    "-f is needed to run the daemon only.")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
     parser.add_argument("-n", "--foreground", "--no-daemon", action="store_true",
                         help="stay in the foreground (do not daemonize)")
@@ -90,12 +92,27 @@ def _quiet_stdout() -> None:
 
 
 def _dispatch(args: list[str]) -> int:
+    if args and args[0] == "help":
+        return _help(args[1:])
     if args and args[0] in SUBCOMMANDS:
         import importlib
         command: Callable[[list[str]], int] = importlib.import_module(SUBCOMMANDS[args[0]]).main
         return command(args[1:])
     options = daemon_parser().parse_args(args)
     return run_daemon(options)
+
+
+def _help(args: list[str]) -> int:
+    """`workermanager help [SUBCOMMAND]`: the daemon's help, or the subcommand's; never the
+    daemon's usage error (-f is needed to run the daemon, not to ask for help)."""
+    if args and args[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[args[0]]).main(["-h"])
+    if args:
+        return fail(f"help: no subcommand {args[0]!r} (subcommands: {', '.join(SUBCOMMANDS)})")
+    daemon_parser().print_help()
+    return 0
 
 
 def fail(message: str) -> int:

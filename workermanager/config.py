@@ -9,6 +9,7 @@ lines is wrong.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from workermanager import perlcompat
 from workermanager.worker import Worker
 
 LOG_FORMATS = ("classic", "ltsv", "json")
@@ -97,6 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("status_file", str, None, "JSON file the master keeps current for `workermanager status`",
             is_path=True),
     Setting("metrics", dict, {}, "metrics: {listen: host:port} serves Prometheus text"),
+    Setting("compat", str, None, "perl: read a Perl WorkerManager config as Perl did (paths against its "
+            "install root `root:`, its defaults, HUP reopens logs): docs/migrating-from-perl.md",
+            _one_of("perl")),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -127,10 +132,19 @@ class Config:
     metrics: Mapping[str, Any]
     debug: bool = False
     foreground: bool = False
+    #: "perl" under `compat: perl` (perlcompat), else None
+    compat: str | None = None
+    #: under compat: the Perl install root relative paths were resolved against
+    root: str | None = None
+    #: one line each: what the daemon does differently from what the file asked (shown at start)
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> str:
-        return os.path.dirname(self.path)
+        """The folder relative SQLite paths in `databases:` are taken from: worker_options'
+        base_dir when the file names one (a migrated Perl config does), else the Perl install root
+        (compat), else the config's folder."""
+        return self.worker_options.get("base_dir") or self.root or os.path.dirname(self.path)
 
     @property
     def backend_log_name(self) -> str:
@@ -140,6 +154,11 @@ class Config:
 def load(path: str, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate the YAML file at `path`; `overrides` (from flags) win over its keys."""
     path = os.path.abspath(path)
+    return from_mapping(read_yaml(path), path, overrides)
+
+
+def read_yaml(path: str) -> Any:
+    """The parsed YAML file at `path`; ConfigError with one line naming the file (and the line)."""
     try:
         with open(path, encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
@@ -156,7 +175,7 @@ def load(path: str, overrides: Mapping[str, Any] | None = None) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
     except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting deeper than the stack
         raise ConfigError(f"{path}: unusable YAML: {str(exc).splitlines()[0][:200]}") from None
-    return from_mapping(raw, path, overrides)
+    return raw
 
 
 def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -166,10 +185,18 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys, not {type(raw).__name__}")
     base_dir = os.path.dirname(os.path.abspath(path))
+    compat = raw.get("compat")
+    root, warnings = None, ()
+    if isinstance(compat, str) and compat.lower() == "perl":
+        try:
+            adapted = perlcompat.adapt(raw, path)
+        except perlcompat.PerlConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        raw, base_dir, root, warnings = adapted.raw, adapted.root, adapted.root, adapted.warnings()
     values: dict[str, Any] = {}
     for key in raw:
         if key not in SETTINGS_BY_KEY:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(SETTINGS_BY_KEY)})")
+            raise ConfigError(_unknown_key(path, key))
     merged = dict(raw)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -186,6 +213,8 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
             raise ConfigError(f"{path}: key 'env' entry {key!r} must be a string or number, "
                               f"not {type(value).__name__}")
     options = dict(values["worker_options"] or {})
+    if isinstance(options.get("base_dir"), str):
+        options["base_dir"] = _resolve(options["base_dir"], base_dir)
     options.setdefault("base_dir", base_dir)
     return Config(
         path=os.path.abspath(path),
@@ -209,7 +238,21 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         metrics=dict(values["metrics"] or {}),
         debug=bool((overrides or {}).get("debug")),
         foreground=bool((overrides or {}).get("foreground")),
+        compat="perl" if root is not None else None,
+        root=root,
+        warnings=warnings,
     )
+
+
+def _unknown_key(path: str, key: Any) -> str:
+    """The one line for a key we do not know: a Perl-only key says how to keep it, a near miss
+    says which key was meant (a typo in `concurency` silently starting 4 children helps nobody)."""
+    if key in perlcompat.PERL_ONLY_KEYS:
+        return (f"{path}: key {key!r} is a Perl WorkerManager key: add `compat: perl` or convert the file "
+                f"with `workermanager migrate-config {path}` (docs/migrating-from-perl.md)")
+    close = difflib.get_close_matches(str(key), list(SETTINGS_BY_KEY), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(SETTINGS_BY_KEY)}"
+    return f"{path}: unknown key {key!r} ({hint})"
 
 
 def _validated(setting: Setting, value: Any, path: str, base_dir: str) -> Any:
@@ -261,8 +304,16 @@ def import_worker_classes(config: Config) -> list[type[Worker]]:
     `Sandbox::Worker::A` in a migrated config keeps matching the jobs Perl clients insert.
     """
     classes = []
+    missing = [folder for folder in config.inc_path if not os.path.isdir(folder)]
     for written in config.workers:
-        cls = import_class(written, config.path)
+        try:
+            cls = import_class(written, config.path)
+        except ConfigError as exc:
+            if not missing:
+                raise
+            detail = str(exc).removeprefix(f"{config.path}: ")
+            raise ConfigError(f"{config.path}: key 'inc_path': folder {missing[0]} does not exist "
+                              f"({detail})") from None
         if cls.funcname is None and "::" in written:
             cls.funcname = written
         classes.append(cls)
@@ -288,6 +339,9 @@ def import_class(written: str, path: str) -> type[Worker]:
         obj = getattr(obj, part, None)
         if obj is None:
             raise ConfigError(f"{path}: worker {written!r}: module {module_name!r} has no {attr!r}")
+    if obj is Worker:
+        raise ConfigError(f"{path}: worker {written!r} is the base class workermanager.Worker itself: "
+                          "name your subclass of it, the class that defines work()")
     if not (isinstance(obj, type) and issubclass(obj, Worker)):
         raise ConfigError(f"{path}: worker {written!r} is not a subclass of workermanager.Worker")
     return obj

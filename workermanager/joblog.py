@@ -29,6 +29,9 @@ class JobRecord:
     pid: int
     job_id: str
     worker_class: str
+    #: the job runs again after this attempt (a failure that is retried, a decline, a job given
+    #: back); False when this was its last (completed, failed for good)
+    retry: bool = False
 
 
 def outcome_word(outcome: str) -> str:
@@ -52,8 +55,11 @@ def format_record(record: JobRecord, log_format: str = "classic") -> str:
     stamp = local_stamp(record.finished_at)
     delay = "-" if record.delay_ms is None else str(record.delay_ms)
     if log_format == "classic":
-        return (f"{stamp} {record.backend} job {record.outcome} {record.funcname} "
-                f"process:{record.process_ms} delay:{delay}\n")
+        line = (f"{stamp} {record.backend} job {record.outcome} {record.funcname} "
+                f"process:{record.process_ms} delay:{delay}")
+        if record.outcome == "completed":
+            return line + "\n"  # the Perl WorkerManager's line, byte for byte
+        return f"{line} retry:{'yes' if record.retry else 'no'}\n"
     fields = {
         "time": stamp,
         "backend": record.backend,
@@ -64,6 +70,7 @@ def format_record(record: JobRecord, log_format: str = "classic") -> str:
         "pid": record.pid,
         "job_id": record.job_id,
         "class": record.worker_class,
+        "retry": record.retry,
     }
     if log_format == "json":
         return json.dumps(fields, separators=(",", ":")) + "\n"

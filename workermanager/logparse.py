@@ -13,10 +13,11 @@ import functools
 import gzip
 import io
 import json
+import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from workermanager import safefiles
@@ -24,9 +25,17 @@ from workermanager import safefiles
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 GZIP_MAGIC = b"\x1f\x8b"
 
-CLASSIC = re.compile(
-    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\s+(?P<backend>\S+)\s+job\s+(?P<outcome>\S+)\s+"
-    r"(?P<funcname>\S+)\s+process:(?P<process>\d+)\s+delay:(?P<delay>\d+|-)\s*")
+_STAMP = r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\s+(?P<backend>\S+)\s+"
+_TIMES = r"\s+(?P<funcname>\S+)\s+process:(?P<process>\d+)\s+delay:(?P<delay>\d+|-)"
+#: ours; `retry:yes|no` ends a failed attempt's line (a completed line is Perl's, byte for byte)
+CLASSIC = re.compile(_STAMP + r"job\s+(?P<outcome>\S+)" + _TIMES + r"(?:\s+retry:(?P<retry>yes|no))?\s*")
+#: the Perl WorkerManager's line for a failed attempt: TheSchwartz's own debug text, which says
+#: whether the job is retried (max_retries >= failures), then the job's funcname and times
+PERL_FAILED = re.compile(_STAMP + r"job (?P<outcome>failed)\.\s+considering retry\.\s+is max_retries of "
+                         r"(?P<max_retries>\d+) >= failures of (?P<failures>\d+)\?" + _TIMES + r"\s*")
+#: the Perl daemon's other lines in the same file (the failure's message, children started and
+#: exited, "got job of class"): not job lines, and not unreadable either
+PERL_OTHER = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (TheSchwartz|Gearman|WorkerManager) ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +47,23 @@ class LogEntry:
     funcname: str
     process_ms: int
     delay_ms: int | None
+    #: the job runs again after this attempt; None when the line does not say (logs written
+    #: before the field existed)
+    retry: bool | None = None
 
 
 class BadLine(ValueError):
     """A line that is not a job line of any known format."""
+
+
+class OtherLine(BadLine):
+    """A line the Perl WorkerManager wrote beside its job lines: skipped without counting."""
+
+
+def percentile(sorted_values: Sequence[int], pct: float) -> int:
+    """Nearest-rank percentile of an ascending, non-empty sequence (a value that occurred)."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
 
 
 @functools.lru_cache(maxsize=4096)  # busy fleets write many lines per second: parse each once
@@ -70,9 +92,30 @@ def parse_line(line: str) -> LogEntry:
             fields[key] = None if value == "-" else value
         return _from_fields(fields)
     match = CLASSIC.fullmatch(text)
-    if match is None:
-        raise BadLine("not a classic, ltsv or json job line")
-    return _from_fields(match.groupdict())
+    if match is not None:
+        return _from_fields(match.groupdict())
+    match = PERL_FAILED.fullmatch(text)
+    if match is not None:
+        fields = match.groupdict()
+        fields["retry"] = int(fields["max_retries"]) >= int(fields["failures"])
+        return _from_fields(fields)
+    if PERL_OTHER.match(text) and " process:" not in text:  # a job line, malformed, is unreadable
+        raise OtherLine("a Perl WorkerManager line that is not a job line")
+    raise BadLine("not a classic, ltsv or json job line")
+
+
+_YES = {"yes", "true", "1"}
+_NO = {"no", "false", "0"}
+
+
+def _retry(value: Any) -> bool | None:
+    """The `retry` field: yes/no (classic), True/False (ltsv), true/false (json); None if absent."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in _YES or text in _NO:
+        return text in _YES
+    raise ValueError(f"retry is not yes or no: {value!r}")
 
 
 def _from_fields(fields: dict[str, Any]) -> LogEntry:
@@ -83,11 +126,12 @@ def _from_fields(fields: dict[str, Any]) -> LogEntry:
         process = _milliseconds(fields["process"])
         delay = fields.get("delay")
         delay_ms = None if delay in (None, "-") else _milliseconds(delay)
+        retry = False if outcome == "completed" else _retry(fields.get("retry"))
     except (KeyError, ValueError, TypeError) as exc:
         raise BadLine(f"missing or bad field: {exc}") from None
     if process is None or not funcname:
         raise BadLine("no process time or funcname")
-    return LogEntry(stamp, outcome, funcname, process, delay_ms)
+    return LogEntry(stamp, outcome, funcname, process, delay_ms, retry)
 
 
 def _milliseconds(value: Any) -> int | None:
@@ -133,6 +177,8 @@ def _lines(handle: IO[str]) -> Iterator[str]:
 class ReadStats:
     lines: int = 0
     skipped: int = 0
+    #: the Perl daemon's lines that are not job lines (OtherLine): read, not counted as skipped
+    other: int = 0
     #: files (or their tails) that could not be read: "path: reason"
     problems: list[str] = dataclasses.field(default_factory=list)
 
@@ -154,6 +200,8 @@ def read_entries(paths: list[str], stats: ReadStats) -> Iterator[LogEntry]:
                     stats.lines += 1
                     try:
                         yield parse_line(line)
+                    except OtherLine:
+                        stats.other += 1
                     except BadLine:
                         stats.skipped += 1
             except (OSError, EOFError) as exc:

@@ -339,6 +339,11 @@ class Master:
         log.info("master %d: fast stop", os.getpid())
 
     def handle_sighup(self) -> None:
+        if self.config.compat == "perl":  # as the Perl daemon: HUP reopens the logs, nothing more
+            log.info("master %d: HUP under compat: perl reopens the log files (restart to reload the config)",
+                     os.getpid())
+            self.handle_sigusr1()
+            return
         log.info("master %d: reloading %s", os.getpid(), self.config.path)
         self._reopen_logs()
         try:

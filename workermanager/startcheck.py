@@ -96,6 +96,9 @@ def check_all(config: Config, backend: Backend | None) -> list[Finding]:
     or None (backend_here): the probing child then imports them as the service user, and a worker
     that does not import raises ConfigError here, with the same line as an import in this process."""
     findings = [Finding(OK, f"config {config.path}: loaded, {len(config.workers)} worker class(es) import")]
+    findings += [Finding(WARNING, f"config {config.path}: {warning}") for warning in config.warnings]
+    findings += [Finding(WARNING, f"inc_path folder {folder} does not exist")
+                 for folder in config.inc_path if not os.path.isdir(folder)]
     findings += folder_checks(config)
     will_drop = daemonize.will_drop(config)  # asked here: the probe asks after it became the service user
     findings += as_service(config, lambda: service_checks(config, backend, will_drop),
@@ -145,7 +148,8 @@ def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> 
         backend = build_backend(config, import_worker_classes(config))  # ConfigError: to the parent
     findings = []
     if will_drop:
-        findings += _config_readable(config)
+        if config.compat != "perl":  # under compat HUP reopens the logs only: nothing re-reads it
+            findings += _config_readable(config)
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
     return findings

@@ -52,6 +52,9 @@ class Job(abc.ABC):
     #: id): with the handle, what the master notes of a job whose child died running it, so that
     #: whoever records that failure can tell it is still the same hand-out (see docs/timeouts.md)
     claim: str = ""
+    #: True once this attempt left the job to run again (a failure that is retried, a decline):
+    #: the job log's `retry` field, which lets `report` count jobs apart from attempts
+    runs_again: bool = False
 
     def __init__(self) -> None:
         self.outcome: str | None = None

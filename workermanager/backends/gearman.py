@@ -118,6 +118,7 @@ class GearmanJob(Job):
         if self.resubmittable and cls is not None and cls.should_retry(attempt):
             delay = max(cls.retry_delay_for(attempt), min_delay)
             next_run = self._resubmit(attempt, delay)
+            self.runs_again = next_run is not None
         self._log_failure(attempt, msg, next_run)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
@@ -146,6 +147,7 @@ class GearmanJob(Job):
         if self.resubmittable:
             delay = max(1.0, cls.retry_delay_for(self.failures) if cls is not None else 0.0)
             if self._resubmit(self.failures, delay) is not None:
+                self.runs_again = True
                 self._send("WORK_COMPLETE", self._grabbed.complete, b"")
                 return
         self._send("WORK_FAIL", self._grabbed.fail)

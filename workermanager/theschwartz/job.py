@@ -237,6 +237,7 @@ class TheSchwartzJob(Job):
                 cursor.execute(self.db.q.retry_job, (int(run_after), self.jobid))
             self.db.run(work, write=True, single_statement=True)
         self.outcome = "declined"
+        self.runs_again = True
 
     def replace_with(self, *jobs: Any) -> None:
         """Insert `jobs` (JobSpec, (funcname, arg) or dict) into this job's database and complete
@@ -301,6 +302,7 @@ class TheSchwartzJob(Job):
         if not written:
             self.outcome = None
             return False
+        self.runs_again = retry
         attempts = 1 + int((self.worker_class or Worker).max_retries or 0)
         line = failure_line(self, attempt, max(attempts, attempt), message, next_run)
         if next_run is None:
