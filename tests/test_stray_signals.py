@@ -23,7 +23,7 @@ def test_signals_other_than_term_quit_and_int_never_stop_the_master(tmp_path, sq
     for signum in (signal.SIGRTMIN, signal.SIGRTMIN + 5, signal.SIGRTMAX):
         daemon.signal(signum)
     daemon.signal(signal.SIGUSR2)  # again: logged once only
-    wait_more_jobs(daemon, 10)  # forking and recycling on, after every one of them
+    wait_more_jobs(daemon, 10, timeout=90)  # forking and recycling on, after every one of them
     assert alive(daemon)
     log = daemon.wait_error_log("ignoring SIGXFSZ", 10)
     assert log.count("ignoring SIGUSR2") == 1
