@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from workermanager.schedule import Entry, ScheduleError, parse_entries
 from workermanager.worker import Worker
 
 LOG_FORMATS = ("classic", "ltsv", "json")
@@ -86,6 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("status_file", str, None, "JSON file the master keeps current for `workermanager status`",
             is_path=True),
     Setting("metrics", dict, {}, "metrics: {listen: host:port} serves Prometheus text"),
+    Setting("schedule", list, [], "periodic jobs: a list of {name, funcname, arg, cron or interval, timezone, "
+            "priority, missed: skip|once}; every master enqueues each slot, the backend keeps one "
+            "(docs/schedules.md)"),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -114,6 +118,7 @@ class Config:
     group: str | None
     status_file: str | None
     metrics: Mapping[str, Any]
+    schedule: tuple[Entry, ...] = ()
     debug: bool = False
     foreground: bool = False
 
@@ -174,6 +179,10 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"{path}: key 'env' entry {key!r} must be a string or number, "
                               f"not {type(value).__name__}")
+    try:
+        schedule = parse_entries(values["schedule"], path)
+    except ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
     options = dict(values["worker_options"] or {})
     options.setdefault("base_dir", base_dir)
     return Config(
@@ -196,6 +205,7 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         group=values["group"],
         status_file=values["status_file"],
         metrics=dict(values["metrics"] or {}),
+        schedule=schedule,
         debug=bool((overrides or {}).get("debug")),
         foreground=bool((overrides or {}).get("foreground")),
     )
