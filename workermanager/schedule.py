@@ -146,14 +146,14 @@ def _parse_entry(item: Any, where: str) -> Entry:
     if not isinstance(item, dict):
         raise ScheduleError(f"{where} must be a mapping (name, funcname, cron or interval, ...), "
                             f"not {type(item).__name__}")
-    unknown = [str(key) for key in item if key not in ENTRY_KEYS]
-    if unknown:
-        raise ScheduleError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(ENTRY_KEYS)})")
     name = item.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ScheduleError(f"{where}: key 'name' must be 1 to 100 letters, digits, '.', '_' or '-' "
                             f"(got {name!r})")
     where = f"{where} ({name})"
+    unknown = [str(key) for key in item if key not in ENTRY_KEYS]
+    if unknown:
+        raise ScheduleError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(ENTRY_KEYS)})")
     funcname = item.get("funcname")
     if not isinstance(funcname, str) or not funcname.strip():
         raise ScheduleError(f"{where}: key 'funcname' must be the worker function's name (got {funcname!r})")
