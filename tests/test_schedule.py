@@ -23,8 +23,8 @@ def entries(*items: dict) -> tuple:
 
 
 def at(text: str) -> float:
-    """An epoch time from 'YYYY-MM-DD HH:MM:SS' in UTC."""
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    """An epoch time from 'YYYY-MM-DD HH:MM:SS[.f]' in UTC."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S" if "." not in text else "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
 
 
 # -- validation: one line naming the entry and the key ----------------------------------------
@@ -138,50 +138,46 @@ def scheduler_for(database: dict, item: dict, now: float, tmp_path) -> Scheduler
 EVERY_MINUTE = {"name": "m", "funcname": "F", "interval": 60}
 
 
-def test_a_master_down_across_three_slots_skips_them(queue_db, tmp_path):
+@pytest.mark.parametrize("missed, made_up", [("skip", []), ("once", [4])])
+def test_a_master_down_across_three_slots(queue_db, tmp_path, missed, made_up):
+    """skip: the three slots are not enqueued; once: the latest of them is, once, however many
+    masters start after the outage. A one-second entry: the slots missed are younger than
+    CATCH_UP_SECONDS, so only the masters' start tells them apart from late ones."""
+    interval = 1
     client = Client([queue_db])
-    t0 = at("2026-12-01 12:00:30")
-    first = scheduler_for(queue_db, EVERY_MINUTE, t0, tmp_path)
-    first.tick(t0 + 30, 1.0)  # 12:01:00
-    first.close()
-    # down from 12:01:00 to 12:04:30: 12:02, 12:03 and 12:04 are missed
-    second = scheduler_for(queue_db, EVERY_MINUTE, t0 + 240, tmp_path)
-    second.tick(t0 + 240, 500.0)
-    second.tick(t0 + 270, 530.0)  # 12:05:00
-    second.close()
-    assert uniqkeys(client, "F") == ["schedule:m:2026-12-01T12:01:00Z", "schedule:m:2026-12-01T12:05:00Z"]
-    client.close()
-
-
-def test_a_master_down_across_three_slots_enqueues_the_latest_once(queue_db, tmp_path):
-    client = Client([queue_db])
-    item = dict(EVERY_MINUTE, missed="once")
-    t0 = at("2026-12-01 12:00:30")
-    first = scheduler_for(queue_db, item, t0, tmp_path)
-    first.tick(t0, 1.0)  # nothing recorded yet: a brand-new entry missed nothing
+    item = {"name": "m", "funcname": "F", "interval": interval, "missed": missed}
+    base = at("2026-12-01 12:00:00")
+    first = scheduler_for(queue_db, item, base + 0.5 * interval, tmp_path)
+    first.tick(base + 0.5 * interval, 1.0)  # nothing recorded yet: a brand-new entry missed nothing
     assert uniqkeys(client, "F") == []
-    first.tick(t0 + 30, 31.0)  # 12:01:00
+    first.tick(base + interval, 1.0 + 0.5 * interval)  # slot 1
     first.close()
-    for restart in (t0 + 240, t0 + 250):  # two masters start after the outage, at 12:04:30 and 12:04:40
-        later = scheduler_for(queue_db, item, restart, tmp_path)
-        later.tick(restart, 500.0)
+    # down from slot 1 to 4.5: slots 2, 3 and 4 are missed; two masters start after the outage
+    for restart in (4.5, 4.75):
+        later = scheduler_for(queue_db, item, base + restart * interval, tmp_path)
+        later.tick(base + restart * interval, 500.0)
+        later.tick(base + 5 * interval, 500.0 + (5 - restart) * interval)  # slot 5
         later.close()
-    assert uniqkeys(client, "F") == ["schedule:m:2026-12-01T12:01:00Z", "schedule:m:2026-12-01T12:04:00Z"]
+    expected = [f"schedule:m:{slot_label(int(base + k * interval))}" for k in [1, *made_up, 5]]
+    assert uniqkeys(client, "F") == expected
     client.close()
 
 
 def test_a_clock_step_forward_does_not_enqueue_a_burst(queue_db, tmp_path):
+    """A one-second entry; the clock jumps an hour ahead: the slots jumped over are missed ones,
+    not a burst of the last CATCH_UP_SECONDS' worth."""
     client = Client([queue_db])
-    for name, missed, made_up in (("skip", "skip", []), ("once", "once", ["13:00:00"])):
-        t0 = at("2026-12-01 12:00:59")
-        scheduler = scheduler_for(queue_db, dict(EVERY_MINUTE, name=name, missed=missed), t0, tmp_path)
+    for name, missed, made_up in (("skip", "skip", []), ("once", "once", ["13:01:00"])):
+        t0 = at("2026-12-01 12:00:59.5")
+        scheduler = scheduler_for(queue_db, {"name": name, "funcname": "F", "interval": 1, "missed": missed}, t0,
+                                  tmp_path)
         scheduler.tick(t0, 10.0)
-        scheduler.tick(t0 + 1, 11.0)  # 12:01:00
-        scheduler.tick(t0 + 3600.5, 11.5)  # half a second later the clock says 13:00:59.5
-        scheduler.tick(t0 + 3601, 12.0)  # 13:01:00
+        scheduler.tick(t0 + 0.5, 10.5)  # 12:01:00
+        scheduler.tick(t0 + 3600.6, 10.6)  # a tenth of a second later the clock says 13:01:00.1
+        scheduler.tick(t0 + 3601.5, 11.5)  # 13:01:01
         scheduler.close()
         keys = [k for k in uniqkeys(client, "F") if k.startswith(f"schedule:{name}:")]
-        assert keys == [f"schedule:{name}:2026-12-01T{s}Z" for s in ["12:01:00", *made_up, "13:01:00"]]
+        assert keys == [f"schedule:{name}:2026-12-01T{s}Z" for s in ["12:01:00", *made_up, "13:01:01"]]
     client.close()
 
 
