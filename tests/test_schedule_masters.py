@@ -165,3 +165,25 @@ def test_a_bad_schedule_stops_the_start_with_one_line(tmp_path):
     assert len(lines) == 1 and "schedule entry 1 (n): key 'cron' '0 25 * * *'" in lines[0]
     assert not os.path.exists(daemon.joblog)
 
+
+
+def test_an_unreachable_schedule_database_stops_neither_the_master_nor_its_children(tmp_path, daemons, request):
+    """The entry's database is down (a second database, where its name hashes to): the master
+    logs it and goes on; its child runs the jobs of the database that is up."""
+    import hashlib
+
+    from helpers import free_port
+
+    up = entry_for("sqlite", request, tmp_path)
+    down = {"dsn": f"postgresql://127.0.0.1:{free_port()}/gone", "user": "x", "pass": "y"}
+    name = next(f"n{i}" for i in range(100) if int(hashlib.md5(f"n{i}".encode()).hexdigest()[:8], 16) % 2 == 1)
+    settings = {"type": "TheSchwartz", "workers": ["scheduleworkers.Slot"],
+                "worker_options": {"databases": [up, down]}, "schedule": [dict(TICK, name=name)]}
+    (master,) = start_masters(tmp_path, daemons, 1, settings)
+    master.wait_error_log(f"schedule {name}: cannot enqueue (DatabaseUnavailable")
+    client = Client([up])
+    client.insert("Test::Slot", uniqkey="by hand")
+    client.close()
+    master.wait_ledger(lambda rows: any(row[2] == "by hand" for row in rows), 20, what="the job inserted by hand run")
+    assert master.process is not None and master.process.poll() is None
+    stop([master])
