@@ -196,7 +196,7 @@ def _checked_cron(cron: Any, where: str) -> str:
                             "month day-of-week")
     try:
         CronSim(expression, datetime(2000, 1, 1, tzinfo=timezone.utc))
-    except CronSimError as exc:
+    except (CronSimError, ValueError, IndexError) as exc:  # CronSimError is one; the others, just in case
         raise ScheduleError(f"{where}: key 'cron' {cron!r} is not a valid cron expression: {exc}") from None
     return expression
 
@@ -204,6 +204,6 @@ def _checked_cron(cron: Any, where: str) -> str:
 def _zone_exists(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
         return False
     return True
