@@ -247,3 +247,22 @@ def test_an_unreachable_database_is_logged_and_tried_again_later(tmp_path, caplo
     state = scheduler.states[0]
     assert state.failures == 1 and state.retry_at > 1.1
     scheduler.close()
+
+
+def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, tmp_path):
+    """HUP builds a new scheduler: an unchanged entry goes on from its last slot (nothing between
+    the last tick and the reload is lost), a changed one starts afresh."""
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    t0 = at("2026-12-01 12:00:00.5")
+    kept, changed = {"name": "kept", "funcname": "F", "interval": 1}, {"name": "changed", "funcname": "F", "interval": 1}
+    old = Scheduler(entries(kept, changed), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0)
+    old.tick(t0 + 0.5, 1.0)  # 12:00:01 for both
+    old.close()
+    new = Scheduler(entries(kept, dict(changed, funcname="G")), TheSchwartzEnqueuer([database], str(tmp_path)),
+                    now=t0 + 1.7, previous=old)  # reloaded at 12:00:02.2, after the slot 12:00:02
+    new.tick(t0 + 1.7, 2.2)
+    new.close()
+    assert uniqkeys(client, "F") == ["schedule:changed:2026-12-01T12:00:01Z", "schedule:kept:2026-12-01T12:00:01Z",
+                                     "schedule:kept:2026-12-01T12:00:02Z"]
+    assert uniqkeys(client, "G") == []
