@@ -75,6 +75,7 @@ class TheSchwartzEnqueuer:
         from workermanager.theschwartz.job import JobSpec
 
         db = self.home(entry)
+        _check_alive(db)
         self._make_table(db)
         table = db.prefix + TABLE
 
@@ -107,9 +108,19 @@ class TheSchwartzEnqueuer:
         return cursor.rowcount == 1
 
     def _make_table(self, db: Database) -> None:
+        """The schedule table, where missing. Masters starting together may race to create it
+        (PostgreSQL then refuses all but one, even with IF NOT EXISTS): a table that exists after a
+        refusal is as good."""
+        from workermanager.theschwartz.errors import DatabaseError, DatabaseUnavailable
+
         if id(db) in self._tables_made:
             return
-        db.run(lambda cursor: cursor.execute(table_ddl(db.prefix)), write=True)
+        try:
+            db.run(lambda cursor: cursor.execute(table_ddl(db.prefix)), write=True)
+        except DatabaseUnavailable:
+            raise
+        except DatabaseError:
+            db.run(lambda cursor: cursor.execute(f"SELECT name FROM {db.prefix}{TABLE} WHERE 1 = 0"), write=False)
         self._tables_made.add(id(db))
 
     def last_slots(self, create: bool = True) -> dict[str, int]:
@@ -119,6 +130,7 @@ class TheSchwartzEnqueuer:
 
         found: dict[str, int] = {}
         for db in self.client.databases:
+            _check_alive(db)
             if create:
                 self._make_table(db)
 
@@ -139,6 +151,15 @@ class TheSchwartzEnqueuer:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _check_alive(db: Database) -> None:
+    """DatabaseUnavailable while a recent failure keeps `db` out of use (RETRY_SECONDS): the
+    master's loop tries to connect to an unreachable database at most that often."""
+    from workermanager.theschwartz.errors import DatabaseUnavailable
+
+    if db.is_dead():
+        raise DatabaseUnavailable(f"database {db.label}: {db.last_error} (tried again within {RETRY_SECONDS:g}s)")
 
 
 class GearmanEnqueuer:

@@ -76,6 +76,7 @@ class Scheduler:
             self.states.append(state)
         self._previous_tick: tuple[float, float] | None = None  # (wall, monotonic)
         self._records_read = False
+        self._records_retry_at = 0.0  # monotonic
 
     def close(self) -> None:
         self.enqueuer.close()
@@ -93,8 +94,8 @@ class Scheduler:
         now = time.time() if now is None else now
         mono = time.monotonic() if mono is None else mono
         self._notice_clock_step(now, mono)
-        if not self._records_read:
-            self._read_records()
+        if not self._records_read and mono >= self._records_retry_at:
+            self._read_records(mono)
         enqueued = 0
         for state in self.states:
             if now < state.next_due or mono < state.retry_at:
@@ -152,11 +153,13 @@ class Scheduler:
             log.error("schedule %s: cannot enqueue (%s: %s); trying again in %.1fs (logged at most every %ds)",
                       state.entry.name, type(exc).__name__, exc, state.retry_at - mono, ERROR_LOG_INTERVAL)
 
-    def _read_records(self) -> None:
-        """The backend's record of the last slots (for status), once; a failure is tried again later."""
+    def _read_records(self, mono: float) -> None:
+        """The backend's record of the last slots (for status), once; a failure is tried again
+        RETRY_BACKOFF[1] later."""
         try:
             records = self.enqueuer.last_slots()
         except Exception as exc:
+            self._records_retry_at = mono + RETRY_BACKOFF[1]
             log.debug("schedule: cannot read the last slots yet: %s", exc)
             return
         self._records_read = True
