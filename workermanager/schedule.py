@@ -62,7 +62,7 @@ class Entry:
 
     @property
     def when(self) -> str:
-        """The schedule as the operator wrote it, for listings."""
+        """The schedule in a few words, for listings (aliases shown expanded)."""
         if self.interval is not None:
             return f"every {self.interval}s"
         return f"cron {self.cron} ({self.timezone})"

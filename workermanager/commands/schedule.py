@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -70,13 +71,13 @@ def last_slots(config: Config, timeout: float) -> tuple[dict[str, str | None], s
             note = failed_as_service("reading the schedule table", config, exc)
         except Exception as exc:
             note = f"cannot read the schedule table: {type(exc).__name__}: {exc}"
-        print(f"workermanager: {note}; showing what the running master knows")
+        print(f"workermanager: {note}; showing what the running master knows", file=sys.stderr)
     from workermanager.commands.status import StatusFileError, daemon_status
 
     try:
         _, _, state = daemon_status(config)
     except StatusFileError as exc:
-        print(f"workermanager: {exc}")
+        print(f"workermanager: {exc}", file=sys.stderr)
         state = None
     if state is None:
         return {}, "nowhere (no running master)"
