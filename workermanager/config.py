@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from workermanager import perlcompat
+from workermanager.schedule import Entry, ScheduleError, parse_entries
 from workermanager.worker import Worker
 
 LOG_FORMATS = ("classic", "ltsv", "json")
@@ -102,6 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compat", str, None, "perl: read a Perl WorkerManager config as Perl did (paths against its "
             "install root `root:`, its defaults, HUP reopens logs): docs/migrating-from-perl.md",
             _one_of("perl")),
+    Setting("schedule", list, [], "periodic jobs: a list of {name, funcname, arg, cron or interval, timezone, "
+            "priority, missed: skip|once}; every master enqueues each slot, the backend keeps one "
+            "(docs/schedules.md)"),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -130,6 +134,7 @@ class Config:
     group: str | None
     status_file: str | None
     metrics: Mapping[str, Any]
+    schedule: tuple[Entry, ...] = ()
     debug: bool = False
     foreground: bool = False
     #: "perl" under `compat: perl` (perlcompat), else None
@@ -212,6 +217,10 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"{path}: key 'env' entry {key!r} must be a string or number, "
                               f"not {type(value).__name__}")
+    try:
+        schedule = parse_entries(values["schedule"], path)
+    except ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
     options = dict(values["worker_options"] or {})
     if isinstance(options.get("base_dir"), str):
         options["base_dir"] = _resolve(options["base_dir"], base_dir)
@@ -236,6 +245,7 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         group=values["group"],
         status_file=values["status_file"],
         metrics=dict(values["metrics"] or {}),
+        schedule=schedule,
         debug=bool((overrides or {}).get("debug")),
         foreground=bool((overrides or {}).get("foreground")),
         compat="perl" if root is not None else None,

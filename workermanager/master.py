@@ -32,6 +32,8 @@ from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
+from workermanager.schedule_enqueue import enqueuer_for
+from workermanager.scheduler import Scheduler, unserved
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.worker import Worker
 
@@ -141,6 +143,8 @@ class Master:
         self._selector: selectors.BaseSelector | None = None
         #: waits for the wakeup pipe alone (the pause that lets children's messages gather)
         self._signal_selector: selectors.BaseSelector | None = None
+        #: enqueues the config's periodic jobs (None: no `schedule:`); built by run(), after the drop
+        self.scheduler: Scheduler | None = None
 
     def load_workers(self, backend: Backend | None = None) -> None:
         """Import the worker classes and build the backend, or take `backend`, built from them
@@ -161,6 +165,7 @@ class Master:
         self._install_signals()
         self.backend.prepare()
         _ensure_descriptors(self.concurrency)
+        self._set_up_schedule()
         log.info("master %d started: %s, %d children, %d jobs each", os.getpid(), self.config.type,
                  self.concurrency, self.config.works_per_child)
         try:
@@ -175,6 +180,8 @@ class Master:
         finally:
             self._selector.close()
             self._signal_selector.close()
+            if self.scheduler is not None:
+                self.scheduler.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
         try:
@@ -198,8 +205,35 @@ class Master:
             self._enforce_stop_deadline()
         else:
             self._maintain_pool()
+            self._run_schedule()
         self._publish()
         return False
+
+    def _set_up_schedule(self, previous: Scheduler | None = None) -> None:
+        """The scheduler of the current config (keeping what `previous` knew of unchanged entries)."""
+        self.scheduler = None
+        if previous is not None:
+            previous.close()
+        if not self.config.schedule:
+            return
+        try:
+            enqueuer = enqueuer_for(self.config.type, self.config.worker_options, self.config.base_dir)
+        except Exception as exc:  # the backend's options were checked already: a surprise
+            self._survive("setting up the schedule", exc)
+            return
+        self.scheduler = Scheduler(self.config.schedule, enqueuer, previous=previous)
+        for entry in unserved(self.config.schedule, (cls.function_name() for cls in self.worker_classes)):
+            log.warning("schedule %s: no worker of this master serves %r (fine if another host's does)",
+                        entry.name, entry.funcname)
+
+    def _run_schedule(self) -> None:
+        """Enqueue the periodic jobs that fell due: bounded (short timeouts), never raises."""
+        if self.scheduler is None:
+            return
+        try:
+            self.scheduler.tick()
+        except Exception as exc:
+            self._survive("the schedule", exc)
 
     def _survive(self, where: str, exc: BaseException) -> None:
         """Log an error the loop goes on after: one line, and the same place at most once per
@@ -220,6 +254,8 @@ class Master:
         timeout = BOARD_INTERVAL
         if not self.stopping and self._missing_children() > 0:
             timeout = min(timeout, max(0.0, self.next_spawn_at - now))
+        if not self.stopping and self.scheduler is not None:
+            timeout = min(timeout, self.scheduler.seconds_until_due() + 0.001)
         for child in self.children.values():
             if child.job_started is not None and child.job_timeout is not None:
                 due = child.job_started + child.job_timeout + KILL_GRACE_SECONDS - now
@@ -357,6 +393,7 @@ class Master:
         self.config, self.worker_classes, self.backend = config, classes, backend
         self.concurrency = config.concurrency
         _ensure_descriptors(self.concurrency)
+        self._set_up_schedule(previous=self.scheduler)
         old = [c for c in self.children.values() if c.generation == self.generation]
         self.generation += 1
         self._signal_children(signal.SIGTERM, old, reason="replaced by reload")

@@ -152,7 +152,18 @@ def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> 
             findings += _config_readable(config)
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
+    findings += _schedule_served(config, backend)
     return findings
+
+
+def _schedule_served(config: Config, backend: Backend) -> list[Finding]:
+    """A periodic job whose function no worker here serves: a warning (another host's may)."""
+    from workermanager.scheduler import unserved
+
+    served = (cls.function_name() for cls in backend.worker_classes)
+    return [Finding(WARNING, f"{config.path}: schedule entry {entry.name!r}: no worker of this config serves "
+                             f"{entry.funcname!r} (fine if another host's workers do)")
+            for entry in unserved(config.schedule, served)]
 
 
 def service_user_name() -> str:

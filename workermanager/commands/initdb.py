@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         if not databases:
             return fail(f"{config.path}: key 'worker_options.databases' is required for init-db")
         base_dir = config.base_dir
-        on_queue(config, lambda: init_db(databases, base_dir=base_dir), options.timeout)
+        on_queue(config, lambda: _init_with_schedule(databases, base_dir, bool(config.schedule)), options.timeout)
     except ConfigError as exc:
         return fail(str(exc))
     except asservice.ServiceChildError as exc:
@@ -58,3 +58,18 @@ def main(argv: list[str]) -> int:
     else:
         print("workermanager: schema ready")
     return 0
+
+
+def _init_with_schedule(databases: object, base_dir: str, schedule: bool) -> None:
+    """TheSchwartz's tables, and the schedule table when the config has periodic jobs (the
+    daemon makes it too, where its database account may create tables)."""
+    from workermanager.schedule_enqueue import TheSchwartzEnqueuer
+    from workermanager.theschwartz import init_db
+
+    init_db(databases, base_dir=base_dir)
+    if schedule:
+        enqueuer = TheSchwartzEnqueuer(databases, base_dir)
+        try:
+            enqueuer.last_slots(create=True)
+        finally:
+            enqueuer.close()

@@ -52,6 +52,12 @@ CHILD_KEYS: dict[str, tuple[type, ...]] = {
     "works_limit": (int,), "failed": (int,), "rss": (int, NULL), "job": (dict, NULL),
 }
 JOB_KEYS: dict[str, tuple[type, ...]] = {"funcname": (str,), "id": (int, str), "running_for": (*NUMBER, NULL)}
+#: the periodic jobs (scheduler.describe_entry); optional: a master without `schedule:` support
+#: (an older version) writes no such key
+SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "funcname": (str,), "when": (str,), "missed": (str,), "last_enqueued": (str, NULL),
+    "next": (list,),
+}
 RESTART_COUNT = (int,)
 #: a status file is a few kilobytes; anything much bigger was not written by the master
 MAX_STATE_BYTES = 4 * 1024 * 1024
@@ -122,6 +128,13 @@ def check_state(state: object, path: str) -> None:
         _check_keys(child, CHILD_KEYS, path, f"children[{n}].")
         if child["job"] is not None:
             _check_keys(child["job"], JOB_KEYS, path, f"children[{n}].job.")
+    schedule = state.setdefault("schedule", [])
+    if not isinstance(schedule, list):
+        raise StatusFileError(f"status file {path} is malformed: key schedule is not a list")
+    for n, entry in enumerate(schedule):
+        if not isinstance(entry, dict):
+            raise StatusFileError(f"status file {path} is malformed: schedule[{n}] is not an object")
+        _check_keys(entry, SCHEDULE_KEYS, path, f"schedule[{n}].")
 
 
 def _check_keys(record: dict[str, Any], keys: dict[str, tuple[type, ...]], path: str, where: str) -> None:
@@ -282,6 +295,18 @@ def format_daemon(message: str, state: dict[str, Any] | None, path: str | None) 
         lines.append(f"  {child['slot']:>4} {child['pid']:>7} {child['state']:<6} "
                      f"{child['works_done']}/{child['works_limit']:<4} {child['failed']:>6} "
                      f"{format_bytes(child['rss']):>8} {format_duration(child['uptime']):>9}  {current}")
+    if state["schedule"]:
+        lines.append("")
+        lines.extend(format_schedule(state["schedule"]))
+    return lines
+
+
+def format_schedule(entries: list[dict[str, Any]]) -> list[str]:
+    """The periodic jobs: last slot enqueued (by any master, as far as this one knows) and the next."""
+    lines = [f"  {'schedule':<24} {'last enqueued (UTC)':<21} {'next (UTC)':<21} when"]
+    for entry in entries:
+        following = ", ".join(str(slot) for slot in entry["next"]) or "-"
+        lines.append(f"  {entry['name']:<24} {entry['last_enqueued'] or '-':<21} {following:<21} {entry['when']}")
     return lines
 
 

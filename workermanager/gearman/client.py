@@ -192,10 +192,11 @@ class Client:
         return _outcome(task)
 
     def submit_background(self, funcname: str, arg: Any = b"", unique: str | None = None,
-                          priority: str = "normal") -> str:
-        """Queue a background job; returns its handle "host:port//H:..."."""
+                          priority: str = "normal", timeout: float | None = None) -> str:
+        """Queue a background job; returns its handle "host:port//H:...". `timeout`: GearmanError
+        when no job server confirmed it within that many seconds (None: wait as long as it takes)."""
         task = self._new_task(funcname, arg, unique, priority, background=True)
-        return self._wait_created(task)
+        return self._wait_created(task, timeout)
 
     def submit_at(self, funcname: str, arg: Any, when: float, unique: str | None = None) -> str:
         """Queue a background job to run at epoch time `when` (SUBMIT_JOB_EPOCH); returns its handle."""
@@ -223,8 +224,9 @@ class Client:
                 raise GearmanError(f"{task.funcname}: not queued: {task.error}")
         return [t.full_handle for t in batch]
 
-    def _wait_created(self, task: Task) -> str:
-        self._pump(lambda: task.done, None)
+    def _wait_created(self, task: Task, timeout: float | None = None) -> str:
+        if not self._pump(lambda: task.done, None if timeout is None else time.monotonic() + timeout):
+            self._settle_failed(task, f"no JOB_CREATED within {timeout}s")
         if task.failed:
             raise GearmanError(f"{task.funcname}: not queued: {task.error}")
         return task.full_handle
