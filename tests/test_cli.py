@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from workermanager.cli import SUBCOMMANDS
+
 from daemon_harness import ROOT, TEST_WORKERS
 
 
@@ -59,7 +61,7 @@ def test_help_subcommand_prints_the_help_not_a_usage_error(tmp_path):
     unknown = run(["help", "frobnicate"], tmp_path)
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == ("workermanager: help: no subcommand 'frobnicate' (subcommands: "
-                                      "init-db, insert, submit, status, report, check, migrate-config)")
+                                      f"{', '.join(SUBCOMMANDS)})")
 
 
 def test_help_shows_the_usage(tmp_path):
