@@ -86,6 +86,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("status_file", str, None, "JSON file the master keeps current for `workermanager status`",
             is_path=True),
     Setting("metrics", dict, {}, "metrics: {listen: host:port} serves Prometheus text"),
+    Setting("web", dict, {}, "web console (`workermanager web`): {listen: host:port (default "
+            "127.0.0.1:8470), token or token_file (enables retry/delete; required beyond loopback), "
+            "page_size, delay_target (seconds, for sizing), threads}; see docs/web-console.md"),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -114,6 +117,7 @@ class Config:
     group: str | None
     status_file: str | None
     metrics: Mapping[str, Any]
+    web: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     debug: bool = False
     foreground: bool = False
 
@@ -196,6 +200,7 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         group=values["group"],
         status_file=values["status_file"],
         metrics=dict(values["metrics"] or {}),
+        web=dict(values["web"] or {}),
         debug=bool((overrides or {}).get("debug")),
         foreground=bool((overrides or {}).get("foreground")),
     )
