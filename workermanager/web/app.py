@@ -9,6 +9,7 @@ the session to have logged in with the token and the form to carry the session's
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -206,7 +207,7 @@ def create_app(config: Config, settings: WebSettings,
         current = state["concurrency"] if state else config.concurrency
         hour = log_hour.get()
         plan = sizing.size(hour.functions, settings.delay_target, current)
-        return render_template("sizing.html", plan=plan, hour=hour, running=state is not None)
+        return render_template("sizing.html", plan=plan, hour=hour, running=state is not None, inf=math.inf)
 
     # -- the token ---------------------------------------------------------------------------
     @app.get("/login")
@@ -236,6 +237,7 @@ def create_app(config: Config, settings: WebSettings,
     # -- template helpers ---------------------------------------------------------------------
     app.jinja_env.filters["age"] = format_age
     app.jinja_env.filters["when"] = format_time
+    app.jinja_env.filters["number"] = charts.number
     return app
 
 

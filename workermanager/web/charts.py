@@ -13,11 +13,13 @@ PAD = 4
 
 @dataclasses.dataclass(frozen=True)
 class Chart:
-    """One chart: `lines` are SVG polyline point lists (a gap where a minute had no job)."""
+    """One chart: `lines` are SVG polyline point lists (a gap where a minute had no job); a value
+    with no neighbour is a dot (x, y) instead, as a polyline of one point draws nothing."""
 
     title: str
     unit: str
     lines: list[str]
+    dots: list[tuple[float, float]]
     top: float
     last: float | None
     width: int = WIDTH
@@ -29,19 +31,20 @@ def line_chart(title: str, unit: str, values: Sequence[float | None]) -> Chart:
     known = [v for v in values if v is not None]
     top = max(known, default=0.0) or 1.0
     step = (WIDTH - 2 * PAD) / max(1, len(values) - 1)
-    lines: list[str] = []
-    current: list[str] = []
+    runs: list[list[tuple[float, float]]] = [[]]
     for index, value in enumerate(values):
         if value is None:
-            if current:
-                lines.append(" ".join(current))
-            current = []
+            runs.append([])
             continue
-        x = PAD + index * step
-        y = HEIGHT - PAD - (value / top) * (HEIGHT - 2 * PAD)
-        current.append(f"{x:.1f},{y:.1f}")
-    if current:
-        lines.append(" ".join(current))
-    # a lone point draws nothing as a polyline: double it
-    lines = [points if " " in points else f"{points} {points}" for points in lines]
-    return Chart(title, unit, lines, top if known else 0.0, known[-1] if known else None)
+        runs[-1].append((round(PAD + index * step, 1),
+                         round(HEIGHT - PAD - (value / top) * (HEIGHT - 2 * PAD), 1)))
+    lines = [" ".join(f"{x},{y}" for x, y in run) for run in runs if len(run) > 1]
+    dots = [run[0] for run in runs if len(run) == 1]
+    return Chart(title, unit, lines, dots, top if known else 0.0, known[-1] if known else None)
+
+
+def number(value: float) -> str:
+    """A figure for a chart's caption: 3 significant digits, no exponent below a billion."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"

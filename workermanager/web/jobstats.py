@@ -55,10 +55,13 @@ class FunctionHour:
     delay_p95_ms: list[float | None]
     process_p95_ms: list[float | None]
 
+    #: seconds the figures cover: the hour, or less when the log begins inside it
+    span_seconds: float = WINDOW_SECONDS
+
     @property
     def arrival_rate(self) -> float:
-        """Jobs per second over the hour (what finished; in a steady state, what arrived)."""
-        return self.jobs / WINDOW_SECONDS
+        """Jobs per second over the span (what finished; in a steady state, what arrived)."""
+        return self.jobs / self.span_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +91,21 @@ def _percentiles(values: list[float]) -> Percentiles | None:
 
 
 def summarize(entries: Iterable[LogEntry], until: float) -> list[FunctionHour]:
-    """Per function, sorted by name, the entries inside [until - WINDOW_SECONDS, until)."""
+    """Per function, sorted by name, the entries inside [until - WINDOW_SECONDS, until). When the
+    log's first line is inside the window (a new log, or a daemon started minutes ago), rates are
+    per second since that line, not over an hour nobody logged."""
     since = until - WINDOW_SECONDS
     grouped: dict[str, list[LogEntry]] = {}
+    first = until
     for entry in entries:
+        first = min(first, entry.time)
         if since <= entry.time < until:
             grouped.setdefault(entry.funcname, []).append(entry)
-    return [_function_hour(name, grouped[name], since) for name in sorted(grouped)]
+    span = max(float(BUCKET_SECONDS), until - max(since, first))
+    return [_function_hour(name, grouped[name], since, span) for name in sorted(grouped)]
 
 
-def _function_hour(funcname: str, entries: list[LogEntry], since: float) -> FunctionHour:
+def _function_hour(funcname: str, entries: list[LogEntry], since: float, span: float) -> FunctionHour:
     jobs = [0] * BUCKETS
     failures = [0] * BUCKETS
     delays: list[list[float]] = [[] for _ in range(BUCKETS)]
@@ -121,6 +129,7 @@ def _function_hour(funcname: str, entries: list[LogEntry], since: float) -> Func
         failures_per_second=[n / BUCKET_SECONDS for n in failures],
         delay_p95_ms=[percentile(sorted(v), 95) if v else None for v in delays],
         process_p95_ms=[percentile(sorted(v), 95) if v else None for v in processes],
+        span_seconds=span,
     )
 
 
