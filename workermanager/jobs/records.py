@@ -51,6 +51,9 @@ class QueuedJob:
     coalesce: str | None = None
     #: filled by JobStore.show only: the job's error rows, oldest first
     errors: tuple[ErrorEntry, ...] = ()
+    #: filled by JobStore.show only: for a job put back by `jobs retry`, which failed job it was
+    #: and when (a row of Perl's `note` table, key wm_retried_from)
+    retried_from: str | None = None
 
 
 @dataclass(frozen=True)
