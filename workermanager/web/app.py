@@ -154,12 +154,15 @@ def create_app(config: Config, settings: WebSettings,
         state = request.args.get("state") or None
         after = request.args.get("after") or None
 
-        def read(jobs: Any) -> tuple[Any, Any]:
-            if func is not None and func not in {s.funcname for s in jobs.stats()}:
-                raise Problem(404, f"unknown function {func!r}: no job of it is queued or kept as failed")
+        def read(jobs: Any) -> Any:
             if not jobs.can_list_queued:
                 raise Problem(501, f"{jobs.backend} job servers cannot list their queued jobs")
-            return jobs.list_jobs(func=func, state=state, limit=settings.page_size, after=after)
+            page = jobs.list_jobs(func=func, state=state, limit=settings.page_size, after=after)
+            # only an empty first page asks whether the function exists: stats() counts every row
+            if not page.items and after is None and func is not None and \
+                    func not in {s.funcname for s in jobs.stats()}:
+                raise Problem(404, f"unknown function {func!r}: no job of it is queued or kept as failed")
+            return page
 
         page = jobs_call(read)
         return render_template("jobs.html", page=page, func=func, state=state, after=after, now=time.time())
