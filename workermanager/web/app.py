@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,8 @@ MAX_FORM_BYTES = 256 * 1024
 #: everything the page loads comes from here; no script at all, no framing
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                            "frame-ancestors 'none'; base-uri 'none'")
+#: how long the queue counts are reused (StatsCache)
+STATS_SECONDS = 5.0
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
@@ -61,6 +64,7 @@ def create_app(config: Config, settings: WebSettings,
     )
     app.jinja_env.autoescape = True  # every template, whatever its name
     log_hour = jobstats.LogHourCache(config.logfile)
+    stats_cache = StatsCache()
 
     def store() -> Any:
         if open_store is not None:
@@ -145,7 +149,7 @@ def create_app(config: Config, settings: WebSettings,
 
     @app.get("/queues")
     def queues():  # noqa: ANN202
-        stats = jobs_call(lambda jobs: jobs.stats())
+        stats = jobs_call(stats_cache.get)
         return render_template("queues.html", stats=stats, now=time.time())
 
     @app.get("/jobs")
@@ -160,7 +164,7 @@ def create_app(config: Config, settings: WebSettings,
             page = jobs.list_jobs(func=func, state=state, limit=settings.page_size, after=after)
             # only an empty first page asks whether the function exists: stats() counts every row
             if not page.items and after is None and func is not None and \
-                    func not in {s.funcname for s in jobs.stats()}:
+                    func not in {s.funcname for s in stats_cache.get(jobs)}:
                 raise Problem(404, f"unknown function {func!r}: no job of it is queued or kept as failed")
             return page
 
@@ -242,6 +246,22 @@ def create_app(config: Config, settings: WebSettings,
     app.jinja_env.filters["when"] = format_time
     app.jinja_env.filters["number"] = charts.number
     return app
+
+
+class StatsCache:
+    """The store's per-function counts, kept STATS_SECONDS: they count every row of the queue
+    (a second per million jobs on SQLite), so a burst of page views counts once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = -STATS_SECONDS
+        self._value: list[Any] = []
+
+    def get(self, jobs: Any) -> list[Any]:
+        with self._lock:
+            if time.monotonic() - self._at >= STATS_SECONDS:
+                self._value, self._at = jobs.stats(), time.monotonic()
+            return self._value
 
 
 def handle_is_failed(job: Any) -> bool:
