@@ -130,3 +130,10 @@ def test_sizing_keeps_the_delay_under_the_target():
 
 def test_sizing_without_jobs_recommends_nothing():
     assert sizing.size([], 1.0, 4).recommended is None
+
+
+def test_rates_of_a_log_begun_inside_the_hour_are_per_second_since_its_first_line(tmp_path):
+    now = float(int(time.time()))
+    path = tmp_path / "job.log"
+    path.write_text("".join(log_line(now - 600 + n, "A", "completed", 5, 1) for n in range(60)))
+    assert jobstats.last_hour(str(path), now).functions[0].arrival_rate == pytest.approx(60 / 600)
