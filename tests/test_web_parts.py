@@ -9,16 +9,20 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
+from test_hardening_files import service_account, site  # noqa: F401 - the fixtures
 
 from workermanager import config as config_module
 from workermanager.logparse import STAMP_FORMAT
+from workermanager.theschwartz import Client
 from workermanager.web import jobstats, settings, sizing
 
 from daemon_harness import ROOT
-from helpers import free_port
+from helpers import free_port, wait_for
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -137,3 +141,35 @@ def test_rates_of_a_log_begun_inside_the_hour_are_per_second_since_its_first_lin
     path = tmp_path / "job.log"
     path.write_text("".join(log_line(now - 600 + n, "A", "completed", 5, 1) for n in range(60)))
     assert jobstats.last_hour(str(path), now).functions[0].arrival_rate == pytest.approx(60 / 600)
+
+
+def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 - the fixture
+    import psutil
+
+    port = free_port()
+    config = os.path.join(site.root, "conf.yml")
+    with open(config, "w") as handle:
+        yaml.safe_dump({"workers": ["testworkers.Noop"], "user": site.account.name,
+                        "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={site.queue}"}]},
+                        "web": {"listen": f"127.0.0.1:{port}"}}, handle)
+    err = os.path.join(site.root, "web.err")
+    with open(err, "wb") as out:
+        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", config], stdout=out,
+                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        wait_for(lambda: "serving" in open(err).read() or web.poll() is not None, 30, what="the console")
+        assert web.poll() is None, open(err).read()
+        assert set(psutil.Process(web.pid).uids()) == {site.account.uid}
+        handle = Client([{"dsn": f"dbi:SQLite:dbname={site.queue}"}]).insert("Test::Noop", {"n": 1})
+        # every page, read as the account (its queue, the root folder's status file): no 500
+        for path in ("/", "/queues", "/jobs", "/jobs?func=Test::Noop", "/failed", "/sizing", "/job/bad",
+                     f"/job/{handle}"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status < 500, f"{path}: {status}\n{open(err).read()}"
+    finally:
+        web.terminate()
+        web.wait(10)

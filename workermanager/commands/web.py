@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
         return fail(f"{config.path}: key 'web': cannot listen on {settings.host}:{settings.port}: "
                     f"{exc.strerror or exc}")
     try:
+        if daemonize.will_drop(config):
+            load_everything(app, config)
         daemonize.drop_privileges(config)
     except OSError as exc:
         return fail(f"cannot become the service account of {config.path}: {exc.strerror or exc}")
@@ -66,6 +68,28 @@ def main(argv: list[str]) -> int:
     finally:
         server.close()
     return 0
+
+
+def load_everything(app, config) -> None:  # noqa: ANN001 - a Flask app, a Config
+    """Import and compile, as root, all the console will need: the account it becomes may not be
+    able to read the Python installation root uses (one under /root), and Jinja2 compiles a
+    template, and Python imports a codec or a driver, on first use. Nothing here opens the queue,
+    the log or the status file."""
+    import importlib
+
+    from workermanager import asservice
+
+    for module in ("workermanager.jobs", "workermanager.jobs.sqlstore", "workermanager.jobs.gearmanstore",
+                   "workermanager.jobs.display", "workermanager.theschwartz.args",
+                   "workermanager.theschwartz.storable", "workermanager.commands.status", "psutil",
+                   "encodings.unicode_escape", "encodings.idna", "hmac", "json"):
+        importlib.import_module(module)
+    asservice.import_drivers(config)
+    for name in app.jinja_env.list_templates():
+        app.jinja_env.get_template(name)
+    client = app.test_client()
+    for path in ("/static/console.css", "/login", "/no-such-page"):
+        client.get(path)
 
 
 def _stop(signum: int, frame: object) -> None:
