@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from workermanager.theschwartz import Client
 from workermanager.web import jobstats, settings, sizing
 
 from daemon_harness import ROOT
+from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
 from helpers import free_port, wait_for
 
 TOKEN = "s3cret-token-0123456789"
@@ -173,3 +175,46 @@ def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 -
     finally:
         web.terminate()
         web.wait(10)
+
+
+def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):  # noqa: F811
+    from workermanager.gearman.client import Client as GearmanClient
+
+    gearman = GearmanClient([gearmand.address])
+    try:
+        for n in range(3):
+            gearman.submit_background("Resize", {"n": n})
+    finally:
+        gearman.close()
+    port = free_port()
+    config = tmp_path / "conf.yml"
+    config.write_text(yaml.safe_dump({"type": "Gearman", "workers": ["testworkers.Noop"],
+                                      "worker_options": {"job_servers": [gearmand.address]},
+                                      "web": {"listen": f"127.0.0.1:{port}"}}))
+    # the failed-jobs store as a daemon leaves it once a job failed (without it, the store's
+    # counts fail: see the report)
+    from workermanager.jobs.keeping import ensure_table, failed_store_database
+
+    ensure_table(failed_store_database(config_module.load(str(config))))
+    err = tmp_path / "web.err"
+    with open(err, "wb") as out:
+        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", str(config)], stdout=out,
+                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        wait_for(lambda: "serving" in err.read_text() or web.poll() is not None, 30, what="the console")
+        status, page = get(f"http://127.0.0.1:{port}/queues")
+        assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
+        status, page = get(f"http://127.0.0.1:{port}/jobs?func=Resize")
+        assert status == 501 and "cannot list their queued jobs" in page
+        assert get(f"http://127.0.0.1:{port}/failed")[0] == 200
+    finally:
+        web.terminate()
+        web.wait(10)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
