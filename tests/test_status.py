@@ -163,7 +163,8 @@ def test_gearman_queue_from_the_job_server(tmp_path, gearmand):  # noqa: F811 - 
     data = json.loads(status(str(config), "--json", "--timeout", "2").stdout)
     rows = [f for f in data["queue"]["functions"] if f["funcname"] == "Resize"]
     assert rows == [{"funcname": "Resize", "ready": 3, "scheduled": 0, "running": 0, "errors": 0,
-                     "last_error": None, "workers": 0, "source": rows[0]["source"]}]
+                     "last_error": None, "workers": 0, "source": rows[0]["source"], "oldest_ready_age": None,
+                     "failed": None}]
     assert len(data["queue"]["problems"]) == 1 and "127.0.0.1:1" in data["queue"]["problems"][0]
     text = status(str(config))
     assert text.returncode == 3

@@ -293,23 +293,32 @@ def _state_condition(state: str | None) -> tuple[str, int]:
     return "", 0
 
 
+def queued_page_sql(db: Database, keyset_op: str | None, state: str | None) -> str:
+    """The statement of one function's page of queued jobs in run order: parameters funcid, then
+    (run_after, run_after, jobid) after a cursor when `keyset_op` (">" or ">=") is given, then
+    `now` as many times as _state_condition says, then the limit. "run_after >= ?" keeps the
+    keyset an index range of (funcid, run_after)."""
+    keyset = f" AND run_after >= ? AND (run_after > ? OR jobid {keyset_op} ?)" if keyset_op else ""
+    condition, _ = _state_condition(state)
+    return db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE funcid = ?{keyset}{condition}"
+                          " ORDER BY run_after, jobid LIMIT ?")
+
+
 def _queued_page(db: Database, index: int, cursor: Any, func: str | None, state: str | None,
                  limit: int, start: tuple[int, ...] | None) -> list[tuple[tuple[int, int, int], QueuedJob]]:
     """Up to `limit` jobs of this database after `start` (run_after, jobid, database index), per
     function in index order, merged."""
     now = db.dialect.now(cursor)
-    condition, nows = _state_condition(state)
+    _, nows = _state_condition(state)
     if start is None:
-        keyset, key_params = "", ()
+        op, key_params = None, ()
     else:
         run_after, jobid, start_db = start
         # this database's rows sort after the cursor's when (run_after, jobid) is past it, or equal
-        # for a database after the cursor's: "run_after >= ?" keeps it an index range
+        # for a database after the cursor's
         op = ">=" if index > start_db else ">"
-        keyset = f" AND run_after >= ? AND (run_after > ? OR jobid {op} ?)"
         key_params = (run_after, run_after, jobid)
-    sql = db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE funcid = ?{keyset}{condition}"
-                         " ORDER BY run_after, jobid LIMIT ?")
+    sql = queued_page_sql(db, op, state)
     jobs: list[QueuedJob] = []
     for funcid in _funcids(db, cursor, func):
         jobs.extend(_queued_rows(db, cursor, sql, (funcid, *key_params, *([now] * nows), limit), now=now))
@@ -382,25 +391,36 @@ def _failed_by_id(db: Database, cursor: Any, failed_id: int) -> FailedJob | None
     return None if row is None else _failed_job(db, row)
 
 
+def failed_page_sql(db: Database, by_func: bool, keyset_op: str | None, by_text: bool) -> str:
+    """The statement of a page of failed jobs, newest first: parameters funcname (`by_func`), the
+    cursor's failedid (`keyset_op` "<" or "<="), the LIKE pattern (`by_text`), then the limit.
+    It walks the (funcname, failedid) index, or the primary key, backwards."""
+    conditions = []
+    if by_func:
+        conditions.append("funcname = ?")
+    if keyset_op:
+        conditions.append(f"failedid {keyset_op} ?")
+    if by_text:
+        conditions.append(f"LOWER(errors) LIKE ? ESCAPE '{LIKE_ESCAPE}'")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return db.dialect.sql(f"SELECT {_FAILED_COLS} FROM {db.prefix}{failed.TABLE}{where}"
+                          " ORDER BY failedid DESC LIMIT ?")
+
+
 def _failed_page(db: Database, index: int, cursor: Any, func: str | None, text: str | None, limit: int,
                  start: tuple[int, ...] | None) -> list[tuple[tuple[int, int], FailedJob]]:
-    conditions, params = [], []
-    if func is not None:
-        conditions.append("funcname = ?")
-        params.append(func)
+    params: list[Any] = [] if func is None else [func]
+    op = None
     if start is not None:
         start_id, start_db = start
         # newest first: after the cursor are smaller ids, or the same id in a database before its
-        conditions.append(f"failedid {'<=' if index < start_db else '<'} ?")
+        op = "<=" if index < start_db else "<"
         params.append(start_id)
     if text:
         escaped = text.lower().replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%") \
             .replace("_", LIKE_ESCAPE + "_")
-        conditions.append(f"LOWER(errors) LIKE ? ESCAPE '{LIKE_ESCAPE}'")
         params.append(f"%{escaped}%")
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cursor.execute(db.dialect.sql(f"SELECT {_FAILED_COLS} FROM {db.prefix}{failed.TABLE}{where}"
-                                  " ORDER BY failedid DESC LIMIT ?"), (*params, limit))
+    cursor.execute(failed_page_sql(db, func is not None, op, bool(text)), (*params, limit))
     return [((int(row[0]), index), _failed_job(db, row)) for row in cursor.fetchall()]
 
 
@@ -489,4 +509,4 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-__all__ = ["SQLJobStore", "database_entries"]
+__all__ = ["SQLJobStore", "database_entries", "failed_page_sql", "queued_page_sql"]
