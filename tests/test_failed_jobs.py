@@ -15,6 +15,7 @@ import time
 
 import pytest
 import yaml
+from test_theschwartz_perl import perl, queue, run_peer, values  # noqa: F401 - fixtures
 
 from workermanager.config import from_mapping
 from workermanager.jobs import (
@@ -34,6 +35,7 @@ from workermanager.theschwartz.client import build_databases
 from workermanager.worker import Worker
 
 from daemon_harness import ROOT, Daemon
+from gearmand_server import gearmand_fixture  # noqa: F401
 from helpers import wait_for
 
 #: an arg that is not UTF-8, as Perl's clients may store
@@ -403,12 +405,12 @@ def test_the_jobs_commands_say_one_line_for_bad_input(tmp_path, sqlite_queue):
 def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons):
     from workermanager.theschwartz import init_db
 
-    queue = str(tmp_path / "queue.db")
-    init_db([{"path": queue}])
+    queue_path = str(tmp_path / "queue.db")
+    init_db([{"path": queue_path}])
     daemon = Daemon(str(tmp_path), {"type": "TheSchwartz", "workers": ["testworkers.Fail", "testworkers.Noop"],
-                                    "concurrency": 1, "worker_options": {"databases": [{"path": queue}]}})
+                                    "concurrency": 1, "worker_options": {"databases": [{"path": queue_path}]}})
     daemons.append(daemon)
-    client = Client([{"path": queue}])
+    client = Client([{"path": queue_path}])
     handle = str(client.insert("Test::Fail", {"n": 1}))
     daemon.start()
     daemon.wait_ledger(lambda rows: len(rows) >= 3, what="3 attempts of Test::Fail")
@@ -422,3 +424,67 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
                        what="the retried job's run")
     store.close()
     client.close()
+
+
+# --- Gearman -----------------------------------------------------------------------------------
+
+def test_gearman_failed_jobs_are_kept_listed_and_resubmitted(tmp_path, gearmand, daemons):  # noqa: F811
+    from workermanager.gearman.client import Client as GearmanClient
+
+    store_path = tmp_path / "kept" / "failed.db"
+    daemon = Daemon(str(tmp_path), {"type": "Gearman", "workers": ["testworkers.Fail"], "concurrency": 1,
+                                    "failed_store": str(store_path),
+                                    "worker_options": {"job_servers": [gearmand.address]}})
+    daemons.append(daemon)
+    daemon.start(wait_children=1)
+    gearman = GearmanClient([gearmand.address])
+    try:
+        gearman.submit_background("Test::Fail", BINARY_ARG)
+    finally:
+        gearman.close()
+    daemon.wait_ledger(lambda rows: len(rows) >= 3, what="3 attempts of the background job")
+    conf = daemon.config_path
+    kept = wait_for(lambda: json.loads(cli(conf, "list", "--failed", "--json", check=0).stdout)["jobs"], 15,
+                    what="the kept failed job")
+    assert [(job["funcname"], job["failures"], job["backend"]) for job in kept] == [("Test::Fail", 3, "Gearman")]
+    shown = json.loads(cli(conf, "show", kept[0]["handle"], "--json", check=0).stdout)["job"]
+    assert shown["arg"]["size"] == len(BINARY_ARG) and "failing on purpose (attempt 3)" in shown["errors"][-1]["message"]
+    assert "Traceback" in shown["traceback"]
+    listing = cli(conf, "list", check=1)  # gearmand cannot list its queue: said in one line
+    assert "no command to list" in listing.stderr and len(listing.stderr.strip().splitlines()) == 1
+    queued = cli(conf, "show", kept[0]["original_handle"].split("//")[0] + "-1", check=1)
+    assert queued.stderr.startswith("workermanager: bad job handle")
+    retried = cli(conf, "retry", kept[0]["handle"], check=0)
+    assert "submitted again as" in retried.stdout
+    daemon.wait_ledger(lambda rows: len(rows) >= 4, what="the resubmitted job's run")
+    assert cli(conf, "errors", "--json", check=0).returncode == 0
+
+
+# --- Perl TheSchwartz on a database that holds our table ----------------------------------------
+
+class PerlJobDoomed(Worker):
+    funcname = "Peer::Echo"
+
+    def work(self, job):
+        job.permanent_failure("python gives up on it")
+
+
+def test_perl_client_and_worker_share_a_queue_holding_our_table(perl, queue):  # noqa: F811
+    """Perl inserts; our worker fails the job for good (kept); a retry puts it back and a Perl
+    worker completes it with the arg as Perl wrote it; a Perl worker's own failure for good is
+    Perl's business (not kept: Perl never writes our table) and goes on as ever."""
+    entry, client = queue
+    [handle] = values(run_peer(perl, entry, "insert", "Peer::Echo", "plain words from perl"), "handle")
+    assert client.work_until_done([PerlJobDoomed]) == 1
+    with store_for(entry) as store:
+        [kept] = store.list_failed().items
+        assert kept.original_handle == handle and kept.arg == b"plain words from perl"
+        [result] = store.retry([kept.handle])
+        assert result.ok
+        assert values(run_peer(perl, entry, "work", "Peer::Echo", "complete"), "arg") == ["plain words from perl"]
+        assert client.lookup_job(result.new_handle) is None
+        assert values(run_peer(perl, entry, "status", result.new_handle), "exit") == ["0"]
+        [other] = values(run_peer(perl, entry, "insert", "Peer::Echo", "perl fails this"), "handle")
+        assert values(run_peer(perl, entry, "work", "Peer::Echo", "fail"), "arg") == ["perl fails this"]
+        assert values(run_peer(perl, entry, "status", other), "exit") == ["3"]
+        assert store.list_failed().items == []
