@@ -176,6 +176,16 @@ def test_queued_jobs_page_by_keyset_in_run_order(queue_db):
                 break
             after = page.next_cursor
         assert seen == [handle for _, handle in expected]
+        for state in ("waiting", "scheduled"):  # pages of one state, across equal run_afters
+            whole = [job.handle for job in store.list_jobs(state=state, limit=100).items]
+            paged, after = [], None
+            while True:
+                page = store.list_jobs(state=state, limit=2, after=after)
+                paged.extend(job.handle for job in page.items)
+                if page.next_cursor is None:
+                    break
+                after = page.next_cursor
+            assert paged == whole and whole
         scheduled = store.list_jobs(state="scheduled", limit=100).items
         assert {job.handle for job in scheduled} == {h for ra, h in expected if ra > now}
         assert all(job.state == "scheduled" for job in scheduled)
@@ -284,13 +294,13 @@ def test_the_master_prunes_in_a_process_of_its_own(tmp_path):
 
 def test_list_pages_through_indexes_not_scans_sqlite(tmp_path):
     """EXPLAIN QUERY PLAN of every page statement: an index search, never a full scan of a table."""
-    from workermanager.jobs.sqlstore import failed_page_sql, queued_page_sql
+    from workermanager.jobs.sqlstore import KEYSET_PARTS, failed_page_sql, queued_page_sql
     from workermanager.theschwartz import init_db
 
     entry = {"path": str(tmp_path / "q.db")}
     init_db([entry])
     [db] = build_databases([entry])
-    statements = [queued_page_sql(db, op, state) for op in (None, ">", ">=")
+    statements = [queued_page_sql(db, part, state) for part in (None, *KEYSET_PARTS)
                   for state in (None, "waiting", "scheduled", "leased")]
     statements += [failed_page_sql(db, func, op, text) for func in (False, True) for op in (None, "<")
                    for text in (False, True)]
@@ -308,7 +318,10 @@ def test_list_pages_through_indexes_not_scans_sqlite(tmp_path):
 
 
 def test_list_pages_through_indexes_not_scans_postgres(request, tmp_path):
-    """PostgreSQL's EXPLAIN on 20,000 rows (ANALYZEd): index scans, no Seq Scan, no full Sort."""
+    """PostgreSQL's EXPLAIN on 20,000 rows (ANALYZEd): index scans, no Seq Scan, no Sort of the
+    whole range (an Incremental Sort presorted by run_after only orders jobs of equal run_after;
+    the rows of one run_after after a cursor are sorted by jobid: Perl's index lacks the jobid
+    here, docs/failed-jobs.md)."""
     from sql_queues import entry_for
 
     from workermanager.jobs.sqlstore import failed_page_sql, queued_page_sql
@@ -328,16 +341,18 @@ def test_list_pages_through_indexes_not_scans_postgres(request, tmp_path):
         cursor.execute(f"ANALYZE {p}job")
         cursor.execute(f"ANALYZE {p}{failed.TABLE}")
     db.run(fill, write=True)
-    checks = [(queued_page_sql(db, ">", None), (1, 10000, 10000, 5, 50)),
+    checks = [(queued_page_sql(db, "after", None), (1, 10000, 50)),
+              (queued_page_sql(db, "tie>", None), (1, 10000, 5, 50)),
               (queued_page_sql(db, None, "waiting"), (1, 10**9, 10**9, 50)),
-              (queued_page_sql(db, ">=", "scheduled"), (1, 10000, 10000, 5, 1, 1, 50)),
+              (queued_page_sql(db, "tie>=", "scheduled"), (1, 10000, 5, 1, 50)),
               (failed_page_sql(db, True, "<", False), ("Big::A", 10000, 50)),
               (failed_page_sql(db, False, "<", False), (10000, 50)),
               (failed_page_sql(db, False, None, False), (50,))]
     for sql, params in checks:
         plan = "\n".join(row[0] for row in db.fetchall("EXPLAIN " + sql, params))
         assert "Index" in plan and "Seq Scan" not in plan, plan
-        assert "\n  ->  Sort" not in plan and not plan.startswith("Sort"), plan
+        if "run_after = " not in sql:
+            assert "  Sort  " not in plan, plan
     db.close()
 
 

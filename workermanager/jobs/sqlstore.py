@@ -282,26 +282,46 @@ def _funcids(db: Database, cursor: Any, func: str | None) -> dict[int, str]:
     return {} if funcid is None else {funcid: func}
 
 
-def _state_condition(state: str | None) -> tuple[str, int]:
-    """SQL for a state, and how many `now` parameters it takes."""
+def _state_condition(state: str | None, tie: bool = False) -> tuple[str, int]:
+    """SQL for a state, and how many `now` parameters it takes. `tie`: for the rows of one
+    run_after (the caller checks that run_after against the state itself: a second condition on
+    run_after would cost the index range its order)."""
     if state == "waiting":
-        return " AND run_after <= ? AND grabbed_until <= ?", 2
+        return (" AND grabbed_until <= ?", 1) if tie else (" AND run_after <= ? AND grabbed_until <= ?", 2)
     if state == "scheduled":
-        return " AND run_after > ? AND grabbed_until <= ?", 2
+        return (" AND grabbed_until <= ?", 1) if tie else (" AND run_after > ? AND grabbed_until <= ?", 2)
     if state == "leased":
         return " AND grabbed_until > ?", 1
     return "", 0
 
 
-def queued_page_sql(db: Database, keyset_op: str | None, state: str | None) -> str:
-    """The statement of one function's page of queued jobs in run order: parameters funcid, then
-    (run_after, run_after, jobid) after a cursor when `keyset_op` (">" or ">=") is given, then
-    `now` as many times as _state_condition says, then the limit. "run_after >= ?" keeps the
-    keyset an index range of (funcid, run_after)."""
-    keyset = f" AND run_after >= ? AND (run_after > ? OR jobid {keyset_op} ?)" if keyset_op else ""
-    condition, _ = _state_condition(state)
+def _tie_can_match(state: str | None, run_after: int, now: int) -> bool:
+    """Whether jobs of run_after `run_after` can be in `state` at all."""
+    if state == "waiting":
+        return run_after <= now
+    if state == "scheduled":
+        return run_after > now
+    return True
+
+
+#: the parts of a page of queued jobs after a cursor at (run_after R, jobid J): the rows of run_after
+#: R after J ("tie>", or "tie>=" for a database after the cursor's), then those of run_after > R
+KEYSET_PARTS = ("tie>", "tie>=", "after")
+
+
+def queued_page_sql(db: Database, part: str | None, state: str | None) -> str:
+    """The statement of one function's page of queued jobs in run order (run_after, jobid): from
+    the start (`part` None), or one of KEYSET_PARTS after a cursor. Parameters: funcid, then R
+    and J ("tie"), or R ("after"), then `now` as many times as _state_condition says, then the
+    limit. Each is one range of the (funcid, run_after) index, whose entries carry the jobid on
+    SQLite and InnoDB: a page costs the same anywhere in a long queue."""
+    keyset = {None: "", "tie>": " AND run_after = ? AND jobid > ?", "tie>=": " AND run_after = ? AND jobid >= ?",
+              "after": " AND run_after > ?"}[part]
+    tie = part in ("tie>", "tie>=")
+    order = "jobid" if tie else "run_after, jobid"
+    condition, _ = _state_condition(state, tie)
     return db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE funcid = ?{keyset}{condition}"
-                          " ORDER BY run_after, jobid LIMIT ?")
+                          f" ORDER BY {order} LIMIT ?")
 
 
 def _queued_page(db: Database, index: int, cursor: Any, func: str | None, state: str | None,
@@ -309,19 +329,23 @@ def _queued_page(db: Database, index: int, cursor: Any, func: str | None, state:
     """Up to `limit` jobs of this database after `start` (run_after, jobid, database index), per
     function in index order, merged."""
     now = db.dialect.now(cursor)
-    _, nows = _state_condition(state)
     if start is None:
-        op, key_params = None, ()
+        parts = [(queued_page_sql(db, None, state), (), _state_condition(state)[1])]
     else:
         run_after, jobid, start_db = start
         # this database's rows sort after the cursor's when (run_after, jobid) is past it, or equal
         # for a database after the cursor's
-        op = ">=" if index > start_db else ">"
-        key_params = (run_after, run_after, jobid)
-    sql = queued_page_sql(db, op, state)
+        tie = "tie>=" if index > start_db else "tie>"
+        parts = [(queued_page_sql(db, "after", state), (run_after,), _state_condition(state)[1])]
+        if _tie_can_match(state, run_after, now):
+            parts.insert(0, (queued_page_sql(db, tie, state), (run_after, jobid), _state_condition(state, True)[1]))
     jobs: list[QueuedJob] = []
     for funcid in _funcids(db, cursor, func):
-        jobs.extend(_queued_rows(db, cursor, sql, (funcid, *key_params, *([now] * nows), limit), now=now))
+        for sql, key_params, nows in parts:
+            found = _queued_rows(db, cursor, sql, (funcid, *key_params, *([now] * nows), limit), now=now)
+            jobs.extend(found)
+            if len(found) >= limit:  # the page is full from the first part already
+                break
     jobs.sort(key=lambda job: (job.run_after, _jobid(job)))
     return [((int(job.run_after), _jobid(job), index), job) for job in jobs[:limit]]
 
@@ -509,4 +533,4 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-__all__ = ["SQLJobStore", "database_entries", "failed_page_sql", "queued_page_sql"]
+__all__ = ["KEYSET_PARTS", "SQLJobStore", "database_entries", "failed_page_sql", "queued_page_sql"]
