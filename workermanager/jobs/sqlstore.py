@@ -282,15 +282,46 @@ def _funcids(db: Database, cursor: Any, func: str | None) -> dict[int, str]:
     return {} if funcid is None else {funcid: func}
 
 
-def _state_condition(state: str | None) -> tuple[str, int]:
-    """SQL for a state, and how many `now` parameters it takes."""
+def _state_condition(state: str | None, tie: bool = False) -> tuple[str, int]:
+    """SQL for a state, and how many `now` parameters it takes. `tie`: for the rows of one
+    run_after (the caller checks that run_after against the state itself: a second condition on
+    run_after would cost the index range its order)."""
     if state == "waiting":
-        return " AND run_after <= ? AND grabbed_until <= ?", 2
+        return (" AND grabbed_until <= ?", 1) if tie else (" AND run_after <= ? AND grabbed_until <= ?", 2)
     if state == "scheduled":
-        return " AND run_after > ? AND grabbed_until <= ?", 2
+        return (" AND grabbed_until <= ?", 1) if tie else (" AND run_after > ? AND grabbed_until <= ?", 2)
     if state == "leased":
         return " AND grabbed_until > ?", 1
     return "", 0
+
+
+def _tie_can_match(state: str | None, run_after: int, now: int) -> bool:
+    """Whether jobs of run_after `run_after` can be in `state` at all."""
+    if state == "waiting":
+        return run_after <= now
+    if state == "scheduled":
+        return run_after > now
+    return True
+
+
+#: the parts of a page of queued jobs after a cursor at (run_after R, jobid J): the rows of run_after
+#: R after J ("tie>", or "tie>=" for a database after the cursor's), then those of run_after > R
+KEYSET_PARTS = ("tie>", "tie>=", "after")
+
+
+def queued_page_sql(db: Database, part: str | None, state: str | None) -> str:
+    """The statement of one function's page of queued jobs in run order (run_after, jobid): from
+    the start (`part` None), or one of KEYSET_PARTS after a cursor. Parameters: funcid, then R
+    and J ("tie"), or R ("after"), then `now` as many times as _state_condition says, then the
+    limit. Each is one range of the (funcid, run_after) index, whose entries carry the jobid on
+    SQLite and InnoDB: a page costs the same anywhere in a long queue."""
+    keyset = {None: "", "tie>": " AND run_after = ? AND jobid > ?", "tie>=": " AND run_after = ? AND jobid >= ?",
+              "after": " AND run_after > ?"}[part]
+    tie = part in ("tie>", "tie>=")
+    order = "jobid" if tie else "run_after, jobid"
+    condition, _ = _state_condition(state, tie)
+    return db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE funcid = ?{keyset}{condition}"
+                          f" ORDER BY {order} LIMIT ?")
 
 
 def _queued_page(db: Database, index: int, cursor: Any, func: str | None, state: str | None,
@@ -298,21 +329,23 @@ def _queued_page(db: Database, index: int, cursor: Any, func: str | None, state:
     """Up to `limit` jobs of this database after `start` (run_after, jobid, database index), per
     function in index order, merged."""
     now = db.dialect.now(cursor)
-    condition, nows = _state_condition(state)
     if start is None:
-        keyset, key_params = "", ()
+        parts = [(queued_page_sql(db, None, state), (), _state_condition(state)[1])]
     else:
         run_after, jobid, start_db = start
         # this database's rows sort after the cursor's when (run_after, jobid) is past it, or equal
-        # for a database after the cursor's: "run_after >= ?" keeps it an index range
-        op = ">=" if index > start_db else ">"
-        keyset = f" AND run_after >= ? AND (run_after > ? OR jobid {op} ?)"
-        key_params = (run_after, run_after, jobid)
-    sql = db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE funcid = ?{keyset}{condition}"
-                         " ORDER BY run_after, jobid LIMIT ?")
+        # for a database after the cursor's
+        tie = "tie>=" if index > start_db else "tie>"
+        parts = [(queued_page_sql(db, "after", state), (run_after,), _state_condition(state)[1])]
+        if _tie_can_match(state, run_after, now):
+            parts.insert(0, (queued_page_sql(db, tie, state), (run_after, jobid), _state_condition(state, True)[1]))
     jobs: list[QueuedJob] = []
     for funcid in _funcids(db, cursor, func):
-        jobs.extend(_queued_rows(db, cursor, sql, (funcid, *key_params, *([now] * nows), limit), now=now))
+        for sql, key_params, nows in parts:
+            found = _queued_rows(db, cursor, sql, (funcid, *key_params, *([now] * nows), limit), now=now)
+            jobs.extend(found)
+            if len(found) >= limit:  # the page is full from the first part already
+                break
     jobs.sort(key=lambda job: (job.run_after, _jobid(job)))
     return [((int(job.run_after), _jobid(job), index), job) for job in jobs[:limit]]
 
@@ -382,25 +415,36 @@ def _failed_by_id(db: Database, cursor: Any, failed_id: int) -> FailedJob | None
     return None if row is None else _failed_job(db, row)
 
 
+def failed_page_sql(db: Database, by_func: bool, keyset_op: str | None, by_text: bool) -> str:
+    """The statement of a page of failed jobs, newest first: parameters funcname (`by_func`), the
+    cursor's failedid (`keyset_op` "<" or "<="), the LIKE pattern (`by_text`), then the limit.
+    It walks the (funcname, failedid) index, or the primary key, backwards."""
+    conditions = []
+    if by_func:
+        conditions.append("funcname = ?")
+    if keyset_op:
+        conditions.append(f"failedid {keyset_op} ?")
+    if by_text:
+        conditions.append(f"LOWER(errors) LIKE ? ESCAPE '{LIKE_ESCAPE}'")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return db.dialect.sql(f"SELECT {_FAILED_COLS} FROM {db.prefix}{failed.TABLE}{where}"
+                          " ORDER BY failedid DESC LIMIT ?")
+
+
 def _failed_page(db: Database, index: int, cursor: Any, func: str | None, text: str | None, limit: int,
                  start: tuple[int, ...] | None) -> list[tuple[tuple[int, int], FailedJob]]:
-    conditions, params = [], []
-    if func is not None:
-        conditions.append("funcname = ?")
-        params.append(func)
+    params: list[Any] = [] if func is None else [func]
+    op = None
     if start is not None:
         start_id, start_db = start
         # newest first: after the cursor are smaller ids, or the same id in a database before its
-        conditions.append(f"failedid {'<=' if index < start_db else '<'} ?")
+        op = "<=" if index < start_db else "<"
         params.append(start_id)
     if text:
         escaped = text.lower().replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%") \
             .replace("_", LIKE_ESCAPE + "_")
-        conditions.append(f"LOWER(errors) LIKE ? ESCAPE '{LIKE_ESCAPE}'")
         params.append(f"%{escaped}%")
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cursor.execute(db.dialect.sql(f"SELECT {_FAILED_COLS} FROM {db.prefix}{failed.TABLE}{where}"
-                                  " ORDER BY failedid DESC LIMIT ?"), (*params, limit))
+    cursor.execute(failed_page_sql(db, func is not None, op, bool(text)), (*params, limit))
     return [((int(row[0]), index), _failed_job(db, row)) for row in cursor.fetchall()]
 
 
@@ -489,4 +533,4 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-__all__ = ["SQLJobStore", "database_entries"]
+__all__ = ["KEYSET_PARTS", "SQLJobStore", "database_entries", "failed_page_sql", "queued_page_sql"]

@@ -156,31 +156,29 @@ def prune(db: Database, older_than: int, keep_max: int, batches: int = 20) -> in
     table = db.prefix + TABLE
     sql = db.dialect.sql
     expired = sql(f"SELECT failedid FROM {table} WHERE died_at < ? ORDER BY died_at LIMIT {PRUNE_BATCH}")
-    # the id of the keep_max-th newest row: everything older goes (an index walk of keep_max entries)
+    # the id of the keep_max-th newest row: older ones go (an index walk of keep_max entries)
     cutoff = sql(f"SELECT failedid FROM {table} ORDER BY failedid DESC LIMIT 1 OFFSET ?")
     beyond = sql(f"SELECT failedid FROM {table} WHERE failedid < ? ORDER BY failedid LIMIT {PRUNE_BATCH}")
-    deleted = 0
-    threshold: list[int | None] = []
 
-    def batch(cursor: Any) -> int:
-        cursor.execute(expired, (int(older_than),))
+    def delete(cursor: Any, select: str, params: tuple) -> int:
+        cursor.execute(select, params)
         ids = [row[0] for row in cursor.fetchall()]
-        if not ids:
-            if not threshold:
-                cursor.execute(cutoff, (max(0, int(keep_max) - 1),))
-                row = cursor.fetchone()
-                threshold.append(None if row is None else int(row[0]))
-            if threshold[0] is None:
-                return 0
-            cursor.execute(beyond, (threshold[0],))
-            ids = [row[0] for row in cursor.fetchall()]
         if ids:
             marks = ", ".join("?" for _ in ids)
             cursor.execute(sql(f"DELETE FROM {table} WHERE failedid IN ({marks})"), tuple(ids))
         return len(ids)
 
-    for _ in range(max(1, batches)):
-        count = db.run(batch, write=True)
+    deleted, left = 0, max(1, batches)
+    while left > 0:
+        left -= 1
+        count = db.run(lambda cursor: delete(cursor, expired, (int(older_than),)), write=True)
+        deleted += count
+        if count < PRUNE_BATCH:
+            break
+    row = db.fetchone(cutoff, (max(0, int(keep_max) - 1),)) if left > 0 else None
+    while row is not None and left > 0:
+        left -= 1
+        count = db.run(lambda cursor: delete(cursor, beyond, (int(row[0]),)), write=True)
         deleted += count
         if count < PRUNE_BATCH:
             break

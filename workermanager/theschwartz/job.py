@@ -335,7 +335,7 @@ class TheSchwartzJob(Job):
         """Copy this job into the failed-jobs table, inside the transaction that removes it: its
         earlier error rows, then this attempt's message (its traceback kept apart, whole)."""
         cursor.execute(self.db.q.errors_with_time_for_job, (self.jobid,))
-        errors = [(float(when), str(text).split(_TRACEBACK_START, 1)[0]) for when, text in cursor.fetchall()]
+        errors = [(float(when), _message_only(str(text))) for when, text in cursor.fetchall()]
         errors.append((float(now), message))
         failed.insert(self.db, cursor, failed.FailedRecord(
             self.jobid, self.funcname, as_bytes(self.raw_arg), self.uniqkey, self.priority, self.coalesce,
@@ -372,6 +372,13 @@ def _fit(message: str, trace: str, limit: int | None) -> str:
 _CUT = "\n..."
 #: where the traceback starts in an error row's text (written by _fail), cut from the kept errors
 _TRACEBACK_START = "\nTraceback (most recent call last):"
+
+
+def _message_only(text: str) -> str:
+    """An error row's message without the traceback _fit put after it (whole, or its cut end)."""
+    for marker in (_TRACEBACK_START, _CUT + "\n"):
+        text = text.split(marker, 1)[0]
+    return text
 
 
 def _handled_traceback() -> str:
