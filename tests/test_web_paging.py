@@ -48,7 +48,7 @@ def test_page_queries_use_an_index_and_sort_nothing(tmp_path):
     fill(path, 2000)
     statements = page_statements(path)
     queue_reads = [s for s in statements if "FROM job " in s]
-    assert len(queue_reads) == 2 and any("FROM wm_failed_job " in s for s in statements), statements
+    assert len(queue_reads) >= 2 and any("FROM wm_failed_job " in s for s in statements), statements
     db = sqlite3.connect(path)
     try:
         for statement in statements:

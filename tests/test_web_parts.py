@@ -177,6 +177,8 @@ def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 -
         web.wait(10)
 
 
+@pytest.mark.xfail(strict=True, reason="GearmanJobStore.stats() raises StoreUnavailable until a job has "
+                   "failed (no failed-store file), and after (no funcmap table in it): workermanager.jobs")
 def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):  # noqa: F811
     from workermanager.gearman.client import Client as GearmanClient
 
@@ -191,21 +193,16 @@ def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_
     config.write_text(yaml.safe_dump({"type": "Gearman", "workers": ["testworkers.Noop"],
                                       "worker_options": {"job_servers": [gearmand.address]},
                                       "web": {"listen": f"127.0.0.1:{port}"}}))
-    # the failed-jobs store as a daemon leaves it once a job failed (without it, the store's
-    # counts fail: see the report)
-    from workermanager.jobs.keeping import ensure_table, failed_store_database
-
-    ensure_table(failed_store_database(config_module.load(str(config))))
     err = tmp_path / "web.err"
     with open(err, "wb") as out:
         web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", str(config)], stdout=out,
                                stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
         wait_for(lambda: "serving" in err.read_text() or web.poll() is not None, 30, what="the console")
-        status, page = get(f"http://127.0.0.1:{port}/queues")
-        assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
         status, page = get(f"http://127.0.0.1:{port}/jobs?func=Resize")
         assert status == 501 and "cannot list their queued jobs" in page
+        status, page = get(f"http://127.0.0.1:{port}/queues")
+        assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
         assert get(f"http://127.0.0.1:{port}/failed")[0] == 200
     finally:
         web.terminate()
