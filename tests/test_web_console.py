@@ -77,11 +77,14 @@ class Fleet:
         self.queue = os.path.join(folder, "queue.db")
         self.switch = os.path.join(folder, "fail-switch")
         databases = [{"dsn": f"dbi:SQLite:dbname={self.queue}"}]
+        self.other_config = os.path.join(folder, "other.yml")  # another master of this host, stopped
+        with open(self.other_config, "w") as handle:
+            yaml.safe_dump({"workers": ["testworkers.Noop"], "pidfile": os.path.join(folder, "other.pid")}, handle)
         self.daemon = Daemon(folder, {
             "workers": ["testworkers.Noop", "webworkers.Flaky"], "concurrency": 2,
             "pidfile": os.path.join(folder, "wm.pid"), "env": {"WEB_FAIL_SWITCH": self.switch},
             "worker_options": {"databases": databases},
-            "web": {"token": TOKEN, "page_size": PAGE_SIZE}})
+            "web": {"token": TOKEN, "page_size": PAGE_SIZE, "configs": ["other.yml"]}})
         init_db(databases)  # our failed-jobs table too
         self.client = Client(databases)
         self.daemon.start(wait_children=2)
@@ -181,7 +184,10 @@ def test_overview_shows_the_children(fleet, browser, shots):
         return {int(pid) for pid in re.findall(r'<tr class="child">\s*<td>\d+</td><td>(\d+)</td>',
                                                 browser.page_source)}
     wait_for(lambda: shown() == pids, 15, interval=0.5, what=f"children {pids} on the overview")
-    assert f"running as pid {fleet.daemon.pid}" in text_of(browser, "#daemon")
+    masters = [(text_of(browser, f"article.master:nth-of-type({n}) h3"),
+                text_of(browser, f"article.master:nth-of-type({n}) .daemon")) for n in (1, 2)]
+    assert masters[0] == (fleet.daemon.config_path, f"workermanager running as pid {fleet.daemon.pid}")
+    assert masters[1][0] == fleet.other_config and "not running" in masters[1][1]
     wait_for(lambda: browser.get(fleet.console.url("/")) or "Test::Noop" in browser.page_source, 20,
              interval=1, what="the job log's figures")  # the log hour is cached 10 s
     assert "<svg" in browser.page_source

@@ -53,6 +53,7 @@ def test_beyond_loopback_without_a_token_is_refused(tmp_path):
     ({"page_size": 100000}, "page_size must be a whole number from 1 to 500"),
     ({"listen": "127.0.0.1:http"}, "the port must be a number"),
     ({"colour": "blue"}, "unknown setting 'colour'"),
+    ({"configs": ["missing.yml"]}, "configs: .*missing.yml: config file not found"),
 ])
 def test_bad_web_settings_are_one_line(tmp_path, web, complaint):
     with pytest.raises(settings.WebConfigError, match=complaint) as raised:

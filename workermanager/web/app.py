@@ -8,6 +8,7 @@ the session to have logged in with the token and the form to carry the session's
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import math
 import secrets
@@ -19,6 +20,7 @@ from typing import Any
 from flask import Flask, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
+from workermanager import config as config_module
 from workermanager.config import Config
 from workermanager.web import charts, jobstats, sizing
 from workermanager.web.settings import MAX_PAGE_SIZE, WebSettings
@@ -131,12 +133,12 @@ def create_app(config: Config, settings: WebSettings,
     # -- pages -------------------------------------------------------------------------------
     @app.get("/")
     def overview():  # noqa: ANN202
-        from workermanager.commands.status import StatusFileError, daemon_status
-
-        try:
-            _, message, state = daemon_status(config)
-        except StatusFileError as exc:
-            message, state = str(exc), None
+        masters = [master_status(config)]
+        for path in settings.configs:  # other masters on this host (web.configs)
+            try:
+                masters.append(master_status(config_module.load(path)))
+            except config_module.ConfigError as exc:
+                masters.append(MasterStatus(path, str(exc), None))
         hour = log_hour.get()
         function_charts = [
             (h, [charts.line_chart("jobs/s", "/s", h.jobs_per_second),
@@ -144,7 +146,7 @@ def create_app(config: Config, settings: WebSettings,
                  charts.line_chart("queue delay p95", "ms", h.delay_p95_ms),
                  charts.line_chart("process time p95", "ms", h.process_p95_ms)])
             for h in hour.functions]
-        return render_template("overview.html", message=message, state=state, hour=hour,
+        return render_template("overview.html", masters=masters, hour=hour,
                                function_charts=function_charts, now=time.time())
 
     @app.get("/queues")
@@ -205,12 +207,7 @@ def create_app(config: Config, settings: WebSettings,
 
     @app.get("/sizing")
     def sizing_page():  # noqa: ANN202
-        from workermanager.commands.status import StatusFileError, daemon_status
-
-        try:
-            state = daemon_status(config)[2]
-        except StatusFileError:
-            state = None
+        state = master_status(config).state
         current = state["concurrency"] if state else config.concurrency
         hour = log_hour.get()
         plan = sizing.size(hour.functions, settings.delay_target, current)
@@ -246,6 +243,26 @@ def create_app(config: Config, settings: WebSettings,
     app.jinja_env.filters["when"] = format_time
     app.jinja_env.filters["number"] = charts.number
     return app
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterStatus:
+    """One master for the overview: its config, the status line, its state (None: not running)."""
+
+    config_path: str
+    message: str
+    state: dict[str, Any] | None
+
+
+def master_status(config: Config) -> MasterStatus:
+    """What `workermanager status` says of the daemon of `config` (the queue left out)."""
+    from workermanager.commands.status import StatusFileError, daemon_status
+
+    try:
+        _, message, state = daemon_status(config)
+    except StatusFileError as exc:
+        return MasterStatus(config.path, str(exc), None)
+    return MasterStatus(config.path, message, state)
 
 
 class StatsCache:

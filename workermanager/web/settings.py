@@ -17,7 +17,9 @@ from workermanager import safefiles
 from workermanager.config import Config
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
-KEYS = ("listen", "token", "token_file", "page_size", "delay_target", "threads")
+KEYS = ("listen", "token", "token_file", "page_size", "delay_target", "threads", "configs")
+#: other masters' configs the overview shows at most
+MAX_CONFIGS = 50
 #: a shorter token is guessed too easily to guard retry and delete
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_BYTES = 4096
@@ -42,6 +44,8 @@ class WebSettings:
     #: seconds of queue delay the sizing page aims under
     delay_target: float
     threads: int
+    #: other configs on this host whose masters the overview shows too (absolute paths)
+    configs: tuple[str, ...] = ()
 
     @property
     def read_only(self) -> bool:
@@ -65,7 +69,25 @@ def load(config: Config) -> WebSettings:
         page_size=_number(raw, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE, where, whole=True),
         delay_target=_number(raw, "delay_target", DEFAULT_DELAY_TARGET, 0.001, 86400, where),
         threads=_number(raw, "threads", DEFAULT_THREADS, 1, MAX_THREADS, where, whole=True),
+        configs=_configs(raw.get("configs", []), config, where),
     )
+
+
+def _configs(value: Any, config: Config, where: str) -> tuple[str, ...]:
+    """The other masters' config files: each must load (checked at start, one line naming it)."""
+    from workermanager import config as config_module
+
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise WebConfigError(f"{where}: configs must be a list of config file paths (got {value!r})")
+    if len(value) > MAX_CONFIGS:
+        raise WebConfigError(f"{where}: configs lists {len(value)} files; at most {MAX_CONFIGS}")
+    paths = tuple(os.path.normpath(os.path.join(config.base_dir, os.path.expanduser(v))) for v in value)
+    for path in paths:
+        try:
+            config_module.load(path)
+        except config_module.ConfigError as exc:
+            raise WebConfigError(f"{where}: configs: {exc}") from None
+    return paths
 
 
 def parse_listen(listen: Any, where: str) -> tuple[str, int]:
