@@ -88,7 +88,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics", dict, {}, "metrics: {listen: host:port} serves Prometheus text"),
     Setting("web", dict, {}, "web console (`workermanager web`): {listen: host:port (default "
             "127.0.0.1:8470), token or token_file (enables retry/delete; required beyond loopback), "
-            "page_size, delay_target (seconds, for sizing), threads}; see docs/web-console.md"),
+            "page_size, delay_target (seconds, for sizing), threads, configs (other masters to show)}; "
+            "see docs/web-console.md"),
     Setting("keep_failed", bool, True, "keep jobs that failed for good, to list, show and retry "
             "(`workermanager jobs`; docs/failed-jobs.md); false: they are removed, as Perl removes them"),
     Setting("keep_failed_days", (int, float), 30, "days a failed job is kept before the master prunes it",
