@@ -216,3 +216,31 @@ def get(url: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_slow_and_idle_clients_do_not_hold_the_threads(tmp_path):
+    """More connections than threads, idle or sending a request head byte by byte: a normal
+    request is still answered (waitress reads requests in its event loop, not in a thread)."""
+    import socket
+
+    port = free_port()
+    config = web_config(tmp_path, listen=f"127.0.0.1:{port}", threads=2)
+    err = tmp_path / "web.err"
+    with open(err, "wb") as out:
+        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", config.path], stdout=out,
+                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: "serving" in err.read_text() or web.poll() is not None, 30, what="the console")
+        for n in range(60):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if n % 2:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head never finished
+            held.append(sock)
+        status, page = get(f"http://127.0.0.1:{port}/login")
+        assert status == 403 and "read-only" in page
+    finally:
+        for sock in held:
+            sock.close()
+        web.terminate()
+        web.wait(10)

@@ -13,9 +13,11 @@ from typing import Any
 from workermanager.web.app import MAX_FORM_BYTES
 from workermanager.web.settings import WebSettings
 
-CONNECTION_LIMIT = 64
-CHANNEL_TIMEOUT = 30
-BACKLOG = 64
+#: an idle or trickling connection costs a descriptor and a few KiB in the event loop, never a
+#: thread: many are kept, well under the usual 1,024 descriptors
+CONNECTION_LIMIT = 256
+CHANNEL_TIMEOUT = 15
+BACKLOG = 128
 MAX_HEADER_BYTES = 16 * 1024
 
 
