@@ -224,6 +224,33 @@ def test_a_failed_job_is_retried_from_its_page_and_then_runs(fleet, browser, sho
         assert handle not in [job.handle for job in jobs.list_failed(limit=100).items]
 
 
+def test_failed_jobs_are_filtered_and_deleted_many_at_once(fleet, browser, shots):
+    from selenium.webdriver.common.by import By
+
+    chosen = [fail_for_good(fleet, {"batch": n}) for n in range(2)]
+    log_in(browser, fleet)
+    browser.get(fleet.console.url("/failed"))
+    browser.find_element(By.NAME, "func").send_keys("Web::Flaky")
+    browser.find_element(By.NAME, "text").send_keys("SWITCH FILE")  # any case
+    browser.find_element(By.ID, "filter").click()
+    wait_for(lambda: "text=SWITCH" in browser.current_url, 10, what="the filtered page")
+    listed = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#failed tbody a")]
+    assert set(chosen) <= set(listed)
+    browser.get(fleet.console.url("/failed?text=no+such+error+text"))
+    assert "No failed jobs kept that match" in text_of(browser, "#empty")
+    browser.get(fleet.console.url("/failed?func=Web::Flaky"))
+    for handle in chosen:
+        browser.find_element(By.CSS_SELECTOR, f'input[name="handle"][value="{handle}"]').click()
+    shots(browser, "failed-chosen")
+    browser.find_element(By.ID, "delete-chosen").click()
+    wait_for(lambda: browser.find_elements(By.ID, "results"), 10, what="the delete's answer")
+    results = browser.find_elements(By.CSS_SELECTOR, "#results li")
+    assert len(results) == 2 and all("ok" in li.get_attribute("class") for li in results)
+    with fleet.store() as jobs:
+        left = {job.handle for job in jobs.list_failed(limit=100).items}
+    assert not set(chosen) & left
+
+
 def test_queue_pages_through_and_bad_input_is_one_line(fleet, browser, shots):
     from selenium.webdriver.common.by import By
 
