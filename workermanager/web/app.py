@@ -50,10 +50,9 @@ class Problem(Exception):
         self.message = message
 
 
-def create_app(config: Config, settings: WebSettings,
-               open_store: Callable[[Config], Any] | None = None) -> Flask:
-    """The console for `config`. `open_store` gives the job store (workermanager.jobs.open_store
-    unless told otherwise); it is opened and closed once per request."""
+def create_app(config: Config, settings: WebSettings) -> Flask:
+    """The console for `config`; its job store (workermanager.jobs.open_store) is opened and
+    closed once per request that reads the queue."""
     app = Flask(__name__)
     app.secret_key = secrets.token_bytes(32)  # sessions last as long as this process
     app.config.update(
@@ -67,13 +66,6 @@ def create_app(config: Config, settings: WebSettings,
     app.jinja_env.autoescape = True  # every template, whatever its name
     log_hour = jobstats.LogHourCache(config.logfile)
     stats_cache = StatsCache()
-
-    def store() -> Any:
-        if open_store is not None:
-            return open_store(config)
-        from workermanager.jobs import open_store as default
-
-        return default(config)
 
     # -- every response ---------------------------------------------------------------------
     @app.after_request
@@ -113,11 +105,23 @@ def create_app(config: Config, settings: WebSettings,
 
     def jobs_call(work: Callable[[Any], Any]) -> Any:
         """`work(store)` with the store's errors turned into pages: 400 for a malformed handle or
-        cursor, 404 for an unknown job, 503 when the queue cannot be read."""
-        from workermanager.jobs import BadCursor, BadHandle, NotSupported, StoreUnavailable, UnknownJob
+        cursor, a bad state, 404 for an unknown job, 503 when the queue cannot be read."""
+        from workermanager.jobs import (
+            BadCursor,
+            BadHandle,
+            JobsError,
+            NotSupported,
+            StoreUnavailable,
+            UnknownJob,
+            open_store,
+        )
 
         try:
-            with store() as jobs:
+            jobs = open_store(config)
+        except ValueError as exc:  # a bad queue option in the config: not the request's fault
+            raise Problem(500, str(exc)) from None
+        try:
+            with jobs:
                 return work(jobs)
         except (BadHandle, BadCursor) as exc:
             raise Problem(400, str(exc)) from None
@@ -125,9 +129,9 @@ def create_app(config: Config, settings: WebSettings,
             raise Problem(404, str(exc)) from None
         except NotSupported as exc:
             raise Problem(501, str(exc)) from None
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, JobsError) as exc:
             raise Problem(503, str(exc)) from None
-        except ValueError as exc:
+        except ValueError as exc:  # a bad state or limit in the query string
             raise Problem(400, str(exc)) from None
 
     # -- pages -------------------------------------------------------------------------------
