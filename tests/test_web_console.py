@@ -12,10 +12,7 @@ import html
 import http.cookiejar
 import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -24,12 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
+from web_harness import Console
 
 from workermanager import config as config_module
 from workermanager.theschwartz import Client, init_db
 
 from daemon_harness import Daemon
-from helpers import free_port, require_program, wait_for
+from helpers import require_program, wait_for
 
 TOKEN = "web-console-test-token-0123456789"
 PAGE_SIZE = 3
@@ -38,37 +36,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- the daemon, the console and the browser --------------------------------------------------------
-class Console:
-    """A `workermanager web` process for a config; `url(path)` its address."""
-
-    def __init__(self, config_path: str, folder: str, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.stderr_path = os.path.join(folder, f"web-{self.port}.err")
-        with open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "workermanager", "web", "-f", config_path, "--listen",
-                 f"127.0.0.1:{self.port}"], stdout=err, stderr=err, env=env, start_new_session=True)
-        wait_for(lambda: "serving http" in self.stderr() or self.process.poll() is not None, 30,
-                 what="the console to listen")
-        assert self.process.poll() is None, self.stderr()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stderr(self) -> str:
-        with open(self.stderr_path, errors="replace") as handle:
-            return handle.read()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-
 class Fleet:
     """What the module's tests share: the daemon, its queue, the console and a read-only one."""
 

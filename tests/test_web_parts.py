@@ -10,12 +10,11 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
 from test_hardening_files import service_account, site  # noqa: F401 - the fixtures
+from web_harness import get, serving
 
 from workermanager import config as config_module
 from workermanager.logparse import STAMP_FORMAT
@@ -24,7 +23,7 @@ from workermanager.web import jobstats, settings, sizing
 
 from daemon_harness import ROOT
 from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
-from helpers import free_port, wait_for
+from helpers import free_port
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -149,33 +148,20 @@ def test_rates_of_a_log_begun_inside_the_hour_are_per_second_since_its_first_lin
 def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 - the fixture
     import psutil
 
-    port = free_port()
     config = os.path.join(site.root, "conf.yml")
     with open(config, "w") as handle:
         yaml.safe_dump({"workers": ["testworkers.Noop"], "user": site.account.name,
-                        "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={site.queue}"}]},
-                        "web": {"listen": f"127.0.0.1:{port}"}}, handle)
-    err = os.path.join(site.root, "web.err")
-    with open(err, "wb") as out:
-        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", config], stdout=out,
-                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
-    try:
-        wait_for(lambda: "serving" in open(err).read() or web.poll() is not None, 30, what="the console")
-        assert web.poll() is None, open(err).read()
-        assert set(psutil.Process(web.pid).uids()) == {site.account.uid}
-        handle = Client([{"dsn": f"dbi:SQLite:dbname={site.queue}"}]).insert("Test::Noop", {"n": 1})
+                        "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={site.queue}"}]}}, handle)
+    with serving(config, site.root) as console:
+        assert set(psutil.Process(console.process.pid).uids()) == {site.account.uid}
+        client = Client([{"dsn": f"dbi:SQLite:dbname={site.queue}"}])
+        handle = client.insert("Test::Noop", {"n": 1})
+        client.close()
         # every page, read as the account (its queue, the root folder's status file): no 500
         for path in ("/", "/queues", "/jobs", "/jobs?func=Test::Noop", "/failed", "/sizing", "/job/bad",
                      f"/job/{handle}"):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
-                    status = answer.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            assert status < 500, f"{path}: {status}\n{open(err).read()}"
-    finally:
-        web.terminate()
-        web.wait(10)
+            status = get(console.url(path))[0]
+            assert status < 500, f"{path}: {status}\n{console.stderr()}"
 
 
 @pytest.mark.xfail(strict=True, reason="GearmanJobStore.stats() raises StoreUnavailable until a job has "
@@ -189,33 +175,15 @@ def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_
             gearman.submit_background("Resize", {"n": n})
     finally:
         gearman.close()
-    port = free_port()
     config = tmp_path / "conf.yml"
     config.write_text(yaml.safe_dump({"type": "Gearman", "workers": ["testworkers.Noop"],
-                                      "worker_options": {"job_servers": [gearmand.address]},
-                                      "web": {"listen": f"127.0.0.1:{port}"}}))
-    err = tmp_path / "web.err"
-    with open(err, "wb") as out:
-        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", str(config)], stdout=out,
-                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
-    try:
-        wait_for(lambda: "serving" in err.read_text() or web.poll() is not None, 30, what="the console")
-        status, page = get(f"http://127.0.0.1:{port}/jobs?func=Resize")
+                                      "worker_options": {"job_servers": [gearmand.address]}}))
+    with serving(str(config), str(tmp_path)) as console:
+        status, page = get(console.url("/jobs?func=Resize"))
         assert status == 501 and "cannot list their queued jobs" in page
-        status, page = get(f"http://127.0.0.1:{port}/queues")
+        status, page = get(console.url("/queues"))
         assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
-        assert get(f"http://127.0.0.1:{port}/failed")[0] == 200
-    finally:
-        web.terminate()
-        web.wait(10)
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        assert get(console.url("/failed"))[0] == 200
 
 
 def test_slow_and_idle_clients_do_not_hold_the_threads(tmp_path):
@@ -223,24 +191,17 @@ def test_slow_and_idle_clients_do_not_hold_the_threads(tmp_path):
     request is still answered (waitress reads requests in its event loop, not in a thread)."""
     import socket
 
-    port = free_port()
-    config = web_config(tmp_path, listen=f"127.0.0.1:{port}", threads=2)
-    err = tmp_path / "web.err"
-    with open(err, "wb") as out:
-        web = subprocess.Popen([sys.executable, "-m", "workermanager", "web", "-f", config.path], stdout=out,
-                               stderr=out, env=dict(os.environ, PYTHONPATH=ROOT))
+    config = web_config(tmp_path, threads=2)
     held: list[socket.socket] = []
-    try:
-        wait_for(lambda: "serving" in err.read_text() or web.poll() is not None, 30, what="the console")
-        for n in range(60):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            if n % 2:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head never finished
-            held.append(sock)
-        status, page = get(f"http://127.0.0.1:{port}/login")
-        assert status == 403 and "read-only" in page
-    finally:
-        for sock in held:
-            sock.close()
-        web.terminate()
-        web.wait(10)
+    with serving(config.path, str(tmp_path)) as console:
+        try:
+            for n in range(60):
+                sock = socket.create_connection(("127.0.0.1", console.port), timeout=10)
+                if n % 2:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head never finished
+                held.append(sock)
+            status, page = get(console.url("/login"))
+            assert status == 403 and "read-only" in page
+        finally:
+            for sock in held:
+                sock.close()
