@@ -503,3 +503,21 @@ def test_perl_client_and_worker_share_a_queue_holding_our_table(perl, queue):  #
         assert values(run_peer(perl, entry, "work", "Peer::Echo", "fail"), "arg") == ["perl fails this"]
         assert values(run_peer(perl, entry, "status", other), "exit") == ["3"]
         assert store.list_failed().items == []
+
+
+def test_check_warns_when_failed_jobs_cannot_be_kept(tmp_path):
+    from workermanager.theschwartz import init_db
+
+    entry = {"path": str(tmp_path / "perl-made.db")}
+    init_db([entry])
+    conf = write_config(tmp_path, entry, inc_path=os.path.join(ROOT, "tests", "workers"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "workermanager", "check", "-f", str(conf)]
+    fine = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert fine.returncode == 0 and failed.TABLE not in fine.stdout + fine.stderr
+    conn = __import__("sqlite3").connect(entry["path"])
+    conn.execute(f"DROP TABLE {failed.TABLE}")
+    conn.close()
+    warned = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert warned.returncode == 0, warned.stdout + warned.stderr  # a warning: the daemon still works
+    assert f"has no {failed.TABLE} table: jobs that fail for good are not kept" in warned.stdout + warned.stderr
