@@ -448,6 +448,8 @@ def test_gearman_failed_jobs_are_kept_listed_and_resubmitted(tmp_path, gearmand,
                                     "worker_options": {"job_servers": [gearmand.address]}})
     daemons.append(daemon)
     daemon.start(wait_children=1)
+    nothing_yet = cli(daemon.config_path, "list", "--failed", check=0)  # no store made yet: none kept
+    assert "(no jobs)" in nothing_yet.stdout and not store_path.exists()
     gearman = GearmanClient([gearmand.address])
     try:
         gearman.submit_background("Test::Fail", BINARY_ARG)
