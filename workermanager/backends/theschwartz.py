@@ -130,7 +130,7 @@ class TheSchwartzBackend(Backend):
 
         findings = []
         for db in build_databases(self.databases, self.options.get("base_dir")):
-            findings += probe_database(db, config_path)
+            findings += probe_database(db, config_path, self.keep_failed)
         return findings
 
     def open(self) -> None:

@@ -10,6 +10,7 @@ background job with the same function and arg bytes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +72,14 @@ class GearmanJobStore(JobStore):
         return [QueueStats(name, counts.get(name, [0, 0])[0], None, counts.get(name, [0, 0])[1],
                            fails.get(name, 0), None) for name in names]
 
+    def _store_made(self) -> bool:
+        """Whether the failed-jobs store exists yet: an SQLite store is made by the first child
+        that keeps a job, and until then there is nothing to read (rather than a file to open)."""
+        db = self.failed.databases[0]
+        return db.dsn.driver != "sqlite" or os.path.exists(db.dsn.database)
+
     def _failed_stats(self) -> list[QueueStats]:
-        if not self.failed._failed_table(0):
+        if not self._store_made() or not self.failed._failed_table(0):
             return []
         return self.failed.stats()
 
@@ -91,6 +98,9 @@ class GearmanJobStore(JobStore):
 
     def list_failed(self, func: str | None = None, text: str | None = None, limit: int = DEFAULT_LIMIT,
                     after: str | None = None) -> Page[FailedJob]:
+        if not self._store_made():
+            checked_limit(limit)
+            return Page([], None)
         return self.failed.list_failed(func, text, limit, after)
 
     def retry(self, handles: Iterable[str]) -> list[ActionResult]:
@@ -123,7 +133,7 @@ class GearmanJobStore(JobStore):
         records: list[ErrorRecord] = []
         after = None
         while len(records) < limit:
-            page = self.failed.list_failed(func=func, limit=limit, after=after)
+            page = self.list_failed(func=func, limit=limit, after=after)
             for job in page.items:
                 if since is not None and job.died_at < since:
                     return records

@@ -44,12 +44,13 @@ _TYPES = {
 
 def ddl(dialect_name: str, prefix: str) -> list[str]:
     """Idempotent statements creating the table and its indexes: (funcname, failedid) pages a
-    function's failed jobs newest first, (died_at) finds the expired ones."""
+    function's failed jobs newest first, (died_at) finds the expired ones, (source_handle) finds
+    a job by the handle it had in the queue (the one the log printed)."""
     ident, blob, text, engine = _TYPES[dialect_name]
     table = prefix + TABLE
     inline = ""
     if dialect_name == "mysql":  # MySQL has no CREATE INDEX IF NOT EXISTS
-        inline = ",\n INDEX (funcname, failedid),\n INDEX (died_at)"
+        inline = ",\n INDEX (funcname, failedid),\n INDEX (died_at),\n INDEX (source_handle)"
     statements = [
         f"""CREATE TABLE IF NOT EXISTS {table} (
             {ident},
@@ -73,6 +74,7 @@ def ddl(dialect_name: str, prefix: str) -> list[str]:
         statements += [
             f"CREATE INDEX IF NOT EXISTS {table}_funcname ON {table} (funcname, failedid)",
             f"CREATE INDEX IF NOT EXISTS {table}_died_at ON {table} (died_at)",
+            f"CREATE INDEX IF NOT EXISTS {table}_source_handle ON {table} (source_handle)",
         ]
     return statements
 
