@@ -164,9 +164,8 @@ def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 -
             assert status < 500, f"{path}: {status}\n{console.stderr()}"
 
 
-@pytest.mark.xfail(strict=True, reason="GearmanJobStore.stats() raises StoreUnavailable until a job has "
-                   "failed (no failed-store file), and after (no funcmap table in it): workermanager.jobs")
-def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):  # noqa: F811
+def gearman_queue(tmp_path, gearmand) -> str:  # noqa: ANN001 - the fixture
+    """A Gearman config whose job server holds 3 background jobs of function Resize."""
     from workermanager.gearman.client import Client as GearmanClient
 
     gearman = GearmanClient([gearmand.address])
@@ -178,12 +177,29 @@ def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_
     config = tmp_path / "conf.yml"
     config.write_text(yaml.safe_dump({"type": "Gearman", "workers": ["testworkers.Noop"],
                                       "worker_options": {"job_servers": [gearmand.address]}}))
-    with serving(str(config), str(tmp_path)) as console:
+    return str(config)
+
+
+def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):  # noqa: F811
+    config = gearman_queue(tmp_path, gearmand)
+    with serving(config, str(tmp_path)) as console:  # no job failed yet: no failed-jobs store
         status, page = get(console.url("/jobs?func=Resize"))
         assert status == 501 and "cannot list their queued jobs" in page
         status, page = get(console.url("/queues"))
         assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
         assert get(console.url("/failed"))[0] == 200
+
+
+@pytest.mark.xfail(strict=True, reason="workermanager.jobs: GearmanJobStore.stats() reads funcmap, which the "
+                   "failed-jobs store made by keeping.ensure_table does not have")
+def test_on_gearman_the_console_counts_the_queue_once_a_job_failed(tmp_path, gearmand):  # noqa: F811
+    from workermanager.jobs.keeping import ensure_table, failed_store_database
+
+    config = gearman_queue(tmp_path, gearmand)
+    ensure_table(failed_store_database(config_module.load(config)))  # as the daemon, at the first failure
+    with serving(config, str(tmp_path)) as console:
+        status, page = get(console.url("/queues"))
+        assert status == 200 and re.search(r"Resize</a></td>\s*<td>3</td>", page), page
 
 
 def test_slow_and_idle_clients_do_not_hold_the_threads(tmp_path):
