@@ -62,6 +62,10 @@ def test_bad_web_settings_are_one_line(tmp_path, web, complaint):
 
 def test_token_file_beside_the_config_and_never_through_a_link(tmp_path):
     (tmp_path / "web.token").write_text(TOKEN + "\n")
+    os.chmod(tmp_path / "web.token", 0o644)
+    with pytest.raises(settings.WebConfigError, match="open to other users .mode 0644"):
+        settings.load(web_config(tmp_path, token_file="web.token"))
+    os.chmod(tmp_path / "web.token", 0o640)
     assert settings.load(web_config(tmp_path, token_file="web.token")).token == TOKEN
     os.symlink(tmp_path / "web.token", tmp_path / "link.token")
     with pytest.raises(settings.WebConfigError, match="link"):

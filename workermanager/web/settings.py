@@ -2,7 +2,8 @@
 
 A token is what turns the console from read-only into one that can retry and delete. It is
 written in the config (`token:`) or in a file (`token_file:`, relative to the config's folder),
-read as safefiles.open_regular reads (no link followed: the folder may be the service account's).
+read as safefiles.open_regular reads (no link followed: the folder may be the service account's),
+and refused when other users may read it.
 Listening beyond loopback without a token is refused: anyone on the network would see the args.
 """
 
@@ -143,6 +144,10 @@ def read_token_file(path: str, where: str) -> str:
     if fd is None:
         raise WebConfigError(f"{where}: token_file {path} does not exist")
     try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o007:  # any local account could read the token and act with it
+            raise WebConfigError(f"{where}: token_file {path} is open to other users (mode "
+                                 f"{mode & 0o777:04o}): chmod o-rwx it")
         data = safefiles.read_at_most(fd, MAX_TOKEN_BYTES + 1)
     finally:
         os.close(fd)
