@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   libtheschwartz-perl libdbd-sqlite3-perl libdbd-pg-perl libdbd-mysql-perl
   postgresql mariadb-server
   procps lsb-base logrotate
+  chromium chromium-driver
 )
 
 missing=()

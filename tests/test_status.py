@@ -126,6 +126,9 @@ def test_running_daemon_children_jobs_and_queue(tmp_path, queue_path):
                 queue["Test::Sleep"]["running"]) == (2, 2, 2)
         assert queue["Test::Fail"]["errors"] == 3
         assert "failing on purpose" in queue["Test::Fail"]["last_error"]
+        # the job that failed for good is kept; the oldest ready job waits since it was inserted
+        assert queue["Test::Fail"]["failed"] == 1 and queue["Test::Sleep"]["failed"] == 0
+        assert queue["Test::Fail"]["oldest_ready_age"] is None and queue["Test::Sleep"]["oldest_ready_age"] >= 0
 
         text = status(daemon.config_path)
         assert text.returncode == 0, text.stderr
@@ -134,9 +137,10 @@ def test_running_daemon_children_jobs_and_queue(tmp_path, queue_path):
             assert str(child["pid"]) in text.stdout
         assert text.stdout.count("Test::Sleep id ") == 2
         sleep_row = next(line for line in text.stdout.splitlines() if line.strip().startswith("Test::Sleep"))
-        assert sleep_row.split()[1:5] == ["2", "2", "2", "0"]
+        sleep_columns = sleep_row.split()  # ready, oldest, later, running, failed, errors/1h
+        assert sleep_columns[1] == "2" and sleep_columns[2].endswith("s") and sleep_columns[3:7] == ["2", "2", "0", "0"]
         fail_row = next(line for line in text.stdout.splitlines() if line.strip().startswith("Test::Fail"))
-        assert fail_row.split()[4] == "3" and "failing on purpose" in fail_row
+        assert fail_row.split()[1:7] == ["0", "-", "0", "0", "1", "3"] and "failing on purpose" in fail_row
 
         daemon.signal(signal.SIGINT)
         assert daemon.wait_exit(15) == 0
@@ -163,7 +167,8 @@ def test_gearman_queue_from_the_job_server(tmp_path, gearmand):  # noqa: F811 - 
     data = json.loads(status(str(config), "--json", "--timeout", "2").stdout)
     rows = [f for f in data["queue"]["functions"] if f["funcname"] == "Resize"]
     assert rows == [{"funcname": "Resize", "ready": 3, "scheduled": 0, "running": 0, "errors": 0,
-                     "last_error": None, "workers": 0, "source": rows[0]["source"]}]
+                     "last_error": None, "workers": 0, "source": rows[0]["source"], "oldest_ready_age": None,
+                     "failed": None}]
     assert len(data["queue"]["problems"]) == 1 and "127.0.0.1:1" in data["queue"]["problems"][0]
     text = status(str(config))
     assert text.returncode == 3

@@ -1,5 +1,6 @@
 """The command line: `workermanager [-hdn] [-c N] [-w M] -f conf.yml` runs the daemon; a few
-subcommands do the rest (init-db, insert, submit, status, report, check, schedule).
+subcommands do the rest (init-db, insert, submit, status, report, check, schedule, jobs, web,
+migrate-config, help).
 
 Exit statuses: 2 for usage errors (with the usage), 1 for anything else that stops a start,
 0 after a clean stop. Every error is one line naming what and where.
@@ -30,6 +31,8 @@ SUBCOMMANDS: dict[str, str] = {
     "check": "workermanager.commands.check",
     "migrate-config": "workermanager.commands.migrate",
     "schedule": "workermanager.commands.schedule",
+    "jobs": "workermanager.commands.jobs",
+    "web": "workermanager.commands.web",
 }
 
 log = logging.getLogger("workermanager")

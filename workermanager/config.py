@@ -106,6 +106,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("schedule", list, [], "periodic jobs: a list of {name, funcname, arg, cron or interval, timezone, "
             "priority, missed: skip|once}; every master enqueues each slot, the backend keeps one "
             "(docs/schedules.md)"),
+    Setting("web", dict, {}, "web console (`workermanager web`): {listen: host:port (default "
+            "127.0.0.1:8470), token or token_file (enables retry/delete; required beyond loopback), "
+            "page_size, delay_target (seconds, for sizing), threads, configs (other masters to show)}; "
+            "see docs/web-console.md"),
+    Setting("keep_failed", bool, True, "keep jobs that failed for good, to list, show and retry "
+            "(`workermanager jobs`; docs/failed-jobs.md); false: they are removed, as Perl removes them"),
+    Setting("keep_failed_days", (int, float), 30, "days a failed job is kept before the master prunes it",
+            lambda value: None if 0 < value <= 36500 else "must be more than 0 and at most 36500"),
+    Setting("keep_failed_max", int, 100000, "failed jobs kept at most; the master prunes the oldest beyond",
+            _positive),
+    Setting("failed_store", (str, dict), None, "Gearman: where failed jobs are kept: an SQLite file "
+            "path, or a database entry {dsn|path, user, pass, prefix} (default: failed-jobs.db beside the "
+            "config)"),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
@@ -143,6 +156,11 @@ class Config:
     root: str | None = None
     #: one line each: what the daemon does differently from what the file asked (shown at start)
     warnings: tuple[str, ...] = ()
+    web: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    keep_failed: bool = True
+    keep_failed_days: float = 30.0
+    keep_failed_max: int = 100000
+    failed_store: str | Mapping[str, Any] | None = None
 
     @property
     def base_dir(self) -> str:
@@ -251,6 +269,11 @@ def from_mapping(raw: Any, path: str, overrides: Mapping[str, Any] | None = None
         compat="perl" if root is not None else None,
         root=root,
         warnings=warnings,
+        web=dict(values["web"] or {}),
+        keep_failed=bool(values["keep_failed"]),
+        keep_failed_days=float(values["keep_failed_days"]),
+        keep_failed_max=values["keep_failed_max"],
+        failed_store=values["failed_store"],
     )
 
 

@@ -32,6 +32,7 @@ from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
+from workermanager.jobs.pruner import Pruner
 from workermanager.schedule_enqueue import enqueuer_for
 from workermanager.scheduler import Scheduler, unserved
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
@@ -121,6 +122,8 @@ class Master:
         #: and the same on a page every child reads (Backend.deaths), made before any fork
         self._dead_jobs: list[DeadJob] = []
         self.deaths = DeathNotes()
+        #: forks the process that prunes kept failed jobs now and then (jobs.pruner)
+        self.pruner = Pruner()
         self.crash_streak = 0
         self.next_spawn_at = 0.0
         self.restarts: collections.Counter[str] = collections.Counter()
@@ -200,12 +203,14 @@ class Master:
         # timeout, never past it (the lease, or gearmand's CAN_DO_TIMEOUT, covers only that much).
         self._kill_timed_out_jobs()
         if self.stopping:
+            self.pruner.stop()
             if not self.children:
                 return True
             self._enforce_stop_deadline()
         else:
             self._maintain_pool()
             self._run_schedule()
+            self._prune_failed_jobs()
         self._publish()
         return False
 
@@ -598,6 +603,7 @@ class Master:
                 return
             child = self.children.pop(pid, None)
             if child is None:
+                self.pruner.reaped(pid)
                 continue
             self._drain_child(child)
             if self._selector is not None:
@@ -678,6 +684,23 @@ class Master:
                 log.warning("children keep crashing with no job finished in between (%d in a row); "
                             "next start in %.2fs", self.crash_streak, delay)
 
+    def _prune_failed_jobs(self) -> None:
+        """Fork the pruning of kept failed jobs when it is due (jobs.pruner): the master itself
+        never waits on a database."""
+        if not self.pruner.due(self.config, time.monotonic()):
+            return
+
+        def close_masters_descriptors() -> None:
+            for child in self.children.values():
+                os.close(child.read_fd)
+            for selector in (self._selector, self._signal_selector):
+                if selector is not None:
+                    selector.close()
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+        flush_log_handlers()
+        self.pruner.start(self.config, _HANDLED_NUMBERS, close_masters_descriptors)
+
     def _kill_timed_out_jobs_safely(self) -> None:
         try:
             self._kill_timed_out_jobs()
@@ -742,9 +765,14 @@ class Master:
 def build_backend(config: Config, worker_classes: list[type[Worker]]) -> Backend:
     """The configured backend, built (not connected); bad options raise ConfigError naming the file."""
     try:
-        return backend_class(config.type)(config.worker_options, worker_classes)
+        backend = backend_class(config.type)(config.worker_options, worker_classes)
     except ValueError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
+    backend.keep_failed = config.keep_failed
+    if config.keep_failed and config.type.lower() == "gearman":
+        from workermanager.jobs.keeping import failed_store_entry
+        backend.failed_store = failed_store_entry(config)
+    return backend
 
 
 def _ensure_descriptors(concurrency: int) -> None:

@@ -28,6 +28,10 @@ class FunctionQueue:
     last_error: str | None = None
     workers: int | None = None  # Gearman: capable workers connected
     source: str = ""  # the database or job server the row comes from ("" when summed)
+    #: TheSchwartz: seconds since the oldest ready job became runnable (its run_after); None: none waits
+    oldest_ready_age: float | None = None
+    #: TheSchwartz: failed jobs kept (docs/failed-jobs.md); None: the database keeps none
+    failed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +85,10 @@ def theschwartz_status(worker_options: Mapping[str, Any], base_dir: str | None =
             total.running += row.running
             total.errors += row.errors
             total.last_error = row.last_error or total.last_error
+            if row.oldest_ready_age is not None:
+                total.oldest_ready_age = max(total.oldest_ready_age or 0.0, row.oldest_ready_age)
+            if row.failed is not None:
+                total.failed = (total.failed or 0) + row.failed
     return QueueStatus("TheSchwartz", [db.label for db in databases],
                        sorted(totals.values(), key=lambda f: f.funcname), problems)
 
@@ -109,7 +117,35 @@ def _count_theschwartz(cursor: Any, db: Any, now: int) -> list[FunctionQueue]:
             " WHERE f.funcname = ? AND e.error_time = ?"), (name, latest))
         message = cursor.fetchone()
         row.last_error = None if message is None else str(message[0])
+    _add_oldest_and_failed(cursor, db, now, found)
     return list(found.values())
+
+
+def _add_oldest_and_failed(cursor: Any, db: Any, now: int, found: dict[str, FunctionQueue]) -> None:
+    """The age of each function's oldest ready job (one walk of the (funcid, run_after) index to
+    the first free row) and its kept failed jobs (theschwartz.failed; the (funcname, failedid)
+    index), where the database has that table."""
+    from workermanager.theschwartz import failed
+
+    oldest = db.dialect.sql(f"SELECT run_after FROM {db.q.job} WHERE funcid = ? AND run_after <= ?"
+                            " AND grabbed_until <= ? ORDER BY run_after LIMIT 1")
+    for row in found.values():
+        if not row.ready:
+            continue
+        funcid = db.funcname_to_id(cursor, row.funcname, create=False)
+        if funcid is None:
+            continue
+        cursor.execute(oldest, (funcid, now, now))
+        first = cursor.fetchone()
+        row.oldest_ready_age = None if first is None else float(max(0, now - int(first[0])))
+    if not failed.table_exists(db, cursor):
+        return
+    cursor.execute(f"SELECT funcname, COUNT(*) FROM {db.prefix}{failed.TABLE} GROUP BY funcname")
+    for name, count in cursor.fetchall():
+        found.setdefault(name, FunctionQueue(name)).failed = int(count)
+    for row in found.values():
+        if row.failed is None:
+            row.failed = 0
 
 
 def gearman_status(worker_options: Mapping[str, Any], timeout: float = 5.0) -> QueueStatus:

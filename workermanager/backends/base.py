@@ -78,6 +78,11 @@ class Backend(abc.ABC):
         soon. Errors are logged, not raised. The default does nothing: see `deaths` for job
         servers that hand the job to any worker."""
 
+    #: jobs that fail for good are kept (the config's keep_failed; docs/failed-jobs.md)
+    keep_failed: bool = True
+    #: where a backend whose job server keeps nothing (Gearman) keeps them: a `databases:` entry
+    failed_store: Mapping[str, Any] | None = None
+
     #: the master's DeathNotes page (set before it forks), for backends whose job server hands a
     #: dead child's job to any worker at once (Gearman): the backend looks each job it grabs up there
     deaths: DeathNotes | None = None

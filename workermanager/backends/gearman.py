@@ -120,6 +120,8 @@ class GearmanJob(Job):
             next_run = self._resubmit(attempt, delay)
             self.runs_again = next_run is not None
         self._log_failure(attempt, msg, next_run)
+        if next_run is None:
+            self._backend.keep_failed_job(self, msg, attempt)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
@@ -127,6 +129,7 @@ class GearmanJob(Job):
             return
         self.outcome = "permanent_failure"
         self._log_failure(self.failures + 1, msg, None)
+        self._backend.keep_failed_job(self, msg, self.failures + 1)
         self._send("WORK_FAIL", self._grabbed.fail, msg)
 
     def _log_failure(self, attempt: int, msg: str, next_run: float | None) -> None:
@@ -209,6 +212,8 @@ class GearmanBackend(Backend):
         self.max_packet_size = max_packet_size(self.options)
         self._worker: Worker | None = None
         self._client: Client | None = None
+        #: the failed-jobs store (see keep_failed_job), opened on first use; False: not usable
+        self._failed_db: Any = None
 
     def check(self, config_path: str) -> list:
         """Each job server accepts a connection within GEARMAN_CONNECT_TIMEOUT. One that does not
@@ -266,12 +271,53 @@ class GearmanBackend(Backend):
                 return None
         return job
 
+    def keep_failed_job(self, job: GearmanJob, message: Any, attempts: int) -> None:
+        """Keep a background job of our client that failed for good in the failed-jobs store
+        (docs/failed-jobs.md): its funcname, arg bytes, the message and traceback. Other jobs have
+        a client waiting for the answer (or one we cannot tell from such): theirs is the decision.
+        A store that cannot be written is reported once; the failure itself goes on."""
+        if not (self.keep_failed and self.failed_store and job.resubmittable) or self._failed_db is False:
+            return
+        import os
+        import socket
+
+        from workermanager.theschwartz import failed
+        from workermanager.theschwartz.client import build_databases
+        from workermanager.theschwartz.job import _handled_traceback
+
+        now = int(time.time())
+        text = str(message if message is not None else "")
+        record = failed.FailedRecord(
+            None, job.funcname, bytes(job.raw_arg), None, None, None,
+            int(job.insert_time) if job.insert_time else None, attempts, [(float(now), text)],
+            _handled_traceback().lstrip("\n"), socket.gethostname(), os.getpid(), now, job.handle)
+        try:
+            if self._failed_db is None:
+                from workermanager.jobs.keeping import ensure_table
+
+                db = build_databases([self.failed_store], self.options.get("base_dir"))[0]
+                ensure_table(db)
+                self._failed_db = db
+            db = self._failed_db
+            db.run(lambda cursor: failed.insert(db, cursor, record), write=True)
+        except Exception as exc:  # the store down or unwritable: say so once, fail the job as ever
+            if self._failed_db is None:
+                self._failed_db = False
+                where = self.failed_store.get("path") or "named by key failed_store"
+                log.error("Gearman: failed jobs are not kept: the store %s cannot be used: %s", where, exc)
+            else:
+                log.warning("Gearman: job %s (%s) failed for good and was not kept: %s", job.handle,
+                            job.funcname, exc)
+
     def release(self, job: Job) -> None:
         """Drop the connection the job came on: gearmand gives the job to another worker."""
         if isinstance(job, GearmanJob):
             job._grabbed._server.conn.close()
 
     def close(self) -> None:
+        if self._failed_db:
+            self._failed_db.close()
+        self._failed_db = None
         if self._worker is not None:
             self._worker.close()
             self._worker = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -136,7 +137,7 @@ class TheSchwartzBackend(Backend):
 
         findings = []
         for db in build_databases(self.databases, self.options.get("base_dir")):
-            findings += probe_database(db, config_path)
+            findings += probe_database(db, config_path, self.keep_failed)
         return findings
 
     def open(self) -> None:
@@ -150,7 +151,8 @@ class TheSchwartzBackend(Backend):
         # before it exits), so a completion rides with that lease
         self.client = Client(self.databases, prioritize=self.prioritize, base_dir=self.options.get("base_dir"),
                              retry_seconds=self.retry_seconds, defer_completions=True,
-                             lease_for=lambda cls: self.lease_for[cls.function_name()])
+                             lease_for=lambda cls: self.lease_for[cls.function_name()],
+                             keep_failed=self.keep_failed)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
 
     def grab(self, timeout: float, most: int = 1) -> Job | None:
@@ -263,7 +265,9 @@ class TheSchwartzBackend(Backend):
         if job is None:
             return False
         job.worker_class = self.worker_by_funcname.get(job.funcname, job.worker_class)
-        return job.failed_while_leased(note.message, int(note.claim), DEATH_RETRY_DELAY)
+        ran_by = re.match(r"child (\d+) ", note.message)  # kept with the job if it fails for good
+        return job.failed_while_leased(note.message, int(note.claim), DEATH_RETRY_DELAY,
+                                       pid=int(ran_by.group(1)) if ran_by else None)
 
     def release_held(self, tokens: Sequence[str]) -> None:
         """Tokens are "<handle>@<grabbed_until of that lease>": only a lease still that one goes."""

@@ -318,10 +318,13 @@ def format_queue(queue: dict[str, Any]) -> list[str]:
         for f in functions:
             lines.append(f"  {f['funcname']:<36} {f['ready']:>7} {f['running']:>7} {f['workers']:>7}  {f['source']}")
     else:
-        lines.append(f"  {'function':<36} {'ready':>7} {'later':>7} {'running':>7} {'errors/1h':>9}  last error")
+        lines.append(f"  {'function':<36} {'ready':>7} {'oldest':>9} {'later':>7} {'running':>7} {'failed':>7} "
+                     f"{'errors/1h':>9}  last error")
         for f in functions:
-            lines.append(f"  {f['funcname']:<36} {f['ready']:>7} {f['scheduled']:>7} {f['running']:>7} "
-                         f"{f['errors']:>9}  {_one_line(f['last_error'])}")
+            failed = "-" if f.get("failed") is None else f["failed"]
+            lines.append(f"  {f['funcname']:<36} {f['ready']:>7} {format_duration(f.get('oldest_ready_age')):>9} "
+                         f"{f['scheduled']:>7} {f['running']:>7} {failed:>7} {f['errors']:>9}  "
+                         f"{_one_line(f['last_error'])}")
     if not functions:
         lines.append("  (no jobs queued)")
     lines.extend(f"  problem: {p}" for p in queue["problems"])

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from workermanager.theschwartz import failed
 from workermanager.theschwartz.args import as_bytes, encode_arg
 from workermanager.theschwartz.database import BUSY_TIMEOUT, Database
 from workermanager.theschwartz.dsn import parse_database
@@ -59,14 +60,15 @@ def build_databases(databases: Any, base_dir: str | None = None,
 
 
 def init_db(databases_or_dsn: Any, base_dir: str | None = None) -> list[str]:
-    """Create TheSchwartz's tables (and, for SQLite, the file) where missing; safe to run again.
+    """Create TheSchwartz's tables (and, for SQLite, the file) where missing, and our failed-jobs
+    table beside them (theschwartz.failed); safe to run again.
 
     Returns the labels of the databases it prepared. Raises DatabaseError naming a failing one.
     """
     labels = []
     for db in build_databases(databases_or_dsn, base_dir):
         def work(cursor: Any, db: Database = db) -> None:
-            for statement in db.dialect.ddl(db.prefix):
+            for statement in [*db.dialect.ddl(db.prefix), *failed.ddl(db.dsn.driver, db.prefix)]:
                 cursor.execute(statement)
         try:
             db.run(work, write=True, durable=True, create=True)
@@ -83,8 +85,11 @@ class Client:
     def __init__(self, databases: Any, prioritize: bool = False, base_dir: str | None = None, *,
                  retry_seconds: float = RETRY_SECONDS, batch_size: int = BATCH_SIZE,
                  lease_by_names: bool = True, defer_completions: bool = False,
-                 lease_for: Callable[[type[Worker]], int] | None = None) -> None:
+                 lease_for: Callable[[type[Worker]], int] | None = None, keep_failed: bool = True) -> None:
         self.databases = build_databases(databases, base_dir, retry_seconds)
+        #: a job failing for good is copied into the failed-jobs table where a database has it
+        #: (theschwartz.failed); False: removed as Perl removes it
+        self.keep_failed = bool(keep_failed)
         #: completions wait for this process's next lease (Database.defer_delete): asked for by
         #: workers that lease again at once (the daemon's children); kept to one database, whose
         #: next lease is sure to come, and to where the dialect gains by it

@@ -88,6 +88,8 @@ class Database:
         self.last_error: str | None = None
         #: why this process can no longer use this database at all (see ConnectionBroken)
         self.broken: str | None = None
+        #: whether the failed-jobs table is there (theschwartz.failed.keeps_failed); None: not asked yet
+        self.keeps_failed: bool | None = None
         self._funcname2id: dict[str, int] = {}
         self._funcid2name: dict[int, str] = {}
         #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)

@@ -14,13 +14,17 @@ job is ignored with a warning, as Perl ignores it.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import sys
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workermanager.theschwartz.args import StorableArgError, decode_arg
+from workermanager.theschwartz import failed
+from workermanager.theschwartz.args import StorableArgError, as_bytes, decode_arg
+from workermanager.theschwartz.errors import DatabaseError
 from workermanager.theschwartz.storable import FIRST_BYTES as STORABLE_FIRST_BYTES
 from workermanager.worker import Job, Worker, failure_line
 
@@ -206,20 +210,21 @@ class TheSchwartzJob(Job):
         delay = cls.retry_delay_for(failures) if retry else 0.0
         self._fail(msg, exit_status, retry, delay, failures)
 
-    def failed_while_leased(self, msg: str, lease: int, min_delay: float = 0.0) -> bool:
+    def failed_while_leased(self, msg: str, lease: int, min_delay: float = 0.0, pid: int | None = None) -> bool:
         """Record a failed attempt of this job made by a process that is gone (a child killed
         mid-job), as `failed` would, but only while that process's lease (the grabbed_until it
         wrote) is still on the row: False, and nothing written, when the job was settled or leased
         again since. The retry or removal is conditional on the lease and goes first, in one
         transaction with the error row, so a worker that took the job meanwhile is never disturbed.
-        A retry runs no sooner than `min_delay` seconds from now."""
+        A retry runs no sooner than `min_delay` seconds from now. `pid`: the process that ran the
+        job (kept with the job if it failed for good)."""
         if self._repeated("failed"):
             return False
         failures = self.failures + 1
         cls = self.worker_class or Worker
         retry = cls.should_retry(failures)
         delay = max(cls.retry_delay_for(failures), min_delay) if retry else 0.0
-        return self._fail(msg, None, retry, delay, failures, lease=int(lease))
+        return self._fail(msg, None, retry, delay, failures, lease=int(lease), pid=pid)
 
     def permanent_failure(self, msg: str, exit_status: int | None = None) -> None:
         """Record the failure and remove the job for good, with exit status `exit_status` (default 1)."""
@@ -264,14 +269,18 @@ class TheSchwartzJob(Job):
         self.outcome = outcome
 
     def _fail(self, msg: str, exit_status: int | None, retry: bool, delay: float, attempt: int,
-              outcome: str = "failed", lease: int | None = None) -> bool:
+              outcome: str = "failed", lease: int | None = None, pid: int | None = None) -> bool:
         """Write the error row (the message, then the traceback of the exception being handled, if
         any), retry or remove the job, and log the attempt's one line. With `lease`, all of it only
         while the row's grabbed_until is still `lease` (the retry or removal goes first and tells):
-        returns whether anything was written."""
+        returns whether anything was written. A job removed for good is first copied into the
+        failed-jobs table (theschwartz.failed), in the same transaction, where the client keeps
+        failed jobs and the database has the table."""
         q = self.db.q
         message = str(msg if msg is not None else "")
-        detail = _fit(message, _handled_traceback(), self.db.dialect.error_message_max)
+        trace = _handled_traceback()
+        detail = _fit(message, trace, self.db.dialect.error_message_max)
+        keep = not retry and self._keeps_failed()
         next_run: int | None = None
         written = True
 
@@ -287,6 +296,8 @@ class TheSchwartzJob(Job):
                 written = cursor.rowcount == 1
                 if not written:
                     return
+            if keep:
+                self._keep_failed(cursor, now, message, trace, attempt, pid)
             cursor.execute(q.insert_error, (now, self.jobid, detail, self.funcid))
             cursor.execute(q.clean_errors, (now - ERROR_MAX_AGE,))
             if retry:
@@ -310,6 +321,28 @@ class TheSchwartzJob(Job):
         else:
             log.warning("%s", line)
         return True
+
+    def _keeps_failed(self) -> bool:
+        """Whether a job failing for good now is copied into the failed-jobs table; a database
+        that cannot say (down) keeps nothing this time, and the failure itself goes on."""
+        if not self.client.keep_failed:
+            return False
+        try:
+            return failed.keeps_failed(self.db)
+        except DatabaseError:
+            return False
+
+    def _keep_failed(self, cursor: Any, now: int, message: str, trace: str, attempts: int,
+                     pid: int | None) -> None:
+        """Copy this job into the failed-jobs table, inside the transaction that removes it: its
+        earlier error rows, then this attempt's message (its traceback kept apart, whole)."""
+        cursor.execute(self.db.q.errors_with_time_for_job, (self.jobid,))
+        errors = [(float(when), _message_only(str(text))) for when, text in cursor.fetchall()]
+        errors.append((float(now), message))
+        failed.insert(self.db, cursor, failed.FailedRecord(
+            self.jobid, self.funcname, as_bytes(self.raw_arg), self.uniqkey, self.priority, self.coalesce,
+            self.insert_time, attempts, errors, trace.lstrip("\n"), socket.gethostname(),
+            os.getpid() if pid is None else pid, now, self.handle))
 
     def _keep_exit_status_for(self) -> int:
         return int((self.worker_class or Worker).keep_exit_status_for or 0)
@@ -339,6 +372,15 @@ def _fit(message: str, trace: str, limit: int | None) -> str:
 
 
 _CUT = "\n..."
+#: where the traceback starts in an error row's text (written by _fail), cut from the kept errors
+_TRACEBACK_START = "\nTraceback (most recent call last):"
+
+
+def _message_only(text: str) -> str:
+    """An error row's message without the traceback _fit put after it (whole, or its cut end)."""
+    for marker in (_TRACEBACK_START, _CUT + "\n"):
+        text = text.split(marker, 1)[0]
+    return text
 
 
 def _handled_traceback() -> str:

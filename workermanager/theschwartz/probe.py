@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from workermanager.startcheck import ERROR, OK, WARNING, Finding, describe, service_user_name
+from workermanager.theschwartz import failed
 from workermanager.theschwartz.database import Database
 from workermanager.theschwartz.database import _one_line as one_line
 
@@ -22,8 +23,10 @@ from workermanager.theschwartz.database import _one_line as one_line
 TABLES = ("funcmap", "job", "note", "error", "exitstatus")
 
 
-def probe_database(db: Database, config_path: str) -> list[Finding]:
-    """What a child would find at this database, as Findings (see the module's docstring)."""
+def probe_database(db: Database, config_path: str, keep_failed: bool = False) -> list[Finding]:
+    """What a child would find at this database, as Findings (see the module's docstring).
+    `keep_failed`: a database without our failed-jobs table is a warning (jobs that fail for
+    good are then not kept, docs/failed-jobs.md)."""
     name = f"database {db.dsn.original or db.label}"
     init_hint = f"run `workermanager init-db -f {config_path}`"
     user = service_user_name()
@@ -43,6 +46,7 @@ def probe_database(db: Database, config_path: str) -> list[Finding]:
         return [Finding(ERROR, f"{name} ({db.label}) does not open: {reason}")]
     try:
         missing = _missing_tables(db, conn)
+        keeps = missing or not keep_failed or _has_failed_table(db, conn)
     finally:
         try:
             conn.close()
@@ -51,8 +55,20 @@ def probe_database(db: Database, config_path: str) -> list[Finding]:
     if missing:
         return [Finding(ERROR, f"{name} ({db.label}) has no TheSchwartz schema (missing table(s) "
                                f"{', '.join(missing)}): {init_hint}")]
-    return [Finding(OK, f"{name} ({db.label}): schema present" +
-                        (f", writable by user {user}" if db.dsn.driver == "sqlite" else ""))]
+    found = [Finding(OK, f"{name} ({db.label}): schema present" +
+                         (f", writable by user {user}" if db.dsn.driver == "sqlite" else ""))]
+    if not keeps:
+        found.append(Finding(WARNING, f"{name} ({db.label}) has no {db.prefix}{failed.TABLE} table: jobs "
+                                      f"that fail for good are not kept: {init_hint}"))
+    return found
+
+
+def _has_failed_table(db: Database, conn: Any) -> bool:
+    cursor = conn.cursor()
+    try:
+        return failed.table_exists(db, cursor)
+    finally:
+        cursor.close()
 
 
 def _sqlite_files(path: str, name: str, user: str, init_hint: str) -> list[Finding]:

@@ -70,6 +70,8 @@ class Queries:
             f"INSERT INTO {self.error} (error_time, jobid, message, funcid) VALUES (?, ?, ?, ?)")
         self.clean_errors = s(f"DELETE FROM {self.error} WHERE error_time < ?")
         self.errors_for_job = s(f"SELECT message FROM {self.error} WHERE jobid = ? ORDER BY error_time")
+        self.errors_with_time_for_job = s(
+            f"SELECT error_time, message FROM {self.error} WHERE jobid = ? ORDER BY error_time")
         self.count_errors = s(f"SELECT COUNT(*) FROM {self.error} WHERE jobid = ?")
         self.delete_exitstatus = s(f"DELETE FROM {self.exitstatus} WHERE jobid = ?")
         self.insert_exitstatus = s(

@@ -100,7 +100,11 @@ class PostgresDialect(Dialect):
                 coalesce        VARCHAR(255)
             )""",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {p}job_funcid_uniqkey ON {p}job (funcid, uniqkey)",
-            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_runafter ON {p}job (funcid, run_after)",
+            # Perl's (funcid, run_after), with the jobid after them: a page of `workermanager jobs
+            # list` then reads in (run_after, jobid) order straight from the index, where jobs
+            # inserted in one second would otherwise be sorted first (SQLite's and InnoDB's index
+            # entries carry the key already). Leases use it as they use Perl's.
+            f"CREATE INDEX IF NOT EXISTS {p}job_funcid_runafter ON {p}job (funcid, run_after, jobid)",
             f"CREATE INDEX IF NOT EXISTS {p}job_funcid_coalesce ON {p}job (funcid, coalesce)",
             # Not in Perl's schema: lookups, completes and leases go by jobid (Perl's own
             # statements use it too); without it every one of them scans the table.

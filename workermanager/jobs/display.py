@@ -1,0 +1,70 @@
+"""How an arg's stored bytes are shown: pretty JSON, text, or a hex dump, never executed.
+
+The bytes are read as TheSchwartz's readers read them (theschwartz.args.decode_arg: JSON, text,
+our bytes tag, or a Perl Storable image through the reader that builds no objects); whatever it
+yields is shown as data. Callers that render HTML must still escape the text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+#: bytes shown in a hex dump at most (a megabytes-long arg is cut, and says so)
+HEX_LIMIT = 4096
+#: characters of text or JSON shown at most
+TEXT_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ArgView:
+    """An arg ready to show: `kind` says how `text` was made; `size` is the stored length in bytes
+    and `truncated` tells that `text` shows only the start."""
+
+    kind: Literal["none", "json", "text", "hex", "unreadable"]
+    text: str
+    size: int
+    truncated: bool = False
+
+
+def view_arg(raw: bytes | None) -> ArgView:
+    """`raw` as JSON (pretty-printed), text, or hex; "unreadable" with the reason for a Storable
+    image the safe reader refuses."""
+    from workermanager.theschwartz.args import StorableArgError, decode_arg
+
+    if raw is None:
+        return ArgView("none", "", 0)
+    raw = bytes(raw)
+    try:
+        value = decode_arg(raw)
+    except StorableArgError as exc:
+        return ArgView("unreadable", str(exc), len(raw))
+    except Exception:  # not readable as any known form: show the bytes
+        value = raw
+    if isinstance(value, (bytes, bytearray)):
+        return hex_view(bytes(value), len(raw))
+    if isinstance(value, str):
+        return _cut("text", value, len(raw))
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # a key JSON cannot hold: show the stored bytes
+        return hex_view(raw, len(raw))
+    return _cut("json", text, len(raw))
+
+
+def hex_view(data: bytes, size: int | None = None) -> ArgView:
+    """A hex dump of `data`: 16 bytes a line, offset, hex, and printable ASCII."""
+    shown = data[:HEX_LIMIT]
+    lines = []
+    for offset in range(0, len(shown), 16):
+        chunk = shown[offset:offset + 16]
+        ascii_part = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{offset:08x}  {chunk.hex(' '):<47}  {ascii_part}")
+    return ArgView("hex", "\n".join(lines), len(data) if size is None else size, len(data) > HEX_LIMIT)
+
+
+def _cut(kind: Literal["json", "text"], text: str, size: int) -> ArgView:
+    if len(text) <= TEXT_LIMIT:
+        return ArgView(kind, text, size)
+    return ArgView(kind, text[:TEXT_LIMIT], size, True)

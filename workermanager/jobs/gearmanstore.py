@@ -1,0 +1,202 @@
+"""The JobStore of a Gearman config: the failed jobs our daemon kept (the `failed_store`), and
+gearmand's per-function counts.
+
+gearmand keeps its queue to itself: its admin protocol tells how many jobs each function has and
+how many run, but no command lists or reads the queued jobs, so `list_jobs` and `show` of a
+queued job raise NotSupported. Failed jobs are the daemon's own record (backends.gearman keeps
+our client's background jobs that failed for good); retrying one submits it again as a new
+background job with the same function and arg bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from workermanager.jobs.errors import NotSupported, StoreUnavailable, UnknownJob
+from workermanager.jobs.handles import Handle, parse_handle
+from workermanager.jobs.keeping import failed_store_database
+from workermanager.jobs.records import ActionResult, ErrorRecord, FailedJob, Page, QueuedJob, QueueStats
+from workermanager.jobs.sqlstore import SQLJobStore, _failed_job
+from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit
+from workermanager.theschwartz import failed
+
+if TYPE_CHECKING:
+    from workermanager.config import Config
+
+NO_QUEUE_LISTING = ("Gearman: gearmand has no command to list or read its queued jobs (only counts: "
+                    "see `workermanager status`); failed jobs the daemon kept: `workermanager jobs list --failed`")
+
+
+class GearmanJobStore(JobStore):
+    backend = "Gearman"
+    can_list_queued = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        options = config.worker_options
+        servers = options.get("job_servers") or []
+        self.job_servers = [servers] if isinstance(servers, str) else [str(s) for s in servers]
+        self.prefix = options.get("prefix") or None
+        self.failed = SQLJobStore(databases=[failed_store_database(config)])
+        self._client: Any = None
+
+    def close(self) -> None:
+        self.failed.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def stats(self) -> list[QueueStats]:
+        from workermanager.gearman.admin import Admin
+
+        counts: dict[str, list[int]] = {}
+        for server in self.job_servers:
+            try:
+                with Admin(server) as admin:
+                    rows = admin.status()
+            except Exception as exc:  # one line naming the server, not a traceback
+                raise StoreUnavailable(f"job server {server}: {type(exc).__name__}: {exc}") from None
+            for row in rows:
+                name = row.name
+                if self.prefix:
+                    if not name.startswith(self.prefix + "\t"):
+                        continue
+                    name = name[len(self.prefix) + 1:]
+                entry = counts.setdefault(name, [0, 0])
+                entry[0] += max(0, row.queued - row.running)
+                entry[1] += row.running
+        fails = {stats.funcname: stats.failed or 0 for stats in self._failed_stats()}
+        names = sorted({name for name, (waiting, running) in counts.items() if waiting or running} | set(fails))
+        return [QueueStats(name, counts.get(name, [0, 0])[0], None, counts.get(name, [0, 0])[1],
+                           fails.get(name, 0), None) for name in names]
+
+    def _store_made(self) -> bool:
+        """Whether the failed-jobs store exists yet: an SQLite store is made by the first child
+        that keeps a job, and until then there is nothing to read (rather than a file to open)."""
+        db = self.failed.databases[0]
+        return db.dsn.driver != "sqlite" or os.path.exists(db.dsn.database)
+
+    def _failed_stats(self) -> list[QueueStats]:
+        if not self._store_made() or not self.failed._failed_table(0):
+            return []
+        return self.failed.stats()
+
+    def list_jobs(self, func: str | None = None, state: str | None = None, limit: int = DEFAULT_LIMIT,
+                  after: str | None = None) -> Page[QueuedJob]:
+        raise NotSupported(NO_QUEUE_LISTING)
+
+    def show(self, handle: str) -> QueuedJob | FailedJob:
+        parsed = parse_handle(handle)
+        if not parsed.is_failed:
+            raise NotSupported(NO_QUEUE_LISTING)
+        self._check_store(parsed)
+        job = self.failed.show(handle)
+        assert isinstance(job, FailedJob)
+        return job
+
+    def list_failed(self, func: str | None = None, text: str | None = None, limit: int = DEFAULT_LIMIT,
+                    after: str | None = None) -> Page[FailedJob]:
+        if not self._store_made():
+            checked_limit(limit)
+            return Page([], None)
+        return self.failed.list_failed(func, text, limit, after)
+
+    def retry(self, handles: Iterable[str]) -> list[ActionResult]:
+        parsed = [parse_handle(handle) for handle in handles]
+        return [self._retry_one(handle) for handle in parsed]
+
+    def retry_failed(self, func: str) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        while True:  # each retried job leaves the store: the first page again, until it is empty
+            page = self.failed.list_failed(func=func, limit=200)
+            batch = self.retry(job.handle for job in page.items)
+            results.extend(batch)
+            if page.next_cursor is None or not any(result.ok for result in batch):
+                return results
+
+    def delete(self, handles: Iterable[str]) -> list[ActionResult]:
+        parsed = [parse_handle(handle) for handle in handles]
+        results = []
+        for handle in parsed:
+            if not handle.is_failed:
+                results.append(ActionResult(str(handle), False, "Gearman: a queued job cannot be deleted here"))
+            else:
+                results.extend(self.failed.delete([str(handle)]))
+        return results
+
+    def errors(self, func: str | None = None, since: float | None = None,
+               limit: int = DEFAULT_LIMIT) -> list[ErrorRecord]:
+        """The last error of each kept failed job, newest first (gearmand keeps no error history)."""
+        limit = checked_limit(limit)
+        records: list[ErrorRecord] = []
+        after = None
+        while len(records) < limit:
+            page = self.list_failed(func=func, limit=limit, after=after)
+            for job in page.items:
+                if since is not None and job.died_at < since:
+                    return records
+                records.append(ErrorRecord(job.died_at, job.funcname, job.handle, job.last_error))
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        return records[:limit]
+
+    # --- the parts ------------------------------------------------------------------------------
+
+    def _check_store(self, handle: Handle) -> None:
+        db = self.failed.databases[0]
+        if handle.hashdsn not in db.handle_hashes:
+            raise UnknownJob(f"job {handle}: not a job of this config's failed-jobs store ({db.label})")
+
+    def _retry_one(self, handle: Handle) -> ActionResult:
+        if not handle.is_failed:
+            return ActionResult(str(handle), False, "not a failed job's handle (<hash>-failed-<id>)")
+        try:
+            self._check_store(handle)
+        except UnknownJob as exc:
+            return ActionResult(str(handle), False, str(exc))
+        db = self.failed.databases[0]
+        if not self.failed._failed_table(0):
+            return ActionResult(str(handle), False, f"the failed-jobs store {db.label} has no failed jobs yet")
+        table = db.prefix + failed.TABLE
+
+        def take(cursor: Any) -> tuple[FailedJob, tuple] | None:
+            """Read and remove the row, so that no second retry submits it too; its values come
+            back to be put back if the submission fails."""
+            cursor.execute(db.dialect.sql(f"SELECT {', '.join(failed.COLUMNS)} FROM {table} WHERE failedid = ?"),
+                           (handle.id,))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            cursor.execute(db.dialect.sql(f"DELETE FROM {table} WHERE failedid = ?"), (handle.id,))
+            return (_failed_job(db, row), tuple(row)) if cursor.rowcount == 1 else None
+        taken = self.failed._run(db, take, write=True)
+        if taken is None:
+            return ActionResult(str(handle), False, "no such failed job (retried, deleted or pruned already)")
+        job, row = taken
+        try:
+            new = self._gearman().submit_background(job.funcname, job.arg or b"")
+        except Exception as exc:
+            self.failed._run(db, lambda cursor: _put_back(db, cursor, row), write=True)
+            return ActionResult(str(handle), False, f"not submitted, kept as it was: {type(exc).__name__}: {exc}")
+        return ActionResult(str(handle), True, f"submitted again as {new}", new)
+
+    def _gearman(self) -> Any:
+        if self._client is None:
+            from workermanager.backends.gearman import max_packet_size
+            from workermanager.gearman.client import Client
+
+            self._client = Client(self.job_servers, prefix=self.prefix, exceptions=False,
+                                  max_payload=max_packet_size(self.config.worker_options))
+        return self._client
+
+
+def _put_back(db: Any, cursor: Any, row: tuple) -> None:
+    marks = ", ".join("?" for _ in failed.COLUMNS)
+    cursor.execute(db.dialect.sql(f"INSERT INTO {db.prefix}{failed.TABLE} ({', '.join(failed.COLUMNS)})"
+                                  f" VALUES ({marks})"), row)
+
+
+__all__ = ["GearmanJobStore", "NO_QUEUE_LISTING"]
