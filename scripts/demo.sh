@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WM=.venv/bin/workermanager
-CONF=examples/conf.yml
-DB=examples/var/sandbox.db
+CONF=workermanager/examples/conf.yml
+DB=workermanager/examples/var/sandbox.db
 
 $WM init-db -f "$CONF"
 $WM insert -f "$CONF" --count 20 Sandbox::Worker::B '{"hello": "world"}'

@@ -1,5 +1,6 @@
 """The command line: `workermanager [-hdn] [-c N] [-w M] -f conf.yml` runs the daemon; a few
-subcommands do the rest (init-db, insert, submit, status, report).
+subcommands do the rest (init-db, insert, submit, status, report, check, config-get,
+install-service).
 
 Exit statuses: 2 for usage errors (with the usage), 1 for anything else that stops a start,
 0 after a clean stop. Every error is one line naming what and where.
@@ -28,6 +29,8 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
     "check": "workermanager.commands.check",
+    "config-get": "workermanager.commands.configget",
+    "install-service": "workermanager.commands.installservice",
 }
 
 log = logging.getLogger("workermanager")
