@@ -243,7 +243,11 @@ def describe(action: Action) -> str:
 
 
 def apply(actions: list[Action], force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
-    """Make each folder and write each file, saying what was done (or would be, with dry_run)."""
+    """Make each folder and write each file, saying what was done (or would be, with dry_run).
+    A link or a stranger where one of them goes refuses the whole installation before anything
+    is made."""
+    for action in actions:
+        refuse_unusable(action)
     for action in actions:
         if isinstance(action, Folder):
             _apply_folder(action, dry_run, say)
@@ -251,13 +255,29 @@ def apply(actions: list[Action], force: bool, dry_run: bool, say: Callable[[str]
             _apply_file(action, force, dry_run, say)
 
 
+def refuse_unusable(action: Action) -> None:
+    """UnsafePath when a link is where the folder or file goes (never followed, never replaced:
+    someone may have planted it), InstallError when something else of the wrong kind is."""
+    info = _lstat(action.path)
+    if info is None:
+        return
+    if isinstance(action, Folder):
+        if stat.S_ISLNK(info.st_mode):
+            raise safefiles.UnsafePath(f"{action.path}: refusing the {action.why}: it is a symbolic link")
+        if not stat.S_ISDIR(info.st_mode):
+            raise InstallError(f"{action.path}: the {action.why} is not a folder")
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise safefiles.UnsafePath(f"{action.path}: refusing to write it: it is a symbolic link "
+                                   "(links are never followed where a file is expected); remove it")
+    if not stat.S_ISREG(info.st_mode):
+        raise InstallError(f"{action.path}: refusing to write it: not a regular file")
+
+
 def _apply_folder(folder: Folder, dry_run: bool, say: Callable[[str], None]) -> None:
     info = _lstat(folder.path)
     if info is not None:
-        if stat.S_ISLNK(info.st_mode):
-            raise safefiles.UnsafePath(f"{folder.path}: refusing the {folder.why}: it is a symbolic link")
-        if not stat.S_ISDIR(info.st_mode):
-            raise InstallError(f"{folder.path}: the {folder.why} is not a folder")
+        refuse_unusable(folder)  # again: it may have changed since
         found = (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode))
         note = "" if found == (folder.owner.uid, folder.owner.gid, folder.mode) else \
             f"; expected {folder.owner.name} {folder.mode:04o}, left as it is (uid {found[0]}, gid {found[1]}, {found[2]:04o})"
@@ -299,12 +319,8 @@ def make_folders(path: str, owner: Owner, mode: int, say: Callable[[str], None],
 
 
 def _apply_file(file: File, force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
+    refuse_unusable(file)
     info = _lstat(file.path)
-    if info is not None and stat.S_ISLNK(info.st_mode):
-        raise safefiles.UnsafePath(f"{file.path}: refusing to write it: it is a symbolic link "
-                                   "(links are never followed where a file is expected); remove it")
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        raise InstallError(f"{file.path}: refusing to write it: not a regular file")
     if info is not None and file.keep and not force:
         say(f"kept: {file.path} (it exists; --force replaces it)")
         return
