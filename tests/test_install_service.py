@@ -301,3 +301,10 @@ def test_an_existing_link_is_refused_and_not_followed(venv_bin, root):
     os.symlink(root, os.path.join(root, "var/log/workermanager"))  # the log folder
     refused = install(venv_bin, root, "--init", check=False)
     assert refused.returncode == 1 and "log folder: it is a symbolic link" in refused.stderr, refused.stderr
+
+
+def test_a_pid_folder_others_can_reach_is_warned_about(venv_bin, root):
+    os.chmod(root, 0o777)  # anyone may rename the pid folder away: the daemon would refuse it
+    shown = install(venv_bin, root, "--init").stdout
+    assert (f"workermanager: warning: a start as root will refuse the pid folder {root}/run/workermanager: "
+            f"{root} is writable by others than root (mode 0777)\n") in shown, shown

@@ -82,6 +82,8 @@ class Folder:
     owner: Owner
     mode: int
     why: str
+    #: root reads what is in it: only root may write it or any folder above (pidfile.py)
+    root_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +174,7 @@ def plan(options: Options) -> list[Action]:
     if config.pidfile is None:
         raise InstallError(f"{config.path}: key 'pidfile' is not set: the init script and logrotate need it")
     # root's alone: root reads the pid in it (pidfile.py, docs/security.md)
-    actions.append(Folder(os.path.dirname(config.pidfile), ROOT, 0o755, "pid folder"))
+    actions.append(Folder(os.path.dirname(config.pidfile), ROOT, 0o755, "pid folder", root_only=True))
     logs = [path for path in (config.logfile, config.errorlogfile) if path is not None]
     # the account's: it reopens the logs by name after the drop (USR1, after logrotate moved them)
     for folder in unique(os.path.dirname(path) for path in logs):
@@ -251,6 +253,8 @@ def apply(actions: list[Action], force: bool, dry_run: bool, say: Callable[[str]
     for action in actions:
         if isinstance(action, Folder):
             _apply_folder(action, dry_run, say)
+            if action.root_only and not dry_run and (problem := safefiles.root_only_problem(action.path)):
+                say(f"warning: a start as root will refuse the {action.why} {action.path}: {problem}")
         else:
             _apply_file(action, force, dry_run, say)
 
