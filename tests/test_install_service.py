@@ -278,6 +278,10 @@ def test_the_config_and_defaults_are_kept_unless_forced(venv_bin, root):
     assert f"kept: {conf} (it exists; --force replaces it)" in again
     assert f"replaced {root}/etc/init.d/workermanager" in again
     assert open(conf).read().endswith("# the operator's edit\n")
+    # the folders follow the config in place: an account it does not name is refused, not mixed in
+    mismatch = install(venv_bin, root, "--init", "--user", "nobody", check=False)
+    assert mismatch.returncode == 1 and mismatch.stderr == (
+        f"workermanager: --user nobody, but the existing {conf} names no user:; edit it, or replace it with --force\n")
     install(venv_bin, root, "--init", "--force")
     assert "the operator's edit" not in open(conf).read()
 

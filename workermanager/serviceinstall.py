@@ -126,18 +126,18 @@ def under(prefix: str, path: str) -> str:
     return os.path.join(prefix, path.lstrip("/")) if prefix != "/" else path
 
 
-def service_owner(options: Options) -> Owner:
-    """The account the daemon drops to (root when the config names none)."""
-    if options.user is None and options.group is None:
+def service_owner(user_name: str | None, group_name: str | None, where: str) -> Owner:
+    """The account the daemon drops to (root when none is named); `where` names the source."""
+    if user_name is None and group_name is None:
         return ROOT
     try:
-        user = pwd.getpwnam(options.user) if options.user else pwd.getpwuid(0)
+        user = pwd.getpwnam(user_name) if user_name else pwd.getpwuid(0)
     except KeyError:
-        raise InstallError(f"--user: no such user {options.user!r} (create the account first)") from None
+        raise InstallError(f"{where}: no such user {user_name!r} (create the account first)") from None
     try:
-        group = grp.getgrnam(options.group) if options.group else grp.getgrgid(user.pw_gid)
+        group = grp.getgrnam(group_name) if group_name else grp.getgrgid(user.pw_gid)
     except KeyError:
-        raise InstallError(f"--group: no such group {options.group!r}") from None
+        raise InstallError(f"{where}: no such group {group_name!r}") from None
     return Owner(user.pw_uid, group.gr_gid, f"{user.pw_name}:{group.gr_name}")
 
 
@@ -161,15 +161,23 @@ def config_in_place(options: Options, example: str) -> config_module.Config:
 
 def plan(options: Options) -> list[Action]:
     """Every folder and file, in the order they are made."""
-    owner = service_owner(options)
+    service_owner(options.user, options.group, "--user/--group")  # a typo fails before anything else
     example = example_config(options)
     config = config_in_place(options, example)
+    for key, asked in (("user", options.user), ("group", options.group)):
+        found = getattr(config, key)
+        if asked is not None and found != asked:
+            says = f"says {key}: {found}" if found else f"names no {key}:"
+            raise InstallError(f"--{key} {asked}, but the existing {config.path} {says}; "
+                               "edit it, or replace it with --force")
+    # the folders go to the account the config in place names
+    owner = service_owner(config.user, config.group, config.path)
     defaults = under(options.prefix, DEFAULT_DEFAULTS)
     common = {DEFAULT_CONF: options.config, DEFAULT_DAEMON: options.daemon, DEFAULT_DEFAULTS: defaults}
     actions: list[Action] = [
         Folder(os.path.dirname(options.config), ROOT, 0o755, "config folder"),
         # readable by the account: HUP re-reads the config after the drop
-        File(options.config, example, Owner(0, owner.gid, f"root:{owner.name.split(':')[1]}"), 0o640, keep=True),
+        File(options.config, example, Owner(0, owner.gid, "root:" + owner.name.partition(":")[2]), 0o640, keep=True),
     ]
     if config.pidfile is None:
         raise InstallError(f"{config.path}: key 'pidfile' is not set: the init script and logrotate need it")
