@@ -28,9 +28,9 @@ SUBCOMMANDS: dict[str, str] = {
     "submit": "workermanager.commands.submit",
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
-    "check": "workermanager.commands.check",
     "config-get": "workermanager.commands.configget",
     "install-service": "workermanager.commands.installservice",
+    "check": "workermanager.commands.check",
 }
 
 log = logging.getLogger("workermanager")
