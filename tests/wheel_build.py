@@ -20,7 +20,7 @@ import sys
 from daemon_harness import ROOT
 
 #: what an sdist is made of; everything else in the checkout (tests, bench, .venv) stays out
-SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE")
+SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in")
 
 
 @dataclasses.dataclass(frozen=True)
