@@ -133,6 +133,14 @@ def test_init_script_from_a_fresh_venv_starts_reloads_and_stops_the_daemon(venv_
     wait_for(lambda: len(job_lines(root)) == 5, 30, what="5 job lines from the shipped example worker")
     assert all("Sandbox::Worker::B" in line for line in job_lines(root))
 
+    # the written logrotate file, as the account (su), finds the master through the config
+    logrotate = require_program("logrotate", "logrotate")
+    run([logrotate, "-f", "-s", os.path.join(root, "logrotate.state"),
+         os.path.join(root, "etc/logrotate.d/workermanager")], venv_bin)
+    run([daemon, "insert", "-f", conf, "--count", "3", "Sandbox::Worker::B", '{"n": 2}'], venv_bin)
+    wait_for(lambda: len(job_lines(root)) == 3, 30, what="3 job lines in the new job log (USR1 reached the master)")
+    assert len(open(os.path.join(root, JOB_LOG + ".1")).readlines()) == 5
+
     old_children = {child.pid for child in master.children()}
     run([script, "reload"], venv_bin)
     wait_for(lambda: (now := {c.pid for c in master.children()}) and len(now) == 4 and not now & old_children,
