@@ -13,10 +13,11 @@ DEMO_PACKAGES=(python3-venv)
 # the tests: everything
 DEB_PACKAGES=(
   python3-venv sqlite3
+  systemd
   gearman-job-server gearman-tools libgearman-client-perl
   libtheschwartz-perl libdbd-sqlite3-perl libdbd-pg-perl libdbd-mysql-perl
   postgresql mariadb-server
-  procps lsb-base logrotate systemd
+  procps lsb-base logrotate
 )
 case "$PART" in
   demo) PACKAGES=("${DEMO_PACKAGES[@]}"); TARGET="." ;;
