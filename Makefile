@@ -1,11 +1,15 @@
-# The two commands of the README: `make demo` and `make test`. Both install what they need.
-.PHONY: setup demo test lint bench
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs: the
+# demo only Python's venv and this project, the tests everything (servers, Perl peers, extras).
+.PHONY: setup setup-demo demo test lint bench
 
 setup:
-	./scripts/setup.sh
+	./scripts/setup.sh test
 
-demo: setup
-	./scripts/demo.sh
+setup-demo:
+	@./scripts/setup.sh demo
+
+demo: setup-demo
+	@./scripts/demo.sh
 
 test: setup
 	.venv/bin/python -m ruff check workermanager tests bench docs/hooks

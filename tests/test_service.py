@@ -18,12 +18,13 @@ import tempfile
 import psutil
 import pytest
 
+from workermanager import serviceinstall
 from workermanager.theschwartz import Client, init_db
 
 from daemon_harness import ROOT, TEST_WORKERS, Daemon
 from helpers import require_program, wait_for
 
-ETC = os.path.join(ROOT, "etc")
+ETC = os.path.join(ROOT, "workermanager", "service")
 INIT_SCRIPT = os.path.join(ETC, "init.d", "workermanager")
 UNIT = os.path.join(ETC, "systemd", "workermanager.service")
 LOGROTATE = os.path.join(ETC, "logrotate.d", "workermanager")
@@ -36,7 +37,7 @@ def make_queue(folder: str) -> tuple[Client, str]:
 
 
 def launcher(folder: str) -> str:
-    """What /usr/bin/workermanager is on an installed system: this checkout, this interpreter."""
+    """What the installed console script is: this checkout, this interpreter."""
     path = os.path.join(folder, "workermanager-bin")
     with open(path, "w") as handle:
         handle.write(f"#!/bin/sh\nPYTHONPATH={shlex.quote(ROOT)} exec {shlex.quote(sys.executable)} "
@@ -135,10 +136,11 @@ def test_init_script_reports_a_start_that_fails(tmp_path):
 
 def test_defaults_file_is_plain_shell_and_env_file():
     text = open(os.path.join(ETC, "default", "workermanager")).read()
-    values = subprocess.run(["sh", "-c", '. "$0"; echo "$CONF|$PIDFILE|$STOP_TIMEOUT"',
+    values = subprocess.run(["sh", "-c", '. "$0"; echo "$CONF|${PIDFILE-unset}|$STOP_TIMEOUT"',
                              os.path.join(ETC, "default", "workermanager")],
                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    assert values == "/etc/workermanager/workermanager.yml|/run/workermanager/workermanager.pid|60"
+    # the pid file is the config's pidfile: alone (the init script asks `config-get`)
+    assert values == "/etc/workermanager/workermanager.yml|unset|60"
     for line in text.splitlines():  # systemd's EnvironmentFile: NAME=value, no expansions
         if line.strip() and not line.startswith("#"):
             name, _, value = line.partition("=")
@@ -160,7 +162,7 @@ def test_systemd_unit_verifies(tmp_path):
         pytest.skip("systemd-analyze not found (systemd is not in the project's package list)")
     unit = tmp_path / "workermanager.service"
     # verify checks that ExecStart's program exists: point it at this checkout's launcher
-    unit.write_text(open(UNIT).read().replace("/usr/bin/workermanager", launcher(str(tmp_path))))
+    unit.write_text(open(UNIT).read().replace(serviceinstall.DEFAULT_DAEMON, launcher(str(tmp_path))))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
     service = read_unit()["Service"]
@@ -178,7 +180,7 @@ def test_systemd_commands_run_as_systemd_runs_them(tmp_path):
     daemon = Daemon(folder, {"workers": ["testworkers.Sleep"], "concurrency": 2,
                              "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue_path}"}]}},
                     flags=())
-    variables = {"CONF": daemon.config_path, "DAEMON_ARGS": ""}
+    variables = {"CONF": daemon.config_path, "DAEMON_ARGS": "", "DAEMON": launcher(folder)}
     command = []
     for word in shlex.split(service["ExecStart"]):
         if word.startswith("${"):
@@ -186,7 +188,7 @@ def test_systemd_commands_run_as_systemd_runs_them(tmp_path):
         elif word.startswith("$"):
             word = variables[word[1:]]  # unbraced: split on spaces, dropped when empty
         if word:
-            command.append(word.replace("/usr/bin/workermanager", launcher(folder)))
+            command.append(word)
     with open(daemon.stdout_path, "ab") as out:
         main = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=daemon.env(),
                                 start_new_session=True)
@@ -217,9 +219,10 @@ def test_logrotate_reopens_without_losing_a_line(tmp_path):
     daemon = Daemon(folder, {"workers": ["testworkers.Noop"], "pidfile": pidfile, "concurrency": 3,
                              "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue_path}"}]}})
     config = tmp_path / "logrotate.conf"
-    config.write_text(open(LOGROTATE).read()
-                      .replace("/var/log/workermanager/*.log", f"{folder}/*.log")
-                      .replace("/run/workermanager/workermanager.pid", pidfile))
+    # as install-service writes it: postrotate asks the config for the pid file
+    paths = {serviceinstall.DEFAULT_CONF: daemon.config_path, serviceinstall.DEFAULT_DAEMON: launcher(folder),
+             serviceinstall.DEFAULT_DEFAULTS: os.path.join(folder, "no-defaults")}
+    config.write_text(serviceinstall.logrotate_text(paths, [f"{folder}/*.log"], serviceinstall.ROOT))
     state = tmp_path / "logrotate.state"
     rotated = [daemon.joblog, daemon.joblog + ".1", daemon.joblog + ".2.gz"]
 

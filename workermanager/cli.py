@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, str] = {
     "submit": "workermanager.commands.submit",
     "status": "workermanager.commands.status",
     "report": "workermanager.commands.report",
+    "config-get": "workermanager.commands.configget",
+    "install-service": "workermanager.commands.installservice",
     "check": "workermanager.commands.check",
     "migrate-config": "workermanager.commands.migrate",
     "schedule": "workermanager.commands.schedule",

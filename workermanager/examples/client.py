@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Enqueue example jobs from an application: the library alone, no daemon code involved.
 
-    python examples/client.py                 # 10 jobs into the SQLite queue of examples/conf.yml
-    python examples/client.py --gearman 127.0.0.1:4730 --count 5
+    python workermanager/examples/client.py          # 10 jobs into the SQLite queue of conf.yml here
+    python workermanager/examples/client.py --gearman 127.0.0.1:4730 --count 5
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # a checkout's root: workermanager itself
 
 
 def main() -> int:
