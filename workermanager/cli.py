@@ -1,6 +1,6 @@
 """The command line: `workermanager [-hdn] [-c N] [-w M] -f conf.yml` runs the daemon; a few
 subcommands do the rest (init-db, insert, submit, status, report, check, schedule, jobs, web,
-migrate-config, help).
+migrate-config, config-get, install-service, help).
 
 Exit statuses: 2 for usage errors (with the usage), 1 for anything else that stops a start,
 0 after a clean stop. Every error is one line naming what and where.
