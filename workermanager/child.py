@@ -11,7 +11,6 @@ import _signal
 import dataclasses
 import logging
 import os
-import select
 import signal
 import time
 from collections.abc import Sequence
@@ -78,12 +77,6 @@ class ChildPlan:
     #: jobs whose children died running them: this child settles each (Backend.fail_dead: a
     #: timeout kill is a failed attempt, any other death gives the job back) before it grabs anything
     dead_jobs: Sequence[DeadJob] = ()
-    #: a standby's end of its gate: the child sets up and connects, then waits until the master
-    #: writes to (or closes) this pipe, when the child it replaces leaves its slot. Never set
-    #: together with orphans or dead_jobs (a fresh child settles those at once).
-    gate_fd: int | None = None
-    #: after this many jobs the child asks the master for its standby (None: never)
-    successor_at: int | None = None
 
 
 class Child:
@@ -106,8 +99,6 @@ class Child:
         self._master_checked_at = 0.0
         self._plans: dict[type, tuple[Worker, float, str]] = {}
         self._memory_limited = bool(plan.config.max_memory_per_child)
-        self._successor_at = -1 if plan.successor_at is None else plan.successor_at
-        self._opened = False
         self.backend.on_held = self._note_held
 
     # -- signals -------------------------------------------------------------------------
@@ -177,35 +168,9 @@ class Child:
             self.joblog.close()
         return EXIT_BACKEND_BROKEN if self.stop_reason == BACKEND_BROKEN else 0
 
-    def _stand_by(self) -> bool:
-        """A standby: connect now, then wait until the master lets this child take over its slot,
-        so that its first job starts the moment its predecessor has finished its last one (the
-        child's start, connection and registration cost no slot any time). False: asked to stop,
-        or the master is gone, before that."""
-        self._set_title("standby", force=True)
-        try:
-            self.backend.open()
-            self._opened = True
-            self.backend.warm()
-        except Exception as exc:  # the loop opens again and reports what it meets
-            log.debug("child %d: connecting ahead failed: %s", self.pid, exc)
-        gate = self.plan.gate_fd
-        assert gate is not None, "only standbys stand by"
-        try:
-            while self._keep_going():
-                if select.select([gate], [], [], GRAB_SLICE)[0]:
-                    return self._keep_going()
-            return False
-        finally:
-            os.close(gate)
-
     def _loop(self) -> None:
-        if self.plan.gate_fd is not None and not self._stand_by():
-            return
-        if self._successor_at == 0:  # a one-job child asks for its standby at once
-            self.reporter.successor()
         backoff = 0.0
-        opened = self._opened
+        opened = False
         while self._keep_going():
             try:
                 if not opened:
@@ -294,8 +259,6 @@ class Child:
         process_ms = int((time.monotonic() - started) * 1000)
         self.current_job = None
         works_done = self.works_done = self.works_done + 1
-        if works_done == self._successor_at:
-            self.reporter.successor()
         word = outcome_word(outcome)
         insert_time = job.insert_time
         delay_ms = None if insert_time is None else max(0, int((started_wall - insert_time) * 1000))

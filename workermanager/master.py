@@ -67,8 +67,6 @@ SURVIVED_LOG_INTERVAL = 60.0
 FORK_DEFER_RETRY = 0.05
 #: ... and goes ahead anyway once it has been put off this long (seconds)
 FORK_DEFER_LIMIT = 10.0
-#: a child asks for its standby once it has this many jobs left, or half its jobs: see _spawn_standbys
-STANDBY_LEAD_JOBS = 50
 
 
 class ForkGuard(Protocol):
@@ -268,7 +266,6 @@ class Master:
                 event = message.get("event")
                 if event == "exiting":
                     child.kill_reason = child.kill_reason or message.get("reason")
-                    self._hand_over(child)
                 elif event == "done":
                     self.crash_streak = 0  # jobs get done: a crash now and then is no crash loop
                     for listener in self.listeners:
@@ -386,16 +383,11 @@ class Master:
             if mark:
                 child.stopping = True
                 child.kill_reason = child.kill_reason or reason
-                standby = self.children.get(child.successor) if child.successor else None
-                if standby is not None and not standby.stopping:  # nothing left for it to take over
-                    self._signal_children(signal.SIGTERM, [standby], reason="standby not needed")
             _kill(child.pid, signum)
 
     # -- children --------------------------------------------------------------------------
     def _current_children(self) -> list[ChildState]:
-        """The children that hold the pool's slots: standbys waiting for one do not count."""
-        return [c for c in self.children.values()
-                if c.generation == self.generation and not c.stopping and c.gate_fd is None]
+        return [c for c in self.children.values() if c.generation == self.generation and not c.stopping]
 
     def _missing_children(self) -> int:
         return self.concurrency - len(self._current_children())
@@ -420,53 +412,6 @@ class Master:
             log.warning("master %d: forking works again after %d failure(s); the pool is whole",
                         os.getpid(), self.spawn_failures)
             self.spawn_failures = 0
-        self._spawn_standbys()
-
-    # -- standbys: a recycled child's replacement, started before it leaves -------------------
-    # A child that has done most of its jobs (ChildPlan.successor_at) asks for its standby. The
-    # standby is forked at once, sets its workers up, connects, and waits at its gate (a pipe
-    # whose other end the master holds). When the old child says it is leaving (its "exiting"
-    # line, sent after its last job and before it closes its connections and exits), or is
-    # reaped, the master writes to the gate and the standby takes its first job at once: a
-    # recycle leaves no slot empty while the replacement forks, connects and registers, and
-    # no more than `concurrency` children ever run jobs. A standby is no help where a fresh
-    # child has work to do first (the jobs of a dead child: ChildPlan.orphans and dead_jobs):
-    # it is then stopped and a fresh child is forked the usual way.
-    def _spawn_standbys(self) -> None:
-        if self.young_deaths or self.crash_streak > 1 or self.spawn_failures:
-            return  # under backoff: the usual path alone, one child at a time
-        for child in list(self.children.values()):
-            if not child.wants_successor or child.successor is not None or child.stopping \
-                    or child.gate_fd is not None or child.generation != self.generation:
-                continue
-            held = self._hold_fork_guards()
-            if held is None:
-                return  # put off to a later turn
-            try:
-                child.wants_successor = False  # once: if the fork fails, the slot refills as before
-                self._spawn(predecessor=child)
-            finally:
-                for guard in held:
-                    guard.release()
-
-    def _hand_over(self, child: ChildState) -> None:
-        """`child` is leaving (or gone): let its standby take over its slot now, or stop the
-        standby where a fresh child must come instead."""
-        standby = self.children.get(child.successor) if child.successor else None
-        child.successor = None
-        if standby is None or standby.gate_fd is None or standby.stopping:
-            return
-        if self.stopping or child.stopping or standby.generation != self.generation or self._orphans \
-                or self._dead_jobs:
-            self._signal_children(signal.SIGTERM, [standby], reason="standby not needed")
-            return
-        child.stopping = child.taken_over = True  # it leaves on its own; the slot is the standby's now
-        gate, standby.gate_fd = standby.gate_fd, None
-        try:
-            os.write(gate, b"g")
-        except OSError:  # the standby is gone: its reap refills the slot
-            pass
-        os.close(gate)
 
     def _hold_fork_guards(self) -> list[ForkGuard] | None:
         """The guards held for a fork now, or None when the fork is put off: the loop never waits
@@ -506,34 +451,27 @@ class Master:
         used = {c.slot for c in self._current_children()}
         return next(slot for slot in range(1, len(used) + 2) if slot not in used)
 
-    def _spawn(self, predecessor: ChildState | None = None) -> None:
-        """Fork a child for a free slot, or the standby of `predecessor` (for its slot, to wait
-        at a gate until the predecessor leaves; see _spawn_standbys). A standby that cannot be
-        forked is no failure: the slot refills the usual way when its child leaves."""
-        slot = self._free_slot() if predecessor is None else predecessor.slot
+    def _spawn(self) -> None:
+        slot = self._free_slot()
         jitter = random.randint(0, self.config.works_per_child_jitter) if self.config.works_per_child_jitter else 0
-        fds: list[int] = []
         try:
             read_fd, write_fd = os.pipe()
-            fds += [read_fd, write_fd]
-            gate_read, gate_write = os.pipe() if predecessor is not None else (None, None)
-            fds += [fd for fd in (gate_read, gate_write) if fd is not None]
+        except OSError as exc:
+            self._spawn_failed("its pipe", exc)
+            return
+        try:
             board = JobBoard()
         except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            if predecessor is None:
-                self._spawn_failed("its pipe or job board", exc)
+            os.close(read_fd)
+            os.close(write_fd)
+            self._spawn_failed("its job board", exc)
             return
-        works_limit = self.config.works_per_child + jitter
         plan = ChildPlan(config=self.config, backend=self.backend, worker_classes=self.worker_classes,
-                         slot=slot, generation=self.generation, works_limit=works_limit,
+                         slot=slot, generation=self.generation,
+                         works_limit=self.config.works_per_child + jitter,
                          report_fd=write_fd, master_pid=os.getpid(), board=board,
-                         report_jobs=bool(self.listeners), gate_fd=gate_read,
-                         successor_at=max(works_limit // 2, works_limit - STANDBY_LEAD_JOBS))
-        if predecessor is None:  # a standby would settle a dead child's jobs late: a fresh child does
-            plan.orphans, plan.dead_jobs = self._orphans, self._dead_jobs
-            self._orphans, self._dead_jobs = [], []
+                         report_jobs=bool(self.listeners), orphans=self._orphans, dead_jobs=self._dead_jobs)
+        self._orphans, self._dead_jobs = [], []
         self.backend.deaths = self.deaths
         flush_log_handlers()
         # Objects that exist now stay out of the child's collections (no copy-on-write of their
@@ -553,24 +491,18 @@ class Master:
         except OSError as exc:
             _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             gc.unfreeze()
-            for fd in fds:
-                os.close(fd)
+            os.close(read_fd)
+            os.close(write_fd)
             board.close()
-            if predecessor is None:  # the dead children's jobs wait for the next fork
-                self._orphans, self._dead_jobs = [*plan.orphans, *self._orphans], [*plan.dead_jobs, *self._dead_jobs]
-                self._spawn_failed("fork()", exc)
+            self._spawn_failed("fork()", exc)
             return
         if pid == 0:  # the child: never returns into the master's loop
             status = 1
             try:
                 signal.set_wakeup_fd(-1)
                 os.close(read_fd)
-                if gate_write is not None:
-                    os.close(gate_write)
                 for child in self.children.values():
                     os.close(child.read_fd)
-                    if child.gate_fd is not None:  # or that standby would never see its gate open
-                        os.close(child.gate_fd)
                     if child.board is not None:
                         child.board.close()
                 for selector in (self._selector, self._signal_selector):
@@ -584,22 +516,17 @@ class Master:
         gc.unfreeze()
         _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_fd)
-        if gate_read is not None:
-            os.close(gate_read)
         os.set_blocking(read_fd, False)
         child = ChildState(pid=pid, slot=slot, generation=self.generation, started_at=time.time(),
-                           read_fd=read_fd, works_limit=plan.works_limit, board=board, gate_fd=gate_write)
+                           read_fd=read_fd, works_limit=plan.works_limit, board=board)
         self.children[pid] = child
-        if predecessor is not None:
-            predecessor.successor = pid
         assert self._selector is not None, "run() sets it"
         self._selector.register(read_fd, selectors.EVENT_READ, child)
         # A routine recycle's replacement is news only at debug level: with -w 1 it is every job.
-        level = logging.DEBUG if self._routine_recycles or predecessor is not None else logging.INFO
-        if predecessor is None:
-            self._routine_recycles = max(0, self._routine_recycles - 1)
-        log.log(level, "child %d started (slot %d, generation %d, %d jobs%s)", pid, slot, self.generation,
-                plan.works_limit, ", standby" if predecessor is not None else "")
+        level = logging.DEBUG if self._routine_recycles else logging.INFO
+        self._routine_recycles = max(0, self._routine_recycles - 1)
+        log.log(level, "child %d started (slot %d, generation %d, %d jobs)", pid, slot, self.generation,
+                plan.works_limit)
 
     def _spawn_failed(self, what: str, exc: OSError) -> None:
         """A child could not be started (EMFILE, ENFILE, EAGAIN, ENOMEM, ...): log it, try again
@@ -634,15 +561,8 @@ class Master:
             if self._selector is not None:
                 self._selector.unregister(child.read_fd)
             os.close(child.read_fd)
-            if child.gate_fd is not None:  # a standby that never took over
-                os.close(child.gate_fd)
-                child.gate_fd = None
-                for other in self.children.values():
-                    if other.successor == pid:
-                        other.successor = None
             self._read_board(child)
             self._account_exit(child, status)
-            self._hand_over(child)  # after _account_exit: a dead child's jobs go to a fresh child
             if child.board is not None:
                 child.board.close()
 
@@ -691,7 +611,7 @@ class Master:
             except Exception as exc:
                 self._survive("telling a listener of a child's exit", exc)
         routine = not abnormal and reason == "recycled"
-        self._routine_recycles += routine and not child.taken_over
+        self._routine_recycles += routine
         level = logging.WARNING if abnormal else logging.DEBUG if routine else logging.INFO
         log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
                 child.works_done, age)

@@ -281,10 +281,6 @@ class Reporter:
     def ready(self, works_limit: int, rss: int) -> None:
         self._write(f'{{"event":"ready","works_limit":{works_limit:d},"rss":{rss:d}}}\n'.encode())
 
-    def successor(self) -> None:
-        """Ask the master to fork this child's standby now (see Master._spawn_standbys)."""
-        self._write(b'{"event":"successor"}\n')
-
     def exiting(self, reason: str) -> None:
         self._write(f'{{"event":"exiting","reason":{_json_str(reason)}}}\n'.encode())
 
@@ -348,19 +344,9 @@ class ChildState:
     board: JobBoard | None = None
     #: the job it died (or is being killed) running, as the master noted it
     dead_job: DeadJob | None = None
-    #: a standby's gate, the master's end: written when the standby takes over its slot
-    gate_fd: int | None = None
-    #: the pid of the standby that will take over this child's slot
-    successor: int | None = None
-    #: the child asked for its standby (it has done most of its jobs)
-    wants_successor: bool = False
-    #: its standby took over its slot when it left
-    taken_over: bool = False
 
     @property
     def state(self) -> str:
-        if self.gate_fd is not None:
-            return "standby"
         return "busy" if self.job_funcname else "idle"
 
     def job_running_for(self, now: float | None = None) -> float | None:
@@ -414,8 +400,6 @@ class ChildState:
             self.ready = True
             self.works_limit = message.get("works_limit", 0)
             self.rss = message.get("rss", self.rss)
-        elif event == "successor":
-            self.wants_successor = True
 
     def as_dict(self, now_wall: float) -> dict[str, Any]:
         running_for = self.job_running_for()

@@ -82,11 +82,6 @@ class Backend(abc.ABC):
     def open(self) -> None:
         """Connect, in the child after fork. May raise BackendError; the child then backs off."""
 
-    def warm(self) -> None:
-        """In a standby child, after open(): do now what the first grab would otherwise do first
-        (open lazy connections), so that the child's first job starts at once when it is let go.
-        Best effort: an error here is left for the first grab to meet and report."""
-
     @abc.abstractmethod
     def grab(self, timeout: float, most: int = 1) -> Job | None:
         """Wait up to `timeout` seconds for one job of our worker classes and claim it.

@@ -138,15 +138,6 @@ class TheSchwartzBackend(Backend):
         if self.client is None:
             self._build()
 
-    def warm(self) -> None:
-        """Open this process's connection to each database now (Backend.warm)."""
-        assert self.client is not None, "open() comes first"
-        for db in self.client.databases:
-            try:
-                db.connection()
-            except Exception as exc:  # the first grab meets it again, and reports it
-                log.debug("TheSchwartz: warming %s failed: %s", db.label, exc)
-
     def _build(self) -> None:
         # defer_completions: a child leases again straight after each job (and closes the client
         # before it exits), so a completion rides with that lease
