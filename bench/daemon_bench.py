@@ -2,7 +2,10 @@
 """The daemon on SQLite TheSchwartz against the Perl WorkerManager's way, in the same run.
 
 Measures, on copies of one prepared database (same schema, same jobs):
-  * throughput of `workermanager -n -c 4 -w 100` over N no-op jobs;
+  * throughput of `workermanager -n -c 4` over N no-op jobs at `-w 100` and `-w 1000000` (never
+    recycled), and over the realistic job (about 1 ms of work, a JSON argument of 464 bytes);
+  * for each of our runs, a child's life from fork to its first job (p50/p99) and the master's CPU
+    per child forked (bench/childlife.py);
   * the Perl peer: 4 Perl TheSchwartz processes, recycled every 100 jobs, sleeping 5 s when idle;
   * SQLite's own ceiling for the same statements: one connection looping grab + delete;
   * idle pickup latency (insert -> start with an empty queue and idle children), p50/p99;
@@ -14,6 +17,7 @@ Prints a table with ratios; run `python bench/daemon_bench.py --help` for sizes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -31,11 +35,17 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from childlife import LifeWatch, RunFigures, percentile  # noqa: E402
 from sqlite_queue import jobs_left, prepare_db  # noqa: E402
 
 from workermanager.theschwartz import init_db  # noqa: E402
 
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
+#: the source tree whose daemon runs (--tree: compare another checkout, such as main)
+TREE = ROOT
+sys.path.insert(0, BENCH_WORKERS)
+from benchworkers import REALISTIC_ARG  # noqa: E402
+
 PERL_PEER = os.path.join(ROOT, "bench", "perl", "theschwartz_prefork.pl")
 
 
@@ -62,7 +72,7 @@ class Daemon:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "workermanager", *self.args, "-f", self.conf],
-                                        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+                                        env={**os.environ, "PYTHONPATH": TREE, **(env or {})},
                                         start_new_session=True)
 
     def wait_children(self, count: int, timeout: float = 20) -> list[psutil.Process]:
@@ -84,15 +94,21 @@ class Daemon:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def drain_rate(db: str, jobs: int, process: subprocess.Popen) -> float:
-    """Jobs per second from the first job taken to the empty queue (start-up is not counted)."""
+def drain_rate(db: str, jobs: int, process: subprocess.Popen, watch: LifeWatch | None = None) -> float:
+    """Jobs per second from the first job taken to the empty queue (start-up is not counted).
+    With `watch`, its window is that timed part; `watch.jobs` is set to the jobs run in it."""
     deadline = time.monotonic() + 3600
     while (left := jobs_left(db)) == jobs:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{process.args!r} took no job")
         time.sleep(0.002)
     started = time.monotonic()
+    if watch:
+        watch.start(process.pid, time.time())
     finished = wait_empty(db, 3600)
+    if watch:
+        watch.stop(time.time())
+        watch.jobs = left
     return left / (finished - started)
 
 
@@ -103,14 +119,18 @@ def settle() -> None:
     time.sleep(0.5)
 
 
-def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int) -> float:
-    db = os.path.join(folder, f"ours-w{works}.db")
+def run_ours(folder: str, template: str, jobs: int, concurrency: int, works: int,
+             worker: str = "benchworkers.Noop") -> RunFigures:
+    name = f"{worker.rsplit('.', 1)[1]}-w{works}"
+    db = os.path.join(folder, f"ours-{name}.db")
     shutil.copy(template, db)
     settle()
-    daemon = Daemon(folder, db, ["benchworkers.Noop"], concurrency, works)
-    daemon.start()
+    daemon = Daemon(folder, db, [worker], concurrency, works)
+    watch = LifeWatch(folder, name)
+    daemon.start(watch.env)
     try:
-        return drain_rate(db, jobs, daemon.process)
+        rate = drain_rate(db, jobs, daemon.process, watch)
+        return watch.figures(rate, watch.jobs)
     finally:
         daemon.stop()
 
@@ -189,32 +209,38 @@ def memory_of(master_pid: int, kids: list[psutil.Process]) -> dict[str, float]:
             "child_uss": statistics.mean(i.uss for i in infos) / mib}
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--w1-jobs", type=int, default=2000, help="jobs for the -w 1 run")
+    parser.add_argument("--realistic-jobs", type=int, default=4000, help="jobs for the realistic-job runs")
     parser.add_argument("--pickup-samples", type=int, default=100)
     parser.add_argument("--skip-perl", action="store_true")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--tree", default=ROOT, help="run the daemon of this checkout (default: this one)")
     options = parser.parse_args()
+    global TREE
+    TREE = os.path.abspath(options.tree)
 
     folder = tempfile.mkdtemp(prefix="wm-bench-")
+    runs: dict[str, RunFigures] = {}
     results: dict[str, float] = {}
     try:
         template = os.path.join(folder, "template.db")
         prepare_db(template, "Bench::Noop", options.jobs)
         results["ceiling_jobs_per_s"] = run_ceiling(folder, template, options.jobs)
-        results["ours_jobs_per_s"] = run_ours(folder, template, options.jobs, 4, 100)
+        runs["-w 100"] = run_ours(folder, template, options.jobs, 4, 100)
+        runs["-w 1000000"] = run_ours(folder, template, options.jobs, 4, 1000000)
         if not options.skip_perl:
-            results["perl_jobs_per_s"] = run_perl(folder, template, options.jobs, 4, 100)
+            runs["Perl peer (TheSchwartz)"] = RunFigures(run_perl(folder, template, options.jobs, 4, 100))
         w1_template = os.path.join(folder, "w1.db")
         prepare_db(w1_template, "Bench::Noop", options.w1_jobs)
-        results["ours_w1_jobs_per_s"] = run_ours(folder, w1_template, options.w1_jobs, 4, 1)
+        runs["-w 1"] = run_ours(folder, w1_template, options.w1_jobs, 4, 1)
+        real_template = os.path.join(folder, "realistic.db")
+        prepare_db(real_template, "Bench::Realistic", options.realistic_jobs, REALISTIC_ARG)
+        for works in (100, 1000000):
+            runs[f"realistic -w {works}"] = run_ours(folder, real_template, options.realistic_jobs, 4, works,
+                                                     "benchworkers.Realistic")
         latencies, memory = measure_pickup(folder, options.pickup_samples, 4)
         results["pickup_p50_ms"] = percentile(latencies, 0.5)
         results["pickup_p99_ms"] = percentile(latencies, 0.99)
@@ -222,20 +248,28 @@ def main() -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    ours = results["ours_jobs_per_s"]
-    print(f"jobs: {options.jobs} no-op, -c 4 -w 100, SQLite TheSchwartz schema")
-    print(f"  workermanager          {ours:10.0f} jobs/s")
-    if "perl_jobs_per_s" in results:
-        perl = results["perl_jobs_per_s"]
-        print(f"  Perl peer (TheSchwartz) {perl:9.0f} jobs/s   ratio ours/perl = {ours / perl:.1f}x (goal >= 30x)")
+    print(f"SQLite TheSchwartz schema, -c 4; no-op: {options.jobs} jobs ({options.w1_jobs} at -w 1), "
+          f"realistic (~1 ms, 464-byte JSON arg): {options.realistic_jobs} jobs")
+    print(f"  {'contender':26} {'jobs/s':>9} {'CPU us/job':>11} {'life p50/p99 ms':>16} {'master ms/child':>16}")
+    for label, run in runs.items():
+        print(f"  {label:26} {run.jobs_per_s:9.0f} {run.cpu_text():>11} {run.lives_text():>16} "
+              f"{run.master_text():>16}")
+    ours, never = runs["-w 100"].jobs_per_s, runs["-w 1000000"].jobs_per_s
+    print(f"  -w 100 / -w 1000000: no-op {100 * ours / never:.0f}%, realistic "
+          f"{100 * runs['realistic -w 100'].jobs_per_s / runs['realistic -w 1000000'].jobs_per_s:.0f}% (goal >= 80%)")
+    if "Perl peer (TheSchwartz)" in runs:
+        perl = runs["Perl peer (TheSchwartz)"].jobs_per_s
+        print(f"  ours -w 100 / Perl peer = {ours / perl:.1f}x (goal >= 30x)")
     ceiling = results["ceiling_jobs_per_s"]
     print(f"  SQLite ceiling (1 conn) {ceiling:9.0f} jobs/s   ours/ceiling = {100 * ours / ceiling:.0f}% (goal >= 30%)")
-    print(f"  -w 1 (fork per job)     {results['ours_w1_jobs_per_s']:9.0f} jobs/s   (goal >= 200)")
+    print(f"  -w 1 (fork per job): {runs['-w 1'].jobs_per_s:.0f} jobs/s (goal >= 1000)")
     print(f"idle pickup latency: p50 {results['pickup_p50_ms']:.1f} ms, p99 {results['pickup_p99_ms']:.1f} ms"
           " (goal p99 < 100 ms)")
     print(f"memory: master RSS {results['master_rss']:.1f} MiB, child RSS {results['child_rss']:.1f} MiB, "
           f"child USS {results['child_uss']:.1f} MiB (goal USS < 10 MiB)")
     if options.json:
+        results.update({f"{label} {key}": value for label, run in runs.items()
+                        for key, value in dataclasses.asdict(run).items()})
         with open(options.json, "w") as handle:
             json.dump(results, handle, indent=2)
     return 0

@@ -18,6 +18,7 @@ BENCHMARKS = [
     ("the daemon on SQLite against the Perl WorkerManager's way", ["daemon_bench.py"]),
     ("a fleet on PostgreSQL against Perl TheSchwartz", ["fleet_bench.py"]),
     ("Gearman: daemon and library against Perl and C workers", ["gearman_bench.py", "--round-trips", "500"]),
+    ("the daemon on PostgreSQL against pgqueuer (its own virtualenv, made on first use)", ["pgqueuer_bench.py"]),
 ]
 
 

@@ -12,8 +12,9 @@ import time
 from workermanager.theschwartz import init_db
 
 
-def prepare_db(path: str, funcname: str, count: int) -> None:
-    """Create the schema with our init-db, then bulk-load `count` ready jobs in one transaction."""
+def prepare_db(path: str, funcname: str, count: int, arg: bytes = b"{}") -> None:
+    """Create the schema with our init-db, then bulk-load `count` ready jobs (each with `arg`) in one
+    transaction."""
     init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
     db = sqlite3.connect(path)
     with db:
@@ -21,7 +22,7 @@ def prepare_db(path: str, funcname: str, count: int) -> None:
         funcid = db.execute("SELECT funcid FROM funcmap WHERE funcname = ?", (funcname,)).fetchone()[0]
         now = int(time.time())
         db.executemany("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until, priority) "
-                       "VALUES (?, ?, ?, ?, 0, 0)", ((funcid, b"{}", now, now) for _ in range(count)))
+                       "VALUES (?, ?, ?, ?, 0, 0)", ((funcid, arg, now, now) for _ in range(count)))
     db.close()
 
 
