@@ -418,8 +418,9 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
 
     queue_path = str(tmp_path / "queue.db")
     init_db([{"path": queue_path}])
-    daemon = Daemon(str(tmp_path), {"type": "TheSchwartz", "workers": ["testworkers.Fail", "testworkers.Noop"],
-                                    "concurrency": 1, "worker_options": {"databases": [{"path": queue_path}]}})
+    daemon = Daemon(str(tmp_path), {"type": "TheSchwartz", "workers": ["testworkers.Fail", "testworkers.Sleep"],
+                                    "concurrency": 1, "pidfile": str(tmp_path / "wm.pid"),
+                                    "worker_options": {"databases": [{"path": queue_path}]}})
     daemons.append(daemon)
     client = Client([{"path": queue_path}])
     handle = str(client.insert("Test::Fail", {"n": 1}))
@@ -433,6 +434,10 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
     assert result.ok
     daemon.wait_ledger(lambda rows: any(row[0] == result.new_handle for row in rows),
                        what="the retried job's run")
+    sleeping = str(client.insert("Test::Sleep", {"sleep": 5}))
+    [row] = daemon.wait_ledger(lambda rows: [r for r in rows if r[0] == sleeping], what="the sleeping job's start")
+    leased = json.loads(cli(daemon.config_path, "list", "--state", "leased", "--json", check=0).stdout)["jobs"]
+    assert [(job["handle"], job["leased_by"]) for job in leased] == [(sleeping, f"{socket.gethostname()} pid {row[1]}")]
     store.close()
     client.close()
 

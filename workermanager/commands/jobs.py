@@ -125,7 +125,32 @@ def main(argv: list[str]) -> int:
         return fail(failed_as_service(f"jobs {options.action}", config, exc))
     except Exception as exc:  # a database's own error: one line, not a traceback
         return fail(f"jobs {options.action} failed: {type(exc).__name__}: {exc}")
+    _add_leased_by(config, answer)
     return _print(options, answer)
+
+
+def _add_leased_by(config: Config, answer: dict[str, Any]) -> None:
+    """Name the child of this host's daemon that holds each leased job, from the status file its
+    master keeps (as `status` reads it): "host pid N". TheSchwartz's rows do not say who leased
+    them, so a job leased by another host stays unnamed."""
+    jobs = answer.get("jobs") or ([answer["job"]] if "job" in answer else [])
+    leased = [job for job in jobs if job.get("state") == "leased"]
+    if not leased:
+        return
+    import socket
+
+    from workermanager.commands.status import StatusFileError, daemon_status
+
+    try:
+        _, _, state = daemon_status(config)
+    except (StatusFileError, OSError):
+        return
+    holders = {}
+    for child in (state or {}).get("children") or []:
+        if child.get("job"):
+            holders[str(child["job"]["id"])] = f"{socket.gethostname()} pid {child['pid']}"
+    for job in leased:
+        job["leased_by"] = holders.get(job["handle"], job.get("leased_by"))
 
 
 #: errors whose message is the whole story, whichever process raised them
@@ -199,10 +224,12 @@ def _print_list(options: argparse.Namespace, answer: dict[str, Any]) -> None:
             print(f"{job['handle']:<45} {job['funcname']:<28} {_when(job['died_at']):<19} {job['failures']:>5}  "
                   f"{_one_line(job['last_error'], 60)}")
     else:
-        print(f"{'handle':<38} {'function':<28} {'state':<9} {'run after (UTC)':<19} {'fails':>5}  arg")
-        for job in jobs:
-            print(f"{job['handle']:<38} {job['funcname']:<28} {job['state']:<9} {_when(job['run_after']):<19} "
-                  f"{job['failures']:>5}  {_one_line(job['arg']['text'], 40)}")
+        print(f"{'handle':<38} {'function':<28} {'state':<9} {'when (UTC)':<19} {'fails':>5}  arg")
+        for job in jobs:  # when: due at (waiting, scheduled), or leased until
+            when = job["grabbed_until"] if job["state"] == "leased" else job["run_after"]
+            holder = f" [{job['leased_by']}]" if job.get("leased_by") else ""
+            print(f"{job['handle']:<38} {job['funcname']:<28} {job['state']:<9} {_when(when):<19} "
+                  f"{job['failures']:>5}  {_one_line(job['arg']['text'], 40)}{holder}")
     if not jobs:
         print("(no jobs)")
     if answer["next_cursor"]:
