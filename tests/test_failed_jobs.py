@@ -436,7 +436,11 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
                        what="the retried job's run")
     sleeping = str(client.insert("Test::Sleep", {"sleep": 5}))
     [row] = daemon.wait_ledger(lambda rows: [r for r in rows if r[0] == sleeping], what="the sleeping job's start")
-    leased = json.loads(cli(daemon.config_path, "list", "--state", "leased", "--json", check=0).stdout)["jobs"]
+
+    def leased_jobs():  # the status file names the job once the master has read the child's board
+        jobs = json.loads(cli(daemon.config_path, "list", "--state", "leased", "--json", check=0).stdout)["jobs"]
+        return jobs if jobs and jobs[0]["leased_by"] else None
+    leased = wait_for(leased_jobs, 4, interval=0.2, what="the leased job named in the status file")
     assert [(job["handle"], job["leased_by"]) for job in leased] == [(sleeping, f"{socket.gethostname()} pid {row[1]}")]
     store.close()
     client.close()
