@@ -528,3 +528,21 @@ def test_check_warns_when_failed_jobs_cannot_be_kept(tmp_path):
     warned = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert warned.returncode == 0, warned.stdout + warned.stderr  # a warning: the daemon still works
     assert f"has no {failed.TABLE} table: jobs that fail for good are not kept" in warned.stdout + warned.stderr
+
+
+def test_keep_failed_false_in_the_config_reaches_the_backends(tmp_path):
+    from workermanager.master import build_backend
+
+    for keep in (True, False):
+        config = from_mapping({"workers": ["x.Y"], "keep_failed": keep,
+                               "worker_options": {"databases": [{"path": str(tmp_path / "q.db")}]}},
+                              str(tmp_path / "conf.yml"))
+        backend = build_backend(config, [Doomed])
+        backend.prepare()
+        assert backend.client.keep_failed is keep
+        backend.close()
+        gearman = build_backend(from_mapping({"type": "Gearman", "workers": ["x.Y"], "keep_failed": keep,
+                                              "worker_options": {"job_servers": ["127.0.0.1:4730"]}},
+                                             str(tmp_path / "conf.yml")), [Doomed])
+        assert gearman.keep_failed is keep
+        assert (gearman.failed_store == {"path": str(tmp_path / "failed-jobs.db")}) is keep
