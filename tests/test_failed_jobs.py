@@ -22,6 +22,7 @@ from workermanager.jobs import (
     BadCursor,
     BadHandle,
     FailedJob,
+    NotSupported,
     QueuedJob,
     UnknownJob,
     open_store,
@@ -546,3 +547,26 @@ def test_keep_failed_false_in_the_config_reaches_the_backends(tmp_path):
                                              str(tmp_path / "conf.yml")), [Doomed])
         assert gearman.keep_failed is keep
         assert (gearman.failed_store == {"path": str(tmp_path / "failed-jobs.db")}) is keep
+
+
+def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
+    from workermanager.jobs.keeping import ensure_table, failed_store_database
+
+    from helpers import free_port
+
+    config = from_mapping({"type": "Gearman", "workers": ["x.Y"],
+                           "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}},
+                          str(tmp_path / "conf.yml"))
+    db = failed_store_database(config)
+    ensure_table(db)
+    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
+        None, "Test::Fail", BINARY_ARG, None, None, None, None, 3, [(1.0, "no")], "", "h", 1, 1, "s//H:1")),
+        write=True)
+    db.close()
+    with open_store(config) as store:
+        [kept] = store.list_failed().items
+        [result] = store.retry([kept.handle])
+        assert not result.ok and "kept as it was" in result.detail
+        assert store.list_failed().items == [kept]  # put back whole, under its own id
+        with pytest.raises(NotSupported, match="no command to list"):
+            store.list_jobs()
