@@ -570,3 +570,31 @@ def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
         assert store.list_failed().items == [kept]  # put back whole, under its own id
         with pytest.raises(NotSupported, match="no command to list"):
             store.list_jobs()
+
+
+def test_the_master_forks_the_pruning_when_due_and_reaps_it(tmp_path):
+    from workermanager.master import Master
+    from workermanager.theschwartz import init_db
+
+    entry = {"path": str(tmp_path / "q.db")}
+    init_db([entry])
+    [db] = build_databases([entry])
+    old = int(time.time()) - 31 * 86400
+    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
+        1, "Prune::Me", b"x", None, None, None, None, 1, [(old, "no")], "", "h", 1, old, "h-1")), write=True)
+    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}}, str(tmp_path / "conf.yml"))
+    master = Master(config, lambda: config, import_workers=False)
+    master._wakeup_r, master._wakeup_w = os.pipe()
+    try:
+        master._prune_failed_jobs()
+        assert master.pruner.pid is None  # not due yet: the first prune waits FIRST_PRUNE_AFTER
+        master.pruner.next_at = 0.0
+        master._prune_failed_jobs()
+        pid = master.pruner.pid
+        assert pid is not None and pid != os.getpid() and not master.children
+        wait_for(lambda: master._reap() or master.pruner.pid is None, 30, what="the pruning process reaped")
+        assert db.fetchall(f"SELECT COUNT(*) FROM {failed.TABLE}") == [(0,)]
+    finally:
+        os.close(master._wakeup_r)
+        os.close(master._wakeup_w)
+        db.close()
