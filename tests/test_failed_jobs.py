@@ -598,3 +598,16 @@ def test_the_master_forks_the_pruning_when_due_and_reaps_it(tmp_path):
         os.close(master._wakeup_r)
         os.close(master._wakeup_w)
         db.close()
+
+
+def test_job_data_cannot_send_control_characters_to_the_terminal(tmp_path, sqlite_queue):
+    client, path = sqlite_queue
+    conf = write_config(tmp_path, {"path": path})
+    hostile = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202etxt"
+    handle = str(client.insert(f"Evil{hostile}", hostile))
+    outputs = [cli(conf, "list", check=0).stdout, cli(conf, "show", handle, check=0).stdout,
+               cli(conf, "list", "--json", check=0).stdout]
+    for output in outputs:
+        assert not any(char in output for char in "\x1b\x07\x9b\u202e"), repr(output)
+    assert "\\x1b[2J" in outputs[1]  # shown, escaped
+    assert json.loads(outputs[2])["jobs"][0]["arg"]["text"] == hostile  # JSON keeps it exactly
