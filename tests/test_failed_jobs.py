@@ -22,6 +22,7 @@ from workermanager.jobs import (
     BadCursor,
     BadHandle,
     FailedJob,
+    NotSupported,
     QueuedJob,
     UnknownJob,
     open_store,
@@ -418,8 +419,9 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
 
     queue_path = str(tmp_path / "queue.db")
     init_db([{"path": queue_path}])
-    daemon = Daemon(str(tmp_path), {"type": "TheSchwartz", "workers": ["testworkers.Fail", "testworkers.Noop"],
-                                    "concurrency": 1, "worker_options": {"databases": [{"path": queue_path}]}})
+    daemon = Daemon(str(tmp_path), {"type": "TheSchwartz", "workers": ["testworkers.Fail", "testworkers.Sleep"],
+                                    "concurrency": 1, "pidfile": str(tmp_path / "wm.pid"),
+                                    "worker_options": {"databases": [{"path": queue_path}]}})
     daemons.append(daemon)
     client = Client([{"path": queue_path}])
     handle = str(client.insert("Test::Fail", {"n": 1}))
@@ -433,6 +435,14 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
     assert result.ok
     daemon.wait_ledger(lambda rows: any(row[0] == result.new_handle for row in rows),
                        what="the retried job's run")
+    sleeping = str(client.insert("Test::Sleep", {"sleep": 5}))
+    [row] = daemon.wait_ledger(lambda rows: [r for r in rows if r[0] == sleeping], what="the sleeping job's start")
+
+    def leased_jobs():  # the status file names the job once the master has read the child's board
+        jobs = json.loads(cli(daemon.config_path, "list", "--state", "leased", "--json", check=0).stdout)["jobs"]
+        return jobs if jobs and jobs[0]["leased_by"] else None
+    leased = wait_for(leased_jobs, 4, interval=0.2, what="the leased job named in the status file")
+    assert [(job["handle"], job["leased_by"]) for job in leased] == [(sleeping, f"{socket.gethostname()} pid {row[1]}")]
     store.close()
     client.close()
 
@@ -519,3 +529,85 @@ def test_check_warns_when_failed_jobs_cannot_be_kept(tmp_path):
     warned = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert warned.returncode == 0, warned.stdout + warned.stderr  # a warning: the daemon still works
     assert f"has no {failed.TABLE} table: jobs that fail for good are not kept" in warned.stdout + warned.stderr
+
+
+def test_keep_failed_false_in_the_config_reaches_the_backends(tmp_path):
+    from workermanager.master import build_backend
+
+    for keep in (True, False):
+        config = from_mapping({"workers": ["x.Y"], "keep_failed": keep,
+                               "worker_options": {"databases": [{"path": str(tmp_path / "q.db")}]}},
+                              str(tmp_path / "conf.yml"))
+        backend = build_backend(config, [Doomed])
+        backend.prepare()
+        assert backend.client.keep_failed is keep
+        backend.close()
+        gearman = build_backend(from_mapping({"type": "Gearman", "workers": ["x.Y"], "keep_failed": keep,
+                                              "worker_options": {"job_servers": ["127.0.0.1:4730"]}},
+                                             str(tmp_path / "conf.yml")), [Doomed])
+        assert gearman.keep_failed is keep
+        assert (gearman.failed_store == {"path": str(tmp_path / "failed-jobs.db")}) is keep
+
+
+def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
+    from workermanager.jobs.keeping import ensure_table, failed_store_database
+
+    from helpers import free_port
+
+    config = from_mapping({"type": "Gearman", "workers": ["x.Y"],
+                           "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}},
+                          str(tmp_path / "conf.yml"))
+    db = failed_store_database(config)
+    ensure_table(db)
+    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
+        None, "Test::Fail", BINARY_ARG, None, None, None, None, 3, [(1.0, "no")], "", "h", 1, 1, "s//H:1")),
+        write=True)
+    db.close()
+    with open_store(config) as store:
+        [kept] = store.list_failed().items
+        [result] = store.retry([kept.handle])
+        assert not result.ok and "kept as it was" in result.detail
+        assert store.list_failed().items == [kept]  # put back whole, under its own id
+        with pytest.raises(NotSupported, match="no command to list"):
+            store.list_jobs()
+
+
+def test_the_master_forks_the_pruning_when_due_and_reaps_it(tmp_path):
+    from workermanager.master import Master
+    from workermanager.theschwartz import init_db
+
+    entry = {"path": str(tmp_path / "q.db")}
+    init_db([entry])
+    [db] = build_databases([entry])
+    old = int(time.time()) - 31 * 86400
+    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
+        1, "Prune::Me", b"x", None, None, None, None, 1, [(old, "no")], "", "h", 1, old, "h-1")), write=True)
+    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}}, str(tmp_path / "conf.yml"))
+    master = Master(config, lambda: config, import_workers=False)
+    master._wakeup_r, master._wakeup_w = os.pipe()
+    try:
+        master._prune_failed_jobs()
+        assert master.pruner.pid is None  # not due yet: the first prune waits FIRST_PRUNE_AFTER
+        master.pruner.next_at = 0.0
+        master._prune_failed_jobs()
+        pid = master.pruner.pid
+        assert pid is not None and pid != os.getpid() and not master.children
+        wait_for(lambda: master._reap() or master.pruner.pid is None, 30, what="the pruning process reaped")
+        assert db.fetchall(f"SELECT COUNT(*) FROM {failed.TABLE}") == [(0,)]
+    finally:
+        os.close(master._wakeup_r)
+        os.close(master._wakeup_w)
+        db.close()
+
+
+def test_job_data_cannot_send_control_characters_to_the_terminal(tmp_path, sqlite_queue):
+    client, path = sqlite_queue
+    conf = write_config(tmp_path, {"path": path})
+    hostile = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202etxt"
+    handle = str(client.insert(f"Evil{hostile}", hostile))
+    outputs = [cli(conf, "list", check=0).stdout, cli(conf, "show", handle, check=0).stdout,
+               cli(conf, "list", "--json", check=0).stdout]
+    for output in outputs:
+        assert not any(char in output for char in "\x1b\x07\x9b\u202e"), repr(output)
+    assert "\\x1b[2J" in outputs[1]  # shown, escaped
+    assert json.loads(outputs[2])["jobs"][0]["arg"]["text"] == hostile  # JSON keeps it exactly

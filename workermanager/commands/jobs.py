@@ -125,7 +125,32 @@ def main(argv: list[str]) -> int:
         return fail(failed_as_service(f"jobs {options.action}", config, exc))
     except Exception as exc:  # a database's own error: one line, not a traceback
         return fail(f"jobs {options.action} failed: {type(exc).__name__}: {exc}")
+    _add_leased_by(config, answer)
     return _print(options, answer)
+
+
+def _add_leased_by(config: Config, answer: dict[str, Any]) -> None:
+    """Name the child of this host's daemon that holds each leased job, from the status file its
+    master keeps (as `status` reads it): "host pid N". TheSchwartz's rows do not say who leased
+    them, so a job leased by another host stays unnamed."""
+    jobs = answer.get("jobs") or ([answer["job"]] if "job" in answer else [])
+    leased = [job for job in jobs if job.get("state") == "leased"]
+    if not leased:
+        return
+    import socket
+
+    from workermanager.commands.status import StatusFileError, daemon_status
+
+    try:
+        _, _, state = daemon_status(config)
+    except (StatusFileError, OSError):
+        return
+    holders = {}
+    for child in (state or {}).get("children") or []:
+        if child.get("job"):
+            holders[str(child["job"]["id"])] = f"{socket.gethostname()} pid {child['pid']}"
+    for job in leased:
+        job["leased_by"] = holders.get(job["handle"], job.get("leased_by"))
 
 
 #: errors whose message is the whole story, whichever process raised them
@@ -165,7 +190,7 @@ def _act(config: Config, options: argparse.Namespace) -> dict[str, Any]:
 
 def _print(options: argparse.Namespace, answer: dict[str, Any]) -> int:
     if options.json:
-        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        print(json.dumps(answer, indent=2))  # non-ASCII as \u escapes: no control byte reaches a terminal
     else:
         printer: Callable[[argparse.Namespace, dict[str, Any]], None] = _PRINTERS[options.action]
         printer(options, answer)
@@ -173,11 +198,19 @@ def _print(options: argparse.Namespace, answer: dict[str, Any]) -> int:
     if results is not None:
         for result in results:
             if not result["ok"]:
-                print(f"workermanager: {result['handle']}: {result['detail']}", file=sys.stderr)
+                _emit(f"workermanager: {result['handle']}: {result['detail']}", sys.stderr)
         return 0 if all(result["ok"] for result in results) else 1
     if options.action == "list" and not answer["function_known"]:
-        print(f"workermanager: no function {options.func!r} has queued or failed jobs here", file=sys.stderr)
+        _emit(f"workermanager: no function {options.func!r} has queued or failed jobs here", sys.stderr)
     return 0
+
+
+def _emit(line: str, stream: Any = None) -> None:
+    """Print a line made of job data (funcnames, args, error messages: anyone who can insert a job
+    wrote them) with its control characters escaped (display.printable)."""
+    from workermanager.jobs.display import printable
+
+    print(printable(line), file=stream or sys.stdout)
 
 
 def _when(epoch: float | None) -> str:
@@ -194,19 +227,21 @@ def _one_line(text: str | None, width: int = 70) -> str:
 def _print_list(options: argparse.Namespace, answer: dict[str, Any]) -> None:
     jobs = answer["jobs"]
     if options.failed:
-        print(f"{'handle':<45} {'function':<28} {'died (UTC)':<19} {'fails':>5}  last error")
+        _emit(f"{'handle':<45} {'function':<28} {'died (UTC)':<19} {'fails':>5}  last error")
         for job in jobs:
-            print(f"{job['handle']:<45} {job['funcname']:<28} {_when(job['died_at']):<19} {job['failures']:>5}  "
+            _emit(f"{job['handle']:<45} {job['funcname']:<28} {_when(job['died_at']):<19} {job['failures']:>5}  "
                   f"{_one_line(job['last_error'], 60)}")
     else:
-        print(f"{'handle':<38} {'function':<28} {'state':<9} {'run after (UTC)':<19} {'fails':>5}  arg")
-        for job in jobs:
-            print(f"{job['handle']:<38} {job['funcname']:<28} {job['state']:<9} {_when(job['run_after']):<19} "
-                  f"{job['failures']:>5}  {_one_line(job['arg']['text'], 40)}")
+        _emit(f"{'handle':<38} {'function':<28} {'state':<9} {'when (UTC)':<19} {'fails':>5}  arg")
+        for job in jobs:  # when: due at (waiting, scheduled), or leased until
+            when = job["grabbed_until"] if job["state"] == "leased" else job["run_after"]
+            holder = f" [{job['leased_by']}]" if job.get("leased_by") else ""
+            _emit(f"{job['handle']:<38} {job['funcname']:<28} {job['state']:<9} {_when(when):<19} "
+                  f"{job['failures']:>5}  {_one_line(job['arg']['text'], 40)}{holder}")
     if not jobs:
-        print("(no jobs)")
+        _emit("(no jobs)")
     if answer["next_cursor"]:
-        print(f"more: --after {answer['next_cursor']}")
+        _emit(f"more: --after {answer['next_cursor']}")
 
 
 def _print_show(options: argparse.Namespace, answer: dict[str, Any]) -> None:
@@ -218,41 +253,41 @@ def _print_show(options: argparse.Namespace, answer: dict[str, Any]) -> None:
     else:
         fields += ["state", "leased_by", "retried_from"]
         times = ["insert_time", "run_after", "grabbed_until"]
-    print(f"{'kind':<16} {job['kind']}")
+    _emit(f"{'kind':<16} {job['kind']}")
     for name in fields:
-        print(f"{name:<16} {'-' if job.get(name) is None else job[name]}")
+        _emit(f"{name:<16} {'-' if job.get(name) is None else job[name]}")
     for name in times:
-        print(f"{name:<16} {_when(job.get(name))} UTC")
+        _emit(f"{name:<16} {_when(job.get(name))} UTC")
     arg = job["arg"]
-    print(f"{'arg':<16} {arg['kind']}, {arg['size']} bytes{' (shown cut)' if arg['truncated'] else ''}")
+    _emit(f"{'arg':<16} {arg['kind']}, {arg['size']} bytes{' (shown cut)' if arg['truncated'] else ''}")
     for line in arg["text"].splitlines():
-        print(f"    {line}")
-    print(f"errors ({len(job['errors'])})")
+        _emit(f"    {line}")
+    _emit(f"errors ({len(job['errors'])})")
     for entry in job["errors"]:
         lines = entry["message"].splitlines() or [""]
-        print(f"  {_when(entry['time'])}  {lines[0]}")
+        _emit(f"  {_when(entry['time'])}  {lines[0]}")
         for line in lines[1:]:
-            print(f"      {line}")
+            _emit(f"      {line}")
     if job.get("traceback"):
-        print("last traceback")
+        _emit("last traceback")
         for line in job["traceback"].splitlines():
-            print(f"    {line}")
+            _emit(f"    {line}")
 
 
 def _print_results(options: argparse.Namespace, answer: dict[str, Any]) -> None:
     done = [result for result in answer["results"] if result["ok"]]
     for result in done:
-        print(f"{result['handle']}: {result['detail']}")
-    print(f"{options.action}: {len(done)} of {len(answer['results'])} done")
+        _emit(f"{result['handle']}: {result['detail']}")
+    _emit(f"{options.action}: {len(done)} of {len(answer['results'])} done")
 
 
 def _print_errors(options: argparse.Namespace, answer: dict[str, Any]) -> None:
-    print(f"{'time (UTC)':<19} {'function':<28} {'handle':<38} message")
+    _emit(f"{'time (UTC)':<19} {'function':<28} {'handle':<38} message")
     for record in answer["errors"]:
-        print(f"{_when(record['time']):<19} {record['funcname']:<28} {record['handle']:<38} "
+        _emit(f"{_when(record['time']):<19} {record['funcname']:<28} {record['handle']:<38} "
               f"{_one_line(record['message'], 80)}")
     if not answer["errors"]:
-        print("(no errors)")
+        _emit("(no errors)")
 
 
 _PRINTERS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], None]] = {

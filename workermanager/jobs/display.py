@@ -53,6 +53,15 @@ def view_arg(raw: bytes | None) -> ArgView:
     return _cut("json", text, len(raw))
 
 
+def printable(text: str, keep_newlines: bool = True) -> str:
+    """`text` safe to print on a terminal: control characters (ESC, C1 controls such as CSI,
+    DEL, and newlines unless kept) as \\xNN escapes, so that job data cannot move the cursor,
+    recolour or retitle the terminal of whoever reads it."""
+    return "".join(char if char.isprintable() or (keep_newlines and char in "\n\t") or char == " "
+                   else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+                   for char in text)
+
+
 def hex_view(data: bytes, size: int | None = None) -> ArgView:
     """A hex dump of `data`: 16 bytes a line, offset, hex, and printable ASCII."""
     shown = data[:HEX_LIMIT]

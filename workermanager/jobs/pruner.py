@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from workermanager.proctitle import setproctitle
+
 if TYPE_CHECKING:
     from workermanager.config import Config
 
@@ -22,8 +24,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between prunes
 PRUNE_INTERVAL = 600.0
-#: the first prune this long after the start (the pool is up by then)
-FIRST_PRUNE_AFTER = 60.0
+#: the first prune this long after the start (the pool is up and busy by then; a daemon started
+#: for a short task never forks one)
+FIRST_PRUNE_AFTER = 300.0
 #: the pruning process's life at most (SIGALRM's default action ends it)
 PRUNE_DEADLINE = 60
 
@@ -61,6 +64,7 @@ class Pruner:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 signal.alarm(PRUNE_DEADLINE)
                 in_child()
+                setproctitle("workermanager: pruning kept failed jobs")
                 status = run_prune(config)
             finally:
                 os._exit(status)

@@ -45,8 +45,9 @@ class QueuedJob:
     #: error rows of the job (its failed attempts so far, as TheSchwartz counts them)
     failures: int
     state: QueuedState
-    #: who holds the lease, when known (the child of a local daemon whose status file names the
-    #: job: "host pid N"); None otherwise: TheSchwartz's rows do not say who leased them
+    #: who holds the lease, when known: "host pid N", the child of this host's daemon whose status
+    #: file names the job (filled by `workermanager jobs`, commands/jobs.py _add_leased_by; the
+    #: store leaves it None: TheSchwartz's rows do not say who leased them)
     leased_by: str | None = None
     coalesce: str | None = None
     #: filled by JobStore.show only: the job's error rows, oldest first
