@@ -209,6 +209,43 @@ def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):  # 
     assert daemon.children()[0].uids().real == site.account.uid
 
 
+#: a module planted on inc_path under the name of one root imports lazily at the start: it records
+#: who imported it, then hands over to the real module (so the account's own start still works)
+SHADOW = '''import importlib, os, sys
+_fd = os.open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), os.O_WRONLY | os.O_APPEND)
+os.write(_fd, f"{os.getuid()} {os.geteuid()} {__name__}\\n".encode())
+os.close(_fd)
+_here = os.path.dirname(os.path.abspath(__file__))
+_path = list(sys.path)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+del sys.modules[__name__]
+try:
+    sys.modules[__name__] = importlib.import_module(__name__)
+finally:
+    sys.path[:] = _path
+'''
+
+#: modules the start and `check` import after reading the config (the database layer's)
+SHADOWED = ("sqlite3", "tempfile", "pymysql", "psycopg", "uuid", "hashlib", "secrets", "sched")
+
+
+@pytest.mark.parametrize("subcommand", ["start", "check"])
+def test_root_never_imports_a_module_planted_on_inc_path(site, daemons, subcommand):  # noqa: F811
+    code = worker_code(site, "uidrecorder")
+    for name in SHADOWED:
+        with open(os.path.join(code, f"{name}.py"), "w") as handle:
+            handle.write(SHADOW)
+    daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])
+    if subcommand == "start":
+        daemon.start(wait_children=1)
+    else:
+        done = command(daemon, "check")
+        assert done.returncode == 0, done.stdout + done.stderr
+    by_root = [line for line in importers(code) if line.split()[:2] != [str(site.account.uid)] * 2]
+    assert by_root == []
+    assert f"{site.account.uid} {site.account.uid}" in importers(code)  # the worker, by the account
+
+
 def test_check_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
     code = worker_code(site, "uidrecorder")
     daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])

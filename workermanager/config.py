@@ -322,9 +322,15 @@ def _article(noun: str) -> str:
 
 
 def apply_environment(config: Config) -> None:
-    """Set `env` keys not already set, and put `inc_path` in front of sys.path."""
+    """Set `env` keys not already set. `inc_path` is not touched here: it goes on sys.path only
+    where the workers are imported (import_worker_classes), so root that drops to `user:` never
+    has a folder the service account may write on its path, where any module root imports later
+    (sqlite3, a database driver) could be planted."""
     for key, value in config.env.items():
         os.environ.setdefault(key, value)
+
+
+def _put_inc_path_first(config: Config) -> None:
     for folder in reversed(config.inc_path):
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -336,6 +342,7 @@ def import_worker_classes(config: Config) -> list[type[Worker]]:
     A class without its own `funcname` runs jobs under the name written in the config, so
     `Sandbox::Worker::A` in a migrated config keeps matching the jobs Perl clients insert.
     """
+    _put_inc_path_first(config)
     classes = []
     missing = [folder for folder in config.inc_path if not os.path.isdir(folder)]
     for written in config.workers:
