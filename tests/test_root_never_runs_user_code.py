@@ -26,6 +26,7 @@ from test_hardening_files import (  # noqa: F401 - the fixtures
     Site,
     assert_untouched,
     daemon_for,
+    give_ledger,
     plant_link,
     service_account,
     site,
@@ -34,6 +35,7 @@ from test_hardening_files import (  # noqa: F401 - the fixtures
 from workermanager.theschwartz import Client
 
 from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
+from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
 from helpers import wait_for
 
 #: a command whose service-account child is stopped must have ended by then (its deadline + slack)
@@ -269,3 +271,34 @@ def test_a_worker_that_does_not_import_is_one_line_exit_1_at_start_and_in_check(
     assert done.returncode == 1 and done.stdout == "" and done.stderr == line, done.stdout + done.stderr
     assert set(importers(code)) == {f"{site.account.uid} {site.account.uid}"}
     assert len(importers(code)) == 2  # the start's probe, then check's
+
+
+def test_a_gearman_service_starts_as_root_and_keeps_failed_jobs_as_the_account(site, daemons, gearmand):  # noqa: F811
+    """The probe runs as the account, which may not read root's Python (here under /root): what it
+    needs of it, the codec a host name is resolved with and the failed-jobs store's driver, was
+    imported by root before (asservice.import_drivers); a start used to end in "LookupError:
+    unknown encoding: idna"."""
+    from workermanager.gearman.client import Client as GearmanClient
+
+    store = os.path.join(site.svc, "failed.db")
+    daemon = daemon_for(daemons, site, type="Gearman", workers=["testworkers.Fail"],
+                        worker_options={"job_servers": [f"localhost:{gearmand.port}"]}, failed_store=store)
+    give_ledger(daemon, site)
+    daemon.start(wait_children=1)
+    assert daemon.children()[0].uids().real == site.account.uid
+    gearman = GearmanClient([gearmand.address])
+    try:
+        gearman.submit_background("Test::Fail", b"x")
+    finally:
+        gearman.close()
+
+    def kept() -> list[tuple[str, int]]:
+        if not os.path.exists(store):
+            return []
+        with sqlite3.connect(store) as db:
+            try:
+                return db.execute("SELECT funcname, failures FROM wm_failed_job").fetchall()
+            except sqlite3.OperationalError:  # the table is being made
+                return []
+    assert wait_for(kept, 20, what="the failed job kept")[0][0] == "Test::Fail"
+    assert os.stat(store).st_uid == site.account.uid

@@ -56,16 +56,25 @@ def account_name(config: Config) -> str:
 
 
 def import_drivers(config: Config) -> None:
-    """Import the database drivers of the config's `databases:` while still root: the service
-    account may not be able to read the Python installation root uses (e.g. one under /root).
-    A bad entry is left for the child to report."""
+    """Import, while still root, what the service account's probe will need from the Python
+    installation root uses, which that account may not be able to read (e.g. one under /root):
+    the database drivers of `databases:` and, on Gearman, of the failed-jobs store, and the codec
+    a job server's host name is resolved with. A bad entry is left for the child to report."""
+    import encodings.idna  # noqa: F401 - socket.getaddrinfo() of a host name imports it on first use
+
     from workermanager.theschwartz.client import build_databases
 
-    try:
-        for db in build_databases(config.worker_options.get("databases") or [], config.base_dir, retry_seconds=0):
-            db.close()
-    except ValueError:
-        pass
+    entries = list(config.worker_options.get("databases") or [])
+    if config.type.lower() == "gearman" and config.keep_failed:
+        from workermanager.jobs.keeping import failed_store_entry
+
+        entries.append(failed_store_entry(config))
+    for entry in entries:
+        try:
+            for db in build_databases([entry], config.base_dir, retry_seconds=0):
+                db.close()
+        except ValueError:
+            pass
 
 
 def run_as_service(config: Config, work: Callable[[], Any], timeout: float) -> Any:

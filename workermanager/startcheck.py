@@ -84,10 +84,9 @@ def backend_here(config: Config) -> Backend | None:
         backend_class(config.type)
     except ValueError:  # an unknown type: build_backend names it, in the probing child
         pass
-    if config.type.lower() == "theschwartz":
-        from workermanager import asservice
+    from workermanager import asservice
 
-        asservice.import_drivers(config)
+    asservice.import_drivers(config)
     return None
 
 
