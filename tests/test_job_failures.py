@@ -199,3 +199,17 @@ def test_on_gearman_too_a_second_finishing_call_is_ignored(gearmand, caplog):
         assert f"job {job.handle} (Failures::Twice): completed() ignored, the job is already failed" in caplog.text
     finally:
         backend.close()
+
+
+def test_an_error_row_cut_to_its_column_still_gives_back_its_message():
+    """MySQL's error column holds 255 characters: the traceback's end is kept in whole lines, so
+    the failed-jobs store reads the message back alone, wherever the cut falls (it once fell inside
+    a line when the test file's path had another length)."""
+    from workermanager.theschwartz.job import _fit, _message_only
+
+    message = "RuntimeError: doomed attempt 1"
+    for padding in range(300):
+        trace = ("\nTraceback (most recent call last):\n  File \"/" + "p" * padding + "/job.py\", line 9, in run\n"
+                 "    result = worker.work(job)\n" + message)
+        text = _fit(message, trace, 255)
+        assert len(text) <= 255 and _message_only(text) == message, (padding, text)

@@ -368,7 +368,9 @@ def _fit(message: str, trace: str, limit: int | None) -> str:
     room = limit - len(message) - len(_CUT)
     if room <= 0:
         return message[:limit]
-    return message + _CUT + trace[-room:]
+    tail = trace[-room:]
+    whole_lines = tail[tail.find("\n"):] if "\n" in tail else ""  # so _message_only finds the cut
+    return message + _CUT + whole_lines
 
 
 _CUT = "\n..."
