@@ -545,8 +545,9 @@ def test_the_init_script_refuses_a_planted_pid_file(tmp_path, planted):
     else:
         (tmp_path / "one").write_text("1\n")
         os.symlink(tmp_path / "one", pidfile)
-    defaults = tmp_path / "defaults"
-    defaults.write_text(f"CONF={tmp_path / 'conf.yml'}\nPIDFILE={pidfile}\nDAEMON={launcher(str(tmp_path))}\n")
+    (tmp_path / "conf.yml").write_text(f"workers: [testworkers.Noop]\npidfile: {pidfile}\n")
+    defaults = tmp_path / "defaults"  # the pid file is the config's (config-get), as installed
+    defaults.write_text(f"CONF={tmp_path / 'conf.yml'}\nDAEMON={launcher(str(tmp_path))}\n")
     result = subprocess.run([INIT_SCRIPT, "status"], capture_output=True, text=True, timeout=20,
                             env=dict(os.environ, WORKERMANAGER_DEFAULTS=str(defaults)))
     assert result.returncode == 4, result.stdout + result.stderr
