@@ -445,8 +445,14 @@ def poison_job(store: JobStore, folder: str, window: float = 6.0, concurrency: i
     wait_all_done(daemon, ids, 30)
     # each abort took one child; start lines alone undercount (routine starts log at debug)
     started = max(started_children(daemon) - before, done_counter(daemon, "abort")["poison"])
-    # the most children seen at once: gearmand hands the poison job to each new child in turn
-    children = max(len(daemon.children()) for _ in deadline_loop(2.0))
+    # the most children seen at once over 2 s: gearmand hands the poison job to each new child in
+    # turn, so on a loaded machine a child may live less than a look at the process table takes:
+    # keep looking (up to 10 s) until one is seen
+    children, looked = 0, time.monotonic()
+    for _ in deadline_loop(10.0):
+        children = max(children, len(daemon.children()))
+        if children and time.monotonic() - looked >= 2.0:
+            break
     bound = math.ceil(5 * window) + concurrency
     return count("poison job", store.kind, daemon, ids, children, started_in_window=started,
                  aborts=done_counter(daemon, "abort")["poison"], window_s=window), bound
