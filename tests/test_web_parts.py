@@ -194,8 +194,6 @@ def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_
         assert get(console.url("/failed"))[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="workermanager.jobs: GearmanJobStore.stats() reads funcmap, which the "
-                   "failed-jobs store made by keeping.ensure_table does not have")
 def test_on_gearman_the_console_counts_the_queue_once_a_job_failed(tmp_path, gearmand):  # noqa: F811
     from workermanager.jobs.keeping import ensure_table, failed_store_database
 

@@ -67,7 +67,7 @@ class GearmanJobStore(JobStore):
                 entry = counts.setdefault(name, [0, 0])
                 entry[0] += max(0, row.queued - row.running)
                 entry[1] += row.running
-        fails = {stats.funcname: stats.failed or 0 for stats in self._failed_stats()}
+        fails = self.failed.failed_counts() if self._store_made() else {}
         names = sorted({name for name, (waiting, running) in counts.items() if waiting or running} | set(fails))
         return [QueueStats(name, counts.get(name, [0, 0])[0], None, counts.get(name, [0, 0])[1],
                            fails.get(name, 0), None) for name in names]
@@ -77,11 +77,6 @@ class GearmanJobStore(JobStore):
         that keeps a job, and until then there is nothing to read (rather than a file to open)."""
         db = self.failed.databases[0]
         return db.dsn.driver != "sqlite" or os.path.exists(db.dsn.database)
-
-    def _failed_stats(self) -> list[QueueStats]:
-        if not self._store_made() or not self.failed._failed_table(0):
-            return []
-        return self.failed.stats()
 
     def list_jobs(self, func: str | None = None, state: str | None = None, limit: int = DEFAULT_LIMIT,
                   after: str | None = None) -> Page[QueuedJob]:

@@ -130,6 +130,16 @@ class SQLJobStore(JobStore):
                     entry[4] = oldest
         return [QueueStats(name, *values[:4], values[4]) for name, values in sorted(totals.items())]
 
+    def failed_counts(self) -> dict[str, int]:
+        """Failed jobs kept per function, from our table alone: a store with no job tables of its
+        own (Gearman's failed-jobs store) answers too."""
+        totals: dict[str, int] = {}
+        for index, db in enumerate(self.databases):
+            if self._failed_table(index):
+                for name, count in self._run(db, lambda cursor, db=db: _failed_counts(db, cursor)).items():
+                    totals[name] = totals.get(name, 0) + count
+        return totals
+
     # --- queued jobs ----------------------------------------------------------------------------
 
     def list_jobs(self, func: str | None = None, state: str | None = None, limit: int = DEFAULT_LIMIT,
@@ -483,10 +493,7 @@ def _db_stats(db: Database, cursor: Any, has_failed: bool) -> list[tuple[str, in
                  f" FROM {db.q.job} WHERE funcid = ?")
     oldest = sql(f"SELECT run_after FROM {db.q.job} WHERE funcid = ? AND run_after <= ? AND grabbed_until <= ?"
                  " ORDER BY run_after LIMIT 1")
-    fails: dict[str, int] = {}
-    if has_failed:
-        cursor.execute(f"SELECT funcname, COUNT(*) FROM {db.prefix}{failed.TABLE} GROUP BY funcname")
-        fails = {name: int(count) for name, count in cursor.fetchall()}
+    fails = _failed_counts(db, cursor) if has_failed else {}
     result = []
     for funcid, name in sorted(_funcids(db, cursor, None).items()):
         cursor.execute(counts, (now, now, now, funcid))
@@ -498,6 +505,11 @@ def _db_stats(db: Database, cursor: Any, has_failed: bool) -> list[tuple[str, in
             result.append((name, total - leased - scheduled, scheduled, leased, age, fails.pop(name, 0)))
     result.extend((name, 0, 0, 0, None, count) for name, count in fails.items() if count)
     return result
+
+
+def _failed_counts(db: Database, cursor: Any) -> dict[str, int]:
+    cursor.execute(f"SELECT funcname, COUNT(*) FROM {db.prefix}{failed.TABLE} GROUP BY funcname")
+    return {name: int(count) for name, count in cursor.fetchall()}
 
 
 def _error_rows(db: Database, cursor: Any, func: str | None, since: float | None, limit: int) -> list[ErrorRecord]:
