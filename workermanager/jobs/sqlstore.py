@@ -285,10 +285,10 @@ class SQLJobStore(JobStore):
 
 def _funcids(db: Database, cursor: Any, func: str | None) -> dict[int, str]:
     """funcid -> funcname of `func` (none when the funcmap lacks it), or of every function."""
-    db._load_funcmap(cursor)
+    every = db.funcmap(cursor)
     if func is None:
-        return dict(db._funcid2name)
-    funcid = db._funcname2id.get(func)
+        return every
+    funcid = db.cached_funcid(func)
     return {} if funcid is None else {funcid: func}
 
 

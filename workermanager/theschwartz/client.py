@@ -19,7 +19,7 @@ from workermanager.theschwartz.database import BUSY_TIMEOUT, Database
 from workermanager.theschwartz.dsn import parse_database
 from workermanager.theschwartz.errors import DatabaseUnavailable
 from workermanager.theschwartz.job import JobHandle, JobSpec, TheSchwartzJob
-from workermanager.theschwartz.sql import INSERT_COLUMNS, like_prefix
+from workermanager.theschwartz.sql import INSERT_COLUMNS, JobRow, like_prefix
 from workermanager.worker import Worker, run_job
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class Client:
             def work(cursor: Any, db: Database = db) -> list[int | None]:
                 ids = [self.insert_spec(cursor, db, spec) for spec in specs]
                 if any(jobid is not None for jobid in ids):
-                    funcids = [db._funcname2id[spec.funcname] for spec in specs]
+                    funcids = [db.cached_funcid(spec.funcname) for spec in specs]
                     db.dialect.notify_new_jobs(cursor, db.prefix, funcids)
                 return ids
             try:
@@ -388,10 +388,11 @@ class Client:
             if not leased:
                 return []
             jobs = []
-            for row, funcname in leased:
+            for selected, funcname in leased:
+                row = JobRow._make(selected)
                 cls, seconds = wanted[funcname]
-                db.remember_funcname(funcname, row[1])
-                job = TheSchwartzJob(self, db, (*row[:6], now + seconds, *row[7:]), funcname, cls)
+                db.remember_funcname(funcname, row.funcid)
+                job = TheSchwartzJob(self, db, row._replace(grabbed_until=now + seconds), funcname, cls)
                 job.raw_arg = as_bytes(job.raw_arg)
                 if job.arg_error:  # unreadable here, the same on every retry: settle it and go on
                     self._fail_unreadable(job)
@@ -435,30 +436,31 @@ class Client:
             return rows
         groups: dict[Any, list[tuple]] = {}
         for row in rows:
-            groups.setdefault(row[7], []).append(row)
+            groups.setdefault(JobRow._make(row).priority, []).append(row)
         ordered = []
         for group in groups.values():  # dict keeps the query's priority order
             random.shuffle(group)
             ordered.extend(group)
         return ordered
 
-    def _claim(self, db: Database, row: tuple, wanted: Mapping[str, tuple[type[Worker] | None, int]],
+    def _claim(self, db: Database, selected: tuple, wanted: Mapping[str, tuple[type[Worker] | None, int]],
                now: int) -> TheSchwartzJob | None:
-        jobid, funcid, old_grabbed_until = row[0], row[1], row[6]
-        funcname = db._funcid2name.get(funcid)
+        row = JobRow._make(selected)
+        funcname = db.cached_funcname(row.funcid)
         cls, seconds = wanted.get(funcname, (None, Worker.grab_for))
         new_until = now + seconds
 
         def work(cursor: Any) -> bool:
-            return db.dialect.claim(cursor, db.q.job, jobid, old_grabbed_until, new_until, now)
+            return db.dialect.claim(cursor, db.q.job, row.jobid, row.grabbed_until, new_until, now)
         if not db.run(work, write=True, single_statement=True):
             return None
-        job = TheSchwartzJob(self, db, (*row[:6], new_until, *row[7:]), funcname or "", cls)
+        job = TheSchwartzJob(self, db, row._replace(grabbed_until=new_until), funcname or "", cls)
         job.raw_arg = as_bytes(job.raw_arg)
         return job
 
-    def _make_job(self, cursor: Any, db: Database, row: tuple) -> TheSchwartzJob:
-        funcname = db.funcid_to_name(cursor, row[1]) or ""
+    def _make_job(self, cursor: Any, db: Database, selected: tuple) -> TheSchwartzJob:
+        row = JobRow._make(selected)
+        funcname = db.funcid_to_name(cursor, row.funcid) or ""
         job = TheSchwartzJob(self, db, row, funcname, self._worker_classes.get(funcname))
         job.raw_arg = as_bytes(job.raw_arg)
         return job

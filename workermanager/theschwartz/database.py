@@ -388,6 +388,19 @@ class Database:
         self._funcname2id[funcname] = funcid
         self._funcid2name[funcid] = funcname
 
+    def cached_funcid(self, funcname: str) -> int | None:
+        """The funcid of `funcname` if this connection's funcmap cache knows it (no query)."""
+        return self._funcname2id.get(funcname)
+
+    def cached_funcname(self, funcid: int) -> str | None:
+        """The funcname of `funcid` if this connection's funcmap cache knows it (no query)."""
+        return self._funcid2name.get(funcid)
+
+    def funcmap(self, cursor: Any) -> dict[int, str]:
+        """Every funcid -> funcname of the funcmap, read now (and cached)."""
+        self._load_funcmap(cursor)
+        return dict(self._funcid2name)
+
     def funcid_to_name(self, cursor: Any, funcid: int) -> str | None:
         if funcid not in self._funcid2name:
             self._load_funcmap(cursor)

@@ -31,6 +31,7 @@ from workermanager.worker import Job, Worker, failure_line
 if TYPE_CHECKING:
     from workermanager.theschwartz.client import Client
     from workermanager.theschwartz.database import Database
+    from workermanager.theschwartz.sql import JobRow
 
 #: error rows older than this are removed lazily when a new one is written (Perl: 7 days)
 ERROR_MAX_AGE = 7 * 86400
@@ -112,12 +113,13 @@ class JobHandle:
 class TheSchwartzJob(Job):
     """A job row, grabbed (leased) by `Client.find_job_for_workers` or looked up by handle."""
 
-    def __init__(self, client: Client, db: Database, row: tuple, funcname: str,
+    def __init__(self, client: Client, db: Database, row: JobRow, funcname: str,
                  worker_class: type[Worker] | None = None) -> None:
         super().__init__()
-        (self.jobid, self.funcid, raw, self.uniqkey, self.insert_time, self.run_after,
-         self.grabbed_until, self.priority, self.coalesce) = row
-        self.raw_arg = raw
+        self.jobid, self.funcid, self.uniqkey = row.jobid, row.funcid, row.uniqkey
+        self.insert_time, self.run_after, self.grabbed_until = row.insert_time, row.run_after, row.grabbed_until
+        self.priority, self.coalesce = row.priority, row.coalesce
+        self.raw_arg = row.arg
         self.funcname = funcname
         self.worker_class = worker_class
         self.client = client

@@ -5,13 +5,27 @@ Table names carry the configured prefix; a dialect converts placeholders to its 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from workermanager.theschwartz.dialects import Dialect
 
-JOB_COLUMNS = ("jobid", "funcid", "arg", "uniqkey", "insert_time", "run_after", "grabbed_until",
-               "priority", "coalesce")
+
+class JobRow(NamedTuple):
+    """A row of the job table, in the order every statement here selects it (JOB_COLUMNS)."""
+
+    jobid: int
+    funcid: int
+    arg: Any  # bytes, or the driver's buffer type (memoryview on PostgreSQL)
+    uniqkey: str | None
+    insert_time: int | None
+    run_after: int
+    grabbed_until: int
+    priority: int | None
+    coalesce: str | None
+
+
+JOB_COLUMNS: tuple[str, ...] = JobRow._fields
 INSERT_COLUMNS = JOB_COLUMNS[1:]
 
 #: the escape character of a coalesce prefix's LIKE pattern. Not the backslash: a backslash inside

@@ -195,7 +195,7 @@ class Wakeup:
         payloads = db.dialect.pending_notifications(db.connection()) or []
         if not payloads:
             return False
-        ours = {db._funcname2id.get(name) for name in self.funcnames}
+        ours = {db.cached_funcid(name) for name in self.funcnames}
         for payload in payloads:
             ids = {int(x) for x in payload.split(",") if x.strip().isdigit()}
             if not ids or None in ours or ids & ours:
