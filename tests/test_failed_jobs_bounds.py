@@ -4,11 +4,25 @@ notes of a reused job id."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+
+import pytest
+import yaml
+
+from workermanager.config import from_mapping
+from workermanager.gearman.admin import Admin
+from workermanager.jobs import gearmanstore, open_store
+from workermanager.jobs.keeping import ensure_table, failed_store_database
+from workermanager.theschwartz import failed
 
 from daemon_harness import ROOT
+from gearmand_server import gearmand_fixture  # noqa: F401
+from helpers import wait_for
 
 
 def test_a_value_whose_json_is_astronomically_long_is_shown_cut_without_encoding_it_whole():
@@ -29,3 +43,122 @@ def test_a_value_whose_json_is_astronomically_long_is_shown_cut_without_encoding
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
                             cwd=str(ROOT), env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+# --- a Gearman retry: marked, submitted with a timeout, deleted only once confirmed -------------
+
+class SilentJobServer:
+    """A job server that accepts connections and reads what comes but never answers (hung)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.received = bytearray()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        conns = []
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+                conn.setblocking(False)
+                conns.append(conn)
+            except OSError:
+                pass
+            for conn in conns:
+                try:
+                    self.received += conn.recv(65536)
+                except OSError:
+                    pass
+        for conn in conns:
+            conn.close()
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_server():
+    server = SilentJobServer()
+    yield server
+    server.close()
+
+
+def bounded(call, seconds: float):
+    """call() in a thread; fail the test if it has not returned within `seconds`."""
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"no answer within {seconds} s"
+    return outcome[0]
+
+
+def gearman_config(tmp_path, job_server: str):
+    return from_mapping({"type": "Gearman", "workers": ["x.Y"], "failed_store": str(tmp_path / "failed.db"),
+                         "worker_options": {"job_servers": [job_server]}}, str(tmp_path / "conf.yml"))
+
+
+def keep_one_failed(config) -> str:
+    db = failed_store_database(config)
+    ensure_table(db)
+    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
+        None, "Retry::Me", b"the arg", None, None, None, None, 3, [(1.0, "no")], "", "h", 1, 1, "s//H:1")),
+        write=True)
+    db.close()
+    with open_store(config) as store:
+        [kept] = store.list_failed().items
+    return kept.handle
+
+
+def test_a_retry_to_a_hung_job_server_times_out_and_keeps_the_job(tmp_path, silent_server, monkeypatch):
+    monkeypatch.setattr(gearmanstore, "SUBMIT_TIMEOUT", 1.0)
+    config = gearman_config(tmp_path, silent_server.address)
+    handle = keep_one_failed(config)
+    with open_store(config) as store:
+        [result] = bounded(lambda: store.retry([handle]), 60)
+        assert not result.ok and "kept as it was" in result.detail and "JOB_CREATED" in result.detail
+        assert [job.handle for job in store.list_failed().items] == [handle]
+        [again] = store.retry([handle])  # the mark went with the failure: not "being retried"
+        assert not again.ok and "kept as it was" in again.detail
+    assert b"Retry::Me" in silent_server.received
+
+
+def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, gearmand):  # noqa: F811
+    hung = gearman_config(tmp_path, silent_server.address)
+    handle = keep_one_failed(hung)
+    program = ("import sys; from workermanager.config import load; from workermanager.jobs import open_store\n"
+               "store = open_store(load(sys.argv[1])); print(store.retry([sys.argv[2]]))")
+    (tmp_path / "conf.yml").write_text(yaml.safe_dump({
+        "type": "Gearman", "workers": ["x.Y"], "failed_store": str(tmp_path / "failed.db"),
+        "worker_options": {"job_servers": [silent_server.address]}}))
+    retrying = subprocess.Popen([sys.executable, "-c", program, str(tmp_path / "conf.yml"), handle],
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT))
+    try:
+        wait_for(lambda: b"Retry::Me" in silent_server.received, 30, what="the retry's SUBMIT_JOB_BG sent")
+    finally:
+        retrying.kill()
+        retrying.wait(30)
+    live = gearman_config(tmp_path, gearmand.address)
+    with open_store(live) as store:
+        assert [job.handle for job in store.list_failed().items] == [handle]  # not lost
+        [blocked] = store.retry([handle])  # the dead retry's mark holds for RETRY_LEASE seconds
+        assert not blocked.ok and "being retried by another process" in blocked.detail
+        db = store.failed.databases[0]
+        db.run(lambda cursor: cursor.execute(f"UPDATE {gearmanstore.RETRYING_TABLE} SET until_time = 0"),
+               write=True)  # as if RETRY_LEASE seconds had passed
+        [result] = store.retry([handle])
+        assert result.ok and result.new_handle, result
+        assert store.list_failed().items == []
+    with Admin(gearmand.address) as admin:
+        assert [row.queued for row in admin.status() if row.name == "Retry::Me"] == [1]
