@@ -18,7 +18,10 @@ from workermanager.config import from_mapping
 from workermanager.gearman.admin import Admin
 from workermanager.jobs import gearmanstore, open_store
 from workermanager.jobs.keeping import ensure_table, failed_store_database
-from workermanager.theschwartz import failed
+from workermanager.jobs.sqlstore import RETRY_NOTE, SQLJobStore
+from workermanager.theschwartz import Client, failed, init_db
+from workermanager.theschwartz.client import build_databases
+from workermanager.worker import Worker
 
 from daemon_harness import ROOT
 from gearmand_server import gearmand_fixture  # noqa: F401
@@ -162,3 +165,38 @@ def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, 
         assert store.list_failed().items == []
     with Admin(gearmand.address) as admin:
         assert [row.queued for row in admin.status() if row.name == "Retry::Me"] == [1]
+
+
+# --- retry notes --------------------------------------------------------------------------------
+
+class DoomedOnce(Worker):
+    funcname = "Bounds::Doomed"
+    max_retries = 0
+
+    def work(self, job):
+        raise RuntimeError("doomed")
+
+
+def test_a_retry_replaces_a_stale_note_and_a_delete_removes_the_jobs_notes(tmp_path):
+    """A note left by an earlier job under the same jobid (a jobid reused after a restart, on
+    MySQL) must not make the retry's INSERT fail; deleting a queued job takes its notes along."""
+    entry = {"path": str(tmp_path / "q.db")}
+    init_db([entry])
+    client = Client([entry])
+    client.insert(DoomedOnce.funcname, "x")
+    assert client.work_until_done([DoomedOnce]) == 1
+    [db] = client.databases
+    stale = [(jobid, RETRY_NOTE, b"stale") for jobid in range(1, 100)]
+    db.run(lambda cursor: cursor.executemany("INSERT INTO note (jobid, notekey, value) VALUES (?, ?, ?)", stale),
+           write=True)
+    with SQLJobStore(databases=build_databases([entry])) as store:
+        [kept] = store.list_failed().items
+        [result] = store.retry([kept.handle])
+        assert result.ok, result.detail
+        queued = store.show(result.new_handle)
+        assert queued.retried_from.startswith(kept.handle)
+        jobid = int(result.new_handle.rsplit("-", 1)[1])
+        [deleted] = store.delete([result.new_handle])
+        assert deleted.ok
+    assert db.fetchall("SELECT COUNT(*) FROM note WHERE jobid = ?", (jobid,)) == [(0,)]
+    client.close()

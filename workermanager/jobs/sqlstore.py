@@ -248,7 +248,8 @@ class SQLJobStore(JobStore):
                 return ActionResult(str(handle), False, f"database {db.label} keeps no failed jobs")
             statements = [sql(f"DELETE FROM {db.prefix}{failed.TABLE} WHERE failedid = ?")]
         else:
-            statements = [db.q.delete_job, sql(f"DELETE FROM {db.q.error} WHERE jobid = ?")]
+            statements = [db.q.delete_job, sql(f"DELETE FROM {db.q.error} WHERE jobid = ?"),
+                          sql(f"DELETE FROM {db.q.note} WHERE jobid = ?")]
 
         def work(cursor: Any) -> int:
             cursor.execute(statements[0], (handle.id,))
@@ -466,6 +467,8 @@ def _requeue(db: Database, cursor: Any, handle: Handle) -> int:
     if jobid is None:
         raise _Refused(f"a job of {job.funcname} with uniqkey {job.uniqkey!r} is queued already")
     note = f"{handle} (failed {job.failures} time(s), last at {_utc(job.died_at)}), retried at {_utc(now)}"
+    # a note an earlier job left under this jobid (reused after a MySQL restart) is not ours
+    cursor.execute(db.dialect.sql(f"DELETE FROM {db.q.note} WHERE jobid = ?"), (jobid,))
     cursor.execute(db.dialect.sql(f"INSERT INTO {db.q.note} (jobid, notekey, value) VALUES (?, ?, ?)"),
                    (jobid, RETRY_NOTE, note.encode("utf-8")))
     db.dialect.notify_new_jobs(cursor, db.prefix, [funcid])
