@@ -13,11 +13,12 @@ import threading
 
 import pytest
 import yaml
+from test_hardening_files import service_account, site  # noqa: F401 - the fixtures
 
 from workermanager.config import from_mapping
 from workermanager.gearman.admin import Admin
 from workermanager.jobs import gearmanstore, open_store
-from workermanager.jobs.keeping import ensure_table, failed_store_database
+from workermanager.jobs.keeping import ensure_table, failed_store_database, failed_store_entry
 from workermanager.jobs.sqlstore import RETRY_NOTE, SQLJobStore
 from workermanager.theschwartz import Client, failed, init_db
 from workermanager.theschwartz.client import build_databases
@@ -25,7 +26,7 @@ from workermanager.worker import Worker
 
 from daemon_harness import ROOT
 from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from helpers import free_port, wait_for
 
 
 def test_a_value_whose_json_is_astronomically_long_is_shown_cut_without_encoding_it_whole():
@@ -200,3 +201,48 @@ def test_a_retry_replaces_a_stale_note_and_a_delete_removes_the_jobs_notes(tmp_p
         assert deleted.ok
     assert db.fetchall("SELECT COUNT(*) FROM note WHERE jobid = ?", (jobid,)) == [(0,)]
     client.close()
+
+
+# --- where Gearman keeps failed jobs by default, and the checks that it can -----------------------
+
+def test_the_gearman_store_defaults_beside_the_job_log(tmp_path):
+    logged = from_mapping({"type": "Gearman", "workers": ["x.Y"], "logfile": str(tmp_path / "log" / "job.log"),
+                           "worker_options": {"job_servers": ["127.0.0.1:4730"]}}, str(tmp_path / "conf.yml"))
+    assert failed_store_entry(logged) == {"path": str(tmp_path / "log" / "failed-jobs.db")}
+    unlogged = from_mapping({"type": "Gearman", "workers": ["x.Y"], "worker_options": {"job_servers": []}},
+                            str(tmp_path / "conf.yml"))
+    assert failed_store_entry(unlogged) == {"path": str(tmp_path / "failed-jobs.db")}
+
+
+def test_install_service_makes_the_gearman_stores_folder_for_the_account(tmp_path, service_account):  # noqa: F811
+    from workermanager import serviceinstall
+
+    config = tmp_path / "etc" / "workermanager.yml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({
+        "type": "Gearman", "workers": ["x.Y"], "user": service_account.name, "pidfile": "/run/wm/wm.pid",
+        "logfile": "/var/log/wm/job.log", "failed_store": "/var/lib/wm-state/failed.db",
+        "worker_options": {"job_servers": ["127.0.0.1:4730"]}}))
+    options = serviceinstall.Options(False, str(tmp_path), str(config), "/usr/bin/workermanager",
+                                     None, None, False)
+    folders = {action.path: action for action in serviceinstall.plan(options)
+               if isinstance(action, serviceinstall.Folder)}
+    assert folders["/var/lib/wm-state"].owner.uid == service_account.uid
+
+
+def test_the_start_warns_when_the_account_cannot_write_the_gearman_store(site):  # noqa: F811 - the fixture
+    from workermanager import startcheck
+
+    def finding(store_folder: str) -> list[str]:
+        config = from_mapping({"type": "Gearman", "workers": ["testworkers.Noop"], "user": site.account.name,
+                               "inc_path": [os.path.join(str(ROOT), "tests", "workers")],
+                               "failed_store": os.path.join(store_folder, "failed.db"),
+                               "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}},
+                              os.path.join(site.root, "conf.yml"))
+        # as the start checks it: in a child that became the service account
+        return [f"{level} {message}" for level, message in
+                startcheck.as_service(config, lambda: startcheck.failed_store_check(config), 30)]
+    [refused] = finding(site.secret)  # root's 0700 folder
+    assert refused.startswith("warning ") and f"user {site.account.name} cannot create or write it" in refused
+    [fine] = finding(site.svc)
+    assert fine.startswith("ok ")
