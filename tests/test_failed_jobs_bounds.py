@@ -5,11 +5,13 @@ notes of a reused job id."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 import yaml
@@ -19,7 +21,7 @@ from workermanager.config import from_mapping
 from workermanager.gearman.admin import Admin
 from workermanager.jobs import gearmanstore, open_store
 from workermanager.jobs.keeping import ensure_table, failed_store_database, failed_store_entry
-from workermanager.jobs.sqlstore import RETRY_NOTE, SQLJobStore
+from workermanager.jobs.sqlstore import RETRY_NOTE, SQLJobStore, _db_stats
 from workermanager.theschwartz import Client, failed, init_db
 from workermanager.theschwartz.client import build_databases
 from workermanager.worker import Worker
@@ -246,3 +248,33 @@ def test_the_start_warns_when_the_account_cannot_write_the_gearman_store(site): 
     assert refused.startswith("warning ") and f"user {site.account.name} cannot create or write it" in refused
     [fine] = finding(site.svc)
     assert fine.startswith("ok ")
+
+
+# --- queue counts stop at COUNT_CAP -------------------------------------------------------------
+
+def test_queue_counts_stop_past_the_cap_and_the_console_says_more_than(tmp_path):
+    from workermanager.jobs.records import COUNT_CAP
+    from workermanager.web import settings as web_settings
+    from workermanager.web.app import create_app
+
+    entry = {"path": str(tmp_path / "q.db")}
+    init_db([entry])
+    [db] = build_databases([entry])
+    now = int(time.time())
+
+    def fill(cursor):
+        funcid = db.funcname_to_id(cursor, "Big::Queue")
+        cursor.executemany("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until) VALUES (?, ?, ?, ?, ?)",
+                           [(funcid, b"x", now, now - 10, 0)] * (COUNT_CAP + 5)
+                           + [(funcid, b"x", now, now + 3600, 0)] * 3 + [(funcid, b"x", now, now - 10, now + 600)] * 2)
+    db.run(fill, write=True)
+    db.close()
+    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}}, str(tmp_path / "conf.yml"))
+    with open_store(config) as store:
+        [stats] = store.stats()
+        # each database's count stops there, not only the sum shown
+        [counted] = store.databases[0].run(lambda cursor: _db_stats(store.databases[0], cursor, False), write=False)
+    assert (stats.waiting, stats.scheduled, stats.leased) == (COUNT_CAP + 1, 3, 2)
+    assert counted[1:4] == (COUNT_CAP + 1, 3, 2)
+    page = create_app(config, web_settings.load(config)).test_client().get("/queues").get_data(as_text=True)
+    assert re.search(r"Big::Queue</a></td>\s*<td>more than 100,000</td>\s*<td>3</td>\s*<td>2</td>", page), page

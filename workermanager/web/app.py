@@ -50,6 +50,15 @@ class Problem(Exception):
         self.message = message
 
 
+def format_count(value: int | None) -> str:
+    """A queue count: "?" when unknown, "more than 100,000" past COUNT_CAP (counting stops there)."""
+    from workermanager.jobs.records import COUNT_CAP
+
+    if value is None:
+        return "?"
+    return f"more than {COUNT_CAP:,}" if value > COUNT_CAP else str(value)
+
+
 def create_app(config: Config, settings: WebSettings) -> Flask:
     """The console for `config`; its job store (workermanager.jobs.open_store) is opened and
     closed once per request that reads the queue."""
@@ -246,6 +255,7 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
     app.jinja_env.filters["age"] = format_age
     app.jinja_env.filters["when"] = format_time
     app.jinja_env.filters["number"] = charts.number
+    app.jinja_env.filters["queue_count"] = format_count
     return app
 
 
