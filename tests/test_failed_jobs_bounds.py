@@ -26,9 +26,9 @@ from workermanager.theschwartz import Client, failed, init_db
 from workermanager.theschwartz.client import build_databases
 from workermanager.worker import Worker
 
-from daemon_harness import ROOT
+from daemon_harness import ROOT, Daemon, daemons  # noqa: F401 - the fixture
 from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import free_port, wait_for
+from helpers import free_port, require_program, wait_for
 
 
 def test_a_value_whose_json_is_astronomically_long_is_shown_cut_without_encoding_it_whole():
@@ -278,3 +278,44 @@ def test_queue_counts_stop_past_the_cap_and_the_console_says_more_than(tmp_path)
     assert counted[1:4] == (COUNT_CAP + 1, 3, 2)
     page = create_app(config, web_settings.load(config)).test_client().get("/queues").get_data(as_text=True)
     assert re.search(r"Big::Queue</a></td>\s*<td>more than 100,000</td>\s*<td>3</td>\s*<td>2</td>", page), page
+
+
+# --- a daemon's child given a "billion laughs" Storable arg --------------------------------------
+
+def config_of(daemon: Daemon):
+    from workermanager.config import load
+
+    return load(daemon.config_path)
+
+
+def test_a_daemon_child_fails_a_billion_laughs_arg_in_one_line_and_runs_on(tmp_path, daemons):  # noqa: F811
+    perl = require_program("perl", "perl")
+    laughs = subprocess.run([perl, "-MStorable=nfreeze", "-e",
+                             "my $a = [1]; $a = [($a) x 10] for 1 .. 9; print nfreeze($a)"],
+                            capture_output=True, timeout=60, check=True).stdout
+    entry = {"path": str(tmp_path / "q.db")}
+    init_db([entry])
+    [db] = build_databases([entry])
+
+    def insert(cursor):  # as a Perl client would: the nfreeze bytes as they are
+        funcid = db.funcname_to_id(cursor, "Test::Noop")
+        cursor.execute("INSERT INTO job (funcid, arg, insert_time, run_after, grabbed_until) VALUES (?, ?, ?, ?, 0)",
+                       (funcid, laughs, int(time.time()), int(time.time())))
+    db.run(insert, write=True)
+    db.close()
+    daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "concurrency": 1,
+                                    "worker_options": {"databases": [entry]}})
+    daemons.append(daemon)
+    daemon.start(wait_children=1)
+    child = daemon.children()[0].pid
+    line = daemon.wait_error_log("too large when expanded")
+    [said] = [text for text in line.splitlines() if "too large when expanded" in text]
+    assert "Test::Noop" in said
+    client = Client([entry])
+    client.insert("Test::Noop", {"after": 1})
+    daemon.wait_job_lines(1)  # the next job runs, in the same child
+    assert [process.pid for process in daemon.children()] == [child]
+    client.close()
+    with open_store(config_of(daemon)) as store:
+        [kept] = store.list_failed().items
+    assert kept.arg == laughs and "too large when expanded" in kept.last_error
