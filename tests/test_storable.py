@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from workermanager.theschwartz.storable import (
     MAX_DEPTH,
     MAX_IMAGE_BYTES,
+    MAX_SHARED_EXPANSION,
     Blessed,
     StorableError,
     StorableMalformed,
@@ -123,6 +124,21 @@ def test_nesting_is_bounded(perl_freeze):
     thaw(perl_freeze("nfreeze", nested(MAX_DEPTH // 2 - 1)))
     with pytest.raises(StorableRefused, match=f"nested deeper than {MAX_DEPTH} levels"):
         thaw(perl_freeze("nfreeze", nested(MAX_DEPTH)))
+
+
+#: 549 bytes of nfreeze whose shared references expand to 10**9 copies of [1] (a "billion laughs")
+BILLION_LAUGHS = 'do { my $a = [1]; $a = [($a) x 10] for 1 .. 9; $a }'
+
+
+@BOTH
+def test_shared_references_are_bounded_when_expanded(perl_freeze, freeze):
+    raw = perl_freeze(freeze, BILLION_LAUGHS)
+    assert len(raw) < 1000
+    with pytest.raises(StorableRefused, match="too large when expanded"):
+        thaw(raw)
+    # sharing that expands to less than the bound still reads as one shared value
+    fits = thaw(perl_freeze(freeze, f'do {{ my $x = [1 .. 100]; [($x) x {MAX_SHARED_EXPANSION // 200}] }}'))
+    assert fits[0] is fits[-1] and fits[0] == list(range(1, 101))
 
 
 def test_size_is_bounded_before_reading():

@@ -156,6 +156,7 @@ def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # 
 @pytest.mark.parametrize("expression, reason", [
     ('do { my $h = { a => 1 }; $h->{me} = $h; $h }', "a reference cycle"),
     ('do { $Storable::Deparse = 1; { code => sub { 1 } } }', "a code reference"),
+    ('do { my $a = [1]; $a = [($a) x 10] for 1 .. 9; $a }', "too large when expanded"),  # 10**9 values
 ])
 def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
         perl, perl_queue, caplog, expression, reason):  # noqa: F811

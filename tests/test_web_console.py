@@ -52,6 +52,7 @@ class Fleet:
             "pidfile": os.path.join(folder, "wm.pid"), "env": {"WEB_FAIL_SWITCH": self.switch},
             "worker_options": {"databases": databases},
             "web": {"token": TOKEN, "page_size": PAGE_SIZE, "configs": ["other.yml"]}})
+        os.chmod(self.daemon.config_path, 0o600)  # it holds the token
         init_db(databases)  # our failed-jobs table too
         self.client = Client(databases)
         self.daemon.start(wait_children=2)

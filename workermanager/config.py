@@ -118,7 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
             _positive),
     Setting("failed_store", (str, dict), None, "Gearman: where failed jobs are kept: an SQLite file "
             "path, or a database entry {dsn|path, user, pass, prefix} (default: failed-jobs.db beside the "
-            "config)"),
+            "job log, or beside the config without a logfile)"),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}

@@ -185,10 +185,12 @@ def plan(options: Options) -> list[Action]:
     actions.append(Folder(os.path.dirname(config.pidfile), ROOT, 0o755, "pid folder", root_only=True))
     logs = [path for path in (config.logfile, config.errorlogfile) if path is not None]
     # the account's: it reopens the logs by name after the drop (USR1, after logrotate moved them)
-    for folder in unique(os.path.dirname(path) for path in logs):
+    log_folders = unique(os.path.dirname(path) for path in logs)
+    for folder in log_folders:
         actions.append(Folder(folder, owner, 0o750, "log folder"))
     for folder in unique(os.path.dirname(path) for path in sqlite_files(config)):
-        actions.append(Folder(folder, owner, 0o750, "database folder (SQLite makes its -wal and -shm here)"))
+        if folder not in log_folders:  # the Gearman failed store sits beside the job log by default
+            actions.append(Folder(folder, owner, 0o750, "database folder (SQLite makes its -wal and -shm here)"))
     actions.append(File(defaults, substitute(shipped("default/workermanager"), "default/workermanager",
                                              {DEFAULT_CONF: options.config}), ROOT, 0o644, keep=True))
     if options.systemd:
@@ -209,13 +211,19 @@ def unique(items: Iterator[str]) -> list[str]:
 
 
 def sqlite_files(config: config_module.Config) -> list[str]:
-    """The SQLite database files a TheSchwartz config names."""
+    """The SQLite database files the service account writes: a TheSchwartz config's queues, a
+    Gearman config's failed-jobs store (jobs.keeping)."""
+    from workermanager.jobs.keeping import failed_store_entry
     from workermanager.theschwartz.dsn import parse_database
 
-    if config.type.lower() != "theschwartz":
+    if config.type.lower() == "gearman":
+        entries = [failed_store_entry(config)] if config.keep_failed else []
+    elif config.type.lower() == "theschwartz":
+        entries = list(config.worker_options.get("databases") or [])
+    else:
         return []
     files = []
-    for entry in config.worker_options.get("databases") or []:
+    for entry in entries:
         try:
             parsed = parse_database(entry, config.base_dir)
         except ValueError as exc:

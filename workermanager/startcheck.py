@@ -152,7 +152,35 @@ def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> 
         findings += _logs_reopenable(config)
     findings += backend.check(config.path)
     findings += _schedule_served(config, backend)
+    findings += failed_store_check(config)
     return findings
+
+
+def failed_store_check(config: Config) -> list[Finding]:
+    """Gearman keeps failed jobs in an SQLite file the children create and write as the service
+    account: where they cannot, nothing is kept. A warning (the jobs themselves still run)."""
+    if config.type.lower() != "gearman" or not config.keep_failed:
+        return []
+    from workermanager.jobs.keeping import failed_store_entry
+    from workermanager.theschwartz.dsn import parse_database
+
+    try:
+        store = parse_database(failed_store_entry(config), config.base_dir)
+    except ValueError:
+        return []  # the backend's own check names a bad entry
+    if store.driver != "sqlite":
+        return []
+    path, user = store.database, service_user_name()
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        can = os.access(path, os.R_OK | os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+    else:
+        can = os.access(folder, os.W_OK | os.X_OK)
+    if not can:
+        return [Finding(WARNING, f"failed_store {path}: user {user} cannot create or write it (folder "
+                                 f"{folder}: {describe(folder) or 'missing'}): jobs that fail for good will "
+                                 f"not be kept; set failed_store: to a file in a folder {user} can write")]
+    return [Finding(OK, f"failed_store {path}: user {user} can write it")]
 
 
 def _schedule_served(config: Config, backend: Backend) -> list[Finding]:

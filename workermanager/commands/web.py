@@ -55,6 +55,10 @@ def main(argv: list[str]) -> int:
         daemonize.drop_privileges(config)
     except OSError as exc:
         return fail(f"cannot become the service account of {config.path}: {exc.strerror or exc}")
+    try:
+        web_settings.check_configs(config, settings)  # as the service account: see load_other_config
+    except web_settings.WebConfigError as exc:
+        return fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s workermanager web: %(message)s", stream=sys.stderr)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" on every burst
     mode = "read-only" if settings.read_only else "retry and delete need the token"

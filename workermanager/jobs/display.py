@@ -28,9 +28,10 @@ class ArgView:
     truncated: bool = False
 
 
-def view_arg(raw: bytes | None) -> ArgView:
+def view_arg(raw: bytes | None, limit: int = TEXT_LIMIT) -> ArgView:
     """`raw` as JSON (pretty-printed), text, or hex; "unreadable" with the reason for a Storable
-    image the safe reader refuses."""
+    image the safe reader refuses. At most `limit` characters of text are made: a list entry's
+    preview asks for a few hundred, so a page of big args costs no more than its previews."""
     from workermanager.theschwartz.args import StorableArgError, decode_arg
 
     if raw is None:
@@ -45,12 +46,26 @@ def view_arg(raw: bytes | None) -> ArgView:
     if isinstance(value, (bytes, bytearray)):
         return hex_view(bytes(value), len(raw))
     if isinstance(value, str):
-        return _cut("text", value, len(raw))
+        return _cut("text", value, len(raw), limit)
     try:
-        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=repr)
+        text, truncated = json_head(value, limit)
     except (TypeError, ValueError):  # a key JSON cannot hold: show the stored bytes
         return hex_view(raw, len(raw))
-    return _cut("json", text, len(raw))
+    return ArgView("json", text, len(raw), truncated)
+
+
+def json_head(value: object, limit: int) -> tuple[str, bool]:
+    """The first `limit` characters of `value` as pretty JSON and whether there was more: the
+    encoding is streamed and stopped there, so a big value is never encoded whole."""
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False, sort_keys=True, default=repr)
+    chunks: list[str] = []
+    length = 0
+    for chunk in encoder.iterencode(value):
+        chunks.append(chunk)
+        length += len(chunk)
+        if length > limit:
+            return "".join(chunks)[:limit], True
+    return "".join(chunks), False
 
 
 def printable(text: str, keep_newlines: bool = True) -> str:
@@ -73,7 +88,7 @@ def hex_view(data: bytes, size: int | None = None) -> ArgView:
     return ArgView("hex", "\n".join(lines), len(data) if size is None else size, len(data) > HEX_LIMIT)
 
 
-def _cut(kind: Literal["json", "text"], text: str, size: int) -> ArgView:
-    if len(text) <= TEXT_LIMIT:
+def _cut(kind: Literal["json", "text"], text: str, size: int, limit: int = TEXT_LIMIT) -> ArgView:
+    if len(text) <= limit:
         return ArgView(kind, text, size)
-    return ArgView(kind, text[:TEXT_LIMIT], size, True)
+    return ArgView(kind, text[:limit], size, True)

@@ -11,6 +11,7 @@ background job with the same function and arg bytes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,13 @@ from workermanager.theschwartz import failed
 
 if TYPE_CHECKING:
     from workermanager.config import Config
+
+#: seconds a retry waits for the job server to confirm the new job (JOB_CREATED)
+SUBMIT_TIMEOUT = 10.0
+#: seconds a retry's mark holds: past it, a retry killed mid-way no longer blocks the next one
+RETRY_LEASE = 60
+#: the marks of retries under way, beside the kept jobs' table
+RETRYING_TABLE = "wm_failed_retrying"
 
 NO_QUEUE_LISTING = ("Gearman: gearmand has no command to list or read its queued jobs (only counts: "
                     "see `workermanager status`); failed jobs the daemon kept: `workermanager jobs list --failed`")
@@ -41,6 +49,7 @@ class GearmanJobStore(JobStore):
         self.prefix = options.get("prefix") or None
         self.failed = SQLJobStore(databases=[failed_store_database(config)])
         self._client: Any = None
+        self._retrying_table_made = False
 
     def close(self) -> None:
         self.failed.close()
@@ -155,28 +164,42 @@ class GearmanJobStore(JobStore):
         db = self.failed.databases[0]
         if not self.failed._failed_table(0):
             return ActionResult(str(handle), False, f"the failed-jobs store {db.label} has no failed jobs yet")
-        table = db.prefix + failed.TABLE
+        mark = self._mark_retrying(db, handle.id)
+        if isinstance(mark, str):
+            return ActionResult(str(handle), False, mark)
+        try:
+            new = self._gearman().submit_background(mark.funcname, mark.arg or b"", timeout=SUBMIT_TIMEOUT)
+        except Exception as exc:  # the row was never touched: only the mark goes
+            self.failed._run(db, lambda cursor: _unmark(db, cursor, handle.id), write=True)
+            return ActionResult(str(handle), False, f"not submitted, kept as it was: {type(exc).__name__}: {exc}")
+        self.failed._run(db, lambda cursor: _delete_retried(db, cursor, handle.id), write=True)
+        return ActionResult(str(handle), True, f"submitted again as {new}", new)
 
-        def take(cursor: Any) -> tuple[FailedJob, tuple] | None:
-            """Read and remove the row, so that no second retry submits it too; its values come
-            back to be put back if the submission fails."""
+    def _mark_retrying(self, db: Any, failedid: int) -> FailedJob | str:
+        """Mark the kept job as being retried, for RETRY_LEASE seconds, so that a second retry
+        meanwhile does not submit it too; the job, or why not. The row itself stays until the
+        job server has confirmed the new job: a process killed in between leaves it kept (and
+        the mark expires), so the job may be submitted twice but is never lost."""
+        table = db.prefix + failed.TABLE
+        marks = db.prefix + RETRYING_TABLE
+        if not self._retrying_table_made:
+            self.failed._run(db, lambda cursor: cursor.execute(retrying_ddl(db.prefix)), write=True)
+            self._retrying_table_made = True
+
+        def mark(cursor: Any) -> FailedJob | str:
             cursor.execute(db.dialect.sql(f"SELECT {', '.join(failed.COLUMNS)} FROM {table} WHERE failedid = ?"),
-                           (handle.id,))
+                           (failedid,))
             row = cursor.fetchone()
             if row is None:
-                return None
-            cursor.execute(db.dialect.sql(f"DELETE FROM {table} WHERE failedid = ?"), (handle.id,))
-            return (_failed_job(db, row), tuple(row)) if cursor.rowcount == 1 else None
-        taken = self.failed._run(db, take, write=True)
-        if taken is None:
-            return ActionResult(str(handle), False, "no such failed job (retried, deleted or pruned already)")
-        job, row = taken
-        try:
-            new = self._gearman().submit_background(job.funcname, job.arg or b"")
-        except Exception as exc:
-            self.failed._run(db, lambda cursor: _put_back(db, cursor, row), write=True)
-            return ActionResult(str(handle), False, f"not submitted, kept as it was: {type(exc).__name__}: {exc}")
-        return ActionResult(str(handle), True, f"submitted again as {new}", new)
+                return "no such failed job (retried, deleted or pruned already)"
+            now = int(time.time())
+            cursor.execute(db.dialect.sql(f"DELETE FROM {marks} WHERE failedid = ? AND until_time < ?"),
+                           (failedid, now))
+            if db.dialect.insert_ignore(cursor, marks, ("failedid", "until_time"), (failedid, now + RETRY_LEASE),
+                                        "failedid") is None:
+                return f"being retried by another process now (for up to {RETRY_LEASE} s)"
+            return _failed_job(db, row)
+        return self.failed._run(db, mark, write=True)
 
     def _gearman(self) -> Any:
         if self._client is None:
@@ -188,10 +211,19 @@ class GearmanJobStore(JobStore):
         return self._client
 
 
-def _put_back(db: Any, cursor: Any, row: tuple) -> None:
-    marks = ", ".join("?" for _ in failed.COLUMNS)
-    cursor.execute(db.dialect.sql(f"INSERT INTO {db.prefix}{failed.TABLE} ({', '.join(failed.COLUMNS)})"
-                                  f" VALUES ({marks})"), row)
+def retrying_ddl(prefix: str) -> str:
+    """The table of retries under way: a kept job's id and until when its mark holds."""
+    return (f"CREATE TABLE IF NOT EXISTS {prefix}{RETRYING_TABLE} (failedid BIGINT NOT NULL PRIMARY KEY,"
+            " until_time BIGINT NOT NULL)")
+
+
+def _unmark(db: Any, cursor: Any, failedid: int) -> None:
+    cursor.execute(db.dialect.sql(f"DELETE FROM {db.prefix}{RETRYING_TABLE} WHERE failedid = ?"), (failedid,))
+
+
+def _delete_retried(db: Any, cursor: Any, failedid: int) -> None:
+    cursor.execute(db.dialect.sql(f"DELETE FROM {db.prefix}{failed.TABLE} WHERE failedid = ?"), (failedid,))
+    _unmark(db, cursor, failedid)
 
 
 __all__ = ["GearmanJobStore", "NO_QUEUE_LISTING"]

@@ -16,8 +16,8 @@ PREVIEW_CHARS = 200
 
 
 def arg_json(raw: bytes | None, full: bool) -> dict[str, Any]:
-    view = view_arg(raw)
-    text = view.text if full else view.text[:PREVIEW_CHARS]
+    view = view_arg(raw) if full else view_arg(raw, PREVIEW_CHARS)
+    text = view.text if full else view.text[:PREVIEW_CHARS]  # a hex dump is not cut by view_arg
     result: dict[str, Any] = {"kind": view.kind, "size": view.size, "text": text,
                               "truncated": view.truncated or len(text) < len(view.text)}
     if full:

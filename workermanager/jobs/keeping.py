@@ -2,8 +2,8 @@
 
 TheSchwartz: in each queue database, in the wm_failed_job table init-db made (theschwartz.failed).
 Gearman: in the `failed_store` database of the config (an SQLite file, by default
-failed-jobs.db beside the config; or any `databases:`-style entry), the same table, made by the
-first child that keeps a failed job there.
+failed-jobs.db beside the job log, or beside the config without a `logfile:`; or any
+`databases:`-style entry), the same table, made by the first child that keeps a failed job there.
 
 Pruning runs in a short-lived process the master forks every PRUNE_INTERVAL seconds (see
 jobs.pruner): bounded batches in short transactions, so neither the master's loop nor the queue
@@ -26,15 +26,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the Gearman failed-jobs store when the config names none, beside the config
+#: the Gearman failed-jobs store when the config names none: beside the job log (or the config)
 DEFAULT_STORE_NAME = "failed-jobs.db"
 
 
 def failed_store_entry(config: Config) -> dict[str, Any]:
-    """The Gearman failed-jobs store as a `databases:` entry."""
+    """The Gearman failed-jobs store as a `databases:` entry. By default beside the job log: the
+    service account writes in that folder (it reopens the log there after a rotation), while the
+    config's folder is usually root's; without a `logfile:`, beside the config."""
     store = config.failed_store
     if store is None:
-        return {"path": os.path.join(config.base_dir, DEFAULT_STORE_NAME)}
+        folder = os.path.dirname(os.path.join(config.base_dir, config.logfile)) if config.logfile else config.base_dir
+        return {"path": os.path.join(folder, DEFAULT_STORE_NAME)}
     if isinstance(store, str):
         return {"dsn": store} if ":" in store.split("/", 1)[0] else {"path": store}
     return dict(store) if isinstance(store, Mapping) else {"path": str(store)}

@@ -106,11 +106,16 @@ class ErrorRecord:
     message: str
 
 
+#: queue counts stop here: a count of COUNT_CAP + 1 means "more than COUNT_CAP"
+COUNT_CAP = 100_000
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """Counts of one function's jobs. `oldest_waiting_age`: seconds since the oldest waiting job
     became runnable (its run_after), None when none waits; None counts mean "cannot tell" (Gearman
-    reports only waiting jobs and running ones, as `waiting` and `leased`)."""
+    reports only waiting jobs and running ones, as `waiting` and `leased`). On TheSchwartz a
+    count of COUNT_CAP + 1 means "more than COUNT_CAP": counting stops there (jobs.sqlstore)."""
 
     funcname: str
     waiting: int | None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from workermanager.jobs.errors import BadCursor, StoreUnavailable, UnknownJob
 from workermanager.jobs.handles import Handle, failed_handle, parse_handle, queued_handle
 from workermanager.jobs.records import (
+    COUNT_CAP,
     QUEUED_STATES,
     ActionResult,
     ErrorEntry,
@@ -122,9 +123,9 @@ class SQLJobStore(JobStore):
             for name, waiting, scheduled, leased, oldest, fails in self._run(
                     db, lambda cursor, db=db, has_failed=has_failed: _db_stats(db, cursor, has_failed)):
                 entry = totals.setdefault(name, [0, 0, 0, 0, None])
-                entry[0] += waiting
-                entry[1] += scheduled
-                entry[2] += leased
+                entry[0] = min(entry[0] + waiting, COUNT_CAP + 1)  # still "more than COUNT_CAP"
+                entry[1] = min(entry[1] + scheduled, COUNT_CAP + 1)
+                entry[2] = min(entry[2] + leased, COUNT_CAP + 1)
                 entry[3] += fails
                 if oldest is not None and (entry[4] is None or oldest > entry[4]):
                     entry[4] = oldest
@@ -258,7 +259,8 @@ class SQLJobStore(JobStore):
                 return ActionResult(str(handle), False, f"database {db.label} keeps no failed jobs")
             statements = [sql(f"DELETE FROM {db.prefix}{failed.TABLE} WHERE failedid = ?")]
         else:
-            statements = [db.q.delete_job, sql(f"DELETE FROM {db.q.error} WHERE jobid = ?")]
+            statements = [db.q.delete_job, sql(f"DELETE FROM {db.q.error} WHERE jobid = ?"),
+                          sql(f"DELETE FROM {db.q.note} WHERE jobid = ?")]
 
         def work(cursor: Any) -> int:
             cursor.execute(statements[0], (handle.id,))
@@ -476,6 +478,8 @@ def _requeue(db: Database, cursor: Any, handle: Handle) -> int:
     if jobid is None:
         raise _Refused(f"a job of {job.funcname} with uniqkey {job.uniqkey!r} is queued already")
     note = f"{handle} (failed {job.failures} time(s), last at {_utc(job.died_at)}), retried at {_utc(now)}"
+    # a note an earlier job left under this jobid (reused after a MySQL restart) is not ours
+    cursor.execute(db.dialect.sql(f"DELETE FROM {db.q.note} WHERE jobid = ?"), (jobid,))
     cursor.execute(db.dialect.sql(f"INSERT INTO {db.q.note} (jobid, notekey, value) VALUES (?, ?, ?)"),
                    (jobid, RETRY_NOTE, note.encode("utf-8")))
     db.dialect.notify_new_jobs(cursor, db.prefix, [funcid])
@@ -483,26 +487,35 @@ def _requeue(db: Database, cursor: Any, handle: Handle) -> int:
 
 
 def _db_stats(db: Database, cursor: Any, has_failed: bool) -> list[tuple[str, int, int, int, float | None, int]]:
-    """(funcname, waiting, scheduled, leased, oldest waiting age, failed) per function of `db`:
-    one pass over each function's rows of the (funcid, run_after) index, and one index walk to
-    the oldest waiting job."""
+    """(funcname, waiting, scheduled, leased, oldest waiting age, failed) per function of `db`.
+    Each count stops at COUNT_CAP + 1 ("more than COUNT_CAP"): waiting and scheduled walk the
+    (funcid, run_after) index for at most that many rows; leased has no index of its own (Perl's
+    schema has none on grabbed_until, and one would cost every lease a write), so it reads the
+    function's rows until it has found that many. The oldest waiting job is one index walk."""
     now = db.dialect.now(cursor)
     sql = db.dialect.sql
-    counts = sql(f"SELECT COUNT(*), SUM(CASE WHEN grabbed_until > ? THEN 1 ELSE 0 END),"
-                 f" SUM(CASE WHEN grabbed_until <= ? AND run_after > ? THEN 1 ELSE 0 END)"
-                 f" FROM {db.q.job} WHERE funcid = ?")
+    limit = f" LIMIT {COUNT_CAP + 1}) capped"
+    waiting = sql(f"SELECT COUNT(*) FROM (SELECT 1 FROM {db.q.job} WHERE funcid = ? AND run_after <= ?"
+                  f" AND grabbed_until <= ?{limit}")
+    scheduled = sql(f"SELECT COUNT(*) FROM (SELECT 1 FROM {db.q.job} WHERE funcid = ? AND run_after > ?"
+                    f" AND grabbed_until <= ?{limit}")
+    leased = sql(f"SELECT COUNT(*) FROM (SELECT 1 FROM {db.q.job} WHERE funcid = ? AND grabbed_until > ?{limit}")
     oldest = sql(f"SELECT run_after FROM {db.q.job} WHERE funcid = ? AND run_after <= ? AND grabbed_until <= ?"
                  " ORDER BY run_after LIMIT 1")
-    fails = _failed_counts(db, cursor) if has_failed else {}
+    fails = _failed_counts(db, cursor) if has_failed else {}  # at most keep_failed_max rows: pruned
+
+    def counted(statement: str, *params: int) -> int:
+        cursor.execute(statement, params)
+        return int(cursor.fetchone()[0] or 0)
     result = []
     for funcid, name in sorted(_funcids(db, cursor, None).items()):
-        cursor.execute(counts, (now, now, now, funcid))
-        total, leased, scheduled = (int(value or 0) for value in cursor.fetchone())
+        counts = (counted(waiting, funcid, now, now), counted(scheduled, funcid, now, now),
+                  counted(leased, funcid, now))
         cursor.execute(oldest, (funcid, now, now))
         row = cursor.fetchone()
         age = None if row is None else float(max(0, now - int(row[0])))
-        if total or fails.get(name):
-            result.append((name, total - leased - scheduled, scheduled, leased, age, fails.pop(name, 0)))
+        if any(counts) or fails.get(name):
+            result.append((name, *counts, age, fails.pop(name, 0)))
     result.extend((name, 0, 0, 0, None, count) for name, count in fails.items() if count)
     return result
 

@@ -7,8 +7,10 @@ listing or showing them raises NotSupported, retry resubmits). Nothing connects 
 is called; each method is one short unit of work and may raise StoreUnavailable.
 
 Lists are keyset-paginated: `limit` items (1 to MAX_LIMIT) after the opaque cursor `after`
-(the previous Page's next_cursor), read through indexes, never by OFFSET: a page costs the same
-on a 10-million-job queue as on an empty one.
+(the previous Page's next_cursor), read through indexes, never by OFFSET: a page of waiting or
+scheduled jobs or of failed ones costs the same on a 10-million-job queue as on an empty one. Not
+so a page of leased jobs or of failed jobs filtered by a rare text: they filter rows until the
+page is full. `stats()` counts stop at records.COUNT_CAP (see docs/failed-jobs.md).
 """
 
 from __future__ import annotations

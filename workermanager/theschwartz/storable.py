@@ -23,6 +23,13 @@ like a refused item are Malformed. Two refusals are raised where they are met, s
 cannot be read to prove the image whole: nesting past MAX_DEPTH (200 and more nested
 container codes are not what junk looks like) and an image over MAX_IMAGE_BYTES.
 
+Shared references (the same array or hash stored once and referred to again by its tag) come
+back as the same Python object, so a 549-byte image can hold a list whose walk visits 10**9
+values: whoever walks it (a worker, json.dumps) would spin without end. So the reader counts
+the values the data holds when every shared reference is expanded, and refuses an image whose
+count passes its length in bytes plus MAX_SHARED_EXPANSION ("too large when expanded"). Without
+sharing every value takes at least one byte of the image, so only sharing can reach the bound.
+
 The format is Storable.xs's (Storable 3.x, binary major 2, minors up to 11), as a fact.
 """
 
@@ -37,6 +44,8 @@ from typing import Any
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 #: nesting bound: a reference and the hash or array it points to count one level each
 MAX_DEPTH = 200
+#: values that shared references may add beyond the image's length when expanded
+MAX_SHARED_EXPANSION = 1_000_000
 #: the first byte of every image this reader accepts: binary major 2, native or network order
 FIRST_BYTES = frozenset((0x04, 0x05))
 #: the newest binary minor version known (Storable 3.x writes 11)
@@ -127,6 +136,11 @@ class _Reader:
         self.nv_size = 8
         #: the first thing refused, raised by `thaw` only if the image turns out whole
         self.refusal: str | None = None
+        #: values read so far with every shared reference expanded, and its bound
+        self.expanded = 0
+        self.max_expanded = len(data) + MAX_SHARED_EXPANSION
+        #: the expanded count of the value behind each tag, for a shared reference to it
+        self.tag_sizes: dict[int, int] = {}
         self.handlers: dict[int, Callable[[int], Any]] = {
             SX_LSCALAR: lambda depth: self._scalar(self.length()),
             SX_SCALAR: lambda depth: self._scalar(self.byte()),
@@ -225,7 +239,12 @@ class _Reader:
         handler = self.handlers.get(code)
         if handler is None:
             raise StorableMalformed(f"unknown type code {code} at byte {at}")
-        return handler(depth)
+        first_tag, counted_before = len(self.seen), self.expanded
+        self.expanded += 1
+        value = handler(depth)
+        if len(self.seen) > first_tag:  # the first tag made while reading it is the value's own
+            self.tag_sizes[first_tag] = self.expanded - counted_before
+        return value
 
     def _new_tag(self) -> int:
         self.seen.append(_PENDING)
@@ -243,6 +262,11 @@ class _Reader:
         if value is _PENDING:
             self.refuse(f"a reference cycle (to object {tag})", at)
             return None
+        # capped: past the bound the count only has to stay past it (no huge integers)
+        self.expanded = min(self.expanded + self.tag_sizes.get(tag, 1), self.max_expanded + 1)
+        if self.expanded > self.max_expanded:
+            self.refuse(f"too large when expanded: its shared references make more than "
+                        f"{self.max_expanded} values", at)
         return value
 
     def _scalar(self, size: int) -> str | bytes:

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from workermanager import config as config_module
 from workermanager.config import Config
 from workermanager.web import charts, jobstats, sizing
-from workermanager.web.settings import MAX_PAGE_SIZE, WebSettings
+from workermanager.web.settings import MAX_PAGE_SIZE, WebSettings, load_other_config
 
 #: the largest form a browser sends here (a page of handles); more is refused with 413
 MAX_FORM_BYTES = 256 * 1024
@@ -48,6 +48,15 @@ class Problem(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def format_count(value: int | None) -> str:
+    """A queue count: "?" when unknown, "more than 100,000" past COUNT_CAP (counting stops there)."""
+    from workermanager.jobs.records import COUNT_CAP
+
+    if value is None:
+        return "?"
+    return f"more than {COUNT_CAP:,}" if value > COUNT_CAP else str(value)
 
 
 def create_app(config: Config, settings: WebSettings) -> Flask:
@@ -140,7 +149,7 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
         masters = [master_status(config)]
         for path in settings.configs:  # other masters on this host (web.configs)
             try:
-                masters.append(master_status(config_module.load(path)))
+                masters.append(master_status(load_other_config(path)))
             except config_module.ConfigError as exc:
                 masters.append(MasterStatus(path, str(exc), None))
         hour = log_hour.get()
@@ -246,6 +255,7 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
     app.jinja_env.filters["age"] = format_age
     app.jinja_env.filters["when"] = format_time
     app.jinja_env.filters["number"] = charts.number
+    app.jinja_env.filters["queue_count"] = format_count
     return app
 
 

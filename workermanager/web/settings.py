@@ -14,8 +14,9 @@ import ipaddress
 import os
 from typing import Any
 
+from workermanager import config as config_module
 from workermanager import safefiles
-from workermanager.config import Config
+from workermanager.config import Config, ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 KEYS = ("listen", "token", "token_file", "page_size", "delay_target", "threads", "configs")
@@ -75,20 +76,40 @@ def load(config: Config) -> WebSettings:
 
 
 def _configs(value: Any, config: Config, where: str) -> tuple[str, ...]:
-    """The other masters' config files: each must load (checked at start, one line naming it)."""
-    from workermanager import config as config_module
-
+    """The other masters' config files, as absolute paths. Not read here: `load` runs before the
+    console drops root, and these files are read only as the service account (check_configs)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise WebConfigError(f"{where}: configs must be a list of config file paths (got {value!r})")
     if len(value) > MAX_CONFIGS:
         raise WebConfigError(f"{where}: configs lists {len(value)} files; at most {MAX_CONFIGS}")
-    paths = tuple(os.path.normpath(os.path.join(config.base_dir, os.path.expanduser(v))) for v in value)
-    for path in paths:
+    return tuple(os.path.normpath(os.path.join(config.base_dir, os.path.expanduser(v))) for v in value)
+
+
+def check_configs(config: Config, settings: WebSettings) -> None:
+    """Each of web.configs must load: called after the drop to the service account, so a file
+    only root may read stays unread. WebConfigError names the first that does not."""
+    for path in settings.configs:
         try:
-            config_module.load(path)
-        except config_module.ConfigError as exc:
-            raise WebConfigError(f"{where}: configs: {exc}") from None
-    return paths
+            load_other_config(path)
+        except ConfigError as exc:
+            raise WebConfigError(f"{config.path}: key 'web': configs: {exc}") from None
+
+
+def load_other_config(path: str) -> Config:
+    """Another master's config (web.configs). Its file is read on another's behalf, so a
+    ConfigError says only that it is missing, unreadable, or not a config: never a word of its
+    content (a key, a YAML fragment), which could be a line of a file it links to."""
+    try:
+        return config_module.load(path)
+    except ConfigError:
+        pass
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    raise ConfigError(f"{path}: not a workermanager config (its content is not shown)") from None
 
 
 def parse_listen(listen: Any, where: str) -> tuple[str, int]:
@@ -128,11 +149,24 @@ def _token(raw: dict[str, Any], config: Config, where: str) -> str | None:
             return None
         if not isinstance(token, str):
             raise WebConfigError(f"{where}: token must be a string (got {type(token).__name__})")
+        _refuse_if_others_read(config.path, where)
         token = token.strip()
     if len(token) < MIN_TOKEN_LENGTH:
         raise WebConfigError(f"{where}: the token is {len(token)} characters; use at least "
                              f"{MIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 24`)")
     return token
+
+
+def _refuse_if_others_read(path: str, where: str) -> None:
+    """A token written in the config is as secret as a token_file: refused in a config file
+    that other users may read, as a token_file would be."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a config made in memory (tests, from_mapping): no file to ask
+    if mode & 0o004:
+        raise WebConfigError(f"{where}: token is written in {path}, which other users may read (mode "
+                             f"{mode & 0o777:04o}): chmod o-r it, or use token_file")
 
 
 def read_token_file(path: str, where: str) -> str:
