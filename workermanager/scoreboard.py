@@ -31,7 +31,6 @@ import os
 import struct
 import time
 from collections.abc import Sequence
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 #: child exit status meaning "could not start: setup or backend configuration failed"
@@ -39,15 +38,9 @@ EXIT_BOOT_FAILURE = 3
 
 
 def encode(event: str, **fields: Any) -> bytes:
+    """One message of the child's pipe: a JSON object on a line."""
     fields["event"] = event
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
-
-
-_scan_json = json.JSONDecoder().scan_once
-
-
-def _json_int(value: int | None) -> str:
-    return "null" if value is None else str(int(value))
 
 
 #: the longest function name and job id a board keeps (in UTF-8 bytes; longer ones are cut)
@@ -65,6 +58,22 @@ _HELD_AT = 1024
 _HELD_TEXT = mmap.PAGESIZE - _HELD_AT - _SEQ.size - 16
 _HELD = struct.Struct(f"<QH{_HELD_TEXT}s")
 assert _SEQ.size + _BODY.size <= _HELD_AT
+
+
+class BoardReading(NamedTuple):
+    """What a child's job board said at one steady reading (JobBoard.read)."""
+
+    #: time.monotonic() when the running job started; 0.0 while the child is idle
+    started: float
+    started_wall: float
+    timeout: float
+    works_done: int
+    completed: int
+    failed: int
+    rss: int
+    funcname: str
+    job_id: str
+    claim: str
 
 
 class JobBoard:
@@ -86,7 +95,7 @@ class JobBoard:
                     works_done: int, completed: int, failed: int, rss: int, claim: str = "") -> None:
         """`started` is time.monotonic() (one clock for all processes), `started_wall` time.time();
         `claim` is Job.claim."""
-        if funcname is not self._funcname_text:  # the same few names, job after job
+        if funcname != self._funcname_text:  # the same few names, job after job: encoded once
             self._funcname_text, self._funcname = funcname, funcname.encode()[:BOARD_TEXT]
         ident = job_id.encode()[:BOARD_TEXT]
         mark = claim.encode()[:CLAIM_TEXT]
@@ -109,19 +118,19 @@ class JobBoard:
         self._held_seq = _write_locked(self._page, _HELD_AT, self._held_seq, _HELD, works_done, len(text), text)
 
     def _write(self, *fields: Any) -> None:
-        # _write_locked spelled out: this runs twice per job, and passing the fields on costs a
-        # no-op job more than the write itself
-        page, seq = self._page, self._seq
-        _SEQ.pack_into(page, 0, seq + 1)
-        _BODY.pack_into(page, _SEQ.size, *fields)
-        _SEQ.pack_into(page, 0, seq + 2)
-        self._seq = seq + 2
+        self._seq = _write_locked(self._page, 0, self._seq, _BODY, *fields)
 
     # -- the master's side ---------------------------------------------------------------
-    def read(self) -> tuple | None:
-        """The board as the child last left it, in the layout of _BODY (ChildState.read_board
-        takes it in); None when no steady reading could be had."""
-        return _read_locked(self._page, 0, _BODY)
+    def read(self) -> BoardReading | None:
+        """The board as the child last left it; None when no steady reading could be had."""
+        body = _read_locked(self._page, 0, _BODY)
+        if body is None:
+            return None
+        (started, wall, timeout, works_done, completed, failed, rss,
+         name_len, name, id_len, ident, claim_len, claim) = body
+        return BoardReading(started, wall, timeout, works_done, completed, failed, rss,
+                            name[:name_len].decode(errors="replace"), ident[:id_len].decode(errors="replace"),
+                            claim[:claim_len].decode(errors="replace"))
 
     def unstarted_held(self, works_done: int, running: bool) -> list[str]:
         """The tokens of the jobs claimed ahead that the child never started, given its count of
@@ -258,12 +267,9 @@ class DeathNotes:
 
 
 class Reporter:
-    """The child's end of the scoreboard: its job board, and its pipe for events. A dead master
-    (EPIPE) is noticed, never fatal.
-
-    The "done" line (sent only when `report_jobs`) is spelled out by hand: json.dumps' general
-    machinery cost more than the rest of a no-op job's bookkeeping. It is the JSON the master reads.
-    """
+    """The child's end of the scoreboard: its job board, and its pipe for events (a "done" line
+    per job only when `report_jobs`: something in the master listens, the metrics). A dead master
+    (EPIPE) is noticed, never fatal."""
 
     def __init__(self, fd: int | None, board: JobBoard | None = None, report_jobs: bool = False) -> None:
         self.fd = fd
@@ -276,13 +282,11 @@ class Reporter:
     def send(self, event: str, **fields: Any) -> None:
         self._write(encode(event, **fields))
 
-    # The lines every child sends once, spelled out by hand too: json.dumps run for the first
-    # time in a fresh child costs more (copied pages) than the line is worth.
     def ready(self, works_limit: int, rss: int) -> None:
-        self._write(f'{{"event":"ready","works_limit":{works_limit:d},"rss":{rss:d}}}\n'.encode())
+        self.send("ready", works_limit=works_limit, rss=rss)
 
     def exiting(self, reason: str) -> None:
-        self._write(f'{{"event":"exiting","reason":{_json_str(reason)}}}\n'.encode())
+        self.send("exiting", reason=reason)
 
     def job_started(self, funcname: str, job_id: str, timeout: float, works_done: int, started: float,
                     started_wall: float, claim: str = "") -> None:
@@ -305,9 +309,8 @@ class Reporter:
         if self.board is not None:
             self.board.job_done(works_done, self.completed, self.failed, self.rss)
         if self.report_jobs:
-            self._write(f'{{"event":"done","outcome":{_json_str(outcome)},"funcname":{_json_str(funcname)},'
-                        f'"works_done":{works_done:d},"process_ms":{process_ms:d},'
-                        f'"delay_ms":{_json_int(delay_ms)},"rss":{_json_int(rss)}}}\n'.encode())
+            self.send("done", outcome=outcome, funcname=funcname, works_done=works_done,
+                      process_ms=process_ms, delay_ms=delay_ms, rss=rss)
 
     def _write(self, line: bytes) -> None:
         if self.fd is None:
@@ -357,18 +360,15 @@ class ChildState:
     def read_board(self) -> bool:
         """Take in what the child's job board says now; True when its count of jobs done grew.
         A board caught in mid-write leaves what was known before."""
-        body = self.board.read() if self.board is not None else None
-        if body is None:
+        board = self.board.read() if self.board is not None else None
+        if board is None:
             return False
-        (started, wall, timeout, works_done, self.completed, self.failed, rss, name_len, name, id_len, ident,
-         claim_len, claim) = body
-        grew = works_done > self.works_done
-        self.works_done, self.rss = works_done, rss or self.rss
-        if started > 0.0:  # busy: 0 marks an idle board
-            self.job_started, self.job_started_wall, self.job_timeout = started, wall, timeout
-            self.job_funcname = name[:name_len].decode(errors="replace")
-            self.job_id = ident[:id_len].decode(errors="replace")
-            self.job_claim = claim[:claim_len].decode(errors="replace")
+        grew = board.works_done > self.works_done
+        self.works_done, self.rss = board.works_done, board.rss or self.rss
+        self.completed, self.failed = board.completed, board.failed
+        if board.started > 0.0:  # busy: 0 marks an idle board
+            self.job_started, self.job_started_wall, self.job_timeout = board.started, board.started_wall, board.timeout
+            self.job_funcname, self.job_id, self.job_claim = board.funcname, board.job_id, board.claim
         else:
             self.job_started = self.job_started_wall = self.job_timeout = None
             self.job_funcname = self.job_id = None
@@ -376,20 +376,16 @@ class ChildState:
         return grew
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Split pipe bytes into messages; a garbled line is skipped, not fatal to the master.
-
-        Each line goes straight to json's C scanner: json.loads' Python layers around it cost
-        the master more than the parsing itself, twice per job of every child."""
+        """Split pipe bytes into messages; a garbled line is skipped, not fatal to the master."""
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         messages = []
         for line in lines:
             try:
-                text = line.decode()
-                message, end = _scan_json(text, 0)
-            except (ValueError, StopIteration):  # bad UTF-8, bad JSON, an empty line
+                message = json.loads(line)
+            except ValueError:  # bad UTF-8, bad JSON, an empty line
                 continue
-            if end == len(text) and isinstance(message, dict):
+            if isinstance(message, dict):
                 messages.append(message)
         return messages
 
