@@ -30,15 +30,16 @@ def sqlite_settings(path: str, workers: list[str], **settings) -> dict:
 
 def started(tmp_path, sqlite_queue, daemons, funcname: str, jobs: int, worker: str, children: int = 1,
             **settings) -> Daemon:
-    """A running daemon (-n -c `children` -w 1) on the test's SQLite queue, `jobs` jobs of
-    `funcname` waiting for it."""
+    """A running daemon (-n -c `children` -w 1) on the test's SQLite queue, then `jobs` jobs of
+    `funcname` for it (inserted once its pool is whole: at -w 1 a busy child lives a few
+    milliseconds, and a whole pool of them is rarely seen at one look)."""
     client, path = sqlite_queue
-    for i in range(jobs):
-        client.insert(funcname, {"n": i})
     daemon = Daemon(str(tmp_path), sqlite_settings(path, [worker], **settings),
                     ("-n", "-c", str(children), "-w", "1"))
     daemons.append(daemon)
     daemon.start(wait_children=children)
+    for i in range(jobs):
+        client.insert(funcname, {"n": i})
     return daemon
 
 
