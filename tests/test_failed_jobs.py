@@ -271,7 +271,9 @@ def test_pruning_keeps_the_newest_within_age_and_count(tmp_path):
     db.close()
 
 
-def test_the_master_prunes_in_a_process_of_its_own(tmp_path):
+def queue_with_a_job_past_its_keeping(tmp_path):
+    """A SQLite queue holding one failed job kept 31 days ago (past the default 30), its Database
+    and a config on it."""
     from workermanager.theschwartz import init_db
 
     entry = {"path": str(tmp_path / "q.db")}
@@ -280,8 +282,12 @@ def test_the_master_prunes_in_a_process_of_its_own(tmp_path):
     old = int(time.time()) - 31 * 86400
     db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
         1, "Prune::Me", b"x", None, None, None, None, 1, [(old, "no")], "", "h", 1, old, "h-1")), write=True)
-    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}},
-                          str(tmp_path / "conf.yml"))
+    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}}, str(tmp_path / "conf.yml"))
+    return db, config
+
+
+def test_the_master_prunes_in_a_process_of_its_own(tmp_path):
+    db, config = queue_with_a_job_past_its_keeping(tmp_path)
     pruner = Pruner(first_after=0)
     assert pruner.due(config, time.monotonic())
     pruner.start(config, [], lambda: None)
@@ -574,15 +580,8 @@ def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
 
 def test_the_master_forks_the_pruning_when_due_and_reaps_it(tmp_path):
     from workermanager.master import Master
-    from workermanager.theschwartz import init_db
 
-    entry = {"path": str(tmp_path / "q.db")}
-    init_db([entry])
-    [db] = build_databases([entry])
-    old = int(time.time()) - 31 * 86400
-    db.run(lambda cursor: failed.insert(db, cursor, failed.FailedRecord(
-        1, "Prune::Me", b"x", None, None, None, None, 1, [(old, "no")], "", "h", 1, old, "h-1")), write=True)
-    config = from_mapping({"workers": ["x.Y"], "worker_options": {"databases": [entry]}}, str(tmp_path / "conf.yml"))
+    db, config = queue_with_a_job_past_its_keeping(tmp_path)
     master = Master(config, lambda: config, import_workers=False)
     master._wakeup_r, master._wakeup_w = os.pipe()
     try:
