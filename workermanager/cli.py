@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from workermanager import __version__
+from workermanager.commands import fail
 
 if TYPE_CHECKING:
     from workermanager.config import Config
@@ -119,11 +120,6 @@ def _help(args: list[str]) -> int:
         return fail(f"help: no subcommand {args[0]!r} (subcommands: {', '.join(SUBCOMMANDS)})")
     daemon_parser().print_help()
     return 0
-
-
-def fail(message: str) -> int:
-    print(f"workermanager: {message}", file=sys.stderr)
-    return 1
 
 
 def run_daemon(options: argparse.Namespace) -> int:

@@ -169,10 +169,6 @@ class Config:
         (compat), else the config's folder."""
         return self.worker_options.get("base_dir") or self.root or os.path.dirname(self.path)
 
-    @property
-    def backend_log_name(self) -> str:
-        return "Gearman" if self.type.lower() == "gearman" else "TheSchwartz"
-
 
 def load(path: str, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate the YAML file at `path`; `overrides` (from flags) win over its keys."""

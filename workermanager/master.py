@@ -659,7 +659,8 @@ class Master:
             except Exception as exc:
                 self._survive("telling a listener of a child's exit", exc)
         routine = not abnormal and reason == "recycled"
-        self._routine_recycles += routine
+        if routine:
+            self._routine_recycles += 1
         level = logging.WARNING if abnormal else logging.DEBUG if routine else logging.INFO
         log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
                 child.works_done, age)

@@ -140,7 +140,8 @@ class JobBoard:
             return []
         before, length, text = body
         tokens = text[:length].decode(errors="replace").split("\n")[:-1]
-        started = works_done + running - before - 1  # of the held ones (the claim's first job ran before them)
+        # of the held ones, how many started (the claim's first job ran before them)
+        started = works_done + (1 if running else 0) - before - 1
         return tokens[max(0, started):]
 
     def close(self) -> None:
