@@ -132,7 +132,9 @@ def delete_jobs(client: Client) -> None:
 
 
 def scheduler_for(database: dict, item: dict, now: float, tmp_path) -> Scheduler:
-    return Scheduler(entries(item), TheSchwartzEnqueuer([database], str(tmp_path)), now=now)
+    """A scheduler started at `now` that counts every slot before it as missed (the master's own
+    horizon, CATCH_UP_SECONDS earlier, is tested on its own)."""
+    return Scheduler(entries(item), TheSchwartzEnqueuer([database], str(tmp_path)), now=now, horizon=now)
 
 
 EVERY_MINUTE = {"name": "m", "funcname": "F", "interval": 60}
@@ -141,9 +143,9 @@ EVERY_MINUTE = {"name": "m", "funcname": "F", "interval": 60}
 @pytest.mark.parametrize("missed, made_up", [("skip", []), ("once", [4])])
 def test_a_master_down_across_three_slots(queue_db, tmp_path, missed, made_up):
     """skip: the three slots are not enqueued; once: the latest of them is, once, however many
-    masters start after the outage. A one-second entry: the slots missed are younger than
-    CATCH_UP_SECONDS, so only the masters' start tells them apart from late ones."""
-    interval = 1
+    masters start after the outage. A one-minute entry: the slots missed are older than
+    CATCH_UP_SECONDS before the masters' start (younger ones are late, not missed)."""
+    interval = 60
     client = Client([queue_db])
     item = {"name": "m", "funcname": "F", "interval": interval, "missed": missed}
     base = at("2026-12-01 12:00:00")
@@ -250,13 +252,14 @@ def test_an_unreachable_database_is_logged_and_tried_again_later(tmp_path, caplo
 
 
 def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, tmp_path):
-    """HUP builds a new scheduler: an unchanged entry goes on from its last slot (nothing between
-    the last tick and the reload is lost), a changed one starts afresh."""
+    """HUP builds a new scheduler: an entry goes on from its last slot (nothing between the last
+    tick and the reload is lost), a changed one too (its new form from there on: a `missed: once`
+    entry must not enqueue its latest slot again)."""
     client, path = sqlite_queue
     database = {"dsn": f"dbi:SQLite:dbname={path}"}
     t0 = at("2026-12-01 12:00:00.5")
     kept, changed = {"name": "kept", "funcname": "F", "interval": 1}, {"name": "changed", "funcname": "F", "interval": 1}
-    old = Scheduler(entries(kept, changed), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0)
+    old = Scheduler(entries(kept, changed), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0, horizon=t0)
     old.tick(t0 + 0.5, 1.0)  # 12:00:01 for both
     old.close()
     new = Scheduler(entries(kept, dict(changed, funcname="G")), TheSchwartzEnqueuer([database], str(tmp_path)),
@@ -265,4 +268,4 @@ def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, 
     new.close()
     assert uniqkeys(client, "F") == ["schedule:changed:2026-12-01T12:00:01Z", "schedule:kept:2026-12-01T12:00:01Z",
                                      "schedule:kept:2026-12-01T12:00:02Z"]
-    assert uniqkeys(client, "G") == []
+    assert uniqkeys(client, "G") == ["schedule:changed:2026-12-01T12:00:02Z"]

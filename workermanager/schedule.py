@@ -116,8 +116,12 @@ class Entry:
 
 
 def slot_label(slot: int) -> str:
-    """A slot as people and uniqkeys read it: 2026-03-29T01:00:00Z."""
-    return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A slot as people and uniqkeys read it: 2026-03-29T01:00:00Z (a number past what the
+    calendar holds, as from a garbage record, as `@<seconds>`)."""
+    try:
+        return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"@{slot}"
 
 
 class ScheduleError(ValueError):

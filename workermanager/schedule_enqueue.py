@@ -29,6 +29,9 @@ BUSY_SECONDS = 2.0
 #: a database the scheduler could not reach is left alone this long (seconds); connecting to an
 #: unreachable server can take the driver's connect timeout (5 s), at most once per this period
 RETRY_SECONDS = 30.0
+#: seconds a read or write on a scheduling connection waits for the server (MySQL: read and write
+#: timeouts; PostgreSQL: keepalives and TCP_USER_TIMEOUT): a stalled server fails the tick
+IO_SECONDS = 10.0
 #: seconds a job server gets to confirm a submitted slot
 GEARMAN_TIMEOUT = 2.0
 
@@ -63,6 +66,7 @@ class TheSchwartzEnqueuer:
         self.client = Client(databases, base_dir=base_dir, retry_seconds=RETRY_SECONDS)
         for db in self.client.databases:
             db.busy_timeout = min(db.busy_timeout, BUSY_SECONDS)
+            db.io_timeout = IO_SECONDS
         self._tables_made: set[int] = set()
 
     def home(self, entry: Entry) -> Database:
@@ -70,6 +74,10 @@ class TheSchwartzEnqueuer:
         two masters that see different databases down could both enqueue a slot."""
         databases = self.client.databases
         return databases[int(hashlib.md5(entry.name.encode()).hexdigest()[:8], 16) % len(databases)]
+
+    def route(self, entry: Entry) -> str:
+        """The database the entry's slots go to: a failure there holds back its other entries."""
+        return self.home(entry).label
 
     def enqueue(self, entry: Entry, slot: int, *, missed: bool = False) -> bool:
         from workermanager.theschwartz.job import JobSpec
@@ -175,6 +183,10 @@ class GearmanEnqueuer:
         """This project's unique-id form (gearman/unique.py): runnable since the slot, attempt 0,
         background, and in place of the random part the entry and the slot, the same for all."""
         return f"wm1:{slot * 1000}:0:b:schedule.{entry.name}.{slot}"
+
+    def route(self, entry: Entry) -> str:
+        """One route for all: a job server that does not answer holds the client's connection."""
+        return "job servers"
 
     def enqueue(self, entry: Entry, slot: int, *, missed: bool = False) -> bool:
         priority = "normal" if not entry.priority else "high" if entry.priority > 0 else "low"
