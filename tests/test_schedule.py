@@ -4,14 +4,16 @@ for), and the scheduling step on a real queue with a clock the test sets (docs/s
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from workermanager import schedule_enqueue
 from workermanager.config import ConfigError, from_mapping
 from workermanager.schedule import parse_entries, slot_label
-from workermanager.schedule_enqueue import TABLE, TheSchwartzEnqueuer
+from workermanager.schedule_enqueue import CLOCK_TOLERANCE, TABLE, TheSchwartzEnqueuer
 from workermanager.scheduler import CATCH_UP_SECONDS, Scheduler
 from workermanager.theschwartz import Client
 
@@ -25,6 +27,13 @@ def entries(*items: dict) -> tuple:
 def at(text: str) -> float:
     """An epoch time from 'YYYY-MM-DD HH:MM:SS[.f]' in UTC."""
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S" if "." not in text else "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture(autouse=True)
+def any_clock(monkeypatch):
+    """The scheduling tests set the masters' clocks to fixed days, ahead of or behind the
+    database's (the real one): the refusal of slots far ahead of it is tested on its own."""
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", 10**11)
 
 
 # -- validation: one line naming the entry and the key ----------------------------------------
@@ -269,3 +278,44 @@ def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, 
     assert uniqkeys(client, "F") == ["schedule:changed:2026-12-01T12:00:01Z", "schedule:kept:2026-12-01T12:00:01Z",
                                      "schedule:kept:2026-12-01T12:00:02Z"]
     assert uniqkeys(client, "G") == ["schedule:changed:2026-12-01T12:00:02Z"]
+
+
+def set_last_slot(path: str, name: str, last_slot: int) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (name, last_slot) VALUES (?, ?)", (name, last_slot))
+
+
+def test_a_schedule_row_far_in_the_future_is_reclaimed_with_an_error(sqlite_queue, tmp_path, monkeypatch, caplog):
+    """A master whose clock ran years ahead (or an edit) left last_slot in the future: every
+    master would find every slot "already enqueued" until then. It is reclaimed, with one error."""
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    now = time.time()
+    scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, now, tmp_path)
+    scheduler.enqueuer.last_slots()  # makes the table
+    set_last_slot(path, "hb", int(now) + 30 * 365 * 86400)
+    with caplog.at_level(logging.ERROR, "workermanager.schedule_enqueue"):
+        assert scheduler.tick(now + 1.5, 1.5) == 1
+        assert scheduler.tick(now + 2.5, 2.5) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "workermanager.schedule_enqueue"]
+    assert line.startswith(f"schedule hb: the row of table {TABLE} in database sqlite:") and "reclaimed" in line
+    assert len(uniqkeys(client, "F")) == 2
+    scheduler.close()
+
+
+def test_a_master_whose_clock_runs_far_ahead_of_the_database_enqueues_nothing(sqlite_queue, tmp_path, monkeypatch,
+                                                                              caplog):
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    ahead = time.time() + 86400
+    scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, ahead, tmp_path)
+    with caplog.at_level(logging.ERROR, "workermanager.schedule"):
+        assert scheduler.tick(ahead + 1.5, 1.5) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "workermanager.schedule"]
+    assert "ClockAhead" in line and "ahead of the clock of database sqlite:" in line
+    assert uniqkeys(client, "F") == [] and scheduler.enqueuer.last_slots() == {}
+    scheduler.close()
