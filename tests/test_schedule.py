@@ -53,6 +53,10 @@ def any_clock(monkeypatch):
     ({"name": "a", "funcname": "F", "interval": 1.5}, ["'interval'"]),
     ({"name": "a", "funcname": "F", "interval": 5, "missed": "all"}, ["'missed'", "skip, once"]),
     ({"name": "a", "funcname": "F", "interval": 5, "priority": "high"}, ["'priority'"]),
+    ({"name": "a", "funcname": "F", "interval": 5, "priority": 10**40}, ["'priority'", "32767"]),
+    ({"name": "a", "funcname": "F", "interval": 10**12}, ["'interval'", "ten years"]),
+    ({"name": "a", "funcname": "F\x00G", "interval": 5}, ["'funcname'", "control characters"]),
+    ({"name": "a", "funcname": "F", "interval": 5, "arg": "x" * (1 << 20)}, ["'arg'", "bytes as JSON"]),
     ({"name": "a b", "funcname": "F", "interval": 5}, ["entry 1", "'name'"]),
     ({"name": "a", "interval": 5}, ["entry 1 (a)", "'funcname'"]),
     ({"name": "a", "funcname": "F", "interval": 5, "every": 3}, ["entry 1 (a)", "'every'"]),
@@ -293,13 +297,13 @@ def test_a_schedule_row_far_in_the_future_is_reclaimed_with_an_error(sqlite_queu
     monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
     client, path = sqlite_queue
     database = {"dsn": f"dbi:SQLite:dbname={path}"}
-    now = time.time()
+    now = int(time.time()) + 0.5
     scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, now, tmp_path)
     scheduler.enqueuer.last_slots()  # makes the table
     set_last_slot(path, "hb", int(now) + 30 * 365 * 86400)
     with caplog.at_level(logging.ERROR, "workermanager.schedule_enqueue"):
-        assert scheduler.tick(now + 1.5, 1.5) == 1
-        assert scheduler.tick(now + 2.5, 2.5) == 1
+        assert scheduler.tick(now + 1, 1.0) == 1
+        assert scheduler.tick(now + 2, 2.0) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.name == "workermanager.schedule_enqueue"]
     assert line.startswith(f"schedule hb: the row of table {TABLE} in database sqlite:") and "reclaimed" in line
     assert len(uniqkeys(client, "F")) == 2
@@ -319,3 +323,23 @@ def test_a_master_whose_clock_runs_far_ahead_of_the_database_enqueues_nothing(sq
     assert "ClockAhead" in line and "ahead of the clock of database sqlite:" in line
     assert uniqkeys(client, "F") == [] and scheduler.enqueuer.last_slots() == {}
     scheduler.close()
+
+
+def test_the_schedule_command_bounds_count_in_one_line(tmp_path, capsys):
+    from workermanager.commands import schedule as command
+
+    conf = tmp_path / "conf.yml"
+    conf.write_text("workers: [x.Y]\nschedule: [{name: a, funcname: F, interval: 5}]\n")
+    with pytest.raises(SystemExit) as stopped:
+        command.main(["-f", str(conf), "--count", str(10**9)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--count must be from 1 to 1000")
+
+
+def test_labels_and_listings_tolerate_slots_past_the_calendar():
+    """A garbage record (a last_slot far past year 9999) is shown, not a traceback."""
+    from workermanager.scheduler import describe_slots
+
+    (entry,) = entries({"name": "a", "funcname": "F", "interval": 5})
+    assert slot_label(10**15) == "@1000000000000000"
+    assert describe_slots(entry, 10**15, [float("inf"), None])["last_enqueued"] == "@1000000000000000"
