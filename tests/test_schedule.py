@@ -17,6 +17,8 @@ from workermanager.schedule_enqueue import CLOCK_TOLERANCE, TABLE, TheSchwartzEn
 from workermanager.scheduler import CATCH_UP_SECONDS, Scheduler
 from workermanager.theschwartz import Client
 
+from gearmand_server import gearmand_fixture  # noqa: F401
+
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -343,3 +345,55 @@ def test_labels_and_listings_tolerate_slots_past_the_calendar():
     (entry,) = entries({"name": "a", "funcname": "F", "interval": 5})
     assert slot_label(10**15) == "@1000000000000000"
     assert describe_slots(entry, 10**15, [float("inf"), None])["last_enqueued"] == "@1000000000000000"
+
+
+def test_a_restart_around_a_slot_does_not_lose_it(sqlite_queue, tmp_path):
+    """The old master's last tick came a second before the slot; the new master starts two
+    seconds after it: the slot is late, not missed (the start's horizon is CATCH_UP_SECONDS back),
+    and a second new master does not enqueue it again."""
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    (nightly,) = entries({"name": "nightly", "funcname": "F", "cron": "30 2 * * *"})
+    slot = at("2026-11-30 02:30:00")
+    old = Scheduler([nightly], TheSchwartzEnqueuer([database], str(tmp_path)), now=slot - 3600)
+    assert old.tick(slot - 1, 0.0) == 0
+    old.close()
+    for started in (slot + 2, slot + 3):
+        new = Scheduler([nightly], TheSchwartzEnqueuer([database], str(tmp_path)), now=started)
+        new.tick(started + 0.5, 100.0)
+        new.close()
+    assert uniqkeys(client, "F") == ["schedule:nightly:2026-11-30T02:30:00Z"]
+
+
+def test_a_reload_that_changes_a_missed_once_entry_does_not_submit_its_latest_slot_again(gearmand):
+    """Gearman keeps no record: the reloaded entry goes on from where the old one was."""
+    from workermanager.schedule_enqueue import GearmanEnqueuer
+
+    item = {"name": "r", "funcname": "Test::Reload", "interval": 60, "missed": "once", "arg": 1}
+    slot = at("2026-11-30 12:00:00")
+    old = Scheduler(entries(item), GearmanEnqueuer([gearmand.address], None), now=slot - 30, horizon=slot - 30)
+    assert old.tick(slot + 1, 1.0) == 2  # the latest missed slot (once), then the slot
+    old.close()
+    new = Scheduler(entries(dict(item, arg=2)), GearmanEnqueuer([gearmand.address], None), now=slot + 30,
+                    previous=old)
+    assert new.tick(slot + 30.5, 30.5) == 0
+    assert new.tick(slot + 60.5, 60.5) == 1  # the next slot, with the new arg
+    new.close()
+
+
+def test_the_status_shows_the_cached_next_slot_without_walking_the_cron(monkeypatch):
+    """A status write per turn of the master must not walk 1000 crons: the next slot is the one
+    the schedule process reported (or computed once when the entry was read)."""
+    from workermanager.schedule import Entry
+    from workermanager.scheduleprocess import ScheduleView
+
+    cron = entries({"name": "c", "funcname": "F", "cron": "*/5 * * * *"})
+    view = ScheduleView(cron, horizon=at("2026-11-30 12:00:00"))
+    view.apply({"entries": {"c": [at("2026-11-30 12:02:00"), int(at("2026-11-30 12:00:00")),
+                                  at("2026-11-30 12:05:00")]}})
+
+    def walked(*args):
+        raise AssertionError("the cron was walked")
+    monkeypatch.setattr(Entry, "next_slots", walked)
+    (shown,) = view.describe()
+    assert shown["last_enqueued"] == "2026-11-30T12:00:00Z" and shown["next"] == ["2026-11-30T12:05:00Z"]

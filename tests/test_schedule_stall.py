@@ -215,3 +215,19 @@ def test_the_master_starts_a_schedule_process_that_died_again(tmp_path, daemons,
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(15) == 0, daemon.error_log()
     assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
+
+
+def test_entries_on_a_job_server_that_never_answers_cost_one_timeout_per_tick_not_one_each(silent):
+    """Ten entries whose slots go to one silent job server: the first failure holds the others
+    back until its retry (one backoff per route), so a tick waits on one submission, not ten."""
+    from workermanager.schedule_enqueue import GearmanEnqueuer
+
+    items = [{"name": f"e{n}", "funcname": "F", "interval": 1} for n in range(10)]
+    now = 1_800_000_000.5
+    scheduler = Scheduler(parse_entries(items, "x.yml"), GearmanEnqueuer([silent.address], None), now=now,
+                          horizon=now)
+    assert scheduler.tick(now + 1, 1.0) == 0
+    assert len(silent.held) == 1  # one connection, one submission waited on
+    assert scheduler.tick(now + 1.1, 1.1) == 0  # within the route's retry wait: no entry tried
+    assert len(silent.held) == 1
+    scheduler.close()
