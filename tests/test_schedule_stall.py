@@ -169,6 +169,12 @@ def test_a_database_that_never_answers_fails_the_tick_instead_of_holding_it(tmp_
     scheduler.close()
 
 
+def schedule_process_of(daemon: Daemon) -> int | None:
+    """The pid of the daemon's schedule process (its title names the config), None while there is none."""
+    found = [p.pid for p in daemon.children() if p.cmdline()[:1] == [f"workermanager schedule: {daemon.config_path}"]]
+    return found[0] if found else None
+
+
 def test_a_helper_silent_past_its_watchdog_is_killed_and_started_again_only_after_its_backoff():
     helper = HelperProcess("a test helper", watchdog=0.5, restart_backoff=(30.0, 60.0))
 
@@ -201,9 +207,7 @@ def test_the_master_starts_a_schedule_process_that_died_again(tmp_path, daemons,
     daemon.start()
 
     def schedule_process() -> int | None:
-        found = [p.pid for p in daemon.children() if p.cmdline()[:1] == ["workermanager schedule: " +
-                                                                         daemon.config_path]]
-        return found[0] if found else None
+        return schedule_process_of(daemon)
     first = wait_for(schedule_process, 20, what="the schedule process")
     os.kill(first, signal.SIGKILL)
     daemon.wait_error_log(f"the schedule process {first} ended (killed by SIGKILL); starting it again")
@@ -231,3 +235,24 @@ def test_entries_on_a_job_server_that_never_answers_cost_one_timeout_per_tick_no
     assert scheduler.tick(now + 1.1, 1.1) == 0  # within the route's retry wait: no entry tried
     assert len(silent.held) == 1
     scheduler.close()
+
+
+def test_usr1_replaces_the_schedule_process_so_it_writes_to_the_reopened_logs(tmp_path, daemons, request):
+    database = entry_for("sqlite", request, tmp_path)
+    settings = {"type": "TheSchwartz", "workers": ["scheduleworkers.Slot"], "worker_options": {"databases": [database]},
+                "schedule": [{"name": "tick", "funcname": "Test::Slot", "interval": 1}]}
+    (tmp_path / "m").mkdir()
+    daemon = Daemon(str(tmp_path / "m"), settings, flags=("-n", "-c", "1"))
+    daemons.append(daemon)
+    daemon.start()
+
+    def schedule_process() -> int | None:
+        return schedule_process_of(daemon)
+    first = wait_for(schedule_process, 20, what="the schedule process")
+    daemon.signal(signal.SIGUSR1)
+    wait_for(lambda: (schedule_process() or first) != first, 20, what="a new schedule process")
+    rows = len(daemon.ledger_rows())
+    daemon.wait_ledger(lambda found: len(found) >= rows + 2, 20, what="slots enqueued by the new process")
+    assert "the schedule process" not in daemon.error_log()  # an expected replacement: no warning
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(15) == 0, daemon.error_log()

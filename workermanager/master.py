@@ -454,6 +454,8 @@ class Master:
         log.info("master %d: reopening log files", os.getpid())
         self._reopen_logs()
         self._signal_children(signal.SIGUSR1, self.children.values(), mark=False)
+        if self.schedule is not None:  # it writes to the log files it inherited: a new one opens the new files
+            self.schedule.process.stop()
 
     def handle_sigttin(self) -> None:
         if self.concurrency >= MAX_CONCURRENCY:
