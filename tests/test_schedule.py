@@ -397,3 +397,20 @@ def test_the_status_shows_the_cached_next_slot_without_walking_the_cron(monkeypa
     monkeypatch.setattr(Entry, "next_slots", walked)
     (shown,) = view.describe()
     assert shown["last_enqueued"] == "2026-11-30T12:00:00Z" and shown["next"] == ["2026-11-30T12:05:00Z"]
+
+
+def test_a_tick_over_its_time_budget_leaves_the_rest_due_for_the_next(sqlite_queue, tmp_path, monkeypatch):
+    from workermanager import scheduler as scheduler_module
+
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    t0 = at("2026-12-01 12:00:00.5")
+    items = [{"name": f"e{n}", "funcname": "F", "interval": 1} for n in range(3)]
+    scheduler = Scheduler(entries(*items), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0, horizon=t0)
+    monkeypatch.setattr(scheduler_module, "TICK_BUDGET", 0.0)  # spent before the first entry
+    assert scheduler.tick(t0 + 1, 1.0) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", 10**11)
+    assert scheduler.tick(t0 + 1.2, 1.2) == 3  # still due: late, not lost
+    scheduler.close()
+    assert len(uniqkeys(client, "F")) == 3
