@@ -199,16 +199,6 @@ def importers(folder: str) -> list[str]:
         return handle.read().splitlines()
 
 
-def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
-    code = worker_code(site, "uidrecorder")
-    daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])
-    daemon.start(wait_children=1)
-    account = f"{site.account.uid} {site.account.uid}"
-    # the start-time probe and the master after the drop, both as the account
-    assert importers(code) == [account, account]
-    assert daemon.children()[0].uids().real == site.account.uid
-
-
 def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daemons):  # noqa: F811
     """The master forks it after the drop (docs/schedules.md): the account's, and no import of the
     workers beyond the master's own."""
@@ -222,6 +212,16 @@ def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daem
     assert process.uids().real == process.uids().effective == site.account.uid
     account = f"{site.account.uid} {site.account.uid}"
     assert importers(code) == [account, account]
+
+
+def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
+    code = worker_code(site, "uidrecorder")
+    daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])
+    daemon.start(wait_children=1)
+    account = f"{site.account.uid} {site.account.uid}"
+    # the start-time probe and the master after the drop, both as the account
+    assert importers(code) == [account, account]
+    assert daemon.children()[0].uids().real == site.account.uid
 
 
 def test_check_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811

@@ -1,13 +1,15 @@
-"""The master's scheduling step: enqueue the slots of the `schedule:` entries that fell due.
+"""The scheduling step: enqueue the slots of the `schedule:` entries that fell due.
 
-Every master runs this step in its own loop (no thread, no leader): each computes the same slots
-from the wall clock (schedule.Entry) and tries to enqueue each one; the backend keeps one copy
-(schedule_enqueue). The step is bounded: it does nothing until a slot falls due, each backend call
-has a short timeout, and a failure is logged and tried again a little later, never raised into the
-master's loop. Which slots a tick enqueues (docs/schedules.md):
+Every master runs this step (no leader), in its schedule process (scheduleprocess: never in the
+master's loop): each computes the same slots from the wall clock (schedule.Entry) and tries to
+enqueue each one; the backend keeps one copy (schedule_enqueue). The step is bounded: it does
+nothing until a slot falls due, each backend call has a short timeout, a failure holds back the
+entries of its route and is tried again a little later, and a tick spends at most TICK_BUDGET.
+Which slots a tick enqueues (docs/schedules.md):
 
-- on time: the slots since the last tick that are at most CATCH_UP_SECONDS old (a busy turn of
-  the loop or a short database outage delays a slot; it does not lose it);
+- on time: the slots since the last tick that are at most CATCH_UP_SECONDS old (a busy tick or a
+  short database outage delays a slot; it does not lose it), and at a start the slots of the
+  CATCH_UP_SECONDS before it (a restart around a slot does not lose it);
 - missed: older ones (the master was not running, a long outage, a clock step forward): `skip`
   drops them, `once` enqueues the latest one, unless a master already enqueued it or a later slot;
 - a clock step backward enqueues nothing until the clock is past the slots handled already (and on
@@ -219,11 +221,6 @@ class Scheduler:
                 state.reported = record
                 changed[state.entry.name] = [_finite(v) for v in record]
         return changed
-
-    def describe(self, now: float | None = None, count: int = 1) -> list[dict[str, Any]]:
-        """The entries for the status file: last slot enqueued and the next slot (cached: no
-        cron is walked here), UTC labels."""
-        return [describe_slots(s.entry, s.last_enqueued, [s.next_due]) for s in self.states]
 
 
 def _finite(value: float | int | None) -> float | int | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from workermanager.helperprocess import HelperProcess
+from workermanager.proctitle import setproctitle
 
 if TYPE_CHECKING:
     from workermanager.config import Config
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between prunes
 PRUNE_INTERVAL = 600.0
-#: the first prune this long after the start (the pool is up by then)
-FIRST_PRUNE_AFTER = 60.0
+#: the first prune this long after the start (the pool is up and busy by then; a daemon started
+#: for a short task never forks one)
+FIRST_PRUNE_AFTER = 300.0
 #: the pruning process's life at most (SIGALRM's default action ends it)
 PRUNE_DEADLINE = 60
 
@@ -52,6 +54,7 @@ class Pruner:
 
         def work(report_fd: int | None) -> int:
             signal.alarm(PRUNE_DEADLINE)
+            setproctitle("workermanager: pruning kept failed jobs")
             return run_prune(config)
         self.process.start(work, signals, in_child)
 
