@@ -256,3 +256,24 @@ def test_usr1_replaces_the_schedule_process_so_it_writes_to_the_reopened_logs(tm
     assert "the schedule process" not in daemon.error_log()  # an expected replacement: no warning
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(15) == 0, daemon.error_log()
+
+
+def test_an_idle_master_with_a_schedule_and_a_pruner_sleeps(tmp_path, daemons, request):
+    """Helpers not running (the pruner between rounds) or running (the schedule process) set no
+    timer of the master's loop but their kill deadlines: an idle master wakes a few times a second
+    (BOARD_INTERVAL), not a thousand."""
+    database = entry_for("sqlite", request, tmp_path)
+    settings = {"type": "TheSchwartz", "workers": ["scheduleworkers.Slot"], "worker_options": {"databases": [database]},
+                "keep_failed": True, "schedule": [{"name": "hourly", "funcname": "Test::Slot", "cron": "@hourly"}]}
+    (tmp_path / "m").mkdir()
+    daemon = Daemon(str(tmp_path / "m"), settings, flags=("-n", "-c", "1"))
+    daemons.append(daemon)
+    daemon.start()
+    wait_for(lambda: schedule_process_of(daemon) is not None, 20, what="the schedule process")
+    master = psutil.Process(daemon.pid)
+    before, started = master.num_ctx_switches().voluntary, time.monotonic()
+    time.sleep(2)  # the span measured: the wakeups in it are counted, not timed
+    wakeups = master.num_ctx_switches().voluntary - before
+    assert wakeups < 100 * (time.monotonic() - started), f"{wakeups} wakeups"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(15) == 0, daemon.error_log()

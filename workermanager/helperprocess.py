@@ -199,11 +199,11 @@ class HelperProcess:
             self.killed = True
             _send(self.pid, signal.SIGKILL)
 
-    def seconds_until_due(self, now: float) -> float:
-        """Until the master must act on it: kill it, or start it again."""
-        if self.pid is not None:
-            return float("inf") if self.kill_at is None or self.killed else max(0.0, self.kill_at - now)
-        return max(0.0, self.next_start_at - now)
+    def seconds_until_kill(self, now: float) -> float:
+        """Until the master must kill it (watchdog, stop's grace); inf when there is nothing to kill."""
+        if self.pid is None or self.kill_at is None or self.killed:
+            return float("inf")
+        return max(0.0, self.kill_at - now)
 
 
 def _send(pid: int, signum: int) -> None:

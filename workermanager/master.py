@@ -304,7 +304,10 @@ class Master:
         if not self.stopping and self._missing_children() > 0:
             timeout = min(timeout, max(0.0, self.next_spawn_at - now))
         for helper in self._helpers():
-            timeout = min(timeout, helper.seconds_until_due(now) + 0.001)
+            timeout = min(timeout, helper.seconds_until_kill(now) + 0.001)
+        schedule = self.schedule
+        if not self.stopping and schedule is not None and schedule.records and not schedule.process.running:
+            timeout = min(timeout, max(0.0, schedule.process.next_start_at - now) + 0.001)
         for child in self.children.values():
             if child.job_started is not None and child.job_timeout is not None:
                 due = child.job_started + child.job_timeout + KILL_GRACE_SECONDS - now
