@@ -51,6 +51,8 @@ def test_each_format_parses_to_the_same_entry():
     "time:2024-05-01T12:00:00\tfuncname:A\tprocess:x\toutcome:completed",
     "2024-05-01T12:00:00 TheSchwartz job completed A process:-5 delay:1",
     '{"time": "yesterday", "outcome": "completed", "funcname": "A", "process": 1}',
+    "2024-01-01T00:00:01 TheSchwartz job failed. considering retry. is max_retries of " + "9" * 5000
+    + " >= failures of 1? F process:1 delay:1",  # past int()'s digits
 ])
 def test_bad_lines_are_rejected(line):
     with pytest.raises(BadLine) as caught:

@@ -201,6 +201,21 @@ def importers(folder: str) -> list[str]:
         return handle.read().splitlines()
 
 
+def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daemons):  # noqa: F811
+    """The master forks it after the drop (docs/schedules.md): the account's, and no import of the
+    workers beyond the master's own."""
+    code = worker_code(site, "uidrecorder")
+    daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code],
+                        schedule=[{"name": "tick", "funcname": "Test::Nobody", "interval": 1}])
+    daemon.start(wait_children=1)
+    title = f"workermanager schedule: {daemon.config_path}"
+    (process,) = wait_for(lambda: [p for p in daemon.children() if p.cmdline()[:1] == [title]], 20,
+                          what="the schedule process")
+    assert process.uids().real == process.uids().effective == site.account.uid
+    account = f"{site.account.uid} {site.account.uid}"
+    assert importers(code) == [account, account]
+
+
 def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
     code = worker_code(site, "uidrecorder")
     daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])

@@ -4,16 +4,20 @@ for), and the scheduling step on a real queue with a clock the test sets (docs/s
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from workermanager import schedule_enqueue
 from workermanager.config import ConfigError, from_mapping
 from workermanager.schedule import parse_entries, slot_label
-from workermanager.schedule_enqueue import TABLE, TheSchwartzEnqueuer
+from workermanager.schedule_enqueue import CLOCK_TOLERANCE, TABLE, TheSchwartzEnqueuer
 from workermanager.scheduler import CATCH_UP_SECONDS, Scheduler
 from workermanager.theschwartz import Client
+
+from gearmand_server import gearmand_fixture  # noqa: F401
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -25,6 +29,13 @@ def entries(*items: dict) -> tuple:
 def at(text: str) -> float:
     """An epoch time from 'YYYY-MM-DD HH:MM:SS[.f]' in UTC."""
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S" if "." not in text else "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture(autouse=True)
+def any_clock(monkeypatch):
+    """The scheduling tests set the masters' clocks to fixed days, ahead of or behind the
+    database's (the real one): the refusal of slots far ahead of it is tested on its own."""
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", 10**11)
 
 
 # -- validation: one line naming the entry and the key ----------------------------------------
@@ -44,6 +55,10 @@ def at(text: str) -> float:
     ({"name": "a", "funcname": "F", "interval": 1.5}, ["'interval'"]),
     ({"name": "a", "funcname": "F", "interval": 5, "missed": "all"}, ["'missed'", "skip, once"]),
     ({"name": "a", "funcname": "F", "interval": 5, "priority": "high"}, ["'priority'"]),
+    ({"name": "a", "funcname": "F", "interval": 5, "priority": 10**40}, ["'priority'", "32767"]),
+    ({"name": "a", "funcname": "F", "interval": 10**12}, ["'interval'", "ten years"]),
+    ({"name": "a", "funcname": "F\x00G", "interval": 5}, ["'funcname'", "control characters"]),
+    ({"name": "a", "funcname": "F", "interval": 5, "arg": "x" * (1 << 20)}, ["'arg'", "bytes as JSON"]),
     ({"name": "a b", "funcname": "F", "interval": 5}, ["entry 1", "'name'"]),
     ({"name": "a", "interval": 5}, ["entry 1 (a)", "'funcname'"]),
     ({"name": "a", "funcname": "F", "interval": 5, "every": 3}, ["entry 1 (a)", "'every'"]),
@@ -132,7 +147,9 @@ def delete_jobs(client: Client) -> None:
 
 
 def scheduler_for(database: dict, item: dict, now: float, tmp_path) -> Scheduler:
-    return Scheduler(entries(item), TheSchwartzEnqueuer([database], str(tmp_path)), now=now)
+    """A scheduler started at `now` that counts every slot before it as missed (the master's own
+    horizon, CATCH_UP_SECONDS earlier, is tested on its own)."""
+    return Scheduler(entries(item), TheSchwartzEnqueuer([database], str(tmp_path)), now=now, horizon=now)
 
 
 EVERY_MINUTE = {"name": "m", "funcname": "F", "interval": 60}
@@ -141,9 +158,9 @@ EVERY_MINUTE = {"name": "m", "funcname": "F", "interval": 60}
 @pytest.mark.parametrize("missed, made_up", [("skip", []), ("once", [4])])
 def test_a_master_down_across_three_slots(queue_db, tmp_path, missed, made_up):
     """skip: the three slots are not enqueued; once: the latest of them is, once, however many
-    masters start after the outage. A one-second entry: the slots missed are younger than
-    CATCH_UP_SECONDS, so only the masters' start tells them apart from late ones."""
-    interval = 1
+    masters start after the outage. A one-minute entry: the slots missed are older than
+    CATCH_UP_SECONDS before the masters' start (younger ones are late, not missed)."""
+    interval = 60
     client = Client([queue_db])
     item = {"name": "m", "funcname": "F", "interval": interval, "missed": missed}
     base = at("2026-12-01 12:00:00")
@@ -250,13 +267,14 @@ def test_an_unreachable_database_is_logged_and_tried_again_later(tmp_path, caplo
 
 
 def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, tmp_path):
-    """HUP builds a new scheduler: an unchanged entry goes on from its last slot (nothing between
-    the last tick and the reload is lost), a changed one starts afresh."""
+    """HUP builds a new scheduler: an entry goes on from its last slot (nothing between the last
+    tick and the reload is lost), a changed one too (its new form from there on: a `missed: once`
+    entry must not enqueue its latest slot again)."""
     client, path = sqlite_queue
     database = {"dsn": f"dbi:SQLite:dbname={path}"}
     t0 = at("2026-12-01 12:00:00.5")
     kept, changed = {"name": "kept", "funcname": "F", "interval": 1}, {"name": "changed", "funcname": "F", "interval": 1}
-    old = Scheduler(entries(kept, changed), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0)
+    old = Scheduler(entries(kept, changed), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0, horizon=t0)
     old.tick(t0 + 0.5, 1.0)  # 12:00:01 for both
     old.close()
     new = Scheduler(entries(kept, dict(changed, funcname="G")), TheSchwartzEnqueuer([database], str(tmp_path)),
@@ -265,4 +283,134 @@ def test_a_reload_keeps_what_the_master_knew_of_unchanged_entries(sqlite_queue, 
     new.close()
     assert uniqkeys(client, "F") == ["schedule:changed:2026-12-01T12:00:01Z", "schedule:kept:2026-12-01T12:00:01Z",
                                      "schedule:kept:2026-12-01T12:00:02Z"]
-    assert uniqkeys(client, "G") == []
+    assert uniqkeys(client, "G") == ["schedule:changed:2026-12-01T12:00:02Z"]
+
+
+def set_last_slot(path: str, name: str, last_slot: int) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (name, last_slot) VALUES (?, ?)", (name, last_slot))
+
+
+def test_a_schedule_row_far_in_the_future_is_reclaimed_with_an_error(sqlite_queue, tmp_path, monkeypatch, caplog):
+    """A master whose clock ran years ahead (or an edit) left last_slot in the future: every
+    master would find every slot "already enqueued" until then. It is reclaimed, with one error."""
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    now = int(time.time()) + 0.5
+    scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, now, tmp_path)
+    scheduler.enqueuer.last_slots()  # makes the table
+    set_last_slot(path, "hb", int(now) + 30 * 365 * 86400)
+    with caplog.at_level(logging.ERROR, "workermanager.schedule_enqueue"):
+        assert scheduler.tick(now + 1, 1.0) == 1
+        assert scheduler.tick(now + 2, 2.0) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "workermanager.schedule_enqueue"]
+    assert line.startswith(f"schedule hb: the row of table {TABLE} in database sqlite:") and "reclaimed" in line
+    assert len(uniqkeys(client, "F")) == 2
+    scheduler.close()
+
+
+def test_a_master_whose_clock_runs_far_ahead_of_the_database_enqueues_nothing(sqlite_queue, tmp_path, monkeypatch,
+                                                                              caplog):
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    ahead = time.time() + 86400
+    scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, ahead, tmp_path)
+    with caplog.at_level(logging.ERROR, "workermanager.schedule"):
+        assert scheduler.tick(ahead + 1.5, 1.5) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "workermanager.schedule"]
+    assert "ClockAhead" in line and "ahead of the clock of database sqlite:" in line
+    assert uniqkeys(client, "F") == [] and scheduler.enqueuer.last_slots() == {}
+    scheduler.close()
+
+
+def test_the_schedule_command_bounds_count_in_one_line(tmp_path, capsys):
+    from workermanager.commands import schedule as command
+
+    conf = tmp_path / "conf.yml"
+    conf.write_text("workers: [x.Y]\nschedule: [{name: a, funcname: F, interval: 5}]\n")
+    with pytest.raises(SystemExit) as stopped:
+        command.main(["-f", str(conf), "--count", str(10**9)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--count must be from 1 to 1000")
+
+
+def test_labels_and_listings_tolerate_slots_past_the_calendar():
+    """A garbage record (a last_slot far past year 9999) is shown, not a traceback."""
+    from workermanager.scheduler import describe_slots
+
+    (entry,) = entries({"name": "a", "funcname": "F", "interval": 5})
+    assert slot_label(10**15) == "@1000000000000000"
+    assert describe_slots(entry, 10**15, [float("inf"), None])["last_enqueued"] == "@1000000000000000"
+
+
+def test_a_restart_around_a_slot_does_not_lose_it(sqlite_queue, tmp_path):
+    """The old master's last tick came a second before the slot; the new master starts two
+    seconds after it: the slot is late, not missed (the start's horizon is CATCH_UP_SECONDS back),
+    and a second new master does not enqueue it again."""
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    (nightly,) = entries({"name": "nightly", "funcname": "F", "cron": "30 2 * * *"})
+    slot = at("2026-11-30 02:30:00")
+    old = Scheduler([nightly], TheSchwartzEnqueuer([database], str(tmp_path)), now=slot - 3600)
+    assert old.tick(slot - 1, 0.0) == 0
+    old.close()
+    for started in (slot + 2, slot + 3):
+        new = Scheduler([nightly], TheSchwartzEnqueuer([database], str(tmp_path)), now=started)
+        new.tick(started + 0.5, 100.0)
+        new.close()
+    assert uniqkeys(client, "F") == ["schedule:nightly:2026-11-30T02:30:00Z"]
+
+
+def test_a_reload_that_changes_a_missed_once_entry_does_not_submit_its_latest_slot_again(gearmand):
+    """Gearman keeps no record: the reloaded entry goes on from where the old one was."""
+    from workermanager.schedule_enqueue import GearmanEnqueuer
+
+    item = {"name": "r", "funcname": "Test::Reload", "interval": 60, "missed": "once", "arg": 1}
+    slot = at("2026-11-30 12:00:00")
+    old = Scheduler(entries(item), GearmanEnqueuer([gearmand.address], None), now=slot - 30, horizon=slot - 30)
+    assert old.tick(slot + 1, 1.0) == 2  # the latest missed slot (once), then the slot
+    old.close()
+    new = Scheduler(entries(dict(item, arg=2)), GearmanEnqueuer([gearmand.address], None), now=slot + 30,
+                    previous=old)
+    assert new.tick(slot + 30.5, 30.5) == 0
+    assert new.tick(slot + 60.5, 60.5) == 1  # the next slot, with the new arg
+    new.close()
+
+
+def test_the_status_shows_the_cached_next_slot_without_walking_the_cron(monkeypatch):
+    """A status write per turn of the master must not walk 1000 crons: the next slot is the one
+    the schedule process reported (or computed once when the entry was read)."""
+    from workermanager.schedule import Entry
+    from workermanager.scheduleprocess import ScheduleView
+
+    cron = entries({"name": "c", "funcname": "F", "cron": "*/5 * * * *"})
+    view = ScheduleView(cron, horizon=at("2026-11-30 12:00:00"))
+    view.apply({"entries": {"c": [at("2026-11-30 12:02:00"), int(at("2026-11-30 12:00:00")),
+                                  at("2026-11-30 12:05:00")]}})
+
+    def walked(*args):
+        raise AssertionError("the cron was walked")
+    monkeypatch.setattr(Entry, "next_slots", walked)
+    (shown,) = view.describe()
+    assert shown["last_enqueued"] == "2026-11-30T12:00:00Z" and shown["next"] == ["2026-11-30T12:05:00Z"]
+
+
+def test_a_tick_over_its_time_budget_leaves_the_rest_due_for_the_next(sqlite_queue, tmp_path, monkeypatch):
+    from workermanager import scheduler as scheduler_module
+
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    t0 = at("2026-12-01 12:00:00.5")
+    items = [{"name": f"e{n}", "funcname": "F", "interval": 1} for n in range(3)]
+    scheduler = Scheduler(entries(*items), TheSchwartzEnqueuer([database], str(tmp_path)), now=t0, horizon=t0)
+    monkeypatch.setattr(scheduler_module, "TICK_BUDGET", 0.0)  # spent before the first entry
+    assert scheduler.tick(t0 + 1, 1.0) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", 10**11)
+    assert scheduler.tick(t0 + 1.2, 1.2) == 3  # still due: late, not lost
+    scheduler.close()
+    assert len(uniqkeys(client, "F")) == 3

@@ -32,7 +32,7 @@ CLASSIC = re.compile(_STAMP + r"job\s+(?P<outcome>\S+)" + _TIMES + r"(?:\s+retry
 #: the Perl WorkerManager's line for a failed attempt: TheSchwartz's own debug text, which says
 #: whether the job is retried (max_retries >= failures), then the job's funcname and times
 PERL_FAILED = re.compile(_STAMP + r"job (?P<outcome>failed)\.\s+considering retry\.\s+is max_retries of "
-                         r"(?P<max_retries>\d+) >= failures of (?P<failures>\d+)\?" + _TIMES + r"\s*")
+                         r"(?P<max_retries>\d{1,18}) >= failures of (?P<failures>\d{1,18})\?" + _TIMES + r"\s*")
 #: the Perl daemon's other lines in the same file (the failure's message, children started and
 #: exited, "got job of class"): not job lines, and not unreadable either
 PERL_OTHER = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (TheSchwartz|Gearman|WorkerManager) ")
@@ -97,7 +97,10 @@ def parse_line(line: str) -> LogEntry:
     match = PERL_FAILED.fullmatch(text)
     if match is not None:
         fields = match.groupdict()
-        fields["retry"] = int(fields["max_retries"]) >= int(fields["failures"])
+        try:
+            fields["retry"] = int(fields["max_retries"]) >= int(fields["failures"])
+        except ValueError:  # bounded by the pattern; a number past int()'s digits all the same
+            raise BadLine("bad max_retries or failures") from None
         return _from_fields(fields)
     if PERL_OTHER.match(text) and " process:" not in text:  # a job line, malformed, is unreadable
         raise OtherLine("a Perl WorkerManager line that is not a job line")

@@ -32,9 +32,10 @@ from workermanager import proctitle
 from workermanager.backends import Backend, backend_class
 from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
+from workermanager.helperprocess import HelperProcess
 from workermanager.jobs.pruner import Pruner
-from workermanager.schedule_enqueue import enqueuer_for
-from workermanager.scheduler import Scheduler, unserved
+from workermanager.scheduleprocess import ScheduleView, first_horizon
+from workermanager.scheduler import unserved
 from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.worker import Worker
 
@@ -146,8 +147,9 @@ class Master:
         self._selector: selectors.BaseSelector | None = None
         #: waits for the wakeup pipe alone (the pause that lets children's messages gather)
         self._signal_selector: selectors.BaseSelector | None = None
-        #: enqueues the config's periodic jobs (None: no `schedule:`); built by run(), after the drop
-        self.scheduler: Scheduler | None = None
+        #: the config's periodic jobs and what their process reported (None: no `schedule:`); the
+        #: process is forked by the loop, after the drop (scheduleprocess)
+        self.schedule: ScheduleView | None = None
 
     def load_workers(self, backend: Backend | None = None) -> None:
         """Import the worker classes and build the backend, or take `backend`, built from them
@@ -183,8 +185,8 @@ class Master:
         finally:
             self._selector.close()
             self._signal_selector.close()
-            if self.scheduler is not None:
-                self.scheduler.close()
+            for helper in self._helpers():
+                helper.close_pipe()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
         try:
@@ -202,9 +204,13 @@ class Master:
         # In every state, stopping included: a graceful stop lets running jobs finish within their
         # timeout, never past it (the lease, or gearmand's CAN_DO_TIMEOUT, covers only that much).
         self._kill_timed_out_jobs()
+        now = time.monotonic()
+        for helper in self._helpers():
+            helper.enforce(now)
         if self.stopping:
-            self.pruner.stop()
-            if not self.children:
+            for helper in self._helpers():
+                helper.stop()
+            if not self.children and not any(h.running and not h.killed for h in self._helpers()):
                 return True
             self._enforce_stop_deadline()
         else:
@@ -214,31 +220,69 @@ class Master:
         self._publish()
         return False
 
-    def _set_up_schedule(self, previous: Scheduler | None = None) -> None:
-        """The scheduler of the current config (keeping what `previous` knew of unchanged entries)."""
-        self.scheduler = None
+    def _helpers(self) -> list[HelperProcess]:
+        """The helper processes the master forks (helperprocess): no network I/O in its loop."""
+        helpers = [self.pruner.process]
+        if self.schedule is not None:
+            helpers.append(self.schedule.process)
+        return helpers
+
+    def _set_up_schedule(self, previous: ScheduleView | None = None) -> None:
+        """The periodic jobs of the current config, keeping what `previous` knew of each name. A
+        schedule process of the previous config is stopped; the loop starts the new one once it
+        is gone (scheduleprocess)."""
+        horizon = previous.horizon if previous is not None else first_horizon(self.started_at)
         if previous is not None:
-            previous.close()
+            previous.process.stop()
         if not self.config.schedule:
+            self.schedule = None if previous is None or not previous.process.running else \
+                ScheduleView((), horizon, previous)  # keeps watching the old process until it is gone
             return
-        try:
-            enqueuer = enqueuer_for(self.config.type, self.config.worker_options, self.config.base_dir)
-        except Exception as exc:  # the backend's options were checked already: a surprise
-            self._survive("setting up the schedule", exc)
-            return
-        self.scheduler = Scheduler(self.config.schedule, enqueuer, previous=previous)
+        self.schedule = ScheduleView(self.config.schedule, horizon, previous)
         for entry in unserved(self.config.schedule, (cls.function_name() for cls in self.worker_classes)):
             log.warning("schedule %s: no worker of this master serves %r (fine if another host's does)",
                         entry.name, entry.funcname)
 
     def _run_schedule(self) -> None:
-        """Enqueue the periodic jobs that fell due: bounded (short timeouts), never raises."""
-        if self.scheduler is None:
+        """Fork the schedule process when it is due (at the start, after a HUP, after it died):
+        the master itself never waits on a database or job server."""
+        schedule = self.schedule
+        if schedule is None or not schedule.records or not schedule.process.due(time.monotonic()):
+            return
+        held = self._hold_fork_guards()
+        if held is None:
             return
         try:
-            self.scheduler.tick()
-        except Exception as exc:
-            self._survive("the schedule", exc)
+            flush_log_handlers()
+            if schedule.start(self.config, _HANDLED_NUMBERS, self._close_in_fork):
+                self._register_helper(schedule.process)
+        finally:
+            for guard in held:
+                guard.release()
+
+    def _register_helper(self, helper: HelperProcess) -> None:
+        if helper.report_fd is not None and self._selector is not None:
+            self._selector.register(helper.report_fd, selectors.EVENT_READ, helper)
+
+    def _read_helper(self, helper: HelperProcess) -> None:
+        for report in helper.read_reports():
+            if self.schedule is not None and helper is self.schedule.process:
+                self.schedule.apply(report)
+
+    def _close_in_fork(self) -> None:
+        """In a process the master forks: close what the master holds open (its children's pipes
+        and boards, helpers' pipes, its selectors, its wakeup pipe)."""
+        for child in self.children.values():
+            os.close(child.read_fd)
+            if child.board is not None:
+                child.board.close()
+        for helper in self._helpers():
+            helper.close_pipe()
+        for selector in (self._selector, self._signal_selector):
+            if selector is not None:
+                selector.close()  # the copy of the epoll descriptor, not the master's
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
 
     def _survive(self, where: str, exc: BaseException) -> None:
         """Log an error the loop goes on after: one line, and the same place at most once per
@@ -259,8 +303,11 @@ class Master:
         timeout = BOARD_INTERVAL
         if not self.stopping and self._missing_children() > 0:
             timeout = min(timeout, max(0.0, self.next_spawn_at - now))
-        if not self.stopping and self.scheduler is not None:
-            timeout = min(timeout, self.scheduler.seconds_until_due() + 0.001)
+        for helper in self._helpers():
+            timeout = min(timeout, helper.seconds_until_kill(now) + 0.001)
+        schedule = self.schedule
+        if not self.stopping and schedule is not None and schedule.records and not schedule.process.running:
+            timeout = min(timeout, max(0.0, schedule.process.next_start_at - now) + 0.001)
         for child in self.children.values():
             if child.job_started is not None and child.job_timeout is not None:
                 due = child.job_started + child.job_timeout + KILL_GRACE_SECONDS - now
@@ -281,6 +328,8 @@ class Master:
         for key, _ in ready:
             if key.fd == self._wakeup_r:
                 self.pending_signals.extend(_drain(key.fd))
+            elif isinstance(key.data, HelperProcess):
+                self._read_helper(key.data)
             else:
                 self._drain_child(key.data)
 
@@ -398,7 +447,7 @@ class Master:
         self.config, self.worker_classes, self.backend = config, classes, backend
         self.concurrency = config.concurrency
         _ensure_descriptors(self.concurrency)
-        self._set_up_schedule(previous=self.scheduler)
+        self._set_up_schedule(previous=self.schedule)
         old = [c for c in self.children.values() if c.generation == self.generation]
         self.generation += 1
         self._signal_children(signal.SIGTERM, old, reason="replaced by reload")
@@ -408,6 +457,8 @@ class Master:
         log.info("master %d: reopening log files", os.getpid())
         self._reopen_logs()
         self._signal_children(signal.SIGUSR1, self.children.values(), mark=False)
+        if self.schedule is not None:  # it writes to the log files it inherited: a new one opens the new files
+            self.schedule.process.stop()
 
     def handle_sigttin(self) -> None:
         if self.concurrency >= MAX_CONCURRENCY:
@@ -548,15 +599,7 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 os.close(read_fd)
-                for child in self.children.values():
-                    os.close(child.read_fd)
-                    if child.board is not None:
-                        child.board.close()
-                for selector in (self._selector, self._signal_selector):
-                    if selector is not None:
-                        selector.close()  # the child's copy of the epoll descriptor, not the master's
-                os.close(self._wakeup_r)
-                os.close(self._wakeup_w)
+                self._close_in_fork()
                 status = run_child(plan, unblock=blocked)
             finally:
                 os._exit(status)
@@ -603,7 +646,7 @@ class Master:
                 return
             child = self.children.pop(pid, None)
             if child is None:
-                self.pruner.reaped(pid)
+                self._reaped_helper(pid, status)
                 continue
             self._drain_child(child)
             if self._selector is not None:
@@ -685,22 +728,35 @@ class Master:
                 log.warning("children keep crashing with no job finished in between (%d in a row); "
                             "next start in %.2fs", self.crash_streak, delay)
 
+    def _reaped_helper(self, pid: int, status: int) -> None:
+        schedule = self.schedule
+        if schedule is not None and pid == schedule.process.pid:
+            helper = schedule.process
+            if helper.report_fd is not None:
+                self._read_helper(helper)  # its last words
+                if self._selector is not None:
+                    self._selector.unregister(helper.report_fd)
+            expected = helper.stopping
+            helper.reaped(pid)
+            if not expected and not self.stopping:
+                how = f"killed by {_signal_name(os.WTERMSIG(status))}" if os.WIFSIGNALED(status) else \
+                    f"exit status {os.WEXITSTATUS(status)}"
+                log.warning("the schedule process %d ended (%s); starting it again in %.1fs", pid, how,
+                            max(0.0, helper.next_start_at - time.monotonic()))
+            else:
+                helper.next_start_at = 0.0  # replaced (HUP): the new one starts at once
+            if not schedule.records and not helper.running:
+                self.schedule = None
+            return
+        self.pruner.reaped(pid)
+
     def _prune_failed_jobs(self) -> None:
         """Fork the pruning of kept failed jobs when it is due (jobs.pruner): the master itself
         never waits on a database."""
         if not self.pruner.due(self.config, time.monotonic()):
             return
-
-        def close_masters_descriptors() -> None:
-            for child in self.children.values():
-                os.close(child.read_fd)
-            for selector in (self._selector, self._signal_selector):
-                if selector is not None:
-                    selector.close()
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
         flush_log_handlers()
-        self.pruner.start(self.config, _HANDLED_NUMBERS, close_masters_descriptors)
+        self.pruner.start(self.config, _HANDLED_NUMBERS, self._close_in_fork)
 
     def _kill_timed_out_jobs_safely(self) -> None:
         try:

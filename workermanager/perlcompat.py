@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,20 @@ class Change:
     key: str
     note: str
     warn: bool = False
+
+    def __post_init__(self) -> None:
+        # A note goes into a `#` comment of the printed config and onto one warning line: a line
+        # break in it (from a value of the Perl config) would start a real YAML key there.
+        object.__setattr__(self, "note", one_line(self.note))
+
+
+#: what ends a line for YAML or for a terminal, and other control characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (line breaks included) written as escapes."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 @dataclasses.dataclass
@@ -125,7 +140,7 @@ def _perl_only(raw: Mapping[str, Any], native: dict[str, Any], changes: list[Cha
                                            f"workers read RIDGE_ENV, set env: {{RIDGE_ENV: {raw['ridge_env']}}}",
                               warn=True))
     if "startupfile" in raw:
-        changes.append(Change("startupfile", f"ignored: {raw['startupfile']} is Perl code run at start; do "
+        changes.append(Change("startupfile", f"ignored: {raw['startupfile']!r} is Perl code run at start; do "
                                              "its work in your workers' setup() or a module on inc_path",
                               warn=True))
     wait = raw.get("wait_terminating")

@@ -45,6 +45,14 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 #: the most slots one call walks through (a cron of every minute over a long outage): the slots
 #: anyone needs are the few after a point or the one latest before it
 MAX_SLOTS = 10_000
+#: the longest interval (seconds, about ten years): slots stay within what a datetime holds
+MAX_INTERVAL = 10 * 366 * 86400
+#: priority fits TheSchwartz's SMALLINT column (MySQL's is unsigned: 0 and up there)
+PRIORITY_RANGE = (-32768, 32767)
+#: the arg's JSON text at most this long (bytes): a job row, a Gearman packet, not a data file
+MAX_ARG_BYTES = 1 << 20
+#: the funcname: TheSchwartz's funcmap column is VARCHAR(255); no control characters (NUL...)
+FUNCNAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +124,12 @@ class Entry:
 
 
 def slot_label(slot: int) -> str:
-    """A slot as people and uniqkeys read it: 2026-03-29T01:00:00Z."""
-    return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A slot as people and uniqkeys read it: 2026-03-29T01:00:00Z (a number past what the
+    calendar holds, as from a garbage record, as `@<seconds>`)."""
+    try:
+        return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"@{slot}"
 
 
 class ScheduleError(ValueError):
@@ -155,20 +167,25 @@ def _parse_entry(item: Any, where: str) -> Entry:
     if unknown:
         raise ScheduleError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(ENTRY_KEYS)})")
     funcname = item.get("funcname")
-    if not isinstance(funcname, str) or not funcname.strip():
-        raise ScheduleError(f"{where}: key 'funcname' must be the worker function's name (got {funcname!r})")
+    if not isinstance(funcname, str) or not funcname.strip() or not FUNCNAME_PATTERN.fullmatch(funcname.strip()):
+        raise ScheduleError(f"{where}: key 'funcname' must be the worker function's name, 1 to 255 characters "
+                            f"and no control characters (got {funcname!r:.80})")
     arg = item.get("arg")
     try:
-        json.dumps(arg)
-    except (TypeError, ValueError):
+        size = len(json.dumps(arg).encode())
+    except (TypeError, ValueError, RecursionError):
         raise ScheduleError(f"{where}: key 'arg' must be plain JSON data (got {type(arg).__name__})") from None
+    if size > MAX_ARG_BYTES:
+        raise ScheduleError(f"{where}: key 'arg' is {size} bytes as JSON; at most {MAX_ARG_BYTES}")
     zone = item.get("timezone", "UTC")
     if not isinstance(zone, str) or not _zone_exists(zone):
         raise ScheduleError(f"{where}: key 'timezone' {zone!r} is not a known time zone "
                             "(an IANA name such as Europe/Berlin)")
     priority = item.get("priority")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ScheduleError(f"{where}: key 'priority' must be a whole number (got {priority!r})")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
+        raise ScheduleError(f"{where}: key 'priority' must be a whole number from {PRIORITY_RANGE[0]} to "
+                            f"{PRIORITY_RANGE[1]} (got {priority!r:.40})")
     missed = item.get("missed", "skip")
     if missed not in MISSED_POLICIES:
         raise ScheduleError(f"{where}: key 'missed' must be one of {', '.join(MISSED_POLICIES)} (got {missed!r})")
@@ -176,9 +193,9 @@ def _parse_entry(item: Any, where: str) -> Entry:
     if (cron is None) == (interval is None):
         raise ScheduleError(f"{where}: give exactly one of key 'cron' or key 'interval'")
     if interval is not None:
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ScheduleError(f"{where}: key 'interval' must be a whole number of seconds, 1 or more "
-                                f"(got {interval!r})")
+        if isinstance(interval, bool) or not isinstance(interval, int) or not 1 <= interval <= MAX_INTERVAL:
+            raise ScheduleError(f"{where}: key 'interval' must be a whole number of seconds from 1 to "
+                                f"{MAX_INTERVAL} (about ten years) (got {interval!r:.40})")
     else:
         cron = _checked_cron(cron, where)
     return Entry(name=name, funcname=funcname.strip(), arg=arg, cron=cron, interval=interval, timezone=zone,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any, Protocol
 
 from workermanager.schedule import Entry, slot_label
@@ -29,8 +30,17 @@ BUSY_SECONDS = 2.0
 #: a database the scheduler could not reach is left alone this long (seconds); connecting to an
 #: unreachable server can take the driver's connect timeout (5 s), at most once per this period
 RETRY_SECONDS = 30.0
+#: seconds a read or write on a scheduling connection waits for the server (MySQL: read and write
+#: timeouts; PostgreSQL: keepalives and TCP_USER_TIMEOUT): a stalled server fails the tick
+IO_SECONDS = 10.0
 #: seconds a job server gets to confirm a submitted slot
 GEARMAN_TIMEOUT = 2.0
+
+#: a slot this far (seconds) beyond the database's clock is refused, and a schedule row's
+#: last_slot this far beyond it is garbage, reclaimed (see _advance)
+CLOCK_TOLERANCE = 300
+#: a reclaimed row is logged at most this often (seconds)
+RECLAIM_LOG_INTERVAL = 60.0
 
 TABLE = "wm_schedule"
 
@@ -63,6 +73,7 @@ class TheSchwartzEnqueuer:
         self.client = Client(databases, base_dir=base_dir, retry_seconds=RETRY_SECONDS)
         for db in self.client.databases:
             db.busy_timeout = min(db.busy_timeout, BUSY_SECONDS)
+            db.io_timeout = IO_SECONDS
         self._tables_made: set[int] = set()
 
     def home(self, entry: Entry) -> Database:
@@ -70,6 +81,10 @@ class TheSchwartzEnqueuer:
         two masters that see different databases down could both enqueue a slot."""
         databases = self.client.databases
         return databases[int(hashlib.md5(entry.name.encode()).hexdigest()[:8], 16) % len(databases)]
+
+    def route(self, entry: Entry) -> str:
+        """The database the entry's slots go to: a failure there holds back its other entries."""
+        return self.home(entry).label
 
     def enqueue(self, entry: Entry, slot: int, *, missed: bool = False) -> bool:
         from workermanager.theschwartz.job import JobSpec
@@ -80,7 +95,11 @@ class TheSchwartzEnqueuer:
         table = db.prefix + TABLE
 
         def work(cursor: Any) -> bool:
-            if not self._advance(cursor, db, table, entry.name, slot, missed):
+            database_now = time.time() + _clock_offset(cursor)
+            if slot > database_now + CLOCK_TOLERANCE:
+                raise ClockAhead(f"slot {slot_label(slot)} is {slot - database_now:.0f}s ahead of the clock of "
+                                 f"database {db.label}: this host's clock runs ahead? (nothing enqueued)")
+            if not self._advance(cursor, db, table, entry.name, slot, missed, database_now):
                 return False
             spec = JobSpec(entry.funcname, entry.arg, None, entry.priority, entry.uniqkey(slot), None)
             if self.client.insert_spec(cursor, db, spec) is None:
@@ -93,14 +112,23 @@ class TheSchwartzEnqueuer:
         return db.run(work, write=True, durable=True)
 
     @staticmethod
-    def _advance(cursor: Any, db: Database, table: str, name: str, slot: int, missed: bool) -> bool:
-        """Move the entry's last_slot to `slot` if it is older: True when this transaction did."""
+    def _advance(cursor: Any, db: Database, table: str, name: str, slot: int, missed: bool,
+                 database_now: float) -> bool:
+        """Move the entry's last_slot to `slot` if it is older: True when this transaction did. A
+        last_slot beyond the database's clock + CLOCK_TOLERANCE (a master whose clock ran far
+        ahead, a row edited by hand) would stop the entry on every master: it is reclaimed."""
         update = db.dialect.sql(f"UPDATE {table} SET last_slot = ? WHERE name = ? AND last_slot < ?")
         cursor.execute(update, (slot, name, slot))
         if cursor.rowcount == 1:
             return True
         cursor.execute(db.dialect.sql(f"SELECT last_slot FROM {table} WHERE name = ?"), (name,))
-        if cursor.fetchone() is not None or missed:
+        row = cursor.fetchone()
+        if row is not None and int(row[0]) > database_now + CLOCK_TOLERANCE and not missed:
+            _log_reclaim(db, table, name, int(row[0]))
+            cursor.execute(db.dialect.sql(f"UPDATE {table} SET last_slot = ? WHERE name = ? AND last_slot = ?"),
+                           (slot, name, int(row[0])))
+            return cursor.rowcount == 1  # another master reclaimed it first: its slot
+        if row is not None or missed:
             return False  # another master moved it (or a slot missed before the entry ever ran)
         if db.dialect.insert_ignore(cursor, table, ("name", "last_slot"), (name, slot), "last_slot") is not None:
             return True
@@ -153,6 +181,30 @@ class TheSchwartzEnqueuer:
         self.client.close()
 
 
+class ClockAhead(RuntimeError):
+    """This host's clock runs ahead of the database's by more than CLOCK_TOLERANCE."""
+
+
+def _clock_offset(cursor: Any) -> float:
+    """The database's clock less this host's, where the dialect measured it at connect
+    (PostgreSQL, MySQL); 0 for SQLite (this host's clock)."""
+    offset = getattr(getattr(cursor, "connection", None), "wm_clock_offset", 0.0)
+    return offset if isinstance(offset, float) else 0.0
+
+
+#: (database, table, name) -> when its reclaim was last logged (monotonic)
+_reclaims_logged: dict[tuple[str, str, str], float] = {}
+
+
+def _log_reclaim(db: Database, table: str, name: str, last_slot: int) -> None:
+    key, now = (db.label, table, name), time.monotonic()
+    if now - _reclaims_logged.get(key, -RECLAIM_LOG_INTERVAL) >= RECLAIM_LOG_INTERVAL:
+        _reclaims_logged[key] = now
+        log.error("schedule %s: the row of table %s in database %s says last_slot %s (%d), beyond the "
+                  "database's clock + %ds (a clock far ahead, or an edit): reclaimed (logged at most every %ds)",
+                  name, table, db.label, slot_label(last_slot), last_slot, CLOCK_TOLERANCE, RECLAIM_LOG_INTERVAL)
+
+
 def _check_alive(db: Database) -> None:
     """DatabaseUnavailable while a recent failure keeps `db` out of use (RETRY_SECONDS): the
     master's loop tries to connect to an unreachable database at most that often."""
@@ -175,6 +227,10 @@ class GearmanEnqueuer:
         """This project's unique-id form (gearman/unique.py): runnable since the slot, attempt 0,
         background, and in place of the random part the entry and the slot, the same for all."""
         return f"wm1:{slot * 1000}:0:b:schedule.{entry.name}.{slot}"
+
+    def route(self, entry: Entry) -> str:
+        """One route for all: a job server that does not answer holds the client's connection."""
+        return "job servers"
 
     def enqueue(self, entry: Entry, slot: int, *, missed: bool = False) -> bool:
         priority = "normal" if not entry.priority else "high" if entry.priority > 0 else "low"

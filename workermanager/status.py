@@ -94,7 +94,7 @@ def snapshot(master: Master) -> dict[str, Any]:
         "stopping": master.stopping,
         "restarts": dict(master.restarts),
         "children": [child.as_dict(now) for child in sorted(master.children.values(), key=lambda c: c.slot)],
-        "schedule": master.scheduler.describe(now) if master.scheduler is not None else [],
+        "schedule": master.schedule.describe() if master.schedule is not None else [],
     }
 
 

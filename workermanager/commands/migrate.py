@@ -50,7 +50,11 @@ def main(argv: list[str]) -> int:
         return fail(f"{path}: {exc}")
     except config_module.ConfigError as exc:
         return fail(str(exc))
-    print(render(raw, adapted, path), end="")
+    text = render(raw, adapted, path)
+    if yaml.safe_load(text) != adapted.raw:  # a comment that became a key, say: print nothing
+        return fail(f"{path}: the migrated config does not read back as the settings it should hold "
+                    "(a value with unusual characters?); nothing printed")
+    print(text, end="")
     return 0
 
 
@@ -74,7 +78,7 @@ def render(perl: dict[str, Any], adapted: perlcompat.Adapted, path: str) -> str:
         lines.append("")
     for key in ("ridge_env", "startupfile"):  # dropped keys: their notes, and what the Perl file said
         for note in notes.pop(key, []):
-            lines += [f"# {key}: {perl[key]!r} dropped: {note}", ""]
+            lines += [f"# {key}: {perlcompat.one_line(repr(perl[key]))} dropped: {note}", ""]
     for key, default in perlcompat.PERL_FILE_DEFAULTS.items():
         if key not in adapted.raw:
             lines += [f"# no {key} in the Perl config: the daemonized Perl daemon used {default};",

@@ -20,6 +20,8 @@ from workermanager.config import Config, ConfigError
 from workermanager.scheduler import describe_entry
 
 NEXT_SLOTS = 5
+#: the most slots --count lists per entry (each walks the cron)
+MAX_COUNT = 1000
 
 
 def main(argv: list[str]) -> int:
@@ -33,8 +35,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=QUEUE_SECONDS, metavar="SECONDS",
                         help="give up on the database after this long")
     options = parser.parse_args(argv)
-    if options.count < 1:
-        parser.error("--count must be 1 or more")
+    if not 1 <= options.count <= MAX_COUNT:
+        parser.error(f"--count must be from 1 to {MAX_COUNT}")
     try:
         config = load_config(options.config)
     except ConfigError as exc:

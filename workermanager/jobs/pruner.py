@@ -2,19 +2,19 @@
 
 The master never talks to a database itself (a slow one would stall its loop, and with it
 timeouts and restarts), so it forks a process that prunes (keeping.prune: bounded batches) and
-exits, at most one at a time, killed by its own alarm after PRUNE_DEADLINE seconds. The master
-reaps it like any child and otherwise ignores it.
+exits, at most one at a time, killed by its own alarm after PRUNE_DEADLINE seconds (and by the
+master's watchdog, helperprocess, a little later). The master reaps it like any child.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from workermanager.helperprocess import HelperProcess
 from workermanager.proctitle import setproctitle
 
 if TYPE_CHECKING:
@@ -32,59 +32,39 @@ PRUNE_DEADLINE = 60
 
 
 class Pruner:
-    """When to prune, and the pid of the pruning process while it runs."""
+    """When to prune, and the pruning process while it runs (a helperprocess.HelperProcess)."""
 
     def __init__(self, interval: float = PRUNE_INTERVAL, first_after: float = FIRST_PRUNE_AFTER) -> None:
         self.interval = interval
         self.next_at = time.monotonic() + first_after
-        self.pid: int | None = None
+        #: its own alarm ends it at PRUNE_DEADLINE; the master's watchdog a little later, whatever it does
+        self.process = HelperProcess("the failed-jobs pruner", watchdog=PRUNE_DEADLINE + 5)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
 
     def due(self, config: Config, now: float) -> bool:
-        return config.keep_failed and self.pid is None and now >= self.next_at
+        return config.keep_failed and not self.process.running and now >= self.next_at
 
     def start(self, config: Config, signals: Iterable[int], in_child: Callable[[], None]) -> None:
         """Fork the pruning process. `signals`: the master's handled signals, set back to their
         default actions in it; `in_child`: closes what the master holds open (its pipes)."""
         self.next_at = time.monotonic() + self.interval
-        numbers = list(signals)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            log.warning("failed jobs not pruned: cannot fork: %s", exc.strerror or exc)
-            return
-        if pid == 0:
-            status = 1
-            try:
-                signal.set_wakeup_fd(-1)
-                for number in numbers:
-                    signal.signal(number, signal.SIG_DFL)
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                signal.alarm(PRUNE_DEADLINE)
-                in_child()
-                setproctitle("workermanager: pruning kept failed jobs")
-                status = run_prune(config)
-            finally:
-                os._exit(status)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.pid = pid
+
+        def work(report_fd: int | None) -> int:
+            signal.alarm(PRUNE_DEADLINE)
+            setproctitle("workermanager: pruning kept failed jobs")
+            return run_prune(config)
+        self.process.start(work, signals, in_child)
 
     def reaped(self, pid: int) -> bool:
         """Whether `pid` (just reaped) was the pruning process."""
-        if pid != self.pid:
-            return False
-        self.pid = None
-        return True
+        return self.process.reaped(pid)
 
     def stop(self) -> None:
         """At the master's stop: end a prune under way (it holds no job)."""
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        self.process.stop()
 
 
 def run_prune(config: Config) -> int:

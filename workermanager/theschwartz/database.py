@@ -63,6 +63,8 @@ class Database:
         self.prefix = prefix or ""
         self.retry_seconds = retry_seconds
         self.busy_timeout = busy_timeout
+        #: seconds a read or write on the connection waits for the server (None: no limit)
+        self.io_timeout: float | None = None
         self.dialect = dialect_for(dsn.driver)
         self.q = Queries(self.prefix, self.dialect)
         # Perl TheSchwartz names a database in job handles by md5_hex("dsn|user") of the DSN as
@@ -115,7 +117,8 @@ class Database:
         if self._conn is None:
             if self.broken:
                 raise ConnectionBroken(f"database {self.label}: {self.broken}")
-            conn = self.dialect.connect(self.dsn, create=create, busy_timeout=self.busy_timeout)
+            conn = self.dialect.connect(self.dsn, create=create, busy_timeout=self.busy_timeout,
+                                        io_timeout=self.io_timeout)
             self._file_id = _file_id(self.dsn.database) if self.dsn.driver == "sqlite" else None
             self._failures = 0
             self._funcname2id.clear()

@@ -36,9 +36,12 @@ class Dialect(abc.ABC):
     # --- connecting -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
+                io_timeout: float | None = None) -> Any:
         """An autocommit DB-API connection; `create` allows creating the database (init-db only).
-        `busy_timeout`: seconds one statement may wait for a lock another session holds."""
+        `busy_timeout`: seconds one statement may wait for a lock another session holds.
+        `io_timeout`: seconds a read or write on the connection may wait for the server (None: no
+        limit, the workers' connections; the scheduler's set one, docs/schedules.md)."""
 
     @abc.abstractmethod
     def ddl(self, prefix: str) -> list[str]:

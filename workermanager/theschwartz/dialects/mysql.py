@@ -40,7 +40,8 @@ class MySQLDialect(Dialect):
     errors = (pymysql.MySQLError,)
     single_statement_autocommit = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
+                io_timeout: float | None = None) -> Any:
         params: dict[str, Any] = {"database": dsn.database, "autocommit": True, "charset": "utf8mb4",
                                   "connect_timeout": CONNECT_TIMEOUT, "binary_prefix": True}
         socket = dsn.options.get("mysql_socket") or dsn.options.get("unix_socket")
@@ -54,6 +55,8 @@ class MySQLDialect(Dialect):
             params["user"] = dsn.user
         if dsn.password:
             params["password"] = dsn.password
+        if io_timeout is not None:  # covers the handshake too: a server that accepts and never speaks
+            params["read_timeout"] = params["write_timeout"] = io_timeout
         conn = pymysql.connect(**params)
         try:
             with conn.cursor() as cursor:

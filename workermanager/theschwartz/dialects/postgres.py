@@ -50,13 +50,17 @@ class PostgresDialect(Dialect):
     single_statement_autocommit = True  # the session's synchronous_commit (off) applies
     can_listen = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
+                io_timeout: float | None = None) -> Any:
         params: dict[str, Any] = {"dbname": dsn.database, "autocommit": True,
                                   "connect_timeout": CONNECT_TIMEOUT, "application_name": "workermanager"}
         for key, value in (("host", dsn.host), ("port", dsn.port), ("user", dsn.user),
                            ("password", dsn.password)):
             if value not in (None, ""):
                 params[key] = value
+        if io_timeout is not None:  # a peer gone silent: the kernel gives up on it (libpq has no read timeout)
+            params.update(keepalives=1, keepalives_idle=max(1, int(io_timeout / 2)), keepalives_interval=1,
+                          keepalives_count=3, tcp_user_timeout=int(io_timeout * 1000))
         for key, value in dsn.options.items():  # sslmode=..., options=... pass straight to libpq
             params.setdefault(key, value)
         conn = psycopg.connect(**params)

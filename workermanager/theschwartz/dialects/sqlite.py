@@ -45,7 +45,8 @@ class SQLiteDialect(Dialect):
     lease_in_transaction = False
     completions_ride_with_leases = True
 
-    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0) -> Any:
+    def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
+                io_timeout: float | None = None) -> Any:
         # mode=rw: a worker pointed at a missing file gets "unable to open", not a new empty database
         mode = "rwc" if create else "rw"
         if create:
