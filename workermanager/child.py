@@ -7,7 +7,6 @@ jobs, when it grows past the memory limit, when asked to stop, or when its maste
 
 from __future__ import annotations
 
-import _signal
 import dataclasses
 import logging
 import os
@@ -15,7 +14,7 @@ import signal
 import time
 from collections.abc import Sequence
 
-from workermanager import proctitle
+from workermanager import proctitle, rawsignals
 from workermanager.backends import Backend, BackendError
 from workermanager.backends.base import BackendBroken
 from workermanager.config import Config
@@ -105,22 +104,19 @@ class Child:
     def _install_signals(self) -> None:
         """The child's own handlers; the signals the master only notes (STRAY_SIGNALS) take
         their default action again in a child."""
-        # _signal, the C module under `signal`: the wrapper converts every old handler to an enum
-        # (a ValueError caught per call for a function handler), which in a fresh child touches,
-        # and so copies, pages of the enum machinery: half a millisecond of each child's start.
-        install = _signal.signal
+        install = rawsignals.install  # on the fork path: see rawsignals
         install(signal.SIGTERM, self._on_graceful_stop)
         install(signal.SIGQUIT, self._on_graceful_stop)
         install(signal.SIGINT, self._on_fast_stop)
         install(signal.SIGUSR1, self._on_reopen)
         install(signal.SIGALRM, self._on_alarm)
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            install(signum, _signal.SIG_IGN)
-        install(signal.SIGCHLD, _signal.SIG_DFL)
+            install(signum, rawsignals.SIG_IGN)
+        install(signal.SIGCHLD, rawsignals.SIG_DFL)
         for signum in STRAY_SIGNALS:
             if signum != signal.SIGALRM:
-                install(signum, _signal.SIG_DFL)
-        _signal.set_wakeup_fd(-1)
+                install(signum, rawsignals.SIG_DFL)
+        rawsignals.no_wakeup_fd()
 
     def _on_graceful_stop(self, signum: int, frame: object) -> None:
         self.stop_reason = self.stop_reason or "asked to stop"
@@ -144,7 +140,7 @@ class Child:
         """
         self._install_signals()
         if unblock is not None:
-            _signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
+            rawsignals.restore(unblock)
         self._set_title("starting", force=True)
         try:
             for cls in self.plan.worker_classes:

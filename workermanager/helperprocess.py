@@ -19,7 +19,6 @@ after the privilege drop, which this module starts and watches:
 
 from __future__ import annotations
 
-import _signal
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from workermanager import rawsignals
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,13 @@ class HelperProcess:
         now = time.monotonic()
         read_fd = write_fd = None
         numbers = list(signals)
-        blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+        blocked = rawsignals.block(numbers)
         try:
             if reports:
                 read_fd, write_fd = os.pipe()
             pid = os.fork()
         except OSError as exc:
-            _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            rawsignals.restore(blocked)
             for fd in (read_fd, write_fd):
                 if fd is not None:
                     os.close(fd)
@@ -101,7 +102,7 @@ class HelperProcess:
                 if read_fd is not None:
                     os.close(read_fd)
                 in_child()
-                _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                rawsignals.restore(blocked)
                 status = work(write_fd)
             except BaseException as exc:  # the work's own bug: one line, then the exit status says it
                 try:
@@ -110,7 +111,7 @@ class HelperProcess:
                     pass
             finally:
                 os._exit(status)
-        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        rawsignals.restore(blocked)
         if write_fd is not None:
             os.close(write_fd)
         if read_fd is not None:

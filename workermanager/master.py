@@ -14,7 +14,6 @@ depend on the master's, so the master outlives every error it can. See docs/mast
 
 from __future__ import annotations
 
-import _signal
 import collections
 import errno
 import gc
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from workermanager import proctitle
+from workermanager import proctitle, rawsignals
 from workermanager.backends import Backend, backend_class
 from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
@@ -582,12 +581,11 @@ class Master:
         gc.freeze()
         # Signals stay blocked from before fork until the child has its own handlers, so a TERM
         # sent to a brand-new child waits for the child's handler instead of reaching the master's.
-        # _signal's, not signal's: the wrapper turns each signal of the answer into an enum
-        blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_NUMBERS)
+        blocked = rawsignals.block(_HANDLED_NUMBERS)
         try:
             pid = os.fork()
         except OSError as exc:
-            _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            rawsignals.restore(blocked)
             gc.unfreeze()
             os.close(read_fd)
             os.close(write_fd)
@@ -604,7 +602,7 @@ class Master:
             finally:
                 os._exit(status)
         gc.unfreeze()
-        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        rawsignals.restore(blocked)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = ChildState(pid=pid, slot=slot, generation=self.generation, started_at=time.time(),
