@@ -25,7 +25,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from workermanager import proctitle, rawsignals
 from workermanager.backends import Backend, backend_class
@@ -84,6 +84,33 @@ class ForkGuard(Protocol):
     def release(self) -> None:
         """After the fork, in the master."""
 
+
+class ChildEnd(NamedTuple):
+    """How a reaped child ended, as the master accounts for it."""
+
+    #: "killed by SIGKILL", "exit status 0": for the log line
+    how: str
+    #: why it ended: its kill reason, "exited", "worker setup failed", "backend broken"
+    reason: str
+    #: not asked to go and not a clean exit: a crash, counted as "died"
+    abnormal: bool
+    #: for a job it was running: "was killed by SIGSEGV", "exited with status 1"
+    death: str
+
+
+def _how_it_ended(child: ChildState, status: int) -> ChildEnd:
+    reason = child.kill_reason or "exited"
+    if os.WIFSIGNALED(status):
+        how = f"killed by {_signal_name(os.WTERMSIG(status))}"
+        abnormal = child.kill_reason is None or child.kill_reason.startswith("job ")
+        return ChildEnd(how, reason, abnormal, f"was {how}")
+    code = os.WEXITSTATUS(status)
+    if code == EXIT_BOOT_FAILURE:
+        reason = "worker setup failed"
+    elif code == EXIT_BACKEND_BROKEN:
+        reason = "backend broken"
+    # EXIT_BACKEND_BROKEN is abnormal too: the crash backoff applies
+    return ChildEnd(f"exit status {code}", reason, code != 0, f"exited with status {code}")
 
 class MasterListener:
     """Hooks for observers of the pool (metrics). Called in the master's loop; must be quick."""
@@ -667,44 +694,42 @@ class Master:
             self._apply_messages(child, data)
 
     def _account_exit(self, child: ChildState, status: int) -> None:
-        age = time.time() - child.started_at
-        reason = child.kill_reason or "exited"
-        if os.WIFSIGNALED(status):
-            how = f"killed by {_signal_name(os.WTERMSIG(status))}"
-            abnormal = child.kill_reason is None or child.kill_reason.startswith("job ")
-        else:
-            code = os.WEXITSTATUS(status)
-            how = f"exit status {code}"
-            abnormal = code != 0  # EXIT_BACKEND_BROKEN too: the crash backoff below applies
-            if code == EXIT_BOOT_FAILURE:
-                reason = "worker setup failed"
-            elif code == EXIT_BACKEND_BROKEN:
-                reason = "backend broken"
-        if child.job_funcname:
-            log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
-            if child.dead_job is None and abnormal:  # (a timed-out job was noted at its kill)
-                self._note_dead_job(child, f"was {how}" if os.WIFSIGNALED(status) else f"exited with status {code}")
-        if child.dead_job is not None:  # handed to the next child only now: the child is gone
-            self._dead_jobs.append(child.dead_job)
-        if abnormal and child.board is not None:
-            unstarted = child.board.unstarted_held(child.works_done, child.job_started is not None)
-            if unstarted:
-                log.warning("child %d died holding %d job(s) it claimed ahead and never started; the next "
-                            "child gives them back", child.pid, len(unstarted))
-                self._orphans.extend(unstarted)
-        restart_reason = "died" if abnormal else reason
+        """A reaped child: its jobs handed on, counted, logged, and when to start the next one."""
+        end = _how_it_ended(child, status)
+        self._hand_on_jobs(child, end)
+        restart_reason = "died" if end.abnormal else end.reason
         self.restarts[restart_reason] += 1
         for listener in self.listeners:
             try:
                 listener.child_exited(restart_reason)
             except Exception as exc:
                 self._survive("telling a listener of a child's exit", exc)
-        routine = not abnormal and reason == "recycled"
+        routine = not end.abnormal and end.reason == "recycled"
         if routine:
             self._routine_recycles += 1
-        level = logging.WARNING if abnormal else logging.DEBUG if routine else logging.INFO
-        log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, how, reason,
-                child.works_done, age)
+        level = logging.WARNING if end.abnormal else logging.DEBUG if routine else logging.INFO
+        log.log(level, "child %d exited: %s, %s, after %d jobs in %.1fs", child.pid, end.how, end.reason,
+                child.works_done, time.time() - child.started_at)
+        self._plan_next_spawn(child, end.abnormal)
+
+    def _hand_on_jobs(self, child: ChildState, end: ChildEnd) -> None:
+        """The job a dead child was running (its death noted for the next child, which settles
+        its lease) and the jobs it claimed ahead and never started (given back by the next)."""
+        if child.job_funcname:
+            log.error("child %d died running job %s (%s)", child.pid, child.job_id, child.job_funcname)
+            if child.dead_job is None and end.abnormal:  # (a timed-out job was noted at its kill)
+                self._note_dead_job(child, end.death)
+        if child.dead_job is not None:  # handed to the next child only now: the child is gone
+            self._dead_jobs.append(child.dead_job)
+        if end.abnormal and child.board is not None:
+            unstarted = child.board.unstarted_held(child.works_done, child.job_started is not None)
+            if unstarted:
+                log.warning("child %d died holding %d job(s) it claimed ahead and never started; the next "
+                            "child gives them back", child.pid, len(unstarted))
+                self._orphans.extend(unstarted)
+
+    def _plan_next_spawn(self, child: ChildState, abnormal: bool) -> None:
+        """When the next child may start: at once, unless children keep dying the same way."""
         if abnormal and not child.ready and not self.stopping:
             # It died before its workers were set up: the cause (an import, a setup() that raises)
             # will kill the next one too, so slow down instead of forking in a loop.
