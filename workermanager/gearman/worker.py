@@ -303,6 +303,18 @@ class Worker:
         Never spins: with every server asleep or down it blocks in select until a NOOP, the next
         reconnection time or the deadline. Returns at most a few milliseconds after the deadline
         (plus a connect timeout when a down server is being retried).
+
+        Each server is in one of these states (_Server's fields), and each turn of the loop moves
+        one of them on:
+        - down (not connected): retried at `retry_at`, with a backoff that grows per failure;
+        - awake: it may have work; when no GRAB is outstanding (`_pending` is None) we send it
+          GRAB_JOB_UNIQ, which clears `awake` and makes it `_pending`, one server at a time;
+        - pending: its answer decides: JOB_ASSIGN* is returned (buffered until taken) and the
+          server stays awake (there may be more); NO_JOB sends PRE_SLEEP and marks it sleeping,
+          unless a NOOP came meanwhile (awake again);
+        - sleeping: nothing to do until it sends NOOP (it has work: awake again) or, with
+          `poll_interval`, until that much time passed since `slept_at` (awake again anyway).
+        With one server that is up and awake, the first turn is _grab_at_once: ask, take the job.
         """
         if not self.abilities:
             raise RuntimeError("register at least one function before grabbing jobs")
