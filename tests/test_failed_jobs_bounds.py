@@ -161,6 +161,16 @@ def test_a_delete_while_a_retry_is_in_flight_is_refused_and_the_job_kept(tmp_pat
         assert deleting.list_failed().items == []
 
 
+def test_a_gearman_retry_of_all_stops_at_its_deadline_between_jobs(tmp_path, silent_server):
+    config = gearman_config(tmp_path, silent_server.address)
+    handle = keep_one_failed(config)
+    with open_store(config) as store:
+        run = store.retry_failed("Retry::Me", deadline=time.monotonic())
+        assert run.partial and run.results == []
+        assert [job.handle for job in store.list_failed().items] == [handle]
+    assert silent_server.received == b""  # nothing submitted past the deadline
+
+
 def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, gearmand):  # noqa: F811
     hung = gearman_config(tmp_path, silent_server.address)
     handle = keep_one_failed(hung)

@@ -18,9 +18,17 @@ from typing import TYPE_CHECKING, Any
 from workermanager.jobs.errors import NotSupported, StoreUnavailable, UnknownJob
 from workermanager.jobs.handles import Handle, parse_handle
 from workermanager.jobs.keeping import failed_store_database
-from workermanager.jobs.records import ActionResult, ErrorRecord, FailedJob, Page, QueuedJob, QueueStats
+from workermanager.jobs.records import (
+    ActionResult,
+    ErrorRecord,
+    FailedJob,
+    Page,
+    QueuedJob,
+    QueueStats,
+    RetryRun,
+)
 from workermanager.jobs.sqlstore import SQLJobStore, _failed_job
-from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit
+from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit, past
 from workermanager.theschwartz import failed
 
 if TYPE_CHECKING:
@@ -113,14 +121,18 @@ class GearmanJobStore(JobStore):
         parsed = [parse_handle(handle) for handle in handles]
         return [self._retry_one(handle) for handle in parsed]
 
-    def retry_failed(self, func: str) -> list[ActionResult]:
+    def retry_failed(self, func: str, deadline: float | None = None) -> RetryRun:
         results: list[ActionResult] = []
         while True:  # each retried job leaves the store: the first page again, until it is empty
             page = self.failed.list_failed(func=func, limit=200)
-            batch = self.retry(job.handle for job in page.items)
+            batch = []
+            for job in page.items:  # one submission each: the deadline is looked at between them
+                if past(deadline):
+                    return RetryRun(results + batch, partial=True)
+                batch.append(self._retry_one(parse_handle(job.handle)))
             results.extend(batch)
             if page.next_cursor is None or not any(result.ok for result in batch):
-                return results
+                return RetryRun(results)
 
     def delete(self, handles: Iterable[str]) -> list[ActionResult]:
         parsed = [parse_handle(handle) for handle in handles]

@@ -30,8 +30,9 @@ from workermanager.jobs.records import (
     Page,
     QueuedJob,
     QueueStats,
+    RetryRun,
 )
-from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit
+from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit, past
 from workermanager.theschwartz import failed
 from workermanager.theschwartz.args import as_bytes
 from workermanager.theschwartz.client import build_databases
@@ -231,7 +232,7 @@ class SQLJobStore(JobStore):
         new = queued_handle(db.hashdsn, jobid)
         return ActionResult(str(handle), True, f"queued again as {new}", new)
 
-    def retry_failed(self, func: str) -> list[ActionResult]:
+    def retry_failed(self, func: str, deadline: float | None = None) -> RetryRun:
         results: list[ActionResult] = []
         after = None
         seen: set[str] = set()
@@ -241,7 +242,9 @@ class SQLJobStore(JobStore):
             seen.update(handles)
             results.extend(self.retry(handles))
             if page.next_cursor is None:
-                return results
+                return RetryRun(results)
+            if past(deadline):
+                return RetryRun(results, partial=True)
             after = page.next_cursor
 
     def delete(self, handles: Iterable[str]) -> list[ActionResult]:
