@@ -441,6 +441,9 @@ def test_the_jobs_commands_say_one_line_for_bad_input(tmp_path, sqlite_queue):
     assert "no such failed job" in missing.stderr
     usage = cli(conf, "retry", check=2)
     assert "HANDLE..., or --failed --func F" in usage.stderr
+    gone = tmp_path / "gone.db"
+    no_file = cli(write_config(tmp_path, {"path": str(gone)}), "list", check=1)
+    assert no_file.stderr.splitlines() == [f"workermanager: database sqlite:{gone}: unable to open database file"]
 
 
 # --- the daemon ------------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ class SQLJobStore(JobStore):
             assert config is not None
             databases = build_databases(database_entries(config), config.base_dir, retry_seconds=1.0)
         self.databases = list(databases)
+        for db in self.databases:  # StoreUnavailable names the database and why: one line, not two
+            db.log_unavailable = False
         self._by_hash: dict[str, int] = {}
         for index, db in reversed(list(enumerate(self.databases))):
             for digest in db.handle_hashes:
