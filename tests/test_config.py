@@ -59,6 +59,7 @@ def test_flags_override_the_file(tmp_path):
     ("worker_options: [1, 2]\n", "key 'worker_options' must be a dict"),
     ("inc_path: [lib, 1]\n", "key 'inc_path' item 2 must be a path string, not int"),
     ("env: {PATHS: [a, b]}\n", "key 'env' entry 'PATHS' must be a string or number, not list"),
+    ("keep_failed_max: 99999999999999999999999\n", "key 'keep_failed_max' must be more than 0 and at most 1000000000"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path, extra, message):
     path = write(tmp_path, GOOD + extra)

@@ -402,6 +402,31 @@ def test_the_jobs_commands_on_every_database(queue_db, tmp_path):
     client.close()
 
 
+def test_retry_failed_stops_at_its_deadline_between_batches_and_says_so(tmp_path, sqlite_queue):
+    """A --timeout too short for every kept job: the command stops after a batch and says how
+    many it retried and that the rest is still kept (the repro: root's child killed at the
+    timeout after re-queueing jobs it never listed)."""
+    from workermanager.jobs.keeping import ensure_table
+    from workermanager.jobs.sqlstore import RETRY_BATCH
+
+    client, path = sqlite_queue
+    entry = {"dsn": f"dbi:SQLite:dbname={path}"}
+    [db] = build_databases([entry])
+    ensure_table(db)
+    record = failed.FailedRecord(None, Doomed.funcname, b"x", None, None, None, None, 1, [(1.0, "no")], "", "h",
+                                 1, 1, "s//H:1")
+    db.run(lambda cursor: [failed.insert(db, cursor, record) for _ in range(RETRY_BATCH + 1)], write=True)
+    db.close()
+    conf = write_config(tmp_path, entry)
+    partial = cli(conf, "retry", "--failed", "--func", Doomed.funcname, "--timeout", "0.001", check=1)
+    assert f"{RETRY_BATCH} of {RETRY_BATCH} done" in partial.stdout
+    assert partial.stderr.strip() == (f"workermanager: {RETRY_BATCH} retried; stopped at the deadline "
+                                      "(--timeout 0.001): run again for the rest")
+    assert len(json.loads(cli(conf, "list", "--failed", "--json", check=0).stdout)["jobs"]) == 1
+    rest = cli(conf, "retry", "--failed", "--func", Doomed.funcname, "--json", check=0)
+    assert json.loads(rest.stdout)["partial"] is False and len(json.loads(rest.stdout)["results"]) == 1
+
+
 def test_the_jobs_commands_say_one_line_for_bad_input(tmp_path, sqlite_queue):
     client, path = sqlite_queue
     conf = write_config(tmp_path, {"path": path})
@@ -416,6 +441,9 @@ def test_the_jobs_commands_say_one_line_for_bad_input(tmp_path, sqlite_queue):
     assert "no such failed job" in missing.stderr
     usage = cli(conf, "retry", check=2)
     assert "HANDLE..., or --failed --func F" in usage.stderr
+    gone = tmp_path / "gone.db"
+    no_file = cli(write_config(tmp_path, {"path": str(gone)}), "list", check=1)
+    assert no_file.stderr.splitlines() == [f"workermanager: database sqlite:{gone}: unable to open database file"]
 
 
 # --- the daemon ------------------------------------------------------------------------------------

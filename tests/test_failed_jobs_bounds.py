@@ -140,6 +140,37 @@ def test_a_retry_to_a_hung_job_server_times_out_and_keeps_the_job(tmp_path, sile
     assert b"Retry::Me" in silent_server.received
 
 
+def test_a_delete_while_a_retry_is_in_flight_is_refused_and_the_job_kept(tmp_path, silent_server, monkeypatch):
+    """The retry holds the submit open (a job server that does not answer yet): deleting the job
+    meanwhile would say "deleted" while the retry still submits it. It is refused instead."""
+    monkeypatch.setattr(gearmanstore, "SUBMIT_TIMEOUT", 5.0)
+    config = gearman_config(tmp_path, silent_server.address)
+    handle = keep_one_failed(config)
+    retried: list = []
+    with open_store(config) as retrying, open_store(config) as deleting:
+        thread = threading.Thread(target=lambda: retried.extend(retrying.retry([handle])), daemon=True)
+        thread.start()
+        wait_for(lambda: b"Retry::Me" in silent_server.received, 30, what="the retry's SUBMIT_JOB_BG sent")
+        [refused] = deleting.delete([handle])
+        assert not refused.ok and "being retried by another process now" in refused.detail
+        assert [job.handle for job in deleting.list_failed().items] == [handle]
+        thread.join(60)
+        assert retried and not retried[0].ok  # the job server never confirmed: kept as it was
+        [deleted] = deleting.delete([handle])  # the retry's mark went with it
+        assert deleted.ok and deleted.detail == "deleted"
+        assert deleting.list_failed().items == []
+
+
+def test_a_gearman_retry_of_all_stops_at_its_deadline_between_jobs(tmp_path, silent_server):
+    config = gearman_config(tmp_path, silent_server.address)
+    handle = keep_one_failed(config)
+    with open_store(config) as store:
+        run = store.retry_failed("Retry::Me", deadline=time.monotonic())
+        assert run.partial and run.results == []
+        assert [job.handle for job in store.list_failed().items] == [handle]
+    assert silent_server.received == b""  # nothing submitted past the deadline
+
+
 def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, gearmand):  # noqa: F811
     hung = gearman_config(tmp_path, silent_server.address)
     handle = keep_one_failed(hung)

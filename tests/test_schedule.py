@@ -312,6 +312,30 @@ def test_a_schedule_row_far_in_the_future_is_reclaimed_with_an_error(sqlite_queu
     scheduler.close()
 
 
+@pytest.mark.parametrize("garbage", [9 * 10**18, 0, -5])
+def test_a_garbage_schedule_row_is_ignored_in_the_status_with_one_warning(sqlite_queue, tmp_path, monkeypatch,
+                                                                          caplog, garbage):
+    """A row set by hand to a slot no clock reaches (or before 1970) is not what the master
+    shows or carries over: the status names the slot really enqueued, and one warning names
+    the table and the entry."""
+    monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
+    monkeypatch.setattr(schedule_enqueue, "_rows_logged", {})
+    client, path = sqlite_queue
+    database = {"dsn": f"dbi:SQLite:dbname={path}"}
+    now = int(time.time()) + 0.5
+    scheduler = scheduler_for(database, {"name": "hb", "funcname": "F", "interval": 1}, now, tmp_path)
+    scheduler.enqueuer.last_slots()  # makes the table
+    set_last_slot(path, "hb", garbage)
+    with caplog.at_level(logging.WARNING, "workermanager.schedule_enqueue"):
+        assert scheduler.tick(now + 1, 1.0) == 1
+        assert scheduler.tick(now + 2, 2.0) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"schedule hb: the row of table {TABLE} in database sqlite:")
+    assert "ignored" in warnings[0]
+    assert scheduler.report()["hb"][1] == int(now) + 2
+    scheduler.close()
+
+
 def test_a_master_whose_clock_runs_far_ahead_of_the_database_enqueues_nothing(sqlite_queue, tmp_path, monkeypatch,
                                                                               caplog):
     monkeypatch.setattr(schedule_enqueue, "CLOCK_TOLERANCE", CLOCK_TOLERANCE)
@@ -344,6 +368,8 @@ def test_labels_and_listings_tolerate_slots_past_the_calendar():
 
     (entry,) = entries({"name": "a", "funcname": "F", "interval": 5})
     assert slot_label(10**15) == "@1000000000000000"
+    assert slot_label(float("nan")) == slot_label(float("inf")) == "invalid"
+    assert describe_slots(entry, None, [float("nan")])["next"] == ["invalid"]
     assert describe_slots(entry, 10**15, [float("inf"), None])["last_enqueued"] == "@1000000000000000"
 
 

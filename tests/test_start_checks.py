@@ -291,3 +291,30 @@ def test_a_job_server_that_does_not_answer_is_a_warning_on_the_terminal(daemons,
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "workermanager: ok"
     assert f"warning: job server {address} does not answer" in result.stdout
 
+
+
+# -- the console's key --------------------------------------------------------------------------------
+@pytest.mark.parametrize("web, complaint", [
+    ({"page_size": 10**9}, "page_size must be a whole number from 1 to 500"),
+    ({"listen": "nowhere"}, "listen must be \"host:port\""),
+    ({"token_file": "token"}, "is open to other users (mode 0644)"),
+])
+def test_check_refuses_a_web_key_the_console_would_refuse(folder, web, complaint):
+    """`workermanager web` reads the same file: `check` says what it would refuse, in one line."""
+    token = os.path.join(folder, "token")
+    with open(token, "w") as handle:
+        handle.write("a-token-long-enough-0123456789\n")
+    os.chmod(token, 0o644)
+    daemon = Daemon(folder, {"type": "Gearman", "workers": ["testworkers.Noop"], "web": web,
+                             "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}})
+    result = wm(daemon, "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {daemon.config_path}: key 'web': ") and complaint in line, line
+    os.chmod(token, 0o600)
+    daemon = Daemon(folder, {"type": "Gearman", "workers": ["testworkers.Noop"], "web": {"token_file": "token"},
+                             "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}})
+    result = wm(daemon, "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok: {daemon.config_path}: key 'web': the console would listen on 127.0.0.1:8470 (with a token)" \
+        in result.stdout.splitlines()

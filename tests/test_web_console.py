@@ -292,6 +292,27 @@ def test_posts_without_the_token_or_the_csrf_token_are_refused(fleet):
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"] and headers["X-Frame-Options"] == "DENY"
 
 
+def test_a_copy_of_the_cookie_is_refused_after_logout(fleet):
+    """The session cookie is signed, not secret-free: logout must end it on the server, so a
+    copy taken before (a stolen cookie, another tab) is logged out too."""
+    handle = fail_for_good(fleet, {"keep": "me too"})
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    fetch(fleet.console.url("/login"), opener, {"token": TOKEN, "csrf_token": csrf_of(fetch(
+        fleet.console.url("/login"), opener)[1])})
+    csrf = csrf_of(fetch(fleet.console.url("/failed"), opener)[1])
+    assert "Log out" in fetch(fleet.console.url("/"), opener)[1]
+    [copied] = [f"{cookie.name}={cookie.value}" for cookie in jar]
+    fetch(fleet.console.url("/logout"), opener, {"csrf_token": csrf})
+    replay = urllib.request.build_opener()
+    replay.addheaders = [("Cookie", copied)]
+    status, body = fetch(fleet.console.url("/act"), replay, {"action": "delete", "handle": handle,
+                                                             "csrf_token": csrf})
+    assert status == 403 and "log in with the console's token first" in body
+    with fleet.store() as jobs:
+        assert jobs.show(handle).handle == handle  # still kept, not deleted
+
+
 # -- plain HTTP, for what a browser would not send ---------------------------------------------------
 last_headers: list[Any] = [None]
 

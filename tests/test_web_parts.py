@@ -265,3 +265,19 @@ def test_slow_and_idle_clients_do_not_hold_the_threads(tmp_path):
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_a_login_ends_at_logout_and_after_its_lifetime():
+    from workermanager.web.sessions import LiveSessions
+
+    now = [1000.0]
+    live = LiveSessions(lifetime=3600, limit=3, clock=lambda: now[0])
+    first, second = live.start(), live.start()
+    assert live.is_live(first) and live.is_live(second) and first != second
+    assert not live.is_live(None) and not live.is_live(["a list from a cookie"]) and not live.is_live("forged")
+    live.end(first)
+    assert not live.is_live(first) and live.is_live(second)
+    now[0] += 3600
+    assert not live.is_live(second)  # expired, whatever the cookie says
+    made = [live.start() for _ in range(4)]
+    assert not live.is_live(made[0]) and all(live.is_live(sid) for sid in made[1:])  # at most `limit`

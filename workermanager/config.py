@@ -115,7 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keep_failed_days", (int, float), 30, "days a failed job is kept before the master prunes it",
             lambda value: None if 0 < value <= 36500 else "must be more than 0 and at most 36500"),
     Setting("keep_failed_max", int, 100000, "failed jobs kept at most; the master prunes the oldest beyond",
-            _positive),
+            lambda value: None if 0 < value <= 10**9 else "must be more than 0 and at most 1000000000"),
     Setting("failed_store", (str, dict), None, "Gearman: where failed jobs are kept: an SQLite file "
             "path, or a database entry {dsn|path, user, pass, prefix} (default: failed-jobs.db beside the "
             "job log, or beside the config without a logfile)"),

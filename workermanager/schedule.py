@@ -123,13 +123,14 @@ class Entry:
             return
 
 
-def slot_label(slot: int) -> str:
+def slot_label(slot: float) -> str:
     """A slot as people and uniqkeys read it: 2026-03-29T01:00:00Z (a number past what the
-    calendar holds, as from a garbage record, as `@<seconds>`)."""
+    calendar holds, as from a garbage record, as `@<seconds>`; not a number: `invalid`). Never
+    raises: the status file shows it."""
     try:
-        return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError, OSError):
-        return f"@{slot}"
+        return datetime.fromtimestamp(int(slot), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError, TypeError):
+        return f"@{slot}" if isinstance(slot, int) else "invalid"
 
 
 class ScheduleError(ValueError):

@@ -124,7 +124,8 @@ class TheSchwartzEnqueuer:
         cursor.execute(db.dialect.sql(f"SELECT last_slot FROM {table} WHERE name = ?"), (name,))
         row = cursor.fetchone()
         if row is not None and int(row[0]) > database_now + CLOCK_TOLERANCE and not missed:
-            _log_reclaim(db, table, name, int(row[0]))
+            _log_row(f"beyond the database's clock + {CLOCK_TOLERANCE}s (a clock far ahead, or an edit): reclaimed",
+                     logging.ERROR, db, table, name, int(row[0]))
             cursor.execute(db.dialect.sql(f"UPDATE {table} SET last_slot = ? WHERE name = ? AND last_slot = ?"),
                            (slot, name, int(row[0])))
             return cursor.rowcount == 1  # another master reclaimed it first: its slot
@@ -164,7 +165,9 @@ class TheSchwartzEnqueuer:
 
             def read(cursor: Any, db: Database = db) -> list[tuple[str, int]]:
                 cursor.execute(f"SELECT name, last_slot FROM {db.prefix}{TABLE}")
-                return [(str(name), int(last)) for name, last in cursor.fetchall()]
+                latest = time.time() + _clock_offset(cursor) + CLOCK_TOLERANCE
+                rows = [(str(name), int(last)) for name, last in cursor.fetchall()]
+                return [(name, last) for name, last in rows if _plausible(db, name, last, latest)]
             try:
                 rows = db.run(read, write=False)
             except DatabaseUnavailable:
@@ -192,17 +195,28 @@ def _clock_offset(cursor: Any) -> float:
     return offset if isinstance(offset, float) else 0.0
 
 
-#: (database, table, name) -> when its reclaim was last logged (monotonic)
-_reclaims_logged: dict[tuple[str, str, str], float] = {}
+#: (what, database, table, name) -> when it was last logged (monotonic)
+_rows_logged: dict[tuple[str, str, str, str], float] = {}
 
 
-def _log_reclaim(db: Database, table: str, name: str, last_slot: int) -> None:
-    key, now = (db.label, table, name), time.monotonic()
-    if now - _reclaims_logged.get(key, -RECLAIM_LOG_INTERVAL) >= RECLAIM_LOG_INTERVAL:
-        _reclaims_logged[key] = now
-        log.error("schedule %s: the row of table %s in database %s says last_slot %s (%d), beyond the "
-                  "database's clock + %ds (a clock far ahead, or an edit): reclaimed (logged at most every %ds)",
-                  name, table, db.label, slot_label(last_slot), last_slot, CLOCK_TOLERANCE, RECLAIM_LOG_INTERVAL)
+def _log_row(what: str, level: int, db: Database, table: str, name: str, last_slot: int) -> None:
+    """One line about a schedule row's last_slot, at most every RECLAIM_LOG_INTERVAL per row."""
+    key, now = (what, db.label, table, name), time.monotonic()
+    if now - _rows_logged.get(key, -RECLAIM_LOG_INTERVAL) >= RECLAIM_LOG_INTERVAL:
+        _rows_logged[key] = now
+        log.log(level, "schedule %s: the row of table %s in database %s says last_slot %s (%d), %s (logged at "
+                "most every %ds)", name, table, db.label, slot_label(last_slot), last_slot, what, RECLAIM_LOG_INTERVAL)
+
+
+def _plausible(db: Database, name: str, last_slot: int, latest: float) -> bool:
+    """A record is a moment after 1970 and at most CLOCK_TOLERANCE past the database's clock;
+    another (an edit, a clock far ahead) is left out of what masters show and carry over, with
+    a warning (the next enqueue reclaims the row, see _advance)."""
+    if 0 < last_slot <= latest:
+        return True
+    _log_row(f"not a moment between 1970 and the database's clock + {CLOCK_TOLERANCE}s: ignored", logging.WARNING,
+             db, db.prefix + TABLE, name, last_slot)
+    return False
 
 
 def _check_alive(db: Database) -> None:

@@ -246,8 +246,7 @@ def describe_slots(entry: Entry, last_enqueued: int | None, upcoming: Iterable[f
     return {
         "name": entry.name, "funcname": entry.funcname, "when": entry.when, "missed": entry.missed,
         "last_enqueued": None if last_enqueued is None else slot_label(last_enqueued),
-        "next": [slot_label(int(slot)) for slot in upcoming
-                 if slot is not None and slot != float("inf")],
+        "next": [slot_label(slot) for slot in upcoming if slot is not None and slot != float("inf")],
     }
 
 

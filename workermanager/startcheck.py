@@ -57,7 +57,7 @@ def at_start(config: Config, backend: Backend | None) -> None:
     """Run every check before daemonizing: print warnings to stderr, raise StartCheckError on
     errors (run_daemon prints it as the one line of a refused start, exit 1). `backend` as for
     check_all; ConfigError when the workers do not import there."""
-    findings = check_all(config, backend)
+    findings = check_all(config, backend, web_level=WARNING)  # the daemon works whatever the console's key says
     for finding in findings:
         if finding.level == WARNING:
             print(f"workermanager: warning: {finding.message}", file=sys.stderr)
@@ -90,19 +90,38 @@ def backend_here(config: Config) -> Backend | None:
     return None
 
 
-def check_all(config: Config, backend: Backend | None) -> list[Finding]:
+def check_all(config: Config, backend: Backend | None, web_level: str = ERROR) -> list[Finding]:
     """Every check for a loaded config. `backend` is the backend built from the imported workers,
     or None (backend_here): the probing child then imports them as the service user, and a worker
-    that does not import raises ConfigError here, with the same line as an import in this process."""
+    that does not import raises ConfigError here, with the same line as an import in this process.
+    `web_level`: what a `web:` key the console would refuse counts as (web_check)."""
     findings = [Finding(OK, f"config {config.path}: loaded, {len(config.workers)} worker class(es) import")]
     findings += [Finding(WARNING, f"config {config.path}: {warning}") for warning in config.warnings]
     findings += [Finding(WARNING, f"inc_path folder {folder} does not exist")
                  for folder in config.inc_path if not os.path.isdir(folder)]
     findings += folder_checks(config)
+    findings += web_check(config, web_level)
     will_drop = daemonize.will_drop(config)  # asked here: the probe asks after it became the service user
     findings += as_service(config, lambda: service_checks(config, backend, will_drop),
                            PROBE_SECONDS + PROBE_SECONDS_EACH * _probe_count(config))
     return findings
+
+
+def web_check(config: Config, level: str) -> list[Finding]:
+    """The `web:` key as `workermanager web` takes it (web.settings.load, without Flask): its
+    token_file is read here as the console reads it, by the account that starts it, before any
+    drop. One finding at `level` when the console would refuse it."""
+    if not config.web:
+        return []
+    from workermanager.web import settings as web_settings
+
+    try:
+        settings = web_settings.load(config)
+    except web_settings.WebConfigError as exc:
+        return [Finding(level, f"{exc} (`workermanager web` would refuse it)")]
+    mode = "read-only" if settings.read_only else "with a token"
+    return [Finding(OK, f"{config.path}: key 'web': the console would listen on {settings.host}:{settings.port} "
+                        f"({mode})")]
 
 
 def folder_checks(config: Config) -> list[Finding]:

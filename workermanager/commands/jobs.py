@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("--timeout", type=float, default=QUEUE_SECONDS, metavar="SECONDS",
                         help="run by root on a config with `user:`, the queue is read as that account and "
-                             f"given up after this long (default {QUEUE_SECONDS:g})")
+                             "given up after this long; `retry --failed` stops between batches a little "
+                             f"before it (default {QUEUE_SECONDS:g})")
     parser = argparse.ArgumentParser(prog="workermanager jobs",
                                      description="List, show, retry and delete queued and failed jobs "
                                                  "(docs/failed-jobs.md).")
@@ -179,13 +180,22 @@ def _act(config: Config, options: argparse.Namespace) -> dict[str, Any]:
         if action == "show":
             return {"job": job_json(store.show(options.handle), full=True)}
         if action == "retry":
-            results = store.retry_failed(options.func) if options.failed else store.retry(options.handles)
-            return {"results": [result_json(result) for result in results]}
+            if not options.failed:
+                return {"results": [result_json(result) for result in store.retry(options.handles)]}
+            run = store.retry_failed(options.func, time.monotonic() + work_seconds(options.timeout))
+            return {"results": [result_json(result) for result in run.results], "partial": run.partial}
         if action == "delete":
             return {"results": [result_json(result) for result in store.delete(options.handles)]}
         return {"errors": [error_json(record) for record in store.errors(options.func, options.since, options.limit)]}
     finally:
         store.close()
+
+
+def work_seconds(timeout: float) -> float:
+    """How long `retry --failed` goes on retrying: a little under --timeout, so that it stops
+    between batches and answers before root's wait for the service account's child runs out
+    (which kills it: what it did then goes unreported)."""
+    return timeout - min(timeout / 4, 10.0)
 
 
 def _print(options: argparse.Namespace, answer: dict[str, Any]) -> int:
@@ -199,7 +209,11 @@ def _print(options: argparse.Namespace, answer: dict[str, Any]) -> int:
         for result in results:
             if not result["ok"]:
                 _emit(f"workermanager: {result['handle']}: {result['detail']}", sys.stderr)
-        return 0 if all(result["ok"] for result in results) else 1
+        if answer.get("partial"):
+            retried = sum(1 for result in results if result["ok"])
+            _emit(f"workermanager: {retried} retried; stopped at the deadline (--timeout {options.timeout:g}): "
+                  "run again for the rest", sys.stderr)
+        return 0 if all(result["ok"] for result in results) and not answer.get("partial") else 1
     if options.action == "list" and not answer["function_known"]:
         _emit(f"workermanager: no function {options.func!r} has queued or failed jobs here", sys.stderr)
     return 0

@@ -18,9 +18,17 @@ from typing import TYPE_CHECKING, Any
 from workermanager.jobs.errors import NotSupported, StoreUnavailable, UnknownJob
 from workermanager.jobs.handles import Handle, parse_handle
 from workermanager.jobs.keeping import failed_store_database
-from workermanager.jobs.records import ActionResult, ErrorRecord, FailedJob, Page, QueuedJob, QueueStats
+from workermanager.jobs.records import (
+    ActionResult,
+    ErrorRecord,
+    FailedJob,
+    Page,
+    QueuedJob,
+    QueueStats,
+    RetryRun,
+)
 from workermanager.jobs.sqlstore import SQLJobStore, _failed_job
-from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit
+from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit, past
 from workermanager.theschwartz import failed
 
 if TYPE_CHECKING:
@@ -32,6 +40,8 @@ SUBMIT_TIMEOUT = 10.0
 RETRY_LEASE = 60
 #: the marks of retries under way, beside the kept jobs' table
 RETRYING_TABLE = "wm_failed_retrying"
+
+BEING_RETRIED = f"being retried by another process now (for up to {RETRY_LEASE} s): left as it is"
 
 NO_QUEUE_LISTING = ("Gearman: gearmand has no command to list or read its queued jobs (only counts: "
                     "see `workermanager status`); failed jobs the daemon kept: `workermanager jobs list --failed`")
@@ -111,14 +121,18 @@ class GearmanJobStore(JobStore):
         parsed = [parse_handle(handle) for handle in handles]
         return [self._retry_one(handle) for handle in parsed]
 
-    def retry_failed(self, func: str) -> list[ActionResult]:
+    def retry_failed(self, func: str, deadline: float | None = None) -> RetryRun:
         results: list[ActionResult] = []
         while True:  # each retried job leaves the store: the first page again, until it is empty
             page = self.failed.list_failed(func=func, limit=200)
-            batch = self.retry(job.handle for job in page.items)
+            batch = []
+            for job in page.items:  # one submission each: the deadline is looked at between them
+                if past(deadline):
+                    return RetryRun(results + batch, partial=True)
+                batch.append(self._retry_one(parse_handle(job.handle)))
             results.extend(batch)
             if page.next_cursor is None or not any(result.ok for result in batch):
-                return results
+                return RetryRun(results)
 
     def delete(self, handles: Iterable[str]) -> list[ActionResult]:
         parsed = [parse_handle(handle) for handle in handles]
@@ -127,7 +141,7 @@ class GearmanJobStore(JobStore):
             if not handle.is_failed:
                 results.append(ActionResult(str(handle), False, "Gearman: a queued job cannot be deleted here"))
             else:
-                results.extend(self.failed.delete([str(handle)]))
+                results.append(self._delete_failed(handle))
         return results
 
     def errors(self, func: str | None = None, since: float | None = None,
@@ -175,29 +189,52 @@ class GearmanJobStore(JobStore):
         self.failed._run(db, lambda cursor: _delete_retried(db, cursor, handle.id), write=True)
         return ActionResult(str(handle), True, f"submitted again as {new}", new)
 
+    def _delete_failed(self, handle: Handle) -> ActionResult:
+        """Delete a kept job unless a retry holds its mark (the retry would submit it anyway):
+        the deletion takes the same mark in its transaction, so the two exclude each other."""
+        try:
+            self._check_store(handle)
+        except UnknownJob as exc:
+            return ActionResult(str(handle), False, str(exc))
+        db = self.failed.databases[0]
+        if not self._store_made() or not self.failed._failed_table(0):
+            return ActionResult(str(handle), False, f"the failed-jobs store {db.label} has no failed jobs yet")
+        self._make_retrying_table(db)
+
+        def remove(cursor: Any) -> str | None:
+            if not _take_mark(db, cursor, handle.id):
+                return BEING_RETRIED
+            cursor.execute(db.dialect.sql(f"DELETE FROM {db.prefix}{failed.TABLE} WHERE failedid = ?"), (handle.id,))
+            gone = cursor.rowcount
+            _unmark(db, cursor, handle.id)
+            return None if gone == 1 else "no such failed job (retried, deleted or pruned already)"
+        why_not = self.failed._run(db, remove, write=True)
+        return ActionResult(str(handle), why_not is None, why_not or "deleted")
+
+    def _make_retrying_table(self, db: Any) -> None:
+        if not self._retrying_table_made:
+            self.failed._run(db, lambda cursor: cursor.execute(retrying_ddl(db.prefix)), write=True)
+            self._retrying_table_made = True
+
     def _mark_retrying(self, db: Any, failedid: int) -> FailedJob | str:
         """Mark the kept job as being retried, for RETRY_LEASE seconds, so that a second retry
         meanwhile does not submit it too; the job, or why not. The row itself stays until the
         job server has confirmed the new job: a process killed in between leaves it kept (and
         the mark expires), so the job may be submitted twice but is never lost."""
         table = db.prefix + failed.TABLE
-        marks = db.prefix + RETRYING_TABLE
-        if not self._retrying_table_made:
-            self.failed._run(db, lambda cursor: cursor.execute(retrying_ddl(db.prefix)), write=True)
-            self._retrying_table_made = True
+        self._make_retrying_table(db)
 
         def mark(cursor: Any) -> FailedJob | str:
+            # the mark first, then the row: a deletion that took the mark and committed meanwhile
+            # has removed the row by the time it is read
+            if not _take_mark(db, cursor, failedid):
+                return BEING_RETRIED
             cursor.execute(db.dialect.sql(f"SELECT {', '.join(failed.COLUMNS)} FROM {table} WHERE failedid = ?"),
                            (failedid,))
             row = cursor.fetchone()
             if row is None:
+                _unmark(db, cursor, failedid)
                 return "no such failed job (retried, deleted or pruned already)"
-            now = int(time.time())
-            cursor.execute(db.dialect.sql(f"DELETE FROM {marks} WHERE failedid = ? AND until_time < ?"),
-                           (failedid, now))
-            if db.dialect.insert_ignore(cursor, marks, ("failedid", "until_time"), (failedid, now + RETRY_LEASE),
-                                        "failedid") is None:
-                return f"being retried by another process now (for up to {RETRY_LEASE} s)"
             return _failed_job(db, row)
         return self.failed._run(db, mark, write=True)
 
@@ -215,6 +252,15 @@ def retrying_ddl(prefix: str) -> str:
     """The table of retries under way: a kept job's id and until when its mark holds."""
     return (f"CREATE TABLE IF NOT EXISTS {prefix}{RETRYING_TABLE} (failedid BIGINT NOT NULL PRIMARY KEY,"
             " until_time BIGINT NOT NULL)")
+
+
+def _take_mark(db: Any, cursor: Any, failedid: int) -> bool:
+    """Take a kept job's mark for RETRY_LEASE seconds (an expired one is taken over); False while
+    another process holds it. The mark's primary key decides between processes on any database."""
+    marks, now = db.prefix + RETRYING_TABLE, int(time.time())
+    cursor.execute(db.dialect.sql(f"DELETE FROM {marks} WHERE failedid = ? AND until_time < ?"), (failedid, now))
+    return db.dialect.insert_ignore(cursor, marks, ("failedid", "until_time"), (failedid, now + RETRY_LEASE),
+                                    "failedid") is not None
 
 
 def _unmark(db: Any, cursor: Any, failedid: int) -> None:

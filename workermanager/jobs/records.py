@@ -144,3 +144,12 @@ class ActionResult:
     detail: str
     #: a retried job's handle in the queue (TheSchwartz) or on the job server (Gearman)
     new_handle: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryRun:
+    """What `retry --failed` did: one ActionResult per job it got to; `partial` when it stopped
+    at its deadline with kept jobs left (run it again for the rest)."""
+
+    results: list[ActionResult]
+    partial: bool = False

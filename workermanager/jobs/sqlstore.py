@@ -30,8 +30,9 @@ from workermanager.jobs.records import (
     Page,
     QueuedJob,
     QueueStats,
+    RetryRun,
 )
-from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit
+from workermanager.jobs.store import DEFAULT_LIMIT, JobStore, checked_limit, past
 from workermanager.theschwartz import failed
 from workermanager.theschwartz.args import as_bytes
 from workermanager.theschwartz.client import build_databases
@@ -82,6 +83,8 @@ class SQLJobStore(JobStore):
             assert config is not None
             databases = build_databases(database_entries(config), config.base_dir, retry_seconds=1.0)
         self.databases = list(databases)
+        for db in self.databases:  # StoreUnavailable names the database and why: one line, not two
+            db.log_unavailable = False
         self._by_hash: dict[str, int] = {}
         for index, db in reversed(list(enumerate(self.databases))):
             for digest in db.handle_hashes:
@@ -231,7 +234,7 @@ class SQLJobStore(JobStore):
         new = queued_handle(db.hashdsn, jobid)
         return ActionResult(str(handle), True, f"queued again as {new}", new)
 
-    def retry_failed(self, func: str) -> list[ActionResult]:
+    def retry_failed(self, func: str, deadline: float | None = None) -> RetryRun:
         results: list[ActionResult] = []
         after = None
         seen: set[str] = set()
@@ -241,7 +244,9 @@ class SQLJobStore(JobStore):
             seen.update(handles)
             results.extend(self.retry(handles))
             if page.next_cursor is None:
-                return results
+                return RetryRun(results)
+            if past(deadline):
+                return RetryRun(results, partial=True)
             after = page.next_cursor
 
     def delete(self, handles: Iterable[str]) -> list[ActionResult]:

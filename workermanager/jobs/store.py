@@ -16,10 +16,19 @@ page is full. `stats()` counts stop at records.COUNT_CAP (see docs/failed-jobs.m
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from workermanager.jobs.records import ActionResult, ErrorRecord, FailedJob, Page, QueuedJob, QueueStats
+from workermanager.jobs.records import (
+    ActionResult,
+    ErrorRecord,
+    FailedJob,
+    Page,
+    QueuedJob,
+    QueueStats,
+    RetryRun,
+)
 
 if TYPE_CHECKING:
     from workermanager.config import Config
@@ -83,8 +92,9 @@ class JobStore(abc.ABC):
         completion then finds nothing to do). One ActionResult per handle, in order."""
 
     @abc.abstractmethod
-    def retry_failed(self, func: str) -> list[ActionResult]:
-        """retry() every kept failed job of `func` (`jobs retry --failed --func F`)."""
+    def retry_failed(self, func: str, deadline: float | None = None) -> RetryRun:
+        """retry() every kept failed job of `func` (`jobs retry --failed --func F`); past
+        `deadline` (time.monotonic()), it stops between batches (a partial RetryRun)."""
 
     @abc.abstractmethod
     def errors(self, func: str | None = None, since: float | None = None,
@@ -101,6 +111,11 @@ class JobStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def past(deadline: float | None) -> bool:
+    """Whether a work's deadline (time.monotonic(); None: none) has come."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def open_store(config: Config) -> JobStore:

@@ -63,6 +63,9 @@ class Database:
         self.prefix = prefix or ""
         self.retry_seconds = retry_seconds
         self.busy_timeout = busy_timeout
+        #: whether mark_dead logs a line: off where each failure reaches the caller as an error
+        #: naming the database already (the job commands), which would otherwise print it twice
+        self.log_unavailable = True
         #: seconds a read or write on the connection waits for the server (None: no limit)
         self.io_timeout: float | None = None
         self.dialect = dialect_for(dsn.driver)
@@ -186,7 +189,7 @@ class Database:
         return bool(self.dead_until)
 
     def mark_dead(self, reason: str) -> None:
-        if not self.dead_until:
+        if not self.dead_until and self.log_unavailable:
             log.warning("database %s unavailable (%s); skipping it for %ss", self.label, reason,
                         self.retry_seconds)
         self.dead_until = time.monotonic() + self.retry_seconds

@@ -3,12 +3,14 @@
 Every page reads through one short unit of work (a status file read, a job store call, the
 cached job-log hour) and renders a Jinja2 template with autoescape on: an arg, a funcname or an
 error message is always shown as text, never as HTML. Actions (retry, delete) are POSTs that need
-the session to have logged in with the token and the form to carry the session's CSRF token.
+the session to have logged in with the token (a live id of web.sessions) and the form to carry the
+session's CSRF token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hmac
 import math
 import secrets
@@ -23,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from workermanager import config as config_module
 from workermanager.config import Config
 from workermanager.web import charts, jobstats, sizing
+from workermanager.web.sessions import SESSION_SECONDS, LiveSessions
 from workermanager.web.settings import MAX_PAGE_SIZE, WebSettings, load_other_config
 
 #: the largest form a browser sends here (a page of handles); more is refused with 413
@@ -70,11 +73,16 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
         SESSION_COOKIE_NAME="workermanager_web",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(seconds=SESSION_SECONDS),
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.jinja_env.autoescape = True  # every template, whatever its name
     log_hour = jobstats.LogHourCache(config.logfile)
     stats_cache = StatsCache()
+    live_sessions = LiveSessions()
+
+    def logged_in() -> bool:
+        return live_sessions.is_live(session.get("sid"))
 
     # -- every response ---------------------------------------------------------------------
     @app.after_request
@@ -84,7 +92,7 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
 
     @app.context_processor
     def common() -> dict[str, Any]:
-        return {"read_only": settings.read_only, "logged_in": bool(session.get("auth")),
+        return {"read_only": settings.read_only, "logged_in": logged_in(),
                 "csrf_token": csrf_token(), "config_path": config.path, "backend": config.type}
 
     def csrf_token() -> str:
@@ -101,7 +109,7 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
         expected = session.get("csrf")
         if not isinstance(expected, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
             raise Problem(403, "missing or wrong CSRF token: reload the page and try again")
-        if needs_login and not session.get("auth"):
+        if needs_login and not logged_in():
             raise Problem(403, "log in with the console's token first")
 
     @app.errorhandler(Problem)
@@ -240,14 +248,17 @@ def create_app(config: Config, settings: WebSettings) -> Flask:
         assert settings.token is not None
         if not hmac.compare_digest(sent.encode(), settings.token.encode()):
             return render_template("login.html", wrong=True), 403
+        live_sessions.end(session.get("sid"))
         session.clear()
-        session["auth"] = True
+        session.permanent = True  # the cookie expires with the login (SESSION_SECONDS)
+        session["sid"] = live_sessions.start()
         session["csrf"] = secrets.token_hex(16)  # a new one once logged in
         return redirect(url_for("overview"))
 
     @app.post("/logout")
     def logout():  # noqa: ANN202
         check_post(needs_login=False)
+        live_sessions.end(session.get("sid"))  # a copy of the cookie is logged out too
         session.clear()
         return redirect(url_for("overview"))
 
