@@ -412,7 +412,7 @@ def test_a_pid_path_through_the_accounts_folder_is_acted_on_by_nothing(tmp_path)
         for action, lsb_code in (("status", 4), ("stop", 1), ("restart", 6)):
             result = run_as_root(planted, INIT_SCRIPT, action)
             assert result.returncode == lsb_code, (action, result.stdout, result.stderr)
-            assert f"{account / 'run'} is a link owned by uid {nobody.pw_uid}" in result.stderr, result.stderr
+            assert f"{account / 'run'} is a symbolic link owned by uid {nobody.pw_uid}" in result.stderr, result.stderr
             assert "nothing was done" in result.stdout + result.stderr
         paths = {serviceinstall.DEFAULT_CONF: "$CONF", serviceinstall.DEFAULT_DAEMON: "$DAEMON",
                  serviceinstall.DEFAULT_DEFAULTS: str(tmp_path / "no-defaults")}

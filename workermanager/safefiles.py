@@ -300,7 +300,7 @@ def _chain_problem(path: str) -> str | None:
         except OSError as exc:
             return f"{folder}: {exc.strerror}"
         if info.st_uid != 0:
-            what = "a link owned" if stat.S_ISLNK(info.st_mode) else "owned"
+            what = "a symbolic link owned" if stat.S_ISLNK(info.st_mode) else "owned"
             return f"{folder} is {what} by uid {info.st_uid}, not by root"
         if stat.S_ISLNK(info.st_mode):
             continue
