@@ -4,6 +4,7 @@ commands run as systemd would), the logrotate config, and the privilege drop as 
 from __future__ import annotations
 
 import configparser
+import fcntl
 import json
 import os
 import pwd
@@ -365,3 +366,67 @@ def test_a_pid_folder_of_roots_is_not_taken_over(shared_folder):
         assert os.stat(folder).st_uid == 0 and stat.S_IMODE(os.stat(folder).st_mode) == 0o755
     finally:
         daemon.stop()
+
+
+# -- a pid path through the service account's folder -----------------------------------------------
+
+def postrotate_body(paths: dict[str, str]) -> str:
+    """The shell logrotate runs as root after rotating (install-service's logrotate file)."""
+    text = serviceinstall.logrotate_text(paths, ["/nonexistent/*.log"], serviceinstall.ROOT)
+    return text.split("postrotate\n", 1)[1].split("endscript", 1)[0]
+
+
+def test_a_pid_path_through_the_accounts_folder_is_acted_on_by_nothing(tmp_path):
+    """The account plants links where the config's pid file goes (its own folder): the init
+    script's start, stop and status, and logrotate's postrotate, run as root before any master
+    checks the folder. They must remove, make and signal nothing through those links."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the scripts act as root")
+    require_program("start-stop-daemon", "dpkg")
+    nobody = pwd.getpwnam("nobody")
+    account = tmp_path / "account"      # the service account's folder
+    victim = tmp_path / "victim"        # root's, 0755: a pid file and lock of root's in it
+    account.mkdir()
+    victim.mkdir(mode=0o755)
+    os.chown(account, nobody.pw_uid, nobody.pw_gid)
+    for name in ("run", "run-new"):
+        (account / name).symlink_to(victim)
+        os.lchown(account / name, nobody.pw_uid, nobody.pw_gid)
+    root_process = subprocess.Popen(["sleep", "120"])   # a root process the account wants signalled
+    (victim / "wm.pid").write_text(f"{root_process.pid}\n")
+    lock = open(victim / "wm.pid.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)                    # as if a master held it: "running"
+    program = launcher(str(tmp_path))
+
+    def run_as_root(pid_path: str, *command: str) -> subprocess.CompletedProcess[str]:
+        conf = tmp_path / "conf.yml"
+        conf.write_text(f"workers: [testworkers.Noop]\npidfile: {pid_path}\n")
+        defaults = tmp_path / "defaults"
+        defaults.write_text(f"CONF={conf}\nDAEMON={program}\n")
+        env = dict(os.environ, WORKERMANAGER_DEFAULTS=str(defaults), START_TIMEOUT="3",
+                   DAEMON=program, CONF=str(conf))
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    try:
+        planted = str(account / "run" / "wm.pid")
+        for action, lsb_code in (("status", 4), ("stop", 1), ("restart", 6)):
+            result = run_as_root(planted, INIT_SCRIPT, action)
+            assert result.returncode == lsb_code, (action, result.stdout, result.stderr)
+            assert f"{account / 'run'} is a symbolic link owned by uid {nobody.pw_uid}" in result.stderr, result.stderr
+            assert "nothing was done" in result.stdout + result.stderr
+        paths = {serviceinstall.DEFAULT_CONF: "$CONF", serviceinstall.DEFAULT_DAEMON: "$DAEMON",
+                 serviceinstall.DEFAULT_DEFAULTS: str(tmp_path / "no-defaults")}
+        rotated = run_as_root(planted, "sh", "-c", postrotate_body(paths))
+        assert rotated.returncode == 0, rotated.stderr
+        assert root_process.poll() is None, "a root process was signalled through the account's link"
+        fcntl.flock(lock, fcntl.LOCK_UN)                # "stale": start would remove the pid file
+        started = run_as_root(planted, INIT_SCRIPT, "start")
+        assert started.returncode == 6, started.stdout + started.stderr   # LSB: not configured
+        assert (victim / "wm.pid").read_text() == f"{root_process.pid}\n"
+        assert sorted(os.listdir(victim)) == ["wm.pid", "wm.pid.lock"]
+        made = run_as_root(str(account / "run-new" / "sub" / "wm.pid"), INIT_SCRIPT, "start")
+        assert made.returncode == 6 and not (victim / "sub").exists(), made.stdout + made.stderr
+    finally:
+        lock.close()
+        root_process.kill()
+        root_process.wait()

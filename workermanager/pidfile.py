@@ -215,12 +215,8 @@ def acquire(path: str) -> PidLock:
         raise PidFileError(str(exc) if isinstance(exc, safefiles.UnsafePath)
                            else f"{path}: cannot use the pid file's folder: {exc.strerror or exc}") from None
     try:
-        if os.geteuid() == 0:
-            problem = safefiles.root_only_problem(folder)
-            if problem is not None:
-                raise PidFileError(f"{path}: refusing the pid file's folder: {problem} (root reads and "
-                                   "signals the pid in it; use a folder only root can write, e.g. "
-                                   "/run/workermanager owned by root, mode 0755)")
+        if os.geteuid() == 0 and (refusal := unsafe_folder(path)) is not None:
+            raise PidFileError(refusal)
         lock_fd = _lock(folder_fd, name + LOCK_SUFFIX, path)
         try:
             fd, stale = _new_pid_file(folder_fd, name, path)
@@ -234,6 +230,22 @@ def acquire(path: str) -> PidLock:
         os.close(folder_fd)
         raise
     return PidLock(path, fd, lock_fd, folder_fd, stale)
+
+
+def unsafe_folder(path: str) -> str | None:
+    """One line saying why root must not act on pid file `path` (None when it may): its folder
+    (or, while that is missing, the nearest folder above that exists, where the init script would
+    make it) must be writable by root alone, links on the way included (see root_only_problem).
+    The master applies it at start; `config-get pidfile` applies it for the init script and
+    logrotate's postrotate, which act as root through the path before any master runs."""
+    folder = os.path.dirname(path) or "."
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    problem = safefiles.root_only_problem(folder)
+    if problem is None:
+        return None
+    return (f"{path}: refusing the pid file's folder: {problem} (root reads and signals the pid in "
+            "it; use a folder only root can write, e.g. /run/workermanager owned by root, mode 0755)")
 
 
 def _lock(folder_fd: int, name: str, path: str) -> int:

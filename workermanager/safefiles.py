@@ -278,19 +278,34 @@ def root_only_problem(path: str) -> str | None:
     the folder and each one above it must be root's and writable by root alone, except that a
     sticky folder above (/tmp) may be writable by all, since others cannot rename what root made
     in it. For files root reads later (the pid file): a folder the service account can write
-    lets it swap the file for one naming any pid."""
-    real = os.path.realpath(path)
-    parts = [p for p in real.split("/") if p]
+    lets it swap the file for one naming any pid. Judged both on the path as written and on where
+    it leads: shell scripts (the init script, logrotate's postrotate) act through the written path,
+    so a link on the way must be root's too, in a folder only root can write (else the account
+    could point it elsewhere between the check and the use)."""
+    for chain in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+        problem = _chain_problem(chain)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _chain_problem(path: str) -> str | None:
+    """root_only_problem for each folder of absolute `path` from the last one up, as it stands:
+    a link on the way is judged by its owner (its target is judged on the resolved path)."""
+    parts = [p for p in path.split("/") if p]
     for depth in range(len(parts), -1, -1):
         folder = "/" + "/".join(parts[:depth])
         try:
             info = os.lstat(folder)
         except OSError as exc:
             return f"{folder}: {exc.strerror}"
+        if info.st_uid != 0:
+            what = "a symbolic link owned" if stat.S_ISLNK(info.st_mode) else "owned"
+            return f"{folder} is {what} by uid {info.st_uid}, not by root"
+        if stat.S_ISLNK(info.st_mode):
+            continue
         others_write = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and info.st_gid != 0)
         last = depth == len(parts)
-        if info.st_uid != 0:
-            return f"{folder} is owned by uid {info.st_uid}, not by root"
         if others_write and (last or not info.st_mode & stat.S_ISVTX):
             return f"{folder} is writable by others than root (mode {stat.S_IMODE(info.st_mode):04o})"
     return None

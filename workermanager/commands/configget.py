@@ -4,15 +4,19 @@ The init script, logrotate's postrotate and the systemd unit ask here for the pi
 keeping their own copy of its path, so they cannot disagree with the daemon: the config is the
 one place a path is set. Paths come out absolute (resolved as the daemon resolves them), lists one
 item a line, mappings as JSON; a key that is not set is an error (exit 1) rather than an empty
-line, so a caller never acts on an empty path.
+line, so a caller never acts on an empty path. Run as root, `pidfile` is refused (exit 1, one
+line) when its folder is not root's alone, as the master refuses it (pidfile.unsafe_folder): the
+callers then act on nothing, since the service account could have planted links there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping
 
+from workermanager import pidfile
 from workermanager.commands import fail, load_config
 from workermanager.config import SETTINGS_BY_KEY, ConfigError
 
@@ -32,6 +36,8 @@ def main(argv: list[str]) -> int:
     value = getattr(config, options.key)
     if value is None:
         return fail(f"{config.path}: key {options.key!r} is not set")
+    if options.key == "pidfile" and os.geteuid() == 0 and (refusal := pidfile.unsafe_folder(value)):
+        return fail(f"{config.path}: {refusal}")
     print(render(value))
     return 0
 
