@@ -281,3 +281,34 @@ def test_a_login_ends_at_logout_and_after_its_lifetime():
     assert not live.is_live(second)  # expired, whatever the cookie says
     made = [live.start() for _ in range(4)]
     assert not live.is_live(made[0]) and all(live.is_live(sid) for sid in made[1:])  # at most `limit`
+
+
+def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqlite_queue, daemons):  # noqa: F811
+    """Issue 17: the console shows each schedule entry, its last slot enqueued and the next ones,
+    from the master's status file, as `status` does."""
+    from daemon_harness import Daemon
+
+    _, path = sqlite_queue
+    daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "status_file": str(tmp_path / "status.json"),
+                                    "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]},
+                                    "schedule": [{"name": "every-second", "funcname": "Test::Noop",
+                                                  "interval": 1}]}, ("-n", "-c", "1"))
+    daemons.append(daemon)
+    daemon.start(wait_children=1)
+
+    def last_enqueued() -> str | None:
+        try:
+            with open(tmp_path / "status.json") as handle:
+                entries = json.load(handle).get("schedule") or []
+        except (OSError, ValueError):
+            return None
+        return entries[0]["last_enqueued"] if entries else None
+    from helpers import wait_for
+    wait_for(last_enqueued, 20, what="a slot enqueued")
+    with serving(daemon.config_path, str(tmp_path)) as console:
+        status, page = get(console.url("/"))
+    assert status == 200
+    row = re.search(r'<tr class="schedule-entry">(.*?)</tr>', page, re.S)
+    assert row is not None, page
+    assert "every-second" in row.group(1) and "Test::Noop" in row.group(1)
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.group(1)), row.group(1)
