@@ -55,9 +55,9 @@ FILL_GEARMAN = ("import sys; sys.path.insert(0, sys.argv[3] + '/workers'); impor
 def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool, works_limit: int):
     """The master's plan for a child, built the way the master builds it (backend prepared)."""
     from workermanager import config as config_module
-    from workermanager.child import ChildPlan
-    from workermanager.master import Master
-    from workermanager.scoreboard import JobBoard
+    from workermanager.daemon.child import ChildPlan
+    from workermanager.daemon.master import Master
+    from workermanager.daemon.scoreboard import JobBoard
 
     path = os.path.join(folder, "child.yml")
     with open(path, "w") as handle:
@@ -77,7 +77,7 @@ def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool
 
 def run_child(plan) -> tuple[float, float]:
     """Run one Child over its plan's jobs; returns (jobs/s, CPU seconds per job)."""
-    from workermanager.child import Child
+    from workermanager.daemon.child import Child
 
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     Child(plan).run()
@@ -92,7 +92,7 @@ PHASES = ("Child()", "signals, title", "workers set up", "connect", "first grab"
 
 def one_life(plan) -> list[int]:
     """In a fresh child: one job through the Child's own steps; the minor faults of each phase."""
-    from workermanager.child import Child
+    from workermanager.daemon.child import Child
 
     marks = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
 

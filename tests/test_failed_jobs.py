@@ -566,7 +566,7 @@ def test_check_warns_when_failed_jobs_cannot_be_kept(tmp_path):
 
 
 def test_keep_failed_false_in_the_config_reaches_the_backends(tmp_path):
-    from workermanager.master import build_backend
+    from workermanager.daemon.master import build_backend
 
     for keep in (True, False):
         config = from_mapping({"workers": ["x.Y"], "keep_failed": keep,
@@ -607,7 +607,7 @@ def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
 
 
 def test_the_master_forks_the_pruning_when_due_and_reaps_it(tmp_path):
-    from workermanager.master import Master
+    from workermanager.daemon.master import Master
 
     db, config = queue_with_a_job_past_its_keeping(tmp_path)
     master = Master(config, lambda: config, import_workers=False)

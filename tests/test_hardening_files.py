@@ -240,7 +240,8 @@ def test_six_racing_starts_leave_exactly_one_master(tmp_path, sqlite_queue, daem
                     flags=())
     # each racer imports everything first, says it is ready, then waits for the start gun on stdin:
     # all six then run the start sequence at the same moment, as a loop of `workermanager &` would
-    racer = ("import os, sys; from workermanager import cli, config, daemonize, master, pidfile, status; "
+    racer = ("import os, sys; from workermanager import cli, config; "
+             "from workermanager.daemon import daemonize, master, pidfile, statusfile; "
              "import daemon; open(f'ready.{os.getpid()}', 'w').close(); os.read(0, 1); "
              "sys.exit(cli.main(sys.argv[1:]))")
     command = [daemon.command()[0], "-c", racer, *daemon.command()[3:]]
@@ -492,7 +493,7 @@ def test_status_readers_never_see_half_a_status_file(tmp_path):
 
     from workermanager import config as config_module
     from workermanager.commands.status import read_state
-    from workermanager.status import StatusPublisher
+    from workermanager.daemon.statusfile import StatusPublisher
 
     conf = tmp_path / "conf.yml"
     status_file = tmp_path / "wm.status"

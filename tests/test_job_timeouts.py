@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from workermanager.backends.leaseahead import STALE
 from workermanager.backends.theschwartz import CLOCK_SLACK, KILL_SLACK, TheSchwartzBackend, lease_seconds
-from workermanager.child import Child, ChildPlan
 from workermanager.config import from_mapping
+from workermanager.daemon.child import Child, ChildPlan
+from workermanager.daemon.master import KILL_GRACE_SECONDS
 from workermanager.gearman import Client as GearmanClient
-from workermanager.master import KILL_GRACE_SECONDS
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 

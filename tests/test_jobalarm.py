@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from workermanager.jobalarm import JobAlarm
+from workermanager.daemon.jobalarm import JobAlarm
 
 
 class Overdue(BaseException):

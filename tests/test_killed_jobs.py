@@ -15,10 +15,10 @@ import pytest
 from test_job_timeouts import runs_by_job
 
 from workermanager.backends.theschwartz import TheSchwartzBackend
+from workermanager.daemon.scoreboard import NOTE_TTL, DeadJob, DeathNotes
 from workermanager.gearman import Client as GearmanClient
 from workermanager.gearman.admin import Admin
 from workermanager.gearman.client import JobFailed
-from workermanager.scoreboard import NOTE_TTL, DeadJob, DeathNotes
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from workermanager.joblog import JobRecord, format_record
+from workermanager.daemon.joblog import JobRecord, format_record
 from workermanager.logparse import BadLine, OtherLine, parse_line, percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from workermanager import safefiles
-from workermanager.status import private_runtime_folder
+from workermanager.daemon.statusfile import private_runtime_folder
 
 
 def test_the_runtime_folder_is_used_only_when_it_is_ours_alone(tmp_path, monkeypatch):

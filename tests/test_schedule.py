@@ -410,8 +410,8 @@ def test_a_reload_that_changes_a_missed_once_entry_does_not_submit_its_latest_sl
 def test_the_status_shows_the_cached_next_slot_without_walking_the_cron(monkeypatch):
     """A status write per turn of the master must not walk 1000 crons: the next slot is the one
     the schedule process reported (or computed once when the entry was read)."""
+    from workermanager.daemon.scheduleprocess import ScheduleView
     from workermanager.schedule import Entry
-    from workermanager.scheduleprocess import ScheduleView
 
     cron = entries({"name": "c", "funcname": "F", "cron": "*/5 * * * *"})
     view = ScheduleView(cron, horizon=at("2026-11-30 12:00:00"))

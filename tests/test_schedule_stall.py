@@ -1,6 +1,6 @@
 """A database or job server that accepts connections and then never speaks (a stopped server, a
 network dropping packets) must hold neither the master nor its children: the schedule runs in a
-process of its own (workermanager/scheduleprocess.py), and the scheduler's own connections time
+process of its own (workermanager/daemon/scheduleprocess.py), and the scheduler's own connections time
 out (docs/schedules.md, "The master is never held up")."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from sql_queues import entry_for
 
 from workermanager import schedule_enqueue
+from workermanager.daemon.helperprocess import MAX_REPORT_BYTES, HelperProcess, write_report
 from workermanager.gearman import Client as GearmanClient
-from workermanager.helperprocess import MAX_REPORT_BYTES, HelperProcess, write_report
 from workermanager.schedule import parse_entries
 from workermanager.schedule_enqueue import TheSchwartzEnqueuer
 from workermanager.scheduler import Scheduler

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from workermanager.scoreboard import BOARD_TEXT, ChildState, JobBoard, Reporter
+from workermanager.daemon.scoreboard import BOARD_TEXT, ChildState, JobBoard, Reporter
 
 
 def read_back(write, report_jobs: bool = True) -> list[dict]:

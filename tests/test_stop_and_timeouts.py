@@ -24,9 +24,9 @@ import urllib.request
 
 import pytest
 
-from workermanager.child import EXIT_BACKEND_BROKEN
+from workermanager.daemon.child import EXIT_BACKEND_BROKEN
+from workermanager.daemon.master import KILL_GRACE_SECONDS
 from workermanager.gearman import Client as GearmanClient
-from workermanager.master import KILL_GRACE_SECONDS
 
 from daemon_harness import ROOT, Daemon
 from gearmand_server import gearmand_fixture  # noqa: F401

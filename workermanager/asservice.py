@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workermanager import daemonize
 from workermanager.config import Config
+from workermanager.daemon import daemonize
 
 #: the most an answer may hold; a child that sends more is not believed (root keeps its memory)
 MAX_ANSWER_BYTES = 16 * 1024 * 1024

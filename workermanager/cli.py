@@ -125,8 +125,9 @@ def _help(args: list[str]) -> int:
 def run_daemon(options: argparse.Namespace) -> int:
     """Validate everything on the terminal, then detach (unless -n) and run the master."""
     from workermanager import config as config_module
-    from workermanager import daemonize, joblog, pidfile, startcheck
-    from workermanager.master import Master
+    from workermanager import startcheck
+    from workermanager.daemon import daemonize, joblog, pidfile
+    from workermanager.daemon.master import Master
 
     config_path = os.path.abspath(options.config)  # reloads happen after chdir("/")
     overrides = {"concurrency": options.concurrency, "works_per_child": options.works_per_child,
@@ -167,7 +168,7 @@ def run_daemon(options: argparse.Namespace) -> int:
     master.on_reopen_logs = error_log.reopen
     if lock is not None and lock.stale_pid is not None:
         log.warning("replacing stale pid file %s (pid %d is not running it)", config.pidfile, lock.stale_pid)
-    from workermanager.status import StatusPublisher
+    from workermanager.daemon.statusfile import StatusPublisher
 
     publisher = StatusPublisher(config)
     try:

@@ -47,12 +47,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from workermanager.config import Option
-from workermanager.master import MasterListener
+from workermanager.daemon.master import MasterListener
 
 if TYPE_CHECKING:
     from workermanager.config import Config
-    from workermanager.master import Master
-    from workermanager.queuestatus import QueueStatus
+    from workermanager.daemon.master import Master
+    from workermanager.queue_depth import QueueStatus
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class QueuePoller(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        from workermanager.queuestatus import queue_status  # imported already: see start()
+        from workermanager.queue_depth import queue_status  # imported already: see start()
 
         while not self._stopping.is_set():
             config = self.master.config  # follows reloads
@@ -268,7 +268,7 @@ class QueuePoller(threading.Thread):
         # inherit a module lock held by a thread it does not have
         import workermanager.gearman.admin  # noqa: F401
         import workermanager.gearman.connection  # noqa: F401
-        import workermanager.queuestatus  # noqa: F401
+        import workermanager.queue_depth  # noqa: F401
 
         super().start()
 

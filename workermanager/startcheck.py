@@ -26,8 +26,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from workermanager import daemonize, safefiles
+from workermanager import safefiles
 from workermanager.config import Config, ConfigError, import_worker_classes
+from workermanager.daemon import daemonize
 
 if TYPE_CHECKING:
     from workermanager.backends.base import Backend
@@ -76,7 +77,7 @@ def backend_here(config: Config) -> Backend | None:
     imported here, as root, in either case: the service account may not be able to read the
     Python installation root runs from."""
     from workermanager.backends import backend_class
-    from workermanager.master import build_backend
+    from workermanager.daemon.master import build_backend
 
     if not daemonize.will_drop(config):
         return build_backend(config, import_worker_classes(config))
@@ -161,7 +162,7 @@ def service_checks(config: Config, backend: Backend | None, will_drop: bool) -> 
     `backend` is None), the config can be re-read (HUP) and the logs reopened (USR1) after the drop
     (`will_drop`), and the backend's own checks (databases, job servers)."""
     if backend is None:
-        from workermanager.master import build_backend
+        from workermanager.daemon.master import build_backend
 
         backend = build_backend(config, import_worker_classes(config))  # ConfigError: to the parent
     findings = []

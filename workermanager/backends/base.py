@@ -15,7 +15,7 @@ from workermanager.config import Option
 from workermanager.worker import Job, Worker
 
 if TYPE_CHECKING:
-    from workermanager.scoreboard import DeadJob, DeathNotes
+    from workermanager.daemon.scoreboard import DeadJob, DeathNotes
     from workermanager.startcheck import Finding
 
 

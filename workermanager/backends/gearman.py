@@ -51,12 +51,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from workermanager.backends.base import Backend, BackendError, Option
+from workermanager.daemon.scoreboard import DEATH_RETRY_DELAY
 from workermanager.gearman.client import Client, GearmanError
 from workermanager.gearman.codec import DEFAULT_MAX_PAYLOAD
 from workermanager.gearman.connection import GearmanConnectionError, parse_address
 from workermanager.gearman.unique import UniqueInfo, make_unique, parse_unique
 from workermanager.gearman.worker import GrabbedJob, Worker, encode_result
-from workermanager.scoreboard import DEATH_RETRY_DELAY
 from workermanager.worker import Job, decode_arg, failure_line
 from workermanager.worker import Worker as WorkerClass
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from workermanager.backends.base import Backend, BackendBroken, BackendError, Option
 from workermanager.backends.leaseahead import BUDGET, STALE, LeaseAhead
-from workermanager.scoreboard import DEATH_RETRY_DELAY
+from workermanager.daemon.scoreboard import DEATH_RETRY_DELAY
 from workermanager.theschwartz.client import RETRY_SECONDS, Client, build_databases
 from workermanager.theschwartz.errors import ConnectionBroken, DatabaseError
 from workermanager.theschwartz.job import TheSchwartzJob
@@ -35,7 +35,7 @@ from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Job, Worker
 
 if TYPE_CHECKING:
-    from workermanager.scoreboard import DeadJob
+    from workermanager.daemon.scoreboard import DeadJob
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ KILL_SLACK = 0.5
 def kill_grace() -> float:
     """The master's grace between a job's timeout and the SIGKILL of its child (read, not copied:
     imported here, as the master imports the backends' package)."""
-    from workermanager.master import KILL_GRACE_SECONDS
+    from workermanager.daemon.master import KILL_GRACE_SECONDS
     return KILL_GRACE_SECONDS
 
 

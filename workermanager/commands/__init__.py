@@ -6,8 +6,9 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from workermanager import asservice, daemonize
+from workermanager import asservice
 from workermanager import config as config_module
+from workermanager.daemon import daemonize
 
 T = TypeVar("T")
 

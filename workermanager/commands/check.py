@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     options = parser.parse_args(argv)
 
     from workermanager import config as config_module
-    from workermanager import daemonize, startcheck
+    from workermanager import startcheck
+    from workermanager.daemon import daemonize
 
     try:
         config = load_config(options.config)

@@ -16,9 +16,9 @@ import json
 import os
 from collections.abc import Mapping
 
-from workermanager import pidfile
 from workermanager.commands import fail, load_config
 from workermanager.config import SETTINGS_BY_KEY, ConfigError
+from workermanager.daemon import pidfile
 
 
 def main(argv: list[str]) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from workermanager import asservice, daemonize
+from workermanager import asservice
 from workermanager.commands import QUEUE_SECONDS, fail, failed_as_service, load_config, on_queue
 from workermanager.config import ConfigError
+from workermanager.daemon import daemonize
 
 
 def main(argv: list[str]) -> int:

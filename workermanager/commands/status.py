@@ -21,11 +21,12 @@ import pwd
 import time
 from typing import Any
 
-from workermanager import pidfile, safefiles
+from workermanager import safefiles
 from workermanager.cli import SUBCOMMANDS
 from workermanager.commands import fail, load_config, on_queue
 from workermanager.config import Config, ConfigError
-from workermanager.status import drops_privileges, status_path
+from workermanager.daemon import pidfile
+from workermanager.daemon.statusfile import drops_privileges, status_path
 
 RUNNING, DEAD_WITH_PIDFILE, NOT_RUNNING, UNKNOWN = 0, 1, 3, 4
 #: a master's process may be this much older than the started_at it wrote (pid reuse check)
@@ -344,7 +345,7 @@ def read_queue(config: Config, timeout: float) -> dict[str, Any]:
     would follow a link the account planted at the database name and open its target read-write
     (switching it to WAL is a write). When that child cannot read it, the queue is skipped with one line in `problems`."""
     from workermanager import asservice
-    from workermanager.queuestatus import QueueStatus, queue_status
+    from workermanager.queue_depth import QueueStatus, queue_status
 
     def read() -> dict[str, Any]:
         return queue_status(config.type, config.worker_options, config.base_dir, timeout).as_dict()

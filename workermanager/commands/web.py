@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         return fail(f"the web console needs {exc.name}: pip install 'workermanager[web]'")
     from workermanager import config as config_module
-    from workermanager import daemonize
+    from workermanager.daemon import daemonize
     from workermanager.web import settings as web_settings
     from workermanager.web.app import create_app
     from workermanager.web.server import create_server

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from workermanager.helperprocess import HelperProcess
-from workermanager.proctitle import setproctitle
+from workermanager.daemon.helperprocess import HelperProcess
+from workermanager.daemon.proctitle import setproctitle
 
 if TYPE_CHECKING:
     from workermanager.config import Config

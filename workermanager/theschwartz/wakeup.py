@@ -66,7 +66,7 @@ def slot_folder() -> SlotFolder:
     """The private folder of the listening turns: `workermanager` in $XDG_RUNTIME_DIR when that is
     a folder of ours alone, else `workermanager-<uid>` in the temp folder (made 0700 by the first
     child that needs it, and used only while it is ours and nobody else's to enter)."""
-    from workermanager.status import private_runtime_folder
+    from workermanager.daemon.statusfile import private_runtime_folder
 
     runtime = private_runtime_folder()
     if runtime is not None:

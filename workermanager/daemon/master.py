@@ -27,18 +27,24 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from workermanager import proctitle, rawsignals
 from workermanager.backends import Backend, backend_class
-from workermanager.child import EXIT_BACKEND_BROKEN, STRAY_SIGNALS, ChildPlan, flush_log_handlers, run_child
 from workermanager.config import MAX_CONCURRENCY, Config, ConfigError, import_worker_classes
-from workermanager.helperprocess import HelperProcess
+from workermanager.daemon import proctitle, rawsignals
+from workermanager.daemon.child import (
+    EXIT_BACKEND_BROKEN,
+    STRAY_SIGNALS,
+    ChildPlan,
+    flush_log_handlers,
+    run_child,
+)
+from workermanager.daemon.helperprocess import HelperProcess
+from workermanager.daemon.scheduleprocess import ScheduleView, first_horizon
+from workermanager.daemon.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.jobs.pruner import Pruner
-from workermanager.scheduleprocess import ScheduleView, first_horizon
 from workermanager.scheduler import unserved
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.worker import Worker
 
-log = logging.getLogger("workermanager.master")
+log = logging.getLogger("workermanager.daemon.master")
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGTTIN", "SIGTTOU", "SIGCHLD")
 #: blocked across fork until the child has its own handlers

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from workermanager import rawsignals
+from workermanager.daemon import rawsignals
 
 log = logging.getLogger(__name__)
 

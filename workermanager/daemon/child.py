@@ -14,16 +14,16 @@ import signal
 import time
 from collections.abc import Sequence
 
-from workermanager import proctitle, rawsignals
 from workermanager.backends import Backend, BackendError
 from workermanager.backends.base import BackendBroken
 from workermanager.config import Config
-from workermanager.jobalarm import JobAlarm
-from workermanager.joblog import JobLog, JobRecord, outcome_word
-from workermanager.scoreboard import EXIT_BOOT_FAILURE, DeadJob, JobBoard, Reporter
+from workermanager.daemon import proctitle, rawsignals
+from workermanager.daemon.jobalarm import JobAlarm
+from workermanager.daemon.joblog import JobLog, JobRecord, outcome_word
+from workermanager.daemon.scoreboard import EXIT_BOOT_FAILURE, DeadJob, JobBoard, Reporter
 from workermanager.worker import Job, Worker, run_job
 
-log = logging.getLogger("workermanager.child")
+log = logging.getLogger("workermanager.daemon.child")
 
 def _stray_signals() -> frozenset[int]:
     names = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ",

@@ -38,7 +38,7 @@ from workermanager import safefiles
 from workermanager.config import Config
 
 if TYPE_CHECKING:
-    from workermanager.master import Master
+    from workermanager.daemon.master import Master
 
 log = logging.getLogger(__name__)
 

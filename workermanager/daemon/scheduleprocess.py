@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from workermanager.helperprocess import HelperProcess, write_report
+from workermanager.daemon.helperprocess import HelperProcess, write_report
 from workermanager.schedule import Entry
 from workermanager.scheduler import CATCH_UP_SECONDS, Carried, Scheduler, describe_slots, next_after
 
@@ -125,7 +125,7 @@ def first_horizon(started_at: float) -> float:
 
 def run(config: Config, carried: dict[str, Carried], horizon: float, report_fd: int, master_pid: int) -> int:
     """In the schedule process: tick until the master is gone (TERM ends the process)."""
-    from workermanager import proctitle
+    from workermanager.daemon import proctitle
     from workermanager.schedule_enqueue import enqueuer_for
 
     try:
