@@ -147,10 +147,14 @@ def test_the_schedule_command_and_status_show_the_last_and_next_slots(tmp_path, 
     assert nightly["last_enqueued"] is None and nightly["next"][0].endswith(("00:30:00Z", "01:30:00Z"))
     text = run("schedule")
     assert "nightly: Nobody::Serves, cron 30 2 * * * (Europe/Berlin)" in text.stdout
-    status = run("status", "--json", "--no-queue")
-    schedule = json.loads(status.stdout)["daemon"]["schedule"]
+    def status_naming_a_slot() -> list | None:
+        schedule = json.loads(run("status", "--json", "--no-queue").stdout)["daemon"]["schedule"]
+        return schedule if schedule and schedule[0]["last_enqueued"] else None
+
+    # the master learns of a slot from the schedule process's next report, then publishes it
+    schedule = wait_for(status_naming_a_slot, 20, what="the status file naming the last slot enqueued")
     assert [entry["name"] for entry in schedule] == ["tick", "nightly"]
-    assert schedule[0]["last_enqueued"] is not None and schedule[0]["next"]
+    assert schedule[0]["next"]
     plain = run("status", "--no-queue")
     assert "last enqueued (UTC)" in plain.stdout and "tick" in plain.stdout
     checked = run("check")
