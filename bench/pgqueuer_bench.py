@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from childlife import LifeWatch, RunFigures  # noqa: E402
 from fleet_bench import bulk_load, entry_for, first_job_taken, wait_empty  # noqa: E402
 
-from dbservers import PostgresServer  # noqa: E402
+from support.dbservers import PostgresServer  # noqa: E402
 
 PGQUEUER_VERSION = "1.6.0"
 VENV = os.path.join(ROOT, "bench", ".pgqueuer-venv")

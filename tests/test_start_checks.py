@@ -24,8 +24,8 @@ import yaml
 
 from workermanager.theschwartz import init_db
 
-from daemon_harness import Daemon
-from helpers import IN_CI, free_port, wait_for
+from support.daemon_harness import Daemon
+from support.helpers import IN_CI, free_port, wait_for
 
 #: seconds a refused start may take (the checks fork, connect and query once)
 REFUSAL_SECONDS = 15

@@ -13,7 +13,6 @@ import subprocess
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_theschwartz_perl import perl, queue  # noqa: F401  (fixtures: Perl and its modules, the queue)
 
 from workermanager.theschwartz import Client
 from workermanager.theschwartz.args import BYTES_TAG, StorableArgError, decode_arg, encode_arg
@@ -122,7 +121,7 @@ def test_our_bytes_and_values_reach_our_worker_as_written(client):
 
 
 @pytest.fixture
-def perl_queue(queue):  # noqa: F811
+def perl_queue(queue):
     """test_theschwartz_perl's queue (the DBI form of the DSN on SQLite, as Perl writes it)."""
     Seen.args = []
     return queue
@@ -142,7 +141,7 @@ def perl_insert(program: str, entry, expression: str) -> str:
     return line.split("=", 1)[1]
 
 
-def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # noqa: F811
+def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):
     entry, client = perl_queue
     perl_insert(perl, entry, '{ key => "value", list => [1, 2], nested => { "ключ" => undef } }')
     perl_insert(perl, entry, 'bless { id => 7 }, "My::Task"')
@@ -159,7 +158,7 @@ def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # 
     ('do { my $a = [1]; $a = [($a) x 10] for 1 .. 9; $a }', "too large when expanded"),  # 10**9 values
 ])
 def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
-        perl, perl_queue, caplog, expression, reason):  # noqa: F811
+        perl, perl_queue, caplog, expression, reason):
     entry, client = perl_queue
     handle = perl_insert(perl, entry, expression)
     client.insert(Seen.funcname, "fine")
@@ -173,7 +172,7 @@ def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
     assert len(lines) == 1 and reason in lines[0] and Seen.funcname in lines[0]
 
 
-def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):  # noqa: F811
+def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):
     """Perl stores a plain string arg as it is; bytes that only start like a code reference's
     image are not a refusal, so the job runs with them (as Perl's own worker would)."""
     entry, client = perl_queue
@@ -182,7 +181,7 @@ def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, 
     assert Seen.args == ["\x05\x0b\x1a junk"]
 
 
-def test_a_refused_arg_raises_when_read(perl, perl_queue):  # noqa: F811
+def test_a_refused_arg_raises_when_read(perl, perl_queue):
     entry, client = perl_queue
     handle = perl_insert(perl, entry, 'do { my $h = {}; $h->{me} = $h; $h }')
     job = client.lookup_job(handle)
@@ -191,7 +190,7 @@ def test_a_refused_arg_raises_when_read(perl, perl_queue):  # noqa: F811
         _ = job.arg
 
 
-def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):  # noqa: F811
+def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):
     """Documented in workermanager/theschwartz/README.md: JSON values arrive as JSON text, str as its
     UTF-8 text (JSON-quoted when it would read as JSON), bytes as they are unless they would read
     as something else: then behind the four tag bytes."""
