@@ -1,7 +1,7 @@
 """A root file the service account moves into its own log folder is never appended to or handed
 over; an existing log keeps no permission beyond the log mode (safefiles' rule for existing files).
 
-Run as real root with the throwaway account of test_hardening_files.
+Run as real root with the throwaway account of tests/support/root_site.py.
 """
 
 from __future__ import annotations

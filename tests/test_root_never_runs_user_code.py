@@ -5,7 +5,7 @@ hang root's `status` or `init-db`, and the worker modules, which that account ma
 write, are never imported by root: not at the start, not in `check`; a worker that does not
 import is still refused with one line, exit 1, on the terminal.
 
-Real root, a real throwaway system account (the fixtures of test_hardening_files), real SQLite
+Real root, a real throwaway system account (the fixtures of tests/support/root_site.py), real SQLite
 files, real signals; every wait is bounded.
 """
 

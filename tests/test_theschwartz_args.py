@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +18,8 @@ from workermanager.theschwartz.args import BYTES_TAG, StorableArgError, decode_a
 from workermanager.theschwartz.job import JobHandle
 from workermanager.theschwartz.storable import Blessed
 from workermanager.worker import Worker
+
+from support.perl_schwartz import run_peer
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "perl", "schwartz_args.pl")
 
@@ -122,22 +123,14 @@ def test_our_bytes_and_values_reach_our_worker_as_written(client):
 
 @pytest.fixture
 def perl_queue(queue):
-    """test_theschwartz_perl's queue (the DBI form of the DSN on SQLite, as Perl writes it)."""
+    """The `queue` fixture of tests/support/perl_schwartz.py (on SQLite the DSN in its DBI form, as
+    Perl writes it), with no arguments seen yet."""
     Seen.args = []
     return queue
 
 
-def run_perl(program: str, entry, *args) -> list[str]:
-    env = dict(os.environ, WM_PEER_USER=entry.get("user") or "", WM_PEER_PASS=entry.get("pass") or "",
-               WM_PEER_PREFIX=entry.get("prefix") or "")
-    result = subprocess.run([program, SCRIPT, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
-                            env=env)
-    assert result.returncode == 0, f"perl failed: {result.stderr}"
-    return result.stdout.splitlines()
-
-
 def perl_insert(program: str, entry, expression: str) -> str:
-    [line] = run_perl(program, entry, "insert", Seen.funcname, expression)
+    [line] = run_peer(program, entry, "insert", Seen.funcname, expression, script=SCRIPT)
     return line.split("=", 1)[1]
 
 
@@ -199,5 +192,5 @@ def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):
             (b"\x00\xff bin", b"\x00\xff bin"), (b"text bytes", BYTES_TAG + b"text bytes")]
     for value, _ in rows:
         client.insert(Seen.funcname, value)
-    seen = run_perl(perl, entry, "work", Seen.funcname)
+    seen = run_peer(perl, entry, "work", Seen.funcname, script=SCRIPT)
     assert sorted(seen) == sorted(f"hex={shown.hex()}" for _, shown in rows)

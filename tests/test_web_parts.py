@@ -208,7 +208,7 @@ def test_started_as_root_it_serves_as_the_service_account(site):
             assert status < 500, f"{path}: {status}\n{console.stderr()}"
 
 
-def gearman_queue(tmp_path, gearmand) -> str:  # noqa: ANN001 - the fixture
+def gearman_queue(tmp_path, gearmand) -> str:
     """A Gearman config whose job server holds 3 background jobs of function Resize."""
     from workermanager.gearman.client import Client as GearmanClient
 

@@ -1,7 +1,7 @@
 """The fault-injection harness: drive a real daemon with numbered jobs, hurt it, count the ledger.
 
 Each scenario inserts jobs whose arg carries an id ({"id": n}), starts the real daemon
-(tests/daemon_harness.Daemon) with the workers of tests/workers/chaosworkers.py, does its damage,
+(tests/support/daemon_harness.Daemon) with the workers of tests/workers/chaosworkers.py, does its damage,
 waits (with deadlines) for every id to reach the ledger, and returns Counts: inserted, completed
 (distinct ids in the ledger), duplicates (extra runs), lost (ids never done), and the daemon's
 children at the end. The same functions serve tests/test_no_job_lost.py (small counts) and

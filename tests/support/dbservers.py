@@ -472,7 +472,7 @@ class MariaDBServer(_PrivateServer):
             conn.close()
 
 
-# -- pytest fixtures (imported into tests/conftest.py) ------------------------------------
+# -- pytest fixtures (loaded through pytest_plugins in tests/conftest.py) ------------------------------------
 def start_or_skip(server_class: type[_PrivateServer]) -> _PrivateServer:
     """A started server; missing programs skip locally and fail under CI=true."""
     try:

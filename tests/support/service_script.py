@@ -9,9 +9,8 @@ import sys
 
 from support.daemon_harness import ROOT
 
+#: the service files shipped in the package (init script, systemd unit, logrotate)
 ETC = os.path.join(ROOT, "workermanager", "service")
-
-
 INIT_SCRIPT = os.path.join(ETC, "init.d", "workermanager")
 
 

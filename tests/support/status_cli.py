@@ -16,6 +16,7 @@ from support.daemon_harness import ROOT
 
 
 def status(config_path: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`workermanager status -f CONFIG FLAGS` run from this checkout, to completion."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "workermanager", "status", "-f", config_path, *flags],
                           capture_output=True, text=True, env=env, timeout=60)
@@ -23,6 +24,7 @@ def status(config_path: str, *flags: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def queue_path(tmp_path):
+    """A fresh SQLite TheSchwartz queue in the test's folder: its path."""
     path = str(tmp_path / "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
     return path
