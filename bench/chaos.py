@@ -26,12 +26,11 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import chaos_harness as chaos  # noqa: E402
-
 from workermanager.theschwartz import init_db  # noqa: E402
 
-from dbservers import MariaDBServer, PostgresServer  # noqa: E402
-from gearmand_server import GearmandServer  # noqa: E402
+from support import chaos_harness as chaos  # noqa: E402
+from support.dbservers import MariaDBServer, PostgresServer  # noqa: E402
+from support.gearmand_server import GearmandServer  # noqa: E402
 
 SCENARIOS = ("kill-children", "kill-master", "term-restart", "outage", "outage-default-retry",
              "misbehaving", "poison", "setup-raises", "bad-rows", "dev-full")

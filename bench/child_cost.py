@@ -205,7 +205,7 @@ def measure(kind: str, jobs: int, realistic: bool, life_count: int = 0) -> None:
             options = {"databases": [{"dsn": f"dbi:SQLite:dbname={db}"}]}
             run(kind, options, jobs, folder, realistic, life_count)
         else:
-            from gearmand_server import GearmandServer
+            from support.gearmand_server import GearmandServer
 
             with GearmandServer() as server:
                 subprocess.run([sys.executable, "-c", FILL_GEARMAN, server.address, str(queued),

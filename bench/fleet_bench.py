@@ -29,8 +29,8 @@ from daemon_bench import PERL_PEER, percentile  # noqa: E402
 
 from workermanager.theschwartz import Client, init_db  # noqa: E402
 
-from daemon_harness import Daemon  # noqa: E402
-from dbservers import PostgresServer  # noqa: E402
+from support.daemon_harness import Daemon  # noqa: E402
+from support.dbservers import PostgresServer  # noqa: E402
 
 BENCH_WORKERS = os.path.join(ROOT, "bench", "workers")
 TEST_WORKERS = os.path.join(ROOT, "tests", "workers")

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from workermanager.gearman import Admin, Client  # noqa: E402
 
-from gearmand_server import GearmandServer  # noqa: E402
+from support.gearmand_server import GearmandServer  # noqa: E402
 
 FUNC = "Bench::Noop"
 REALISTIC_FUNC = "Bench::Realistic"

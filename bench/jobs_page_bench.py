@@ -100,7 +100,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="jobs-bench-"))
         if options.pg:
-            from dbservers import PostgresServer
+            from support.dbservers import PostgresServer
 
             server = stack.enter_context(PostgresServer())
             db = server.create_database("bench")

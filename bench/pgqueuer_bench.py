@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PostgreSQL: our daemon against pgqueuer (PyPI; asyncpg, LISTEN/NOTIFY), 4 processes each, same run.
 
-On one private PostgreSQL (tests/dbservers.py), each contender drains N bulk-loaded no-op jobs;
+On one private PostgreSQL (tests/support/dbservers.py), each contender drains N bulk-loaded no-op jobs;
 throughput is timed from the first job taken to the empty queue, so start-up is not counted:
   * ours: `workermanager -n -c 4` at -w 100 (the canonical setting) and -w 1000000 (never
     recycled) on a TheSchwartz schema, with a child's life and the CPU figures of bench/childlife.py;
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from childlife import LifeWatch, RunFigures  # noqa: E402
 from fleet_bench import bulk_load, entry_for, first_job_taken, wait_empty  # noqa: E402
 
-from dbservers import PostgresServer  # noqa: E402
+from support.dbservers import PostgresServer  # noqa: E402
 
 PGQUEUER_VERSION = "1.6.0"
 VENV = os.path.join(ROOT, "bench", ".pgqueuer-venv")

@@ -1,16 +1,18 @@
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-# Private PostgreSQL / MariaDB servers (tests/dbservers.py): session fixtures and a fresh database per test.
-# A TheSchwartz queue on each of SQLite, PostgreSQL and MariaDB: tests/sql_queues.py.
-from sql_queues import queue_db, queue_kind  # noqa: E402,F401
-
-# The real daemon (tests/daemon_harness.py): `daemons` stops what a test started; `sqlite_queue`.
-from daemon_harness import daemons, sqlite_queue  # noqa: E402,F401
-from dbservers import mariadb_db, mariadb_server, postgres_db, postgres_server  # noqa: E402,F401
+#: The shared fixtures, each from the support module that holds it (tests/support/):
+#: private PostgreSQL / MariaDB servers and a fresh database per test (dbservers), a TheSchwartz
+#: queue on each of SQLite, PostgreSQL and MariaDB (sql_queues), the real daemon and a SQLite queue
+#: (daemon_harness), a private gearmand (gearmand_server), the throwaway service account and its
+#: root-owned site (root_site), Perl TheSchwartz on the test's queue (perl_schwartz), a SQLite queue
+#: for `status` (status_cli).
+pytest_plugins = [
+    "support.dbservers",
+    "support.sql_queues",
+    "support.daemon_harness",
+    "support.gearmand_server",
+    "support.root_site",
+    "support.perl_schwartz",
+    "support.status_cli",
+]
 
 
 def pytest_terminal_summary(terminalreporter):

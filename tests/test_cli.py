@@ -10,7 +10,7 @@ import pytest
 
 from workermanager.cli import SUBCOMMANDS
 
-from daemon_harness import ROOT, TEST_WORKERS
+from support.daemon_harness import ROOT, TEST_WORKERS
 
 
 def run(args, cwd):

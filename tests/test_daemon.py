@@ -9,8 +9,8 @@ import sqlite3
 
 import psutil
 
-from daemon_harness import Daemon
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
 
 
 def make(daemons, tmp_path, path, workers, flags=("-n",), **settings):
@@ -56,12 +56,12 @@ def test_term_lets_running_jobs_finish_then_exits_zero(tmp_path, sqlite_queue, d
         client.insert("Test::Sleep", {"sleep": 2, "n": i})
     pidfile = str(tmp_path / "wm.pid")
     daemon = make(daemons, tmp_path, path, ["testworkers.Sleep"], ("-n", "-c", "4"), pidfile=pidfile).start()
-    daemon.wait_ledger(lambda rows: sum(r[2] == "start" for r in rows) == 4, 20, "4 jobs running")
+    daemon.wait_ledger(lambda rows: sum(r.what == "start" for r in rows) == 4, 20, "4 jobs running")
     assert os.path.exists(pidfile)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=5) == 0
     rows = daemon.ledger_rows()
-    assert sum(r[2] == "end" for r in rows) == 4
+    assert sum(r.what == "end" for r in rows) == 4
     assert [line["outcome"] for line in daemon.job_lines()] == ["completed"] * 4
     assert not os.path.exists(pidfile)
     assert jobs_left(path) == 0
@@ -74,7 +74,7 @@ def test_term_amid_quick_jobs_gives_back_the_jobs_leased_ahead(tmp_path, sqlite_
     daemon.wait_ledger(lambda rows: len(rows) >= 300, 30, "300 jobs run")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(timeout=10) == 0
-    ran = [row[0] for row in daemon.ledger_rows()]
+    ran = [row.handle for row in daemon.ledger_rows()]
     assert len(ran) == len(set(ran)) < 3000
     with sqlite3.connect(path) as db:
         left = db.execute("SELECT COUNT(*), COALESCE(MAX(grabbed_until), 0) FROM job").fetchone()
@@ -92,13 +92,13 @@ def test_kill_9_of_a_child_holding_jobs_leased_ahead_the_next_child_gives_them_b
     quick = [str(h) for h in client.insert_jobs([("Test::Sleep", {"sleep": 60})] +
                                                 [("Test::Sleep", {"sleep": 0, "n": n}) for n in range(5)])[1:]]
     rows = daemon.wait_ledger(lambda rows: len(rows) == 3 and rows, 20, "the long job to start")
-    victim = int(rows[2][1])
+    victim = rows[2].pid
     os.kill(victim, signal.SIGKILL)
     daemon.wait_error_log("gives them back")
     # Test::Sleep leases for 30 s: without the next child giving them back, none would run in time
-    rows = daemon.wait_ledger(lambda rows: sum(r[2] == "end" for r in rows) == 6 and rows, 15, "the held jobs")
-    assert sorted(r[0] for r in rows[3:] if r[2] == "end") == sorted(quick)
-    assert all(int(r[1]) != victim for r in rows[3:])
+    rows = daemon.wait_ledger(lambda rows: sum(r.what == "end" for r in rows) == 6 and rows, 15, "the held jobs")
+    assert sorted(r.handle for r in rows[3:] if r.what == "end") == sorted(quick)
+    assert all(r.pid != victim for r in rows[3:])
     assert "died holding 5 job(s)" in daemon.error_log()
 
 
@@ -111,7 +111,7 @@ def test_kill_9_of_a_child_mid_job_the_job_runs_again_in_another_child(tmp_path,
     handle = str(job_handle)
     daemon = make(daemons, tmp_path, path, ["testworkers.ShortLease"], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
-    victim = int(rows[0][1])
+    victim = rows[0].pid
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: [c.pid for c in daemon.children() if c.pid != victim], 10, what="a new child")
     lines = daemon.wait_job_lines(1, timeout=30)
@@ -183,7 +183,7 @@ def one_job_running(daemons, tmp_path, sqlite_queue, funcname, worker):
     client.insert(funcname, {})
     daemon = make(daemons, tmp_path, path, [worker], ("-n", "-c", "1")).start()
     rows = daemon.wait_ledger(lambda rows: rows, 20, "the job to start")
-    return daemon, int(rows[0][1])
+    return daemon, rows[0].pid
 
 
 def test_a_hung_job_is_stopped_at_its_timeout_and_its_child_replaced(tmp_path, sqlite_queue, daemons):
@@ -270,7 +270,7 @@ def test_process_titles_show_the_master_and_what_each_child_does(tmp_path, sqlit
     client, path = sqlite_queue
     client.insert("Test::Sleep", {"sleep": 3})
     daemon = make(daemons, tmp_path, path, ["testworkers.Sleep"], ("-n", "-c", "2", "-w", "5")).start()
-    daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 20, "the job running")
+    daemon.wait_ledger(lambda rows: any(r.what == "start" for r in rows), 20, "the job running")
 
     def titles():
         master = title(psutil.Process(daemon.pid))
@@ -283,7 +283,7 @@ def test_process_titles_show_the_master_and_what_each_child_does(tmp_path, sqlit
         return None
     master = wait_for(titles, 10, what="the master's and both children's titles")
     assert master == f"workermanager: master -f {daemon.config_path} [2/2 children]"
-    daemon.wait_ledger(lambda rows: any(r[2] == "end" for r in rows), 10, "the job's end")
-    busy_pid = int(next(r[1] for r in daemon.ledger_rows() if r[2] == "start"))
+    daemon.wait_ledger(lambda rows: any(r.what == "end" for r in rows), 10, "the job's end")
+    busy_pid = next(r.pid for r in daemon.ledger_rows() if r.what == "start")
     wait_for(lambda: title(psutil.Process(busy_pid)).endswith("[idle 1/5]"), 10,
              what="the child that ran the job idle again, with one job done")

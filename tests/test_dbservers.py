@@ -14,9 +14,9 @@ import psycopg
 import pymysql
 import pytest
 
-import dbservers
-from dbservers import MariaDBServer, PostgresServer, ServerStartError, ServerUnavailable
-from helpers import IN_CI, require_program
+from support import dbservers
+from support.dbservers import MariaDBServer, PostgresServer, ServerStartError, ServerUnavailable
+from support.helpers import IN_CI, require_program
 
 SCHEMA_DIR = "/usr/share/doc/libtheschwartz-perl"
 SCHEMA_FILES = {"postgres": "schema-postgres.sql", "mariadb": "schema.sql"}

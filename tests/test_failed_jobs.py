@@ -15,7 +15,6 @@ import time
 
 import pytest
 import yaml
-from test_theschwartz_perl import perl, queue, run_peer, values  # noqa: F401 - fixtures
 
 from workermanager.config import from_mapping
 from workermanager.jobs import (
@@ -35,9 +34,9 @@ from workermanager.theschwartz import Client, failed
 from workermanager.theschwartz.client import build_databases
 from workermanager.worker import Worker
 
-from daemon_harness import ROOT, Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.helpers import wait_for
+from support.perl_schwartz import run_peer, values
 
 #: an arg that is not UTF-8, as Perl's clients may store
 BINARY_ARG = b"\xff\xfe\x00 not utf-8 \xc3"
@@ -327,9 +326,9 @@ def test_list_pages_through_indexes_not_scans_sqlite(tmp_path):
 def test_list_pages_through_indexes_not_scans_postgres(request, tmp_path):
     """PostgreSQL's EXPLAIN on 20,000 rows (ANALYZEd), 10,000 of them inserted in one second: index
     scans, no Seq Scan, no Sort (init-db's (funcid, run_after, jobid) index gives the order)."""
-    from sql_queues import entry_for
-
     from workermanager.jobs.sqlstore import failed_page_sql, queued_page_sql
+
+    from support.sql_queues import entry_for
 
     entry = entry_for("postgres", request, tmp_path)
     [db] = build_databases([entry])
@@ -464,26 +463,26 @@ def test_the_daemon_keeps_a_failed_job_and_a_retried_one_runs(tmp_path, daemons)
     store = open_store(from_mapping(daemon.config, daemon.config_path))
     kept = wait_for(lambda: store.list_failed().items, 15, what="the kept failed job")
     assert kept[0].original_handle == handle and kept[0].failures == 3
-    assert kept[0].pid in {int(row[1]) for row in daemon.ledger_rows()}  # the child that ran it
+    assert kept[0].pid in {row.pid for row in daemon.ledger_rows()}  # the child that ran it
     [result] = store.retry([kept[0].handle])
     assert result.ok
-    daemon.wait_ledger(lambda rows: any(row[0] == result.new_handle for row in rows),
+    daemon.wait_ledger(lambda rows: any(row.handle == result.new_handle for row in rows),
                        what="the retried job's run")
     sleeping = str(client.insert("Test::Sleep", {"sleep": 5}))
-    [row] = daemon.wait_ledger(lambda rows: [r for r in rows if r[0] == sleeping], what="the sleeping job's start")
+    [row] = daemon.wait_ledger(lambda rows: [r for r in rows if r.handle == sleeping], what="the sleeping job's start")
 
     def leased_jobs():  # the status file names the job once the master has read the child's board
         jobs = json.loads(cli(daemon.config_path, "list", "--state", "leased", "--json", check=0).stdout)["jobs"]
         return jobs if jobs and jobs[0]["leased_by"] else None
     leased = wait_for(leased_jobs, 4, interval=0.2, what="the leased job named in the status file")
-    assert [(job["handle"], job["leased_by"]) for job in leased] == [(sleeping, f"{socket.gethostname()} pid {row[1]}")]
+    assert [(job["handle"], job["leased_by"]) for job in leased] == [(sleeping, f"{socket.gethostname()} pid {row.pid}")]
     store.close()
     client.close()
 
 
 # --- Gearman -----------------------------------------------------------------------------------
 
-def test_gearman_failed_jobs_are_kept_listed_and_resubmitted(tmp_path, gearmand, daemons):  # noqa: F811
+def test_gearman_failed_jobs_are_kept_listed_and_resubmitted(tmp_path, gearmand, daemons):
     from workermanager.gearman.client import Client as GearmanClient
 
     store_path = tmp_path / "kept" / "failed.db"
@@ -526,7 +525,7 @@ class PerlJobDoomed(Worker):
         job.permanent_failure("python gives up on it")
 
 
-def test_perl_client_and_worker_share_a_queue_holding_our_table(perl, queue):  # noqa: F811
+def test_perl_client_and_worker_share_a_queue_holding_our_table(perl, queue):
     """Perl inserts; our worker fails the job for good (kept); a retry puts it back and a Perl
     worker completes it with the arg as Perl wrote it; a Perl worker's own failure for good is
     Perl's business (not kept: Perl never writes our table) and goes on as ever."""
@@ -586,7 +585,7 @@ def test_keep_failed_false_in_the_config_reaches_the_backends(tmp_path):
 def test_a_gearman_retry_that_cannot_be_submitted_keeps_the_job(tmp_path):
     from workermanager.jobs.keeping import ensure_table, failed_store_database
 
-    from helpers import free_port
+    from support.helpers import free_port
 
     config = from_mapping({"type": "Gearman", "workers": ["x.Y"],
                            "worker_options": {"job_servers": [f"127.0.0.1:{free_port()}"]}},

@@ -15,7 +15,6 @@ import time
 
 import pytest
 import yaml
-from test_hardening_files import service_account, site  # noqa: F401 - the fixtures
 
 from workermanager.config import from_mapping
 from workermanager.gearman.admin import Admin
@@ -26,9 +25,8 @@ from workermanager.theschwartz import Client, failed, init_db
 from workermanager.theschwartz.client import build_databases
 from workermanager.worker import Worker
 
-from daemon_harness import ROOT, Daemon, daemons  # noqa: F401 - the fixture
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import free_port, require_program, wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.helpers import free_port, require_program, wait_for
 
 
 def test_a_value_whose_json_is_astronomically_long_is_shown_cut_without_encoding_it_whole():
@@ -171,7 +169,7 @@ def test_a_gearman_retry_of_all_stops_at_its_deadline_between_jobs(tmp_path, sil
     assert silent_server.received == b""  # nothing submitted past the deadline
 
 
-def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, gearmand):  # noqa: F811
+def test_a_retry_killed_mid_submit_leaves_the_job_kept(tmp_path, silent_server, gearmand):
     hung = gearman_config(tmp_path, silent_server.address)
     handle = keep_one_failed(hung)
     program = ("import sys; from workermanager.config import load; from workermanager.jobs import open_store\n"
@@ -247,7 +245,7 @@ def test_the_gearman_store_defaults_beside_the_job_log(tmp_path):
     assert failed_store_entry(unlogged) == {"path": str(tmp_path / "failed-jobs.db")}
 
 
-def test_install_service_makes_the_gearman_stores_folder_for_the_account(tmp_path, service_account):  # noqa: F811
+def test_install_service_makes_the_gearman_stores_folder_for_the_account(tmp_path, service_account):
     from workermanager import serviceinstall
 
     config = tmp_path / "etc" / "workermanager.yml"
@@ -263,7 +261,7 @@ def test_install_service_makes_the_gearman_stores_folder_for_the_account(tmp_pat
     assert folders["/var/lib/wm-state"].owner.uid == service_account.uid
 
 
-def test_the_start_warns_when_the_account_cannot_write_the_gearman_store(site):  # noqa: F811 - the fixture
+def test_the_start_warns_when_the_account_cannot_write_the_gearman_store(site):
     from workermanager import startcheck
 
     def finding(store_folder: str) -> list[str]:
@@ -319,7 +317,7 @@ def config_of(daemon: Daemon):
     return load(daemon.config_path)
 
 
-def test_a_daemon_child_fails_a_billion_laughs_arg_in_one_line_and_runs_on(tmp_path, daemons):  # noqa: F811
+def test_a_daemon_child_fails_a_billion_laughs_arg_in_one_line_and_runs_on(tmp_path, daemons):
     perl = require_program("perl", "perl")
     laughs = subprocess.run([perl, "-MStorable=nfreeze", "-e",
                              "my $a = [1]; $a = [($a) x 10] for 1 .. 9; print nfreeze($a)"],

@@ -18,8 +18,7 @@ from workermanager.gearman import Admin, Client, JobFailed, Worker, parse_unique
 from workermanager.worker import Worker as WorkerClass
 from workermanager.worker import run_job
 
-from gearmand_server import GearmandServer, gearmand_fixture, gearmand_pair_fixture  # noqa: F401
-from helpers import wait_for
+from support.helpers import wait_for
 
 
 class Echo(WorkerClass):
@@ -258,7 +257,7 @@ def test_a_child_holds_no_job_it_did_not_ask_for(gearmand):
 
 @pytest.fixture
 def gearman_daemon(gearmand, tmp_path):
-    from daemon_harness import Daemon
+    from support.daemon_harness import Daemon
 
     def start(workers, log_format="classic", concurrency=2):
         daemon = Daemon(str(tmp_path), {"type": "Gearman", "workers": workers, "log_format": log_format,
@@ -305,11 +304,11 @@ def test_graceful_term_finishes_the_running_job_and_takes_no_other(gearmand, gea
     daemon = gearman_daemon(["testworkers.Sleep"], concurrency=1)
     with Client(gearmand.address) as client:
         client.submit_background("Test::Sleep", json.dumps({"sleep": 1.5}))
-        daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 15, what="the job to start")
+        daemon.wait_ledger(lambda rows: any(r.what == "start" for r in rows), 15, what="the job to start")
         client.submit_background("Test::Sleep", json.dumps({"sleep": 0}))
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
-    assert [r[2] for r in daemon.ledger_rows()] == ["start", "end"]
+    assert [r.what for r in daemon.ledger_rows()] == ["start", "end"]
     def queue():
         row = next(r for r in Admin(gearmand.address).status() if r.name == "Test::Sleep")
         return row.queued, row.running

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from test_gearman_interop import PERL_DIR, WorkerThread
 
 from workermanager.gearman import Admin, Client, GrabbedJob, JobException, JobFailed, JobTooBig
 from workermanager.gearman.codec import RES, Decoder, request
 from workermanager.gearman.codec import PacketType as T
 
-from daemon_harness import ROOT, Daemon
-from gearmand_server import GearmandServer, gearmand_fixture  # noqa: F401
-from helpers import IN_CI, require_program, wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.gearman_peers import PERL_DIR, WorkerThread
+from support.gearmand_server import GearmandServer
+from support.helpers import IN_CI, require_program, wait_for
 
 #: how long a client may take to hear of a failure the worker reported at once
 PROMPT = 10.0
@@ -209,7 +209,7 @@ def test_a_job_over_the_cap_is_failed_once_and_the_next_job_runs(failing_daemon)
                    check=True, timeout=20, capture_output=True)
     with Client(server.address) as client:
         handle = client.submit_background("Test::Noop", b"small")
-    daemon.wait_ledger(lambda rows: any(r[0] == handle for r in rows), PROMPT, what="the next normal job")
+    daemon.wait_ledger(lambda rows: any(r.handle == handle for r in rows), PROMPT, what="the next normal job")
     wait_for(lambda: "over this worker's limit" in daemon.error_log(), PROMPT, what="the oversize line")
     time.sleep(0.5)  # a loop would log dozens of lines a second
     new = daemon.error_log()[len(before):].splitlines()
@@ -220,7 +220,7 @@ def test_a_job_over_the_cap_is_failed_once_and_the_next_job_runs(failing_daemon)
     assert not [line for line in new if "retrying" in line or "closed" in line], new  # connection kept
     with Admin(server.address) as admin:
         assert all(r.queued == 0 for r in admin.status() if r.name == "Test::Noop")
-    assert not any("B" * 100 in " ".join(r) for r in daemon.ledger_rows())
+    assert not any("B" * 100 in "\t".join(map(str, r)) for r in daemon.ledger_rows())
 
 
 def test_the_gearman_tool_gets_job_failed_for_an_oversize_foreground_job(failing_daemon):

@@ -6,38 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from workermanager.gearman import Admin, Client, GrabbedJob, JobException, JobFailed, Worker
 
-from gearmand_server import GearmandServer, gearmand_fixture, gearmand_pair_fixture  # noqa: F401
-from helpers import free_port, require_program, wait_for
-
-PERL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "perl")
-
-
-class WorkerThread:
-    """Our library worker serving in a thread until the test ends."""
-
-    def __init__(self, servers: list[str], functions: dict[str, Callable[[GrabbedJob], object]],
-                 prefix: str | None = None, **options: object) -> None:
-        self.worker = Worker(servers, prefix=prefix, max_backoff=0.2, **options)  # type: ignore[arg-type]
-        for name, func in functions.items():
-            self.worker.register(name, func)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.worker.work,
-                                       kwargs={"stop_if": self.stop.is_set, "poll": 0.1}, daemon=True)
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.worker.close()
+from support.gearman_peers import PERL_DIR, WorkerThread
+from support.gearmand_server import GearmandServer
+from support.helpers import free_port, require_program, wait_for
 
 
 def cli(server: GearmandServer, *args: str, input: bytes | None = None, timeout: float = 20) -> str:

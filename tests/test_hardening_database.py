@@ -11,34 +11,23 @@ import os
 import shutil
 import sqlite3
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_hardening_files import Site, assert_untouched, daemon_for, plant_link, service_account, site  # noqa: F401
 
 from workermanager.theschwartz import Client
 from workermanager.theschwartz.wakeup import Wakeup
 
-from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
+from support.daemon_harness import sqlite_settings
+from support.root_commands import command, owner
+from support.root_site import Site, assert_untouched, daemon_for, plant_link
 
 PG_ENTRY = {"dsn": "dbi:Pg:dbname=wm;host=127.0.0.1;port=1"}  # never connected to: only its turns
 
 
-def command(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """`workermanager ARGS -f conf.yml` run as root (the test's own account), to completion."""
-    return subprocess.run([sys.executable, "-m", "workermanager", *args, "-f", daemon.config_path],
-                          capture_output=True, text=True, env=daemon.env(), cwd=daemon.folder, timeout=60)
-
-
-def sqlite_settings(path: str) -> dict[str, Any]:
-    return {"worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]}}
-
-
-def as_account(site: Site,  # noqa: F811
+def as_account(site: Site,
                 work: Callable[[], Any]) -> Any:
     """`work()` in a forked child that became the service account; its JSON result."""
     read_fd, write_fd = os.pipe()
@@ -63,14 +52,9 @@ def as_account(site: Site,  # noqa: F811
     return answer["result"]
 
 
-def owner(path: str) -> tuple[int, int]:
-    info = os.stat(path)
-    return info.st_uid, info.st_gid
-
-
 # -- init-db as root ---------------------------------------------------------------------------------
 
-def test_init_db_as_root_with_user_leaves_files_the_service_account_writes_and_jobs_run(site, daemons):  # noqa: F811
+def test_init_db_as_root_with_user_leaves_files_the_service_account_writes_and_jobs_run(site, daemons):
     database = os.path.join(site.svc, "data", "new.db")  # folder and file made by init-db
     daemon = daemon_for(daemons, site, concurrency=2, **sqlite_settings(database))
     done = command(daemon, "init-db")
@@ -92,7 +76,7 @@ def test_init_db_as_root_with_user_leaves_files_the_service_account_writes_and_j
     assert "readonly database" not in daemon.error_log()
 
 
-def test_init_db_as_root_does_not_follow_links_planted_for_the_database(site, daemons):  # noqa: F811
+def test_init_db_as_root_does_not_follow_links_planted_for_the_database(site, daemons):
     # the account points the database name into root's folder: root would create a database
     # (and its -wal, -shm) there
     database = os.path.join(site.svc, "planted.db")
@@ -106,7 +90,7 @@ def test_init_db_as_root_does_not_follow_links_planted_for_the_database(site, da
     assert_untouched(site.target)
 
 
-def test_init_db_as_root_does_not_follow_links_planted_for_the_wal_and_shm(site, daemons):  # noqa: F811
+def test_init_db_as_root_does_not_follow_links_planted_for_the_wal_and_shm(site, daemons):
     database = os.path.join(site.svc, "planted.db")
     missing = os.path.join(site.secret, "made-by-root")
     plant_link(site, missing, database + "-wal")
@@ -123,7 +107,7 @@ def test_init_db_as_root_does_not_follow_links_planted_for_the_wal_and_shm(site,
 
 # -- status as root -----------------------------------------------------------------------------------
 
-def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, daemons):  # noqa: F811
+def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, daemons):
     daemon = daemon_for(daemons, site)
     client = Client([{"dsn": f"dbi:SQLite:dbname={site.queue}"}])
     try:
@@ -152,7 +136,7 @@ def test_status_as_root_reads_the_queue_but_never_through_a_planted_link(site, d
     assert len(problems) == 1 and "unable to open database file" in problems[0], done.stdout
 
 
-def root_sqlite_database(site: Site) -> tuple[str, bytes]:  # noqa: F811
+def root_sqlite_database(site: Site) -> tuple[str, bytes]:
     """A root-only SQLite database in root's folder (rollback journal): (path, its bytes)."""
     path = os.path.join(site.secret, "root.db")
     with sqlite3.connect(path) as conn:
@@ -166,7 +150,7 @@ def root_sqlite_database(site: Site) -> tuple[str, bytes]:  # noqa: F811
 # -- listening turns (PostgreSQL's wakeup) ---------------------------------------------------------------
 
 @pytest.fixture
-def shared_tmp(site):  # noqa: F811
+def shared_tmp(site):
     """A world-writable sticky folder like /tmp, made the temp folder of the account's child."""
     Client([PG_ENTRY]).close()  # its driver imported by root: the account may not read root's Python
     folder = os.path.join(site.root, "tmp")
@@ -196,7 +180,7 @@ def old_slot_names(tmp: str, uid: int) -> list[str]:
     return [f"{stem}-{index}" for index in range(2)]
 
 
-def test_listening_turns_cannot_be_held_or_planted_by_another_local_user(site, shared_tmp):  # noqa: F811
+def test_listening_turns_cannot_be_held_or_planted_by_another_local_user(site, shared_tmp):
     # another user (root here) makes the old names first: one a file it keeps locked, the other
     # a link to a root file; neither may take the turns away or be opened through
     held_name, linked_name = old_slot_names(shared_tmp, site.account.uid)
@@ -216,7 +200,7 @@ def test_listening_turns_cannot_be_held_or_planted_by_another_local_user(site, s
     assert_untouched(site.target)
 
 
-def test_a_folder_planted_at_the_private_name_is_refused_with_one_line(site, shared_tmp, caplog):  # noqa: F811
+def test_a_folder_planted_at_the_private_name_is_refused_with_one_line(site, shared_tmp, caplog):
     planted = os.path.join(shared_tmp, f"workermanager-{site.account.uid}")
     os.mkdir(planted)
     os.chmod(planted, 0o777)  # someone else's, open to all: the account could create in it

@@ -8,120 +8,21 @@ import errno
 import json
 import os
 import pty
-import pwd
-import secrets
 import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from typing import NamedTuple
 
 import psutil
 import pytest
 import yaml
 
-from workermanager.theschwartz import init_db
-
-from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
-from helpers import IN_CI, require_program, wait_for
-
-SECRET = b"root's secret\n"
-
-
-class Account(NamedTuple):
-    name: str
-    uid: int
-    gid: int
-
-
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        message = "needs root: the daemon must start as root and drop to an unprivileged account"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def service_account():
-    """A throwaway system account (random name), removed at the end of the session."""
-    _need_root()
-    name = "wmtest" + secrets.token_hex(4)
-    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    entry = pwd.getpwnam(name)
-    yield Account(name, entry.pw_uid, entry.pw_gid)
-    subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
-class Site(NamedTuple):
-    """A root-owned folder outside pytest's private temp folders, holding `svc` (the service
-    account's own folder, where it plants things), `run` (root's, 0755, empty: the pid file's
-    folder) and `secret` (root's, 0700, with a 0600 file)."""
-
-    root: str
-    svc: str
-    run: str
-    secret: str
-    target: str
-    queue: str
-    account: Account
-
-
-@pytest.fixture
-def site(service_account):
-    root = tempfile.mkdtemp(prefix="wm-files-", dir="/tmp")
-    os.chmod(root, 0o755)
-    svc = os.path.join(root, "svc")
-    secret = os.path.join(root, "secret")
-    os.mkdir(svc, 0o755)
-    os.chown(svc, service_account.uid, service_account.gid)
-    os.mkdir(secret, 0o700)
-    run = os.path.join(root, "run")
-    os.mkdir(run, 0o755)
-    target = os.path.join(secret, "target")
-    with open(target, "wb") as handle:
-        handle.write(SECRET)
-    os.chmod(target, 0o600)
-    queue = os.path.join(svc, "queue.db")
-    init_db([{"dsn": f"dbi:SQLite:dbname={queue}"}])
-    os.chown(queue, service_account.uid, service_account.gid)
-    yield Site(root, svc, run, secret, target, queue, service_account)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def plant_link(site: Site, target: str, link: str) -> None:
-    """A symbolic link made by the service account (owned by it) in its own folder."""
-    os.symlink(target, link)
-    os.lchown(link, site.account.uid, site.account.gid)
-
-
-def assert_untouched(path: str, content: bytes = SECRET) -> None:
-    info = os.stat(path)
-    with open(path, "rb") as handle:
-        assert handle.read() == content, f"{path} was written"
-    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o600), f"{path} changed hands"
-
-
-def daemon_for(daemons, site: Site, flags=("-n",), **settings) -> Daemon:  # noqa: F811
-    config = {"workers": ["testworkers.Noop"], "user": site.account.name, "concurrency": 1,
-              "logfile": os.path.join(site.svc, "job.log"), "errorlogfile": os.path.join(site.svc, "error.log"),
-              "pidfile": os.path.join(site.run, "wm.pid"),
-              "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={site.queue}"}]}}
-    config.update(settings)
-    daemon = Daemon(site.root, config, flags)
-    daemons.append(daemon)
-    return daemon
-
-
-def give_ledger(daemon: Daemon, site: Site) -> None:
-    """The test workers' ledger, made by root and given to the account the children run as."""
-    open(daemon.ledger, "w").close()
-    os.chown(daemon.ledger, site.account.uid, site.account.gid)
+from support.daemon_harness import Daemon
+from support.helpers import require_program, wait_for
+from support.root_site import SECRET, Site, assert_untouched, daemon_for, give_ledger, plant_link, refused
 
 
 def start_with_pid(daemon: Daemon, site: Site, pidfile: str) -> None:
@@ -131,30 +32,16 @@ def start_with_pid(daemon: Daemon, site: Site, pidfile: str) -> None:
     wait_for(lambda: open(pidfile).read().strip() == str(daemon.pid), 10, what="the pid written")
 
 
-def refused(daemon: Daemon) -> str:
-    """Start the daemon, expect it to exit 1 at once; its output (one line)."""
-    daemon.start()
-    try:
-        code = daemon.wait_exit(20)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the start was not refused: the daemon is running")
-    with open(daemon.stdout_path) as handle:
-        output = handle.read()
-    assert code == 1, output
-    assert output.count("\n") == 1 and output.startswith("workermanager: "), output
-    return output
-
-
 # -- planted links ---------------------------------------------------------------------------------
 
-def test_error_log_planted_as_a_link_to_a_root_file_is_refused(site, daemons):  # noqa: F811
+def test_error_log_planted_as_a_link_to_a_root_file_is_refused(site, daemons):
     plant_link(site, site.target, os.path.join(site.svc, "error.log"))
     output = refused(daemon_for(daemons, site))
     assert "error.log" in output and "symbolic link" in output
     assert_untouched(site.target)
 
 
-def test_job_log_planted_as_a_dangling_link_into_a_root_folder_is_refused(site, daemons):  # noqa: F811
+def test_job_log_planted_as_a_dangling_link_into_a_root_folder_is_refused(site, daemons):
     missing = os.path.join(site.secret, "made-by-root.log")
     plant_link(site, missing, os.path.join(site.svc, "job.log"))
     output = refused(daemon_for(daemons, site))
@@ -163,7 +50,7 @@ def test_job_log_planted_as_a_dangling_link_into_a_root_folder_is_refused(site, 
 
 
 @pytest.mark.parametrize("planted", [False, True])
-def test_a_pid_file_in_a_folder_the_account_can_write_is_refused(site, daemons, planted):  # noqa: F811
+def test_a_pid_file_in_a_folder_the_account_can_write_is_refused(site, daemons, planted):
     """Root signals the pid in the pid file (logrotate, the init script): in the account's folder
     the account could rename it away and write any pid, so the start is refused, link or not."""
     if planted:
@@ -175,7 +62,7 @@ def test_a_pid_file_in_a_folder_the_account_can_write_is_refused(site, daemons, 
     assert sorted(os.listdir(site.svc)) == ["queue.db"] + (["wm.pid"] if planted else [])
 
 
-def test_a_link_planted_as_a_folder_on_the_way_is_refused(site, daemons):  # noqa: F811
+def test_a_link_planted_as_a_folder_on_the_way_is_refused(site, daemons):
     # svc/run -> root's 0700 folder: root would write its pid file (and hand it over) there
     plant_link(site, site.secret, os.path.join(site.svc, "run"))
     output = refused(daemon_for(daemons, site, pidfile=os.path.join(site.svc, "run", "wm.pid")))
@@ -183,7 +70,7 @@ def test_a_link_planted_as_a_folder_on_the_way_is_refused(site, daemons):  # noq
     assert sorted(os.listdir(site.secret)) == ["target"]
 
 
-def test_a_hard_link_to_a_root_file_planted_as_the_error_log_is_refused(site, daemons):  # noqa: F811
+def test_a_hard_link_to_a_root_file_planted_as_the_error_log_is_refused(site, daemons):
     # fs.protected_hardlinks stops the account from making this link itself on most systems;
     # root makes it here for the systems where it does not
     os.link(site.target, os.path.join(site.svc, "error.log"))
@@ -193,7 +80,7 @@ def test_a_hard_link_to_a_root_file_planted_as_the_error_log_is_refused(site, da
     assert open(site.target, "rb").read() == SECRET and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
 
 
-def test_a_status_file_planted_as_a_link_is_never_followed(site, daemons):  # noqa: F811
+def test_a_status_file_planted_as_a_link_is_never_followed(site, daemons):
     """status_file: in the account's folder, planted as a link to root's file: the daemon starts,
     the link is replaced by a new root file (never followed), and root's file stays as it was."""
     status_file = os.path.join(site.svc, "wm.status")
@@ -232,7 +119,7 @@ def masters_of(config_path: str) -> list[int]:
     return found
 
 
-def test_six_racing_starts_leave_exactly_one_master(tmp_path, sqlite_queue, daemons):  # noqa: F811
+def test_six_racing_starts_leave_exactly_one_master(tmp_path, sqlite_queue, daemons):
     _, queue = sqlite_queue
     pidfile = str(tmp_path / "wm.pid")
     daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "pidfile": pidfile, "concurrency": 1,
@@ -272,7 +159,7 @@ def test_six_racing_starts_leave_exactly_one_master(tmp_path, sqlite_queue, daem
 
 
 @pytest.mark.parametrize("holder", ["dead", "live stranger"])
-def test_a_stale_pid_file_does_not_stop_a_start(tmp_path, sqlite_queue, daemons, holder):  # noqa: F811
+def test_a_stale_pid_file_does_not_stop_a_start(tmp_path, sqlite_queue, daemons, holder):
     _, queue = sqlite_queue
     pidfile = tmp_path / "wm.pid"
     if holder == "dead":
@@ -301,7 +188,7 @@ def _open_paths(pid: int) -> set[str]:
     return paths
 
 
-def test_children_do_not_hold_the_pid_files_lock(tmp_path, sqlite_queue, daemons):  # noqa: F811
+def test_children_do_not_hold_the_pid_files_lock(tmp_path, sqlite_queue, daemons):
     """Only the master holds the lock: a child left behind by a killed master must not make the
     next start fail with "already running"."""
     _, queue = sqlite_queue
@@ -330,7 +217,7 @@ def as_account(site: Site, code: str) -> str:
     return result.stdout
 
 
-def test_a_pid_file_made_earlier_by_the_account_is_never_adopted(site, daemons):  # noqa: F811
+def test_a_pid_file_made_earlier_by_the_account_is_never_adopted(site, daemons):
     """A pid file the account made (when the folder was once its own) and still holds open for
     writing: the master unlinks it and makes a new root inode, so writes through the account's
     descriptor never reach the file root reads (start-stop-daemon would TERM the pid in it)."""
@@ -358,7 +245,7 @@ def test_a_pid_file_made_earlier_by_the_account_is_never_adopted(site, daemons):
         os.close(old)
 
 
-def test_root_run_folder_stays_roots_and_the_account_cannot_touch_the_pid_file(site, daemons):  # noqa: F811
+def test_root_run_folder_stays_roots_and_the_account_cannot_touch_the_pid_file(site, daemons):
     """An empty root folder named as the pid folder is never handed over (the old code gave any
     folder holding only our names to the account, for good): while the daemon runs the account can
     neither rename the pid file away nor write one of its own, nor open the lock file; after the
@@ -383,7 +270,7 @@ def test_root_run_folder_stays_roots_and_the_account_cannot_touch_the_pid_file(s
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o755)
 
 
-def test_the_account_holding_a_lock_on_the_pid_file_does_not_block_a_start(site, daemons):  # noqa: F811
+def test_the_account_holding_a_lock_on_the_pid_file_does_not_block_a_start(site, daemons):
     """After a crash the pid file is left; any local user can open a 0644 file and flock it. The
     master's lock is on the lock file, which only root can open, so the start goes on."""
     pidfile = os.path.join(site.run, "wm.pid")
@@ -408,11 +295,11 @@ def test_the_account_holding_a_lock_on_the_pid_file_does_not_block_a_start(site,
         holder.wait(10)
 
 
-def test_after_a_killed_master_status_and_the_init_script_say_stale_and_a_start_works(site, daemons):  # noqa: F811
+def test_after_a_killed_master_status_and_the_init_script_say_stale_and_a_start_works(site, daemons):
     """The master is SIGKILLed and its pid reused by another program: the lock is free, so the
     init script's status says "not running", its stop signals nobody, `workermanager status` says
     stale, and the init script starts a new master."""
-    from test_service import INIT_SCRIPT, launcher
+    from support.service_script import INIT_SCRIPT, launcher
 
     require_program("start-stop-daemon", "dpkg")
     require_program("flock", "util-linux")
@@ -462,7 +349,7 @@ def test_after_a_killed_master_status_and_the_init_script_say_stale_and_a_start_
             os.kill(new_pid, signal.SIGKILL)
 
 
-def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_path, monkeypatch):  # noqa: F811
+def test_without_pidfile_status_and_a_dropping_master_agree(site, daemons, tmp_path, monkeypatch):
     """No pidfile:, no status_file:, root's private $XDG_RUNTIME_DIR in the environment of both the
     start and `status`: the master (after the drop) cannot use root's folder, so `status` must not
     look there and say "not running" while the daemon runs, and root's folder must not be handed
@@ -537,7 +424,7 @@ def test_status_readers_never_see_half_a_status_file(tmp_path):
 def test_the_init_script_refuses_a_planted_pid_file(tmp_path, planted):
     """start-stop-daemon follows a link at the pid file's name (a root file naming pid 1 made the
     script say "running") and waits forever on a FIFO: the script refuses both, in one line."""
-    from test_service import INIT_SCRIPT, launcher
+    from support.service_script import INIT_SCRIPT, launcher
 
     require_program("start-stop-daemon", "dpkg")
     pidfile = tmp_path / "wm.pid"
@@ -569,7 +456,7 @@ def _deleted_file_of(pid: int, name: str) -> str:
     return ""
 
 
-def test_a_failed_error_log_reopen_logs_one_line_and_the_master_keeps_running(site, daemons):  # noqa: F811
+def test_a_failed_error_log_reopen_logs_one_line_and_the_master_keeps_running(site, daemons):
     logs = os.path.join(site.root, "logs")  # root's folder: the unprivileged master cannot create there
     os.mkdir(logs, 0o755)
     daemon = daemon_for(daemons, site, errorlogfile=os.path.join(logs, "error.log"))
@@ -617,7 +504,7 @@ def _read_pty(fd: int, want: list[str], timeout: float) -> str:
     return seen.decode("utf-8", "replace")
 
 
-def test_foreground_debug_on_a_terminal_shows_job_and_error_lines(tmp_path, sqlite_queue, daemons):  # noqa: F811
+def test_foreground_debug_on_a_terminal_shows_job_and_error_lines(tmp_path, sqlite_queue, daemons):
     client, queue = sqlite_queue
     daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop", "testworkers.Fail"], "concurrency": 1,
                                     "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={queue}"}]}},
@@ -639,7 +526,7 @@ def test_foreground_debug_on_a_terminal_shows_job_and_error_lines(tmp_path, sqli
     assert "started (slot" in daemon.error_log() and "failing on purpose" in daemon.error_log()
 
 
-def test_foreground_without_a_terminal_writes_each_line_once(tmp_path, sqlite_queue, daemons):  # noqa: F811
+def test_foreground_without_a_terminal_writes_each_line_once(tmp_path, sqlite_queue, daemons):
     """systemd's -n: stdout and stderr are the journal, not a terminal: nothing goes there twice."""
     client, queue = sqlite_queue
     daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "concurrency": 1,

@@ -18,29 +18,9 @@ import psutil
 
 from workermanager.config import MAX_CONCURRENCY
 
-from daemon_harness import Daemon
-from helpers import free_port, wait_for
-
-
-def sqlite_settings(path: str, workers: list[str], **settings) -> dict:
-    config = {"workers": workers, "worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]}}
-    config.update(settings)
-    return config
-
-
-def started(tmp_path, sqlite_queue, daemons, funcname: str, jobs: int, worker: str, children: int = 1,
-            **settings) -> Daemon:
-    """A running daemon (-n -c `children` -w 1) on the test's SQLite queue, then `jobs` jobs of
-    `funcname` for it (inserted once its pool is whole: at -w 1 a busy child lives a few
-    milliseconds, and a whole pool of them is rarely seen at one look)."""
-    client, path = sqlite_queue
-    daemon = Daemon(str(tmp_path), sqlite_settings(path, [worker], **settings),
-                    ("-n", "-c", str(children), "-w", "1"))
-    daemons.append(daemon)
-    daemon.start(wait_children=children)
-    for i in range(jobs):
-        client.insert(funcname, {"n": i})
-    return daemon
+from support.daemon_harness import Daemon, sqlite_settings
+from support.helpers import free_port, wait_for
+from support.running_master import alive, ran, started, wait_more_jobs
 
 
 def scrape(port: int) -> str:
@@ -50,21 +30,6 @@ def scrape(port: int) -> str:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def alive(daemon: Daemon) -> bool:
-    return daemon.process is not None and daemon.process.poll() is None
-
-
-def ran(daemon: Daemon) -> int:
-    return len(daemon.ledger_rows())
-
-
-def wait_more_jobs(daemon: Daemon, count: int, timeout: float = 30) -> None:
-    """Until `count` more jobs ran (at -w 1: that many more children lived), the master alive."""
-    target = ran(daemon) + count
-    wait_for(lambda: ran(daemon) >= target or not alive(daemon), timeout, what=f"{count} more jobs")
-    assert alive(daemon), f"the master exited ({daemon.process.returncode}): {daemon.error_log()[-2000:]}"
 
 
 @contextlib.contextmanager
@@ -293,7 +258,7 @@ def test_no_traceback_and_no_master_thread_in_children_with_metrics(tmp_path, sq
     daemon = started(tmp_path, sqlite_queue, daemons, "Test::Threads", 8, "hardeningworkers.Threads", 2,
                      metrics={"listen": f"127.0.0.1:{port}", "queue_interval": 0.1})
     rows = daemon.wait_ledger(lambda rows: len(rows) >= 8 and rows, 30, what="8 jobs")
-    seen = {row[2] for row in rows}
+    seen = {row.what for row in rows}
     assert seen == {"threads=MainThread"}, seen
     log = daemon.error_log()
     assert "Traceback" not in log and "TypeError" not in log, log[-3000:]

@@ -1,7 +1,7 @@
 """A root file the service account moves into its own log folder is never appended to or handed
 over; an existing log keeps no permission beyond the log mode (safefiles' rule for existing files).
 
-Run as real root with the throwaway account of test_hardening_files.
+Run as real root with the throwaway account of tests/support/root_site.py.
 """
 
 from __future__ import annotations
@@ -10,20 +10,10 @@ import os
 import signal
 import stat
 
-from test_hardening_files import (  # noqa: F401 - fixtures
-    SECRET,
-    assert_untouched,
-    daemon_for,
-    give_ledger,
-    refused,
-    service_account,
-    site,
-)
-
-from daemon_harness import daemons  # noqa: F401 - the `daemons` fixture
+from support.root_site import SECRET, assert_untouched, daemon_for, give_ledger, refused
 
 
-def test_a_root_file_moved_into_the_log_folder_is_not_taken_as_the_error_log(site, daemons):  # noqa: F811
+def test_a_root_file_moved_into_the_log_folder_is_not_taken_as_the_error_log(site, daemons):
     # a root-only file the account could reach in a folder it writes (its own, here) ...
     stolen = os.path.join(site.svc, "root-only.conf")
     with open(stolen, "wb") as handle:
@@ -36,7 +26,7 @@ def test_a_root_file_moved_into_the_log_folder_is_not_taken_as_the_error_log(sit
     assert_untouched(os.path.join(site.svc, "error.log"))
 
 
-def test_an_existing_log_keeps_no_permission_beyond_the_log_mode(site, daemons):  # noqa: F811
+def test_an_existing_log_keeps_no_permission_beyond_the_log_mode(site, daemons):
     job_log = os.path.join(site.svc, "job.log")
     with open(job_log, "w"):
         pass

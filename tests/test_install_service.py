@@ -21,8 +21,8 @@ import pytest
 
 from workermanager import serviceinstall
 
-from helpers import require_program, wait_for
-from wheel_build import build, fresh_venv
+from support.helpers import require_program, wait_for
+from support.wheel_build import build, fresh_venv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installs a service: needs root (chown to nobody)")
 

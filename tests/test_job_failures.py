@@ -19,9 +19,8 @@ from workermanager.gearman import Client as GearmanClient
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker, run_job
 
-from daemon_harness import Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
 
 LINE = re.compile(r"job (\S+) \((\S+)\) failed, attempt (\d+) of (\d+): (.*); (next run at (\S+)|failed for good)$")
 

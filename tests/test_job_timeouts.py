@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import time
-from collections import defaultdict
 
 import psutil
 from hypothesis import given, settings
@@ -25,29 +24,11 @@ from workermanager.gearman import Client as GearmanClient
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
-from daemon_harness import Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
+from support.ledger import runs_by_job
 
 JOBS = 10
-
-
-def runs_by_job(daemon: Daemon, by_funcname: bool = False) -> dict[str, list[dict]]:
-    """handle (or funcname) -> its runs in start order: {pid, start, end (monotonic, None: never
-    ended), holders}."""
-    runs: dict[str, list[dict]] = defaultdict(list)
-    open_runs: dict[tuple[str, str], dict] = {}
-    for handle, pid, what, mono, wall, holders, funcname in daemon.ledger_rows():
-        if what == "start":
-            run = {"pid": int(pid), "start": float(mono), "wall": float(wall), "end": None,
-                   "holders": [int(p) for p in holders.split(",") if p]}
-            runs[funcname if by_funcname else handle].append(run)
-            open_runs[(handle, pid)] = run
-        else:
-            open_runs[(handle, pid)]["end"] = float(mono)
-    for job_runs in runs.values():
-        job_runs.sort(key=lambda run: run["start"])
-    return runs
 
 
 def assert_never_overlapping(runs: dict[str, list[dict]]) -> None:
@@ -213,7 +194,7 @@ def test_on_gearman_a_timed_out_job_never_runs_twice_at_once(tmp_path, gearmand,
     client.close()
 
     def started_twice(rows):
-        return len({r[1] for r in rows if r[2] == "start"}) >= 4 and len([r for r in rows if r[2] == "end"]) >= 2
+        return len({r.pid for r in rows if r.what == "start"}) >= 4 and len([r for r in rows if r.what == "end"]) >= 2
     daemon.wait_ledger(started_twice, 20, "two runs of each job")
     runs = runs_by_job(daemon, by_funcname=True)  # a retry is a new Gearman job, with a new handle
     assert {name: len(job_runs) for name, job_runs in runs.items()} == {"Lease::Sleeper": 2, "Lease::Deaf": 2}

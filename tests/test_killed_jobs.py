@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-from test_job_timeouts import runs_by_job
 
 from workermanager.backends.theschwartz import TheSchwartzBackend
 from workermanager.daemon.scoreboard import NOTE_TTL, DeadJob, DeathNotes
@@ -22,9 +21,9 @@ from workermanager.gearman.client import JobFailed
 from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
-from daemon_harness import Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
+from support.ledger import runs_by_job
 
 KILLED = "was killed by SIGKILL after running the job"
 
@@ -69,9 +68,9 @@ def test_a_child_killed_from_outside_again_and_again_never_costs_its_job_an_atte
     handle = client.insert("Lease::Victim", {"sleep": 2})
     kills = 4
     for run in range(1, kills + 1):
-        rows = daemon.wait_ledger(lambda rows, run=run: len([r for r in rows if r[2] == "start"]) >= run and rows,
+        rows = daemon.wait_ledger(lambda rows, run=run: len([r for r in rows if r.what == "start"]) >= run and rows,
                                   10, f"run {run}")
-        os.kill(int([r for r in rows if r[2] == "start"][-1][1]), signal.SIGKILL)
+        os.kill([r for r in rows if r.what == "start"][-1].pid, signal.SIGKILL)
     wait_for(lambda: client.lookup_job(handle) is None, 15, what="the job to complete")
     runs = runs_by_job(daemon)[str(handle)]
     assert len(runs) == kills + 1 and runs[-1]["end"] is not None, runs
@@ -218,7 +217,7 @@ def test_on_gearman_a_job_whose_child_is_killed_from_outside_just_runs_again(tmp
     waiter.start()
     try:
         rows = daemon.wait_ledger(lambda rows: rows, 10, "the job to start")
-        os.kill(int(rows[0][1]), signal.SIGKILL)
+        os.kill(rows[0].pid, signal.SIGKILL)
     finally:
         waiter.join(25)
     assert outcome and not isinstance(outcome[0], JobFailed), outcome

@@ -12,8 +12,8 @@ import urllib.request
 import psutil
 import pytest
 
-from daemon_harness import Daemon
-from helpers import free_port, wait_for
+from support.daemon_harness import Daemon
+from support.helpers import free_port, wait_for
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -66,7 +66,7 @@ def test_jobs_histograms_exits_children_and_queue_depth(tmp_path, sqlite_queue):
         assert value(samples, "process_resident_memory_bytes") > 0  # the master's own
 
         client.insert("Test::Sleep", {"sleep": 30})
-        daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 20, "a sleeping job")
+        daemon.wait_ledger(lambda rows: any(r.what == "start" for r in rows), 20, "a sleeping job")
         busy = wait_for(lambda: (s := scrape(port)) and value(s, "workermanager_children", state="busy") == 1 and s,
                         10, interval=0.1, what="one busy child in the gauge")
         assert value(busy, "workermanager_children", state="idle") == 1
@@ -95,7 +95,7 @@ def test_port_is_free_when_the_master_dies_under_busy_children(tmp_path, sqlite_
     client.insert("Test::Sleep", {"sleep": 30})
     try:
         daemon.start(wait_children=2)
-        daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 20, "a sleeping job")
+        daemon.wait_ledger(lambda rows: any(r.what == "start" for r in rows), 20, "a sleeping job")
         scrape(port)  # a connection was accepted before the children were forked, too
         children = daemon.children()
         os.kill(daemon.pid, signal.SIGKILL)

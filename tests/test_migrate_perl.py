@@ -18,8 +18,8 @@ from workermanager import config as cfg
 from workermanager import perlcompat
 from workermanager.theschwartz import Client
 
-from daemon_harness import ROOT, Daemon
-from helpers import wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.helpers import wait_for
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "perl_workermanager")
 PERL_CONFIG = os.path.join("examples", "bin", "worker.conf.yml")
@@ -239,7 +239,7 @@ def test_the_migrated_perl_example_config_runs_its_jobs_in_a_real_daemon(tmp_pat
     daemon.config_path = str(native)
     daemons.append(daemon.start())
     daemon.wait_ledger(lambda rows: len(rows) >= 2, what="both Perl example jobs")
-    assert sorted(row[2] for row in daemon.ledger_rows()) == ["Processed 'A' 1", "Processing 'B' arg foo:2"]
+    assert sorted(row.what for row in daemon.ledger_rows()) == ["Processed 'A' 1", "Processing 'B' arg foo:2"]
     joblog = perl_root / "examples" / "log" / "workermanager.log"
     wait_for(lambda: joblog.exists() and joblog.read_text().count(" job completed ") == 2, 15,
              what="two job lines in the Perl example's log file")

@@ -14,7 +14,10 @@ import signal
 import subprocess
 
 import pytest
-from chaos_harness import (
+
+from workermanager.theschwartz import init_db
+
+from support.chaos_harness import (
     BAD_ARGS,
     KINDS,
     Counts,
@@ -35,14 +38,11 @@ from chaos_harness import (
     unwritable_job_log,
     wait_all_done,
 )
-from sql_queues import entry_for
-from test_gearman_codec import FakeServer
-
-from workermanager.theschwartz import init_db
-
-from dbservers import MariaDBServer, PostgresServer, _start_or_skip
-from gearmand_server import GearmandServer
-from helpers import require_program
+from support.dbservers import MariaDBServer, PostgresServer, start_or_skip
+from support.fake_gearman import FakeServer
+from support.gearmand_server import GearmandServer
+from support.helpers import require_program
+from support.sql_queues import entry_for
 
 
 # -- reporting ----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def outage_store(request, tmp_path):
         server.start()
         request.addfinalizer(server.cleanup)
         return GearmanStore([server.address]), server.stop, server.start
-    db_server = _start_or_skip(PostgresServer if kind == "postgres" else MariaDBServer)
+    db_server = start_or_skip(PostgresServer if kind == "postgres" else MariaDBServer)
     request.addfinalizer(db_server.close)
     entry = db_server.create_database("outage")
     init_db([{key: entry[key] for key in ("dsn", "user", "pass")}])

@@ -14,8 +14,8 @@ from email.parser import Parser
 
 import pytest
 
-from daemon_harness import ROOT
-from wheel_build import Dists, build
+from support.daemon_harness import ROOT
+from support.wheel_build import Dists, build
 
 #: every file the wheel must carry besides the code (install-service and the README use them)
 SHIPPED = (

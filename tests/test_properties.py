@@ -17,12 +17,13 @@ import time
 import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from test_gearman_codec import FakeServer
 
 from workermanager.config import LOG_FORMATS, SETTINGS, Config, ConfigError, from_mapping, load
 from workermanager.gearman import ProtocolError, Worker
 from workermanager.gearman.codec import ARG_COUNTS, RES, Decoder, Packet, PacketType, encode
 from workermanager.gearman.unique import make_unique, parse_unique
+
+from support.fake_gearman import FakeServer
 
 ASSIGNMENTS = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
 

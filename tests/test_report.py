@@ -255,8 +255,8 @@ def test_planted_logs_cannot_hang_or_exhaust_the_report(tmp_path):
 def test_a_real_daemons_log_counts_a_retried_job_once(tmp_path, sqlite_queue, daemons):
     """The daemon's own classic lines say retry:yes for the attempt that runs again and retry:no
     for the last, so the report counts one failed job from two failed attempts."""
-    from daemon_harness import Daemon
-    from helpers import wait_for
+    from support.daemon_harness import Daemon
+    from support.helpers import wait_for
 
     client, path = sqlite_queue
     client.insert("Lease::FailsTwice", {"n": 1})

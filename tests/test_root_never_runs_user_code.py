@@ -5,7 +5,7 @@ hang root's `status` or `init-db`, and the worker modules, which that account ma
 write, are never imported by root: not at the start, not in `check`; a worker that does not
 import is still refused with one line, exit 1, on the terminal.
 
-Real root, a real throwaway system account (the fixtures of test_hardening_files), real SQLite
+Real root, a real throwaway system account (the fixtures of tests/support/root_site.py), real SQLite
 files, real signals; every wait is bounded.
 """
 
@@ -20,23 +20,13 @@ import time
 
 import psutil
 import pytest
-from test_hardening_database import command, owner, sqlite_settings
-from test_hardening_files import (  # noqa: F401 - the fixtures
-    SECRET,
-    Site,
-    assert_untouched,
-    daemon_for,
-    give_ledger,
-    plant_link,
-    service_account,
-    site,
-)
 
 from workermanager.theschwartz import Client
 
-from daemon_harness import Daemon, daemons  # noqa: F401 - the `daemons` fixture
-from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
-from helpers import wait_for
+from support.daemon_harness import Daemon, sqlite_settings
+from support.helpers import wait_for
+from support.root_commands import command, owner
+from support.root_site import Site, assert_untouched, daemon_for, give_ledger, plant_link
 
 #: a command whose service-account child is stopped must have ended by then (its deadline + slack)
 HANG_SECONDS = 20
@@ -44,7 +34,7 @@ HANG_SECONDS = 20
 
 # -- insert as root ------------------------------------------------------------------------------
 
-def test_insert_as_root_never_opens_the_database_through_a_planted_link(site, daemons):  # noqa: F811
+def test_insert_as_root_never_opens_the_database_through_a_planted_link(site, daemons):
     # the reviewer's repro: the account links its database name to root's empty 0600 file
     empty = os.path.join(site.secret, "empty")
     os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -59,7 +49,7 @@ def test_insert_as_root_never_opens_the_database_through_a_planted_link(site, da
         f"workermanager: insert failed as {site.account.name} (the account of key 'user' in "), done.stderr
 
 
-def test_insert_as_root_inserts_as_the_service_account(site, daemons):  # noqa: F811
+def test_insert_as_root_inserts_as_the_service_account(site, daemons):
     daemon = daemon_for(daemons, site)
     done = command(daemon, "insert", "Test::Noop", '{"n": 1}')
     assert done.returncode == 0, done.stdout + done.stderr
@@ -74,7 +64,7 @@ def test_insert_as_root_inserts_as_the_service_account(site, daemons):  # noqa: 
         assert owner(os.path.join(site.svc, name))[0] == site.account.uid, name
 
 
-def test_a_command_that_forgets_the_guard_cannot_open_sqlite_as_root(site, daemons):  # noqa: F811
+def test_a_command_that_forgets_the_guard_cannot_open_sqlite_as_root(site, daemons):
     """Every subcommand loads its config through commands.load_config: from then on, as root on a
     config with `user:`, SQLite refuses to open (a future command that reaches the queue without
     commands.on_queue fails closed)."""
@@ -100,7 +90,7 @@ def _lock_queue(path: str) -> sqlite3.Connection:
     return conn
 
 
-def run_with_stopped_child(site: Site, daemon: Daemon, *args: str  # noqa: F811
+def run_with_stopped_child(site: Site, daemon: Daemon, *args: str
                            ) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run `workermanager ARGS -f conf.yml` as root; as soon as its child running as the service
     account waits for the queue (locked here), that account stops it (SIGSTOP) and the queue is
@@ -143,7 +133,7 @@ def run_with_stopped_child(site: Site, daemon: Daemon, *args: str  # noqa: F811
                 pass
 
 
-def test_a_stopped_service_child_cannot_hang_status_as_root(site, daemons):  # noqa: F811
+def test_a_stopped_service_child_cannot_hang_status_as_root(site, daemons):
     daemon = daemon_for(daemons, site)
     done, took = run_with_stopped_child(site, daemon, "status", "--timeout", "1")
     assert took < 10, took  # its deadline: 5 s + 1 s per database, from the fork
@@ -153,7 +143,7 @@ def test_a_stopped_service_child_cannot_hang_status_as_root(site, daemons):  # n
     assert done.stderr == ""
 
 
-def test_a_stopped_service_child_cannot_hang_init_db_as_root(site, daemons):  # noqa: F811
+def test_a_stopped_service_child_cannot_hang_init_db_as_root(site, daemons):
     daemon = daemon_for(daemons, site)
     done, took = run_with_stopped_child(site, daemon, "init-db", "--timeout", "3")
     assert took < 8, took
@@ -182,7 +172,7 @@ class Recorder(Worker):
 '''
 
 
-def worker_code(site: Site, name: str, broken: bool = False) -> str:  # noqa: F811
+def worker_code(site: Site, name: str, broken: bool = False) -> str:
     """A folder (root's, readable by all) holding module `name`, which records who imports it."""
     folder = os.path.join(site.root, "code")
     os.makedirs(folder, mode=0o755, exist_ok=True)
@@ -201,7 +191,7 @@ def importers(folder: str) -> list[str]:
         return handle.read().splitlines()
 
 
-def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daemons):  # noqa: F811
+def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daemons):
     """The master forks it after the drop (docs/schedules.md): the account's, and no import of the
     workers beyond the master's own."""
     code = worker_code(site, "uidrecorder")
@@ -216,7 +206,7 @@ def test_the_schedule_process_runs_as_the_account_and_imports_nothing(site, daem
     assert importers(code) == [account, account]
 
 
-def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
+def test_the_start_as_root_never_imports_the_workers_as_root(site, daemons):
     code = worker_code(site, "uidrecorder")
     daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])
     daemon.start(wait_children=1)
@@ -247,7 +237,7 @@ SHADOWED = ("sqlite3", "tempfile", "pymysql", "psycopg", "uuid", "hashlib", "sec
 
 
 @pytest.mark.parametrize("subcommand", ["start", "check"])
-def test_root_never_imports_a_module_planted_on_inc_path(site, daemons, subcommand):  # noqa: F811
+def test_root_never_imports_a_module_planted_on_inc_path(site, daemons, subcommand):
     code = worker_code(site, "uidrecorder")
     for name in SHADOWED:
         with open(os.path.join(code, f"{name}.py"), "w") as handle:
@@ -263,7 +253,7 @@ def test_root_never_imports_a_module_planted_on_inc_path(site, daemons, subcomma
     assert f"{site.account.uid} {site.account.uid}" in importers(code)  # the worker, by the account
 
 
-def test_check_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa: F811
+def test_check_as_root_never_imports_the_workers_as_root(site, daemons):
     code = worker_code(site, "uidrecorder")
     daemon = daemon_for(daemons, site, workers=["uidrecorder.Recorder"], inc_path=[code])
     done = command(daemon, "check")
@@ -272,7 +262,7 @@ def test_check_as_root_never_imports_the_workers_as_root(site, daemons):  # noqa
     assert importers(code) == [f"{site.account.uid} {site.account.uid}"]
 
 
-def test_a_worker_that_does_not_import_is_one_line_exit_1_at_start_and_in_check(site, daemons):  # noqa: F811
+def test_a_worker_that_does_not_import_is_one_line_exit_1_at_start_and_in_check(site, daemons):
     code = worker_code(site, "uidbroken", broken=True)
     daemon = daemon_for(daemons, site, workers=["uidbroken.Recorder"], inc_path=[code])
     line = (f"workermanager: {daemon.config_path}: worker 'uidbroken.Recorder' does not import: "
@@ -288,7 +278,7 @@ def test_a_worker_that_does_not_import_is_one_line_exit_1_at_start_and_in_check(
     assert len(importers(code)) == 2  # the start's probe, then check's
 
 
-def test_a_gearman_service_starts_as_root_and_keeps_failed_jobs_as_the_account(site, daemons, gearmand):  # noqa: F811
+def test_a_gearman_service_starts_as_root_and_keeps_failed_jobs_as_the_account(site, daemons, gearmand):
     """The probe runs as the account, which may not read root's Python (here under /root): what it
     needs of it, the codec a host name is resolved with and the failed-jobs store's driver, was
     imported by root before (asservice.import_drivers); a start used to end in "LookupError:

@@ -17,8 +17,6 @@ from workermanager.schedule_enqueue import CLOCK_TOLERANCE, TABLE, TheSchwartzEn
 from workermanager.scheduler import CATCH_UP_SECONDS, Scheduler
 from workermanager.theschwartz import Client
 
-from gearmand_server import gearmand_fixture  # noqa: F401
-
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -251,7 +249,7 @@ def test_late_slots_within_the_catch_up_window_are_enqueued_older_ones_are_misse
 
 
 def test_an_unreachable_database_is_logged_and_tried_again_later(tmp_path, caplog):
-    from helpers import free_port
+    from support.helpers import free_port
 
     database = {"dsn": f"postgresql://127.0.0.1:{free_port()}/none", "user": "x", "pass": "y"}
     t0 = at("2026-12-01 12:00:00")

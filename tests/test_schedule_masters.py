@@ -12,15 +12,13 @@ import sys
 from collections import Counter
 from datetime import datetime
 
-from sql_queues import entry_for
-
 from workermanager.gearman import Admin
 from workermanager.scheduler import CATCH_UP_SECONDS
 from workermanager.theschwartz import Client
 
-from daemon_harness import Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
+from support.sql_queues import entry_for
 
 #: slots (seconds) every test's masters must see enqueued while all of them run
 WINDOW = 8
@@ -56,7 +54,7 @@ def stop(masters: list[Daemon]) -> None:
 
 
 def ran_keys(masters: list[Daemon]) -> list[str]:
-    return [row[2] for daemon in masters for row in daemon.ledger_rows()]
+    return [row.what for daemon in masters for row in daemon.ledger_rows()]
 
 
 def assert_each_slot_once(keys: list[str], started: float) -> None:
@@ -182,7 +180,7 @@ def test_an_unreachable_schedule_database_stops_neither_the_master_nor_its_child
     logs it and goes on; its child runs the jobs of the database that is up."""
     import hashlib
 
-    from helpers import free_port
+    from support.helpers import free_port
 
     up = entry_for("sqlite", request, tmp_path)
     down = {"dsn": f"postgresql://127.0.0.1:{free_port()}/gone", "user": "x", "pass": "y"}
@@ -194,6 +192,6 @@ def test_an_unreachable_schedule_database_stops_neither_the_master_nor_its_child
     client = Client([up])
     client.insert("Test::Slot", uniqkey="by hand")
     client.close()
-    master.wait_ledger(lambda rows: any(row[2] == "by hand" for row in rows), 20, what="the job inserted by hand run")
+    master.wait_ledger(lambda rows: any(row.what == "by hand" for row in rows), 20, what="the job inserted by hand run")
     assert master.process is not None and master.process.poll() is None
     stop([master])

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from sql_queues import entry_for
 
 from workermanager import schedule_enqueue
 from workermanager.daemon.helperprocess import MAX_REPORT_BYTES, HelperProcess, write_report
@@ -24,9 +23,9 @@ from workermanager.schedule import parse_entries
 from workermanager.schedule_enqueue import TheSchwartzEnqueuer
 from workermanager.scheduler import Scheduler
 
-from daemon_harness import Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import wait_for
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
+from support.sql_queues import entry_for
 
 
 class SilentListener:
@@ -139,7 +138,7 @@ def test_a_job_server_that_never_answers_holds_neither_the_master_nor_its_childr
         with GearmanClient([gearmand.address]) as client:  # jobs for the children, meanwhile
             for n in range(3):
                 client.submit_background("Test::Slot", b"x", unique=f"probe-{n}", timeout=5)
-        daemon.wait_ledger(lambda rows: {r[2] for r in rows} >= {"probe-0", "probe-1", "probe-2"}, 20,
+        daemon.wait_ledger(lambda rows: {r.what for r in rows} >= {"probe-0", "probe-1", "probe-2"}, 20,
                            what="the children's jobs run while the schedule waits")
         assert not connected_to(master, staller.port), "the master itself talks to the job server"
         daemon.signal(signal.SIGTERM)

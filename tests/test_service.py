@@ -22,11 +22,10 @@ import pytest
 from workermanager import serviceinstall
 from workermanager.theschwartz import Client, init_db
 
-from daemon_harness import ROOT, TEST_WORKERS, Daemon
-from helpers import require_program, wait_for
+from support.daemon_harness import TEST_WORKERS, Daemon
+from support.helpers import require_program, wait_for
+from support.service_script import ETC, INIT_SCRIPT, launcher
 
-ETC = os.path.join(ROOT, "workermanager", "service")
-INIT_SCRIPT = os.path.join(ETC, "init.d", "workermanager")
 UNIT = os.path.join(ETC, "systemd", "workermanager.service")
 LOGROTATE = os.path.join(ETC, "logrotate.d", "workermanager")
 
@@ -35,16 +34,6 @@ def make_queue(folder: str) -> tuple[Client, str]:
     path = os.path.join(folder, "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
     return Client([{"dsn": f"dbi:SQLite:dbname={path}"}]), path
-
-
-def launcher(folder: str) -> str:
-    """What the installed console script is: this checkout, this interpreter."""
-    path = os.path.join(folder, "workermanager-bin")
-    with open(path, "w") as handle:
-        handle.write(f"#!/bin/sh\nPYTHONPATH={shlex.quote(ROOT)} exec {shlex.quote(sys.executable)} "
-                     "-m workermanager \"$@\"\n")
-    os.chmod(path, 0o755)
-    return path
 
 
 def count_lines(*paths: str) -> list[dict]:
@@ -200,10 +189,10 @@ def test_systemd_commands_run_as_systemd_runs_them(tmp_path):
         subprocess.run(shlex.split(reload_command), check=True, timeout=10)
         daemon.wait_error_log("reloading")
         client.insert("Test::Sleep", {"sleep": 2})
-        daemon.wait_ledger(lambda rows: any(r[2] == "start" for r in rows), 20, "a running job")
+        daemon.wait_ledger(lambda rows: any(r.what == "start" for r in rows), 20, "a running job")
         os.kill(main.pid, getattr(signal, service["KillSignal"]))
         assert main.wait(float(service["TimeoutStopSec"])) == 0
-        assert [r[2] for r in daemon.ledger_rows()] == ["start", "end"]  # the job finished, not killed
+        assert [r.what for r in daemon.ledger_rows()] == ["start", "end"]  # the job finished, not killed
         assert daemon.job_lines()[0]["outcome"] == "completed"
     finally:
         client.close()
@@ -318,7 +307,7 @@ def test_root_start_drops_to_user_before_forking(shared_folder):
         assert master.uids().real == master.uids().effective == nobody.pw_uid
         for child in daemon.children():
             assert child.uids().real == child.uids().effective == child.uids().saved == nobody.pw_uid
-        assert {int(row[1]) for row in daemon.ledger_rows()} <= {c.pid for c in daemon.children()}
+        assert {row.pid for row in daemon.ledger_rows()} <= {c.pid for c in daemon.children()}
         status_file = pidfile + ".status"
         wait_for(lambda: os.path.exists(status_file), 10, what="the status file")
         for path in (pidfile, status_file, daemon.joblog, daemon.errorlog):

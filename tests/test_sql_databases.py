@@ -13,16 +13,16 @@ import time
 import traceback
 
 import pytest
-from sql_queues import entry_for
 
 from workermanager.backends.theschwartz import TheSchwartzBackend
 from workermanager.theschwartz import Client, DatabaseError, DatabaseUnavailable, init_db
 from workermanager.theschwartz.wakeup import LISTENERS_PER_HOST, Wakeup
 from workermanager.worker import Worker
 
-from daemon_harness import Daemon
-from dbservers import MariaDBServer, PostgresServer, ServerUnavailable
-from helpers import IN_CI, wait_for
+from support.daemon_harness import Daemon
+from support.dbservers import MariaDBServer, PostgresServer, ServerUnavailable
+from support.helpers import IN_CI, wait_for
+from support.sql_queues import entry_for
 
 SCHEMAS = {"postgres": "/usr/share/doc/libtheschwartz-perl/schema-postgres.sql",
            "mysql": "/usr/share/doc/libtheschwartz-perl/schema.sql"}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import grp
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import subprocess
@@ -24,33 +22,12 @@ import yaml
 
 from workermanager.theschwartz import init_db
 
-from daemon_harness import Daemon
-from helpers import IN_CI, free_port, wait_for
+from support.daemon_harness import Daemon
+from support.helpers import free_port, wait_for
+from support.root_site import Account
 
 #: seconds a refused start may take (the checks fork, connect and query once)
 REFUSAL_SECONDS = 15
-
-
-def _needs_root() -> None:
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the start checks are tested as root (CI runs the tests as root)")
-        pytest.skip("needs root: the daemon must start as root and drop to the service account")
-
-
-@pytest.fixture(scope="session")
-def service_account():
-    """A throwaway system account (and its group) for the daemon to drop to; removed at the end."""
-    _needs_root()
-    name = f"wmck{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                    "--shell", "/usr/sbin/nologin", "--user-group", name], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        subprocess.run(["groupdel", name], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
@@ -62,11 +39,11 @@ def folder():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def queue_folder(folder: str, account: pwd.struct_passwd) -> str:
+def queue_folder(folder: str, account: Account) -> str:
     """A folder for the SQLite queue that the service account owns, as it must."""
     path = os.path.join(folder, "queue")
     os.mkdir(path, 0o755)
-    os.chown(path, account.pw_uid, account.pw_gid)
+    os.chown(path, account.uid, account.gid)
     return path
 
 
@@ -110,7 +87,7 @@ def check_fails(daemon: Daemon, *expected: str) -> None:
 
 # -- SQLite ---------------------------------------------------------------------------------------
 def test_a_database_root_created_for_a_service_user_is_refused(daemons, folder, service_account):
-    user = service_account.pw_name
+    user = service_account.name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     daemon = sqlite_daemon(folder, db_path, user=user)
     # init-db -f creates it as the service user now; --dsn runs as the caller: root's file, 0644
@@ -124,18 +101,18 @@ def test_a_database_root_created_for_a_service_user_is_refused(daemons, folder, 
     assert f"dbi:SQLite:dbname={db_path}" in output
     check_fails(daemon, f"is not writable by user {user}")
 
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)  # the fix the line asks for
+    os.chown(db_path, service_account.uid, service_account.gid)  # the fix the line asks for
     result = wm(daemon, "check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"writable by user {user}" in result.stdout
 
 
 def test_a_root_wal_file_beside_the_database_is_refused(daemons, folder, service_account):
-    user = service_account.pw_name
+    user = service_account.name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     daemon = sqlite_daemon(folder, db_path, user=user)
     init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
+    os.chown(db_path, service_account.uid, service_account.gid)
     with open(db_path + "-shm", "wb"):  # as a root process holding the database open leaves it
         pass
     output = refused(daemons, daemon)
@@ -148,8 +125,8 @@ def test_a_forgotten_init_db_is_refused_with_the_hint(daemons, folder, service_a
     if state == "empty":
         with open(db_path, "wb"):
             pass
-        os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
-    daemon = sqlite_daemon(folder, db_path, user=service_account.pw_name)
+        os.chown(db_path, service_account.uid, service_account.gid)
+    daemon = sqlite_daemon(folder, db_path, user=service_account.name)
     output = refused(daemons, daemon)
     assert f"run `workermanager init-db -f {daemon.config_path}`" in output
     assert f"dbi:SQLite:dbname={db_path}" in output
@@ -159,7 +136,7 @@ def test_a_forgotten_init_db_is_refused_with_the_hint(daemons, folder, service_a
 def test_a_misspelled_database_folder_is_refused_naming_the_dsn(daemons, folder, service_account):
     queue_folder(folder, service_account)
     dsn_path = os.path.join(folder, "qeueu", "queue.db")
-    daemon = sqlite_daemon(folder, dsn_path, user=service_account.pw_name)
+    daemon = sqlite_daemon(folder, dsn_path, user=service_account.name)
     output = refused(daemons, daemon)
     assert f"database dbi:SQLite:dbname={dsn_path}" in output
     assert f"folder {os.path.dirname(dsn_path)} does not exist" in output
@@ -167,11 +144,11 @@ def test_a_misspelled_database_folder_is_refused_naming_the_dsn(daemons, folder,
 
 
 def test_check_says_ok_on_a_config_that_can_run(folder, service_account):
-    user = service_account.pw_name
+    user = service_account.name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     daemon = sqlite_daemon(folder, db_path, user=user, pidfile=os.path.join(folder, "wm.pid"))
     init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
+    os.chown(db_path, service_account.uid, service_account.gid)
     result = wm(daemon, "check")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -189,10 +166,10 @@ def test_check_says_ok_on_a_config_that_can_run(folder, service_account):
 def test_a_root_only_config_is_refused_when_the_daemon_drops_privileges(daemons, folder, service_account):
     """HUP re-reads the config as the service user: at 0600 root it never could, and every reload
     would keep the old config. Decision: refuse the start, saying how to fix it."""
-    user = service_account.pw_name
+    user = service_account.name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
+    os.chown(db_path, service_account.uid, service_account.gid)
     daemon = sqlite_daemon(folder, db_path, user=user)
     os.chmod(daemon.config_path, 0o600)
     output = refused(daemons, daemon)
@@ -204,10 +181,10 @@ def test_a_root_only_config_is_refused_when_the_daemon_drops_privileges(daemons,
 def test_a_root_only_compat_perl_config_starts_since_its_hup_reads_no_config(daemons, folder, service_account):
     """Under `compat: perl` HUP reopens the logs and re-reads nothing, as Perl's did: a config
     only root can read is no reason to refuse the start."""
-    user = service_account.pw_name
+    user = service_account.name
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
+    os.chown(db_path, service_account.uid, service_account.gid)
     daemon = sqlite_daemon(folder, db_path, user=user, compat="perl")
     os.chmod(daemon.config_path, 0o600)
     daemons.append(daemon)
@@ -219,9 +196,9 @@ def test_a_config_readable_by_the_service_group_reloads_on_hup(daemons, folder, 
     """The fix the refusal names (0640 root:group) works: HUP after the drop applies a new config."""
     db_path = os.path.join(queue_folder(folder, service_account), "queue.db")
     init_db([{"dsn": f"dbi:SQLite:dbname={db_path}"}])
-    os.chown(db_path, service_account.pw_uid, service_account.pw_gid)
-    daemon = sqlite_daemon(folder, db_path, user=service_account.pw_name)
-    group = grp.getgrgid(service_account.pw_gid)
+    os.chown(db_path, service_account.uid, service_account.gid)
+    daemon = sqlite_daemon(folder, db_path, user=service_account.name)
+    group = grp.getgrgid(service_account.gid)
     os.chown(daemon.config_path, 0, group.gr_gid)
     os.chmod(daemon.config_path, 0o640)
     daemons.append(daemon)
@@ -290,7 +267,6 @@ def test_a_job_server_that_does_not_answer_is_a_warning_on_the_terminal(daemons,
     result = wm(daemon, "check")
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "workermanager: ok"
     assert f"warning: job server {address} does not answer" in result.stdout
-
 
 
 # -- the console's key --------------------------------------------------------------------------------

@@ -6,30 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
 import yaml
 
-from workermanager.theschwartz import Client, init_db
+from workermanager.theschwartz import Client
 
-from daemon_harness import ROOT, Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
-from helpers import wait_for
-
-
-def status(config_path: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "workermanager", "status", "-f", config_path, *flags],
-                          capture_output=True, text=True, env=env, timeout=60)
-
-
-@pytest.fixture
-def queue_path(tmp_path):
-    path = str(tmp_path / "queue.db")
-    init_db([{"dsn": f"dbi:SQLite:dbname={path}"}])
-    return path
+from support.daemon_harness import Daemon
+from support.helpers import wait_for
+from support.status_cli import full_state, status
 
 
 def write_config(tmp_path, queue_path, **settings) -> str:
@@ -39,15 +24,6 @@ def write_config(tmp_path, queue_path, **settings) -> str:
     path = tmp_path / "conf.yml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
-
-
-def full_state(pid: int, started_at: float, **changes) -> dict:
-    """A status file as the master writes it (status.snapshot), naming `pid`."""
-    state = {"pid": pid, "started_at": started_at, "uptime": 1.0, "updated_at": time.time(),
-             "config": "conf.yml", "type": "TheSchwartz", "concurrency": 1, "works_per_child": 100,
-             "generation": 0, "stopping": False, "restarts": {}, "children": []}
-    state.update(changes)
-    return state
 
 
 def dead_pid() -> int:
@@ -99,13 +75,13 @@ def test_running_daemon_children_jobs_and_queue(tmp_path, queue_path):
     try:
         daemon.start(wait_children=2)
         client.insert("Test::Fail", {})  # runs 3 times (max_retries 2), leaving 3 error rows
-        daemon.wait_ledger(lambda rows: sum(r[3] == "Test::Fail" for r in rows) == 3, 30, "3 failures")
+        daemon.wait_ledger(lambda rows: sum(r.funcname == "Test::Fail" for r in rows) == 3, 30, "3 failures")
         daemon.wait_job_lines(3)
         for i in range(4):
             client.insert("Test::Sleep", {"sleep": 30, "n": i})
         client.insert("Test::Sleep", {"sleep": 1}, run_after=time.time() + 3600)
         client.insert("Test::Sleep", {"sleep": 1}, run_after=time.time() + 3600)
-        daemon.wait_ledger(lambda rows: sum(r[2] == "start" for r in rows) == 2, 30, "2 jobs running")
+        daemon.wait_ledger(lambda rows: sum(r.what == "start" for r in rows) == 2, 30, "2 jobs running")
 
         def busy_status():
             data = json.loads(status(daemon.config_path, "--json").stdout)
@@ -151,7 +127,7 @@ def test_running_daemon_children_jobs_and_queue(tmp_path, queue_path):
         daemon.stop()
 
 
-def test_gearman_queue_from_the_job_server(tmp_path, gearmand):  # noqa: F811 - fixture
+def test_gearman_queue_from_the_job_server(tmp_path, gearmand):
     from workermanager.gearman.client import Client as GearmanClient
 
     gearman = GearmanClient([gearmand.address])

@@ -17,9 +17,9 @@ import time
 
 import pytest
 import yaml
-from test_status import full_state, queue_path, status  # noqa: F401 - the `queue_path` fixture
 
-from daemon_harness import ROOT
+from support.daemon_harness import ROOT
+from support.status_cli import full_state, status
 
 NOBODY = 65534  # a local user that is neither root nor the service user
 
@@ -42,7 +42,7 @@ def one_error(result: subprocess.CompletedProcess[str], *words: str, what: str =
         assert word in result.stderr, result.stderr
 
 
-def test_no_status_file_in_a_shared_tmp_name(tmp_path, queue_path):  # noqa: F811
+def test_no_status_file_in_a_shared_tmp_name(tmp_path, queue_path):
     # no pidfile: the old default was /tmp/workermanager-<sha1 of the config path>.status.json,
     # which any local user could plant; pid 1 is alive, so it read "running as pid 1"
     config = config_at(tmp_path, queue_path, pidfile=None)
@@ -60,7 +60,7 @@ def test_no_status_file_in_a_shared_tmp_name(tmp_path, queue_path):  # noqa: F81
     assert "not running" in result.stdout and planted not in result.stdout
 
 
-def test_a_status_file_owned_by_another_user_is_refused(tmp_path, queue_path):  # noqa: F811
+def test_a_status_file_owned_by_another_user_is_refused(tmp_path, queue_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to give the file to another user")
     config = config_at(tmp_path, queue_path)
@@ -70,7 +70,7 @@ def test_a_status_file_owned_by_another_user_is_refused(tmp_path, queue_path):  
     one_error(status(config, "--no-queue"), f"owned by uid {NOBODY}")
 
 
-def test_a_status_file_that_is_a_link_is_refused(tmp_path, queue_path):  # noqa: F811
+def test_a_status_file_that_is_a_link_is_refused(tmp_path, queue_path):
     config = config_at(tmp_path, queue_path)
     real = tmp_path / "elsewhere.json"
     real.write_text(json.dumps(full_state(1, time.time())))
@@ -121,14 +121,14 @@ def test_a_well_formed_status_file_passes_the_schema():
 ], ids=["not json", "not an object", "no started_at", "str pid", "child without slot", "child job str bare",
         "child job str", "job without running_for", "str works_limit", "list restart count", "pid -1",
         "pid past a C long"])
-def test_a_malformed_status_file_is_one_clear_error(tmp_path, queue_path, content, words):  # noqa: F811
+def test_a_malformed_status_file_is_one_clear_error(tmp_path, queue_path, content, words):
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid.status").write_text(content)
     one_error(status(config, "--no-queue"), "malformed", *words)
     one_error(status(config, "--no-queue", "--json"), "malformed", *words)
 
 
-def test_a_status_file_naming_a_process_that_is_no_master_is_refused(tmp_path, queue_path):  # noqa: F811
+def test_a_status_file_naming_a_process_that_is_no_master_is_refused(tmp_path, queue_path):
     # pid 1 lives and started before this file's started_at: only its command line tells
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid.status").write_text(json.dumps(full_state(1, time.time())))
@@ -136,7 +136,7 @@ def test_a_status_file_naming_a_process_that_is_no_master_is_refused(tmp_path, q
 
 
 @pytest.mark.parametrize("argv", [["status", "--no-queue"], ["status", "--no-queue", "--json"]])
-def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):  # noqa: F811
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):
     config = config_at(tmp_path, queue_path)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is written, as after `| head -c 1`
@@ -150,7 +150,7 @@ def test_output_to_a_closed_pipe_ends_quietly(tmp_path, queue_path, argv):  # no
 
 
 @pytest.mark.parametrize("argv", [["status", "--no-queue"], ["check"]])
-def test_closed_or_full_standard_output_is_one_line_never_a_traceback(tmp_path, queue_path, argv):  # noqa: F811
+def test_closed_or_full_standard_output_is_one_line_never_a_traceback(tmp_path, queue_path, argv):
     config = config_at(tmp_path, queue_path)
     command = [sys.executable, "-m", "workermanager", *argv, "-f", config]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "workers")]))
@@ -163,7 +163,7 @@ def test_closed_or_full_standard_output_is_one_line_never_a_traceback(tmp_path, 
     assert result.stderr.strip().splitlines()[-1] == "workermanager: cannot write the output: No space left on device"
 
 
-def test_a_pid_file_nobody_holds_is_stale_even_when_its_pid_lives(tmp_path, queue_path):  # noqa: F811
+def test_a_pid_file_nobody_holds_is_stale_even_when_its_pid_lives(tmp_path, queue_path):
     # a master killed with -9 left its pid file; the pid is now another program's (pid 1 here)
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid").write_text("1\n")
@@ -189,7 +189,7 @@ def status_bounded(config: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("planted", ["link to a file naming pid 1", "link to /dev/zero", "FIFO"])
-def test_a_planted_pid_file_is_one_clear_error(tmp_path, queue_path, planted):  # noqa: F811
+def test_a_planted_pid_file_is_one_clear_error(tmp_path, queue_path, planted):
     config = config_at(tmp_path, queue_path)
     pidfile = tmp_path / "wm.pid"
     if planted == "FIFO":
@@ -203,7 +203,7 @@ def test_a_planted_pid_file_is_one_clear_error(tmp_path, queue_path, planted):  
     one_error(status_bounded(config), str(pidfile), *words, what="pid file")
 
 
-def test_a_pid_file_locked_by_a_stranger_is_not_a_running_master(tmp_path, queue_path):  # noqa: F811
+def test_a_pid_file_locked_by_a_stranger_is_not_a_running_master(tmp_path, queue_path):
     # the lock file is root's, 0600, yet any root process (a shell's flock) may hold it: the lock
     # alone does not make pid 1 a master
     config = config_at(tmp_path, queue_path)
@@ -216,14 +216,14 @@ def test_a_pid_file_locked_by_a_stranger_is_not_a_running_master(tmp_path, queue
     assert "names pid 1, which is not a workermanager master" in result.stdout, result.stdout
 
 
-def test_an_oversized_pid_file_is_refused(tmp_path, queue_path):  # noqa: F811
+def test_an_oversized_pid_file_is_refused(tmp_path, queue_path):
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid").write_text("1" + " " * 100 + "\n")
     one_error(status_bounded(config), "larger than 64 bytes", what="pid file")
 
 
 @pytest.mark.parametrize("content", ["\u00b2\n", "99999999999999999999\n", "0\n"])
-def test_a_pid_file_naming_no_possible_pid_names_none(tmp_path, queue_path, content):  # noqa: F811
+def test_a_pid_file_naming_no_possible_pid_names_none(tmp_path, queue_path, content):
     # "²" is a digit to str.isdigit, not to int(); os.kill cannot take 20 digits: both were tracebacks
     config = config_at(tmp_path, queue_path)
     (tmp_path / "wm.pid").write_text(content)

@@ -28,9 +28,8 @@ from workermanager.daemon.child import EXIT_BACKEND_BROKEN
 from workermanager.daemon.master import KILL_GRACE_SECONDS
 from workermanager.gearman import Client as GearmanClient
 
-from daemon_harness import ROOT, Daemon
-from gearmand_server import gearmand_fixture  # noqa: F401
-from helpers import free_port, wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.helpers import free_port, wait_for
 
 #: far longer than any lease in these tests: a stop that waited for it would let the job run twice
 LONG_GRACEFUL_TIMEOUT = 60
@@ -39,9 +38,9 @@ LONG_GRACEFUL_TIMEOUT = 60
 def starts(daemon: Daemon) -> list[dict]:
     """The ledger's job starts in order: pid, monotonic time, and the pids of earlier runs of the same
     job still alive at the start (tests/workers/leaseworkers.py)."""
-    rows = [row for row in daemon.ledger_rows() if row[2] == "start"]
-    return sorted(({"pid": int(row[1]), "start": float(row[3]), "wall": float(row[4]),
-                    "holders": [int(p) for p in row[5].split(",") if p]} for row in rows),
+    rows = [row for row in daemon.ledger_rows() if row.what == "start"]
+    return sorted(({"pid": row.pid, "start": row.mono, "wall": row.wall, "holders": list(row.holders)}
+                   for row in rows),
                   key=lambda run: run["start"])
 
 

@@ -21,7 +21,7 @@ from workermanager.theschwartz.storable import (
     thaw,
 )
 
-from helpers import require_program
+from support.helpers import require_program
 
 BOTH = pytest.mark.parametrize("freeze", ["nfreeze", "freeze"])
 

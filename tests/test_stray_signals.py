@@ -8,9 +8,8 @@ import contextlib
 import os
 import signal
 
-from test_hardening_master import alive, ran, started, wait_more_jobs
-
-from helpers import wait_for
+from support.helpers import wait_for
+from support.running_master import alive, ran, started, wait_more_jobs
 
 JOBS = 60
 STRAYS = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ")

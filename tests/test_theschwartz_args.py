@@ -8,18 +8,18 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_theschwartz_perl import perl, queue  # noqa: F401  (fixtures: Perl and its modules, the queue)
 
 from workermanager.theschwartz import Client
 from workermanager.theschwartz.args import BYTES_TAG, StorableArgError, decode_arg, encode_arg
 from workermanager.theschwartz.job import JobHandle
 from workermanager.theschwartz.storable import Blessed
 from workermanager.worker import Worker
+
+from support.perl_schwartz import run_peer
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "perl", "schwartz_args.pl")
 
@@ -122,27 +122,19 @@ def test_our_bytes_and_values_reach_our_worker_as_written(client):
 
 
 @pytest.fixture
-def perl_queue(queue):  # noqa: F811
-    """test_theschwartz_perl's queue (the DBI form of the DSN on SQLite, as Perl writes it)."""
+def perl_queue(queue):
+    """The `queue` fixture of tests/support/perl_schwartz.py (on SQLite the DSN in its DBI form, as
+    Perl writes it), with no arguments seen yet."""
     Seen.args = []
     return queue
 
 
-def run_perl(program: str, entry, *args) -> list[str]:
-    env = dict(os.environ, WM_PEER_USER=entry.get("user") or "", WM_PEER_PASS=entry.get("pass") or "",
-               WM_PEER_PREFIX=entry.get("prefix") or "")
-    result = subprocess.run([program, SCRIPT, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
-                            env=env)
-    assert result.returncode == 0, f"perl failed: {result.stderr}"
-    return result.stdout.splitlines()
-
-
 def perl_insert(program: str, entry, expression: str) -> str:
-    [line] = run_perl(program, entry, "insert", Seen.funcname, expression)
+    [line] = run_peer(program, entry, "insert", Seen.funcname, expression, script=SCRIPT)
     return line.split("=", 1)[1]
 
 
-def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # noqa: F811
+def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):
     entry, client = perl_queue
     perl_insert(perl, entry, '{ key => "value", list => [1, 2], nested => { "ключ" => undef } }')
     perl_insert(perl, entry, 'bless { id => 7 }, "My::Task"')
@@ -159,7 +151,7 @@ def test_a_perl_clients_hash_reaches_our_worker_as_a_dict(perl, perl_queue):  # 
     ('do { my $a = [1]; $a = [($a) x 10] for 1 .. 9; $a }', "too large when expanded"),  # 10**9 values
 ])
 def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
-        perl, perl_queue, caplog, expression, reason):  # noqa: F811
+        perl, perl_queue, caplog, expression, reason):
     entry, client = perl_queue
     handle = perl_insert(perl, entry, expression)
     client.insert(Seen.funcname, "fine")
@@ -173,7 +165,7 @@ def test_a_perl_arg_we_refuse_fails_once_for_good_naming_job_and_reason(
     assert len(lines) == 1 and reason in lines[0] and Seen.funcname in lines[0]
 
 
-def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):  # noqa: F811
+def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, perl_queue):
     """Perl stores a plain string arg as it is; bytes that only start like a code reference's
     image are not a refusal, so the job runs with them (as Perl's own worker would)."""
     entry, client = perl_queue
@@ -182,7 +174,7 @@ def test_a_perl_string_that_starts_like_a_refused_item_reaches_our_worker(perl, 
     assert Seen.args == ["\x05\x0b\x1a junk"]
 
 
-def test_a_refused_arg_raises_when_read(perl, perl_queue):  # noqa: F811
+def test_a_refused_arg_raises_when_read(perl, perl_queue):
     entry, client = perl_queue
     handle = perl_insert(perl, entry, 'do { my $h = {}; $h->{me} = $h; $h }')
     job = client.lookup_job(handle)
@@ -191,7 +183,7 @@ def test_a_refused_arg_raises_when_read(perl, perl_queue):  # noqa: F811
         _ = job.arg
 
 
-def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):  # noqa: F811
+def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):
     """Documented in workermanager/theschwartz/README.md: JSON values arrive as JSON text, str as its
     UTF-8 text (JSON-quoted when it would read as JSON), bytes as they are unless they would read
     as something else: then behind the four tag bytes."""
@@ -200,5 +192,5 @@ def test_what_a_perl_worker_sees_of_our_rows(perl, perl_queue):  # noqa: F811
             (b"\x00\xff bin", b"\x00\xff bin"), (b"text bytes", BYTES_TAG + b"text bytes")]
     for value, _ in rows:
         client.insert(Seen.funcname, value)
-    seen = run_perl(perl, entry, "work", Seen.funcname)
+    seen = run_peer(perl, entry, "work", Seen.funcname, script=SCRIPT)
     assert sorted(seen) == sorted(f"hex={shown.hex()}" for _, shown in rows)

@@ -13,14 +13,14 @@ import threading
 import time
 
 import pytest
-from sql_queues import entry_for
 
 from workermanager.config import ConfigError, import_class
 from workermanager.theschwartz import Client, DatabaseError, init_db
 from workermanager.worker import Worker
 
-from daemon_harness import ROOT, Daemon
-from helpers import wait_for
+from support.daemon_harness import ROOT, Daemon
+from support.helpers import wait_for
+from support.sql_queues import entry_for
 
 # --- coalesce prefixes (item 12) ----------------------------------------------------------------
 
@@ -236,7 +236,7 @@ def test_a_connection_broken_for_good_replaces_the_child(tmp_path, daemons):
     errors = daemon.error_log()
     assert errors.count("the connection is broken (locking protocol)") == 1, errors
     assert errors.count("replacing this child") == 1, errors
-    assert len({row[1] for row in daemon.ledger_rows()}) == 1  # all three in the new child
+    assert len({row.pid for row in daemon.ledger_rows()}) == 1  # all three in the new child
 
 
 def test_a_connection_failing_again_and_again_is_replaced(tmp_path, caplog):

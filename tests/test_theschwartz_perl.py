@@ -6,54 +6,9 @@ Skipped on a developer machine without the Perl modules, a failure in CI (CI=tru
 
 from __future__ import annotations
 
-import os
-import subprocess
-
-import pytest
-
-from workermanager.theschwartz import Client
 from workermanager.worker import Worker
 
-from helpers import IN_CI, require_program
-
-PEER = os.path.join(os.path.dirname(__file__), "perl", "schwartz_peer.pl")
-
-
-DBD = {"sqlite": ("DBD::SQLite", "libdbd-sqlite3-perl"), "postgres": ("DBD::Pg", "libdbd-pg-perl"),
-       "mysql": ("DBD::mysql", "libdbd-mysql-perl")}
-
-
-@pytest.fixture
-def perl(queue_kind):
-    path = require_program("perl", "perl")
-    for module, package in (("TheSchwartz", "libtheschwartz-perl"), DBD[queue_kind]):
-        if subprocess.run([path, f"-M{module}", "-e1"], capture_output=True).returncode != 0:
-            message = f"Perl module {module} missing: install Debian's {package} (make test does)"
-            pytest.fail(message) if IN_CI else pytest.skip(message)
-    return path
-
-
-@pytest.fixture
-def queue(queue_db, tmp_path):
-    entry = dict(queue_db)
-    if "path" in entry:  # SQLite: the DBI form, as Perl writes it (handles hash the DSN string)
-        entry = {"dsn": f"dbi:SQLite:dbname={entry['path']}", "user": "", "pass": ""}
-    client = Client([entry])
-    yield entry, client
-    client.close()
-
-
-def run_peer(perl, entry, *args) -> list[str]:
-    env = dict(os.environ, WM_PEER_USER=entry.get("user") or "", WM_PEER_PASS=entry.get("pass") or "",
-               WM_PEER_PREFIX=entry.get("prefix") or "")
-    result = subprocess.run([perl, PEER, entry["dsn"], *args], capture_output=True, text=True, timeout=60,
-                            env=env)
-    assert result.returncode == 0, f"perl peer failed: {result.stderr}"
-    return result.stdout.splitlines()
-
-
-def values(lines, key):
-    return [line.split("=", 1)[1] for line in lines if line.startswith(key + "=")]
+from support.perl_schwartz import run_peer, values
 
 
 class PeerEcho(Worker):

@@ -17,7 +17,7 @@ from workermanager.theschwartz import (
 )
 from workermanager.worker import Worker
 
-from helpers import wait_for
+from support.helpers import wait_for
 
 PERL_COLUMNS = {
     "funcmap": ["funcid", "funcname"],

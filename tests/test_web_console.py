@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
-from web_harness import Console
 
 from workermanager import config as config_module
 from workermanager.theschwartz import Client, init_db
 
-from daemon_harness import Daemon
-from helpers import require_program, wait_for
+from support.daemon_harness import Daemon
+from support.helpers import require_program, wait_for
+from support.web_harness import Console
 
 TOKEN = "web-console-test-token-0123456789"
 PAGE_SIZE = 3
@@ -186,7 +186,7 @@ def test_a_failed_job_is_retried_from_its_page_and_then_runs(fleet, browser, sho
     assert "ok" in browser.find_element(By.CSS_SELECTOR, "#results li").get_attribute("class")
     shots(browser, "retried")
     new_handle = browser.find_element(By.CSS_SELECTOR, "#results a.new-handle").text
-    fleet.daemon.wait_ledger(lambda rows: [new_handle, "ran"] in [[r[0], r[2]] for r in rows], 30,
+    fleet.daemon.wait_ledger(lambda rows: [new_handle, "ran"] in [[r.handle, r.what] for r in rows], 30,
                              what=f"retried job {new_handle} to run")
     with fleet.store() as jobs:
         assert handle not in [job.handle for job in jobs.list_failed(limit=100).items]

@@ -13,17 +13,15 @@ import time
 
 import pytest
 import yaml
-from test_hardening_files import service_account, site  # noqa: F401 - the fixtures
-from web_harness import get, serving
 
 from workermanager import config as config_module
 from workermanager.logparse import STAMP_FORMAT
 from workermanager.theschwartz import Client
 from workermanager.web import jobstats, settings, sizing
 
-from daemon_harness import ROOT
-from gearmand_server import gearmand_fixture  # noqa: F401 - the `gearmand` fixture
-from helpers import free_port
+from support.daemon_harness import ROOT
+from support.helpers import free_port
+from support.web_harness import get, serving
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -95,7 +93,7 @@ def test_other_configs_are_read_later_and_named_without_their_content(tmp_path):
         settings.load_other_config(str(tmp_path / "missing.yml"))
 
 
-def test_started_as_root_other_configs_are_read_as_the_service_account(site):  # noqa: F811 - the fixture
+def test_started_as_root_other_configs_are_read_as_the_service_account(site):
     secret = os.path.join(site.secret, "shadow.yml")
     with open(secret, "w") as handle:
         handle.write("rootkey: $6$hash\n")
@@ -191,7 +189,7 @@ def test_rates_of_a_log_begun_inside_the_hour_are_per_second_since_its_first_lin
     assert jobstats.last_hour(str(path), now).functions[0].arrival_rate == pytest.approx(60 / 600)
 
 
-def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 - the fixture
+def test_started_as_root_it_serves_as_the_service_account(site):
     import psutil
 
     config = os.path.join(site.root, "conf.yml")
@@ -210,7 +208,7 @@ def test_started_as_root_it_serves_as_the_service_account(site):  # noqa: F811 -
             assert status < 500, f"{path}: {status}\n{console.stderr()}"
 
 
-def gearman_queue(tmp_path, gearmand) -> str:  # noqa: ANN001 - the fixture
+def gearman_queue(tmp_path, gearmand) -> str:
     """A Gearman config whose job server holds 3 background jobs of function Resize."""
     from workermanager.gearman.client import Client as GearmanClient
 
@@ -226,7 +224,7 @@ def gearman_queue(tmp_path, gearmand) -> str:  # noqa: ANN001 - the fixture
     return str(config)
 
 
-def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):  # noqa: F811
+def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_path, gearmand):
     config = gearman_queue(tmp_path, gearmand)
     with serving(config, str(tmp_path)) as console:  # no job failed yet: no failed-jobs store
         status, page = get(console.url("/jobs?func=Resize"))
@@ -236,7 +234,7 @@ def test_on_gearman_the_console_counts_the_queue_and_says_it_cannot_list_it(tmp_
         assert get(console.url("/failed"))[0] == 200
 
 
-def test_on_gearman_the_console_counts_the_queue_once_a_job_failed(tmp_path, gearmand):  # noqa: F811
+def test_on_gearman_the_console_counts_the_queue_once_a_job_failed(tmp_path, gearmand):
     from workermanager.jobs.keeping import ensure_table, failed_store_database
 
     config = gearman_queue(tmp_path, gearmand)
@@ -283,10 +281,10 @@ def test_a_login_ends_at_logout_and_after_its_lifetime():
     assert not live.is_live(made[0]) and all(live.is_live(sid) for sid in made[1:])  # at most `limit`
 
 
-def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqlite_queue, daemons):  # noqa: F811
+def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqlite_queue, daemons):
     """Issue 17: the console shows each schedule entry, its last slot enqueued and the next ones,
     from the master's status file, as `status` does."""
-    from daemon_harness import Daemon
+    from support.daemon_harness import Daemon
 
     _, path = sqlite_queue
     daemon = Daemon(str(tmp_path), {"workers": ["testworkers.Noop"], "status_file": str(tmp_path / "status.json"),
@@ -303,7 +301,7 @@ def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqli
         except (OSError, ValueError):
             return None
         return entries[0]["last_enqueued"] if entries else None
-    from helpers import wait_for
+    from support.helpers import wait_for
     wait_for(last_enqueued, 20, what="a slot enqueued")
     with serving(daemon.config_path, str(tmp_path)) as console:
         status, page = get(console.url("/"))

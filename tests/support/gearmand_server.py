@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import free_port, require_program
+from support.helpers import free_port, require_program
 
 
 def find_gearmand() -> str | None:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import pytest
 
-from helpers import IN_CI, free_port
+from support.helpers import IN_CI, free_port
 
 SERVICE_ACCOUNT = "wmtest"
 START_TIMEOUT = 60.0    # generous: two shared cores, other engineers' suites running at once
@@ -472,8 +472,8 @@ class MariaDBServer(_PrivateServer):
             conn.close()
 
 
-# -- pytest fixtures (imported into tests/conftest.py) ------------------------------------
-def _start_or_skip(server_class: type[_PrivateServer]) -> _PrivateServer:
+# -- pytest fixtures (loaded through pytest_plugins in tests/conftest.py) ------------------------------------
+def start_or_skip(server_class: type[_PrivateServer]) -> _PrivateServer:
     """A started server; missing programs skip locally and fail under CI=true."""
     try:
         server = server_class()
@@ -487,7 +487,7 @@ def _start_or_skip(server_class: type[_PrivateServer]) -> _PrivateServer:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One private PostgreSQL for the whole session. Do not stop it: start your own for outages."""
-    server = _start_or_skip(PostgresServer)
+    server = start_or_skip(PostgresServer)
     try:
         yield server
     finally:
@@ -497,7 +497,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDBServer]:
     """One private MariaDB for the whole session. Do not stop it: start your own for outages."""
-    server = _start_or_skip(MariaDBServer)
+    server = start_or_skip(MariaDBServer)
     try:
         yield server
     finally:

@@ -2,8 +2,8 @@
 
 `queue_db` is parametrized over the three databases and yields a ready `databases:` entry (schema
 made by init_db). On the servers, one database per test module is shared and each test gets its
-own table prefix: a prefix costs a few CREATE TABLEs, a fresh database up to 0.4 s. Import the
-fixtures are imported in tests/conftest.py.
+own table prefix: a prefix costs a few CREATE TABLEs, a fresh database up to 0.4 s. The fixtures
+load through pytest_plugins in tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from daemon_harness import ROOT
+from support.daemon_harness import ROOT
 
 #: what an sdist is made of; everything else in the checkout (tests, bench, .venv) stays out
 SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in")

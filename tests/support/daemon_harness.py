@@ -21,9 +21,10 @@ import yaml
 
 from workermanager.theschwartz import Client, init_db
 
-from helpers import wait_for
+from support.helpers import wait_for
+from support.ledger import LedgerRow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEST_WORKERS = os.path.join(ROOT, "tests", "workers")
 
 
@@ -139,10 +140,10 @@ class Daemon:
         wait_for(lambda: len(self.job_lines()) >= count, timeout, what=f"{count} job log lines")
         return self.job_lines()
 
-    def ledger_rows(self) -> list[list[str]]:
+    def ledger_rows(self) -> list[LedgerRow]:
         try:
             with open(self.ledger) as handle:
-                return [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+                return [LedgerRow.parse(line) for line in handle if line.strip()]
         except FileNotFoundError:
             return []
 
@@ -185,3 +186,12 @@ def daemons():
     yield started
     for daemon in started:
         daemon.stop()
+
+
+def sqlite_settings(path: str, workers: list[str] | None = None, **settings: Any) -> dict[str, Any]:
+    """A config's settings for the SQLite queue at `path` (and `workers`, when given), plus `settings`."""
+    config: dict[str, Any] = {"worker_options": {"databases": [{"dsn": f"dbi:SQLite:dbname={path}"}]}}
+    if workers is not None:
+        config["workers"] = workers
+    config.update(settings)
+    return config

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from helpers import free_port, wait_for
+from support.helpers import free_port, wait_for
 
 
 class Console:
@@ -49,7 +49,7 @@ class Console:
 
 def console_env() -> dict[str, str]:
     """The environment that runs this tree's workermanager."""
-    from daemon_harness import ROOT
+    from support.daemon_harness import ROOT
 
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
 

@@ -1,7 +1,7 @@
 """The fault-injection harness: drive a real daemon with numbered jobs, hurt it, count the ledger.
 
 Each scenario inserts jobs whose arg carries an id ({"id": n}), starts the real daemon
-(tests/daemon_harness.Daemon) with the workers of tests/workers/chaosworkers.py, does its damage,
+(tests/support/daemon_harness.Daemon) with the workers of tests/workers/chaosworkers.py, does its damage,
 waits (with deadlines) for every id to reach the ledger, and returns Counts: inserted, completed
 (distinct ids in the ledger), duplicates (extra runs), lost (ids never done), and the daemon's
 children at the end. The same functions serve tests/test_no_job_lost.py (small counts) and
@@ -28,8 +28,8 @@ import psutil
 from workermanager.gearman import Client as GearmanClient
 from workermanager.theschwartz import Client as SchwartzClient
 
-from daemon_harness import Daemon, deadline_loop
-from helpers import wait_for
+from support.daemon_harness import Daemon, deadline_loop
+from support.helpers import wait_for
 
 KINDS = ("sqlite", "postgres", "mysql", "gearman")
 INSERT_CHUNK = 500
@@ -57,7 +57,7 @@ class Counts:
 
 def done_counter(daemon: Daemon, what: str = "done") -> collections.Counter[str]:
     """How many times each job id reached the ledger as `what`."""
-    return collections.Counter(row[0] for row in daemon.ledger_rows() if len(row) > 2 and row[2] == what)
+    return collections.Counter(row.handle for row in daemon.ledger_rows() if row.what == what)
 
 
 def count(scenario: str, kind: str, daemon: Daemon, ids: Sequence[str], children: int | None = None,
@@ -331,7 +331,7 @@ def misbehaving_workers(store: JobStore, folder: str, per_fault: int = 2, plain:
     daemon.start(wait_children=concurrency)
     wait_all_done(daemon, ids, timeout)
     children = wait_pool(daemon, concurrency, timeout=60)
-    faults = collections.Counter(row[2] for row in daemon.ledger_rows() if row[2] != "done")
+    faults = collections.Counter(row.what for row in daemon.ledger_rows() if row.what != "done")
     log = daemon.error_log()
     return count("misbehaving workers", store.kind, daemon, ids, children, faults=dict(faults),
                  died_running_job=log.count("died running job"), timed_out=log.count("timed out after"),
