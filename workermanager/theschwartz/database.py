@@ -9,6 +9,8 @@ is replaced; an SQLite file replaced under an idle worker is noticed (check_file
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import logging
 import os
@@ -53,6 +55,37 @@ def _forked() -> None:
 _pid = os.getpid()
 os.register_at_fork(after_in_child=_forked)
 
+
+
+class Framing(enum.Enum):
+    """How Database.run frames a unit of work."""
+
+    #: reads: no transaction
+    READ = "read"
+    #: one writing statement the dialect runs in autocommit (no BEGIN and COMMIT around it)
+    AUTOCOMMIT = "autocommit"
+    #: BEGIN, the work, COMMIT
+    TRANSACTION = "transaction"
+
+
+def _framing(write: bool, durable: bool, one_statement_in_autocommit: bool) -> Framing:
+    if not write:
+        return Framing.READ
+    return Framing.AUTOCOMMIT if one_statement_in_autocommit and not durable else Framing.TRANSACTION
+
+
+@dataclasses.dataclass
+class _Attempts:
+    """What Database._settle needs to know of the tries of one unit of work so far."""
+
+    started: float
+    count: int = 0
+    #: the last try ran on a connection opened before it (an idle break shows there)
+    reused: bool = False
+    #: the last failure hit the COMMIT (its outcome unknown: never redone)
+    committing: bool = False
+    #: the one reconnection after an idle break was used
+    reconnected: bool = False
 
 class Database:
     """A database of the queue, as one entry of `databases:` describes it."""
@@ -202,81 +235,98 @@ class Database:
             create: bool = False, single_statement: bool = False) -> T:
         """Run `work(cursor)`, in one transaction when `write`; redo it while the database is busy.
 
+        `durable`: a write that must survive a crash the moment it returns (Dialect.begin);
+        `create`: the database may be created on connecting (SQLite's file);
         `single_statement`: the work writes with one statement, which runs in autocommit where the
         dialect allows (no BEGIN and COMMIT around it); never for a `durable` write.
 
         Raises DatabaseUnavailable (and marks this database dead) when it cannot be reached, and
         DatabaseError for any other failure of the database.
         """
-        dialect = self.dialect
         if write and self._deferred:
             return self._run_with_deferred(work, durable, create)
-        autocommit = write and single_statement and not durable and dialect.single_statement_autocommit
-        transaction = write and not autocommit
-        cursor = self._cursor
-        if cursor is not None and self._pid == _pid and not transaction and not create:
-            # The common case, twice per job: an open connection and no transaction to frame.
-            # Any failure goes round the full path below, which classifies it and retries.
-            conn = self._conn
-            try:
-                if autocommit:
-                    dialect.prepare_autocommit_write(conn)
-                return work(cursor)
-            except dialect.errors:
-                self._rollback(conn)
-            except BaseException:
-                self._rollback(conn)
-                raise
-        reconnected = False
-        started = time.monotonic()
-        for attempt in range(MAX_ATTEMPTS):
+        framing = _framing(write, durable, single_statement and self.dialect.single_statement_autocommit)
+        if framing is not Framing.TRANSACTION and not create and self._cursor is not None and self._pid == _pid:
+            # The common case, twice per job: an open connection and no transaction to frame. A
+            # failure of the database goes round the full path, which classifies it and retries.
+            done, result = self._run_on_open_connection(work, framing)
+            if done:
+                return result
+        return self._run_with_retries(work, framing, durable, create)
+
+    def _run_on_open_connection(self, work: Callable[[Any], T], framing: Framing) -> tuple[bool, Any]:
+        """(True, the result) of `work` on the open cursor, or (False, None) when the database
+        failed it (rolled back); anything else propagates, rolled back."""
+        conn = self._conn
+        try:
+            if framing is Framing.AUTOCOMMIT:
+                self.dialect.prepare_autocommit_write(conn)
+            return True, work(self._cursor)
+        except self.dialect.errors:
+            self._rollback(conn)
+            return False, None
+        except BaseException:
+            self._rollback(conn)
+            raise
+
+    def _run_with_retries(self, work: Callable[[Any], T], framing: Framing, durable: bool, create: bool) -> T:
+        """Connect when needed, frame `work` as `framing` says, and settle each failure of the
+        database (_settle): wait and redo while busy, reconnect once after an idle break, or raise."""
+        dialect = self.dialect
+        attempts = _Attempts(started=time.monotonic())
+        while True:
             conn = None
-            reused = self.is_connected()
-            committing = False
+            attempts.reused = self.is_connected()
+            attempts.committing = False
             try:
                 conn = self.connection(create=create)
                 cursor = self._cursor = conn.cursor()
-                if transaction:
+                if framing is Framing.TRANSACTION:
                     dialect.begin(conn, durable)
-                elif autocommit:
+                elif framing is Framing.AUTOCOMMIT:
                     dialect.prepare_autocommit_write(conn)
                 result = work(cursor)
-                if transaction:
-                    committing = True
+                if framing is Framing.TRANSACTION:
+                    attempts.committing = True
                     dialect.commit(conn)
                 self._failures = 0
                 return result
             except dialect.errors as exc:
                 if conn is not None:
                     self._rollback(conn)
-                if dialect.is_retryable(exc):
-                    if attempt + 1 < MAX_ATTEMPTS and time.monotonic() - started < self.busy_timeout:
-                        time.sleep(min(0.002 * 2 ** min(attempt, 6), 0.1) * random.uniform(0.5, 1.5))
-                        continue
-                    # Busy all this time (a long exclusive lock): serve from the other databases
-                    reason = f"busy for {time.monotonic() - started:.1f}s: {_one_line(exc)}"
-                    self.mark_dead(reason)
-                    raise DatabaseUnavailable(f"database {self.label}: {reason}") from exc
-                if dialect.is_broken_connection(exc):
-                    self._give_up_connection(exc)
-                    raise ConnectionBroken(f"database {self.label}: {self.broken}") from exc
-                if dialect.is_unreachable(exc):
-                    # A connection that broke while idle (server restarted, idle timeout) fails
-                    # on its next statement: open a fresh one and redo the work once, unless the
-                    # failure hit the COMMIT itself, whose outcome nobody knows.
-                    if reused and not committing and not reconnected:
-                        reconnected = True
-                        self.close()
-                        continue
-                    self.mark_dead(_one_line(exc))
-                    raise DatabaseUnavailable(f"database {self.label}: {_one_line(exc)}") from exc
-                self._count_failure(exc)
-                raise DatabaseError(f"database {self.label}: {_one_line(exc)}") from exc
+                self._settle(exc, attempts)  # returns only when the work is to be done again
             except BaseException:
                 if conn is not None:
                     self._rollback(conn)
                 raise
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _settle(self, exc: BaseException, attempts: _Attempts) -> None:
+        """After a failure of the database: return to have the work done again, else raise."""
+        dialect = self.dialect
+        attempts.count += 1
+        if dialect.is_retryable(exc):
+            if attempts.count < MAX_ATTEMPTS and time.monotonic() - attempts.started < self.busy_timeout:
+                time.sleep(min(0.002 * 2 ** min(attempts.count - 1, 6), 0.1) * random.uniform(0.5, 1.5))
+                return
+            # Busy all this time (a long exclusive lock): serve from the other databases
+            reason = f"busy for {time.monotonic() - attempts.started:.1f}s: {_one_line(exc)}"
+            self.mark_dead(reason)
+            raise DatabaseUnavailable(f"database {self.label}: {reason}") from exc
+        if dialect.is_broken_connection(exc):
+            self._give_up_connection(exc)
+            raise ConnectionBroken(f"database {self.label}: {self.broken}") from exc
+        if dialect.is_unreachable(exc):
+            # A connection that broke while idle (server restarted, idle timeout) fails on its next
+            # statement: open a fresh one and redo the work once, unless the failure hit the COMMIT
+            # itself, whose outcome nobody knows.
+            if attempts.reused and not attempts.committing and not attempts.reconnected:
+                attempts.reconnected = True
+                self.close()
+                return
+            self.mark_dead(_one_line(exc))
+            raise DatabaseUnavailable(f"database {self.label}: {_one_line(exc)}") from exc
+        self._count_failure(exc)
+        raise DatabaseError(f"database {self.label}: {_one_line(exc)}") from exc
 
     def _give_up_connection(self, exc: BaseException) -> None:
         """The connection is broken for this whole process (Dialect.is_broken_connection): it is
