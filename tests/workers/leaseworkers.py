@@ -24,14 +24,21 @@ def _ledger_lines(path: str) -> list[list[str]]:
         return []
 
 
+#: the kernel's per-process flag of a process on its way out (its descriptors already closing)
+_PF_EXITING = 0x4
+
+
 def _alive(pid: int) -> bool:
-    """True while `pid` can still act: a zombie (dead, not reaped yet) cannot."""
+    """True while `pid` can still act: a zombie (dead, not reaped yet) cannot, nor a process
+    already exiting (killed: the kernel closes its sockets, so gearmand hands its job on, a few
+    milliseconds before it shows as a zombie)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+            fields = handle.read().rpartition(")")[2].split()
+        state, flags = fields[0], int(fields[6])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return False
-    return state not in ("Z", "X")
+    return state not in ("Z", "X") and not flags & _PF_EXITING
 
 
 def note(job, what: str) -> None:
