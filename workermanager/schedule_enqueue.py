@@ -106,7 +106,7 @@ class TheSchwartzEnqueuer:
                 # A job of this uniqkey is still queued (the table was emptied by hand): that is the slot
                 log.info("schedule %s: slot %s is already queued", entry.name, slot_label(slot))
                 return False
-            db.dialect.notify_new_jobs(cursor, db.prefix, [db._funcname2id[entry.funcname]])
+            db.dialect.notify_new_jobs(cursor, db.prefix, [db.cached_funcid(entry.funcname)])
             return True
 
         return db.run(work, write=True, durable=True)

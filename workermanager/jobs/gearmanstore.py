@@ -176,7 +176,7 @@ class GearmanJobStore(JobStore):
         except UnknownJob as exc:
             return ActionResult(str(handle), False, str(exc))
         db = self.failed.databases[0]
-        if not self.failed._failed_table(0):
+        if not self.failed.keeps_failed(0):
             return ActionResult(str(handle), False, f"the failed-jobs store {db.label} has no failed jobs yet")
         mark = self._mark_retrying(db, handle.id)
         if isinstance(mark, str):
@@ -197,7 +197,7 @@ class GearmanJobStore(JobStore):
         except UnknownJob as exc:
             return ActionResult(str(handle), False, str(exc))
         db = self.failed.databases[0]
-        if not self._store_made() or not self.failed._failed_table(0):
+        if not self._store_made() or not self.failed.keeps_failed(0):
             return ActionResult(str(handle), False, f"the failed-jobs store {db.label} has no failed jobs yet")
         self._make_retrying_table(db)
 

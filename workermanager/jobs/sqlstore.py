@@ -103,7 +103,7 @@ class SQLJobStore(JobStore):
         except DatabaseError as exc:  # DatabaseUnavailable included
             raise StoreUnavailable(str(exc)) from None
 
-    def _failed_table(self, index: int) -> bool:
+    def keeps_failed(self, index: int) -> bool:
         """Whether database `index` has the failed-jobs table (asked once)."""
         known = self._has_failed_table.get(index)
         if known is None:
@@ -122,7 +122,7 @@ class SQLJobStore(JobStore):
     def stats(self) -> list[QueueStats]:
         totals: dict[str, list[Any]] = {}
         for index, db in enumerate(self.databases):
-            has_failed = self._failed_table(index)
+            has_failed = self.keeps_failed(index)
             for name, waiting, scheduled, leased, oldest, fails in self._run(
                     db, lambda cursor, db=db, has_failed=has_failed: _db_stats(db, cursor, has_failed)):
                 entry = totals.setdefault(name, [0, 0, 0, 0, None])
@@ -139,7 +139,7 @@ class SQLJobStore(JobStore):
         own (Gearman's failed-jobs store) answers too."""
         totals: dict[str, int] = {}
         for index, db in enumerate(self.databases):
-            if self._failed_table(index):
+            if self.keeps_failed(index):
                 for name, count in self._run(db, lambda cursor, db=db: _failed_counts(db, cursor)).items():
                     totals[name] = totals.get(name, 0) + count
         return totals
@@ -167,7 +167,7 @@ class SQLJobStore(JobStore):
         parsed = parse_handle(handle)
         index, db = self._locate(parsed)
         if parsed.is_failed:
-            if not self._failed_table(index):
+            if not self.keeps_failed(index):
                 raise UnknownJob(f"job {parsed}: database {db.label} keeps no failed jobs (no "
                                  f"{db.prefix}{failed.TABLE} table: run `workermanager init-db`)")
             job = self._run(db, lambda cursor: _failed_by_id(db, cursor, parsed.id))
@@ -175,7 +175,7 @@ class SQLJobStore(JobStore):
                 raise UnknownJob(f"job {parsed}: no such failed job (retried, deleted or pruned)")
             return job
 
-        has_failed = self._failed_table(index)
+        has_failed = self.keeps_failed(index)
 
         def work(cursor: Any) -> QueuedJob | FailedJob | None:
             jobs = _queued_rows(db, cursor, db.dialect.sql(f"SELECT {_COLS} FROM {db.q.job} WHERE jobid = ?"),
@@ -202,7 +202,7 @@ class SQLJobStore(JobStore):
         start = _parse_cursor(after, 2, "failed-job list")
         rows: list[tuple[tuple[int, int], FailedJob]] = []
         for index, db in enumerate(self.databases):
-            if not self._failed_table(index):
+            if not self.keeps_failed(index):
                 continue
 
             def work(cursor: Any, db: Database = db, index: int = index) -> list[tuple[tuple[int, int], FailedJob]]:
@@ -225,7 +225,7 @@ class SQLJobStore(JobStore):
             index, db = self._locate(handle)
         except UnknownJob as exc:
             return ActionResult(str(handle), False, str(exc))
-        if not self._failed_table(index):
+        if not self.keeps_failed(index):
             return ActionResult(str(handle), False, f"database {db.label} keeps no failed jobs")
         try:
             jobid = self._run(db, lambda cursor: _requeue(db, cursor, handle), write=True)
@@ -260,7 +260,7 @@ class SQLJobStore(JobStore):
             return ActionResult(str(handle), False, str(exc))
         sql = db.dialect.sql
         if handle.is_failed:
-            if not self._failed_table(index):
+            if not self.keeps_failed(index):
                 return ActionResult(str(handle), False, f"database {db.label} keeps no failed jobs")
             statements = [sql(f"DELETE FROM {db.prefix}{failed.TABLE} WHERE failedid = ?")]
         else:
