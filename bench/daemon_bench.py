@@ -58,6 +58,14 @@ def wait_empty(path: str, timeout: float) -> float:
     return time.monotonic()
 
 
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    """Its command line (the process title), or nothing for one that just exited."""
+    try:
+        return process.cmdline()
+    except psutil.Error:  # a zombie, or gone: a child recycled while we looked
+        return []
+
 class Daemon:
     def __init__(self, folder: str, db: str, workers: list[str], concurrency: int, works: int) -> None:
         self.folder = folder
@@ -79,7 +87,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             kids = psutil.Process(self.process.pid).children()
-            ready = [k for k in kids if "idle" in " ".join(k.cmdline())]
+            ready = [k for k in kids if "idle" in " ".join(_cmdline(k))]
             if len(ready) >= count:
                 return kids
             time.sleep(0.02)
