@@ -84,9 +84,10 @@ def wait_all_done(daemon: Daemon, ids: Sequence[str], timeout: float) -> None:
 
 
 def wait_pool(daemon: Daemon, size: int, timeout: float = 30) -> int:
-    """Wait for the master to be back at `size` children; returns the count seen."""
+    """Wait for the master to be back at `size` children; returns that count, as seen (a second
+    look could catch a child in the middle of its recycling)."""
     wait_for(lambda: len(daemon.children()) == size, timeout, what=f"{size} children")
-    return len(daemon.children())
+    return size
 
 
 def session_processes(sid: int) -> list[psutil.Process]:
