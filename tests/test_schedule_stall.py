@@ -11,7 +11,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -196,7 +196,8 @@ def test_a_helper_silent_past_its_watchdog_is_killed_and_started_again_only_afte
     assert not helper.due(time.monotonic())  # died young: started again 30 s later, not at once
 
 
-def test_the_master_starts_a_schedule_process_that_died_again(tmp_path, daemons, request):
+def ticking_daemon(tmp_path, daemons, request) -> tuple[Daemon, Callable[[], int | None], int]:
+    """A master with a 1-second entry on SQLite; a look-up of its schedule process, and its pid."""
     database = entry_for("sqlite", request, tmp_path)
     settings = {"type": "TheSchwartz", "workers": ["scheduleworkers.Slot"], "worker_options": {"databases": [database]},
                 "schedule": [{"name": "tick", "funcname": "Test::Slot", "interval": 1}]}
@@ -207,7 +208,11 @@ def test_the_master_starts_a_schedule_process_that_died_again(tmp_path, daemons,
 
     def schedule_process() -> int | None:
         return schedule_process_of(daemon)
-    first = wait_for(schedule_process, 20, what="the schedule process")
+    return daemon, schedule_process, wait_for(schedule_process, 20, what="the schedule process")
+
+
+def test_the_master_starts_a_schedule_process_that_died_again(tmp_path, daemons, request):
+    daemon, schedule_process, first = ticking_daemon(tmp_path, daemons, request)
     os.kill(first, signal.SIGKILL)
     daemon.wait_error_log(f"the schedule process {first} ended (killed by SIGKILL); starting it again")
     second = wait_for(lambda: (schedule_process() or first) != first and schedule_process(), 20,
@@ -237,17 +242,7 @@ def test_entries_on_a_job_server_that_never_answers_cost_one_timeout_per_tick_no
 
 
 def test_usr1_replaces_the_schedule_process_so_it_writes_to_the_reopened_logs(tmp_path, daemons, request):
-    database = entry_for("sqlite", request, tmp_path)
-    settings = {"type": "TheSchwartz", "workers": ["scheduleworkers.Slot"], "worker_options": {"databases": [database]},
-                "schedule": [{"name": "tick", "funcname": "Test::Slot", "interval": 1}]}
-    (tmp_path / "m").mkdir()
-    daemon = Daemon(str(tmp_path / "m"), settings, flags=("-n", "-c", "1"))
-    daemons.append(daemon)
-    daemon.start()
-
-    def schedule_process() -> int | None:
-        return schedule_process_of(daemon)
-    first = wait_for(schedule_process, 20, what="the schedule process")
+    daemon, schedule_process, first = ticking_daemon(tmp_path, daemons, request)
     daemon.signal(signal.SIGUSR1)
     wait_for(lambda: (schedule_process() or first) != first, 20, what="a new schedule process")
     rows = len(daemon.ledger_rows())
