@@ -48,6 +48,10 @@ class SilentListener:
             except OSError:  # closed
                 return
             self.held.append(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        """A new connection, held open and never answered (a subclass may serve it)."""
 
     def close(self) -> None:
         self.sock.close()
@@ -68,14 +72,8 @@ class SubmitStaller(SilentListener):
         self.stalled = 0
         super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed
-                return
-            self.held.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         header = b""
