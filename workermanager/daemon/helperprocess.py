@@ -31,6 +31,8 @@ from workermanager.daemon import rawsignals
 
 log = logging.getLogger(__name__)
 
+#: reads of a helper's pipe per turn of the master's loop (64 KiB each); the rest waits a turn
+MAX_READS_PER_TURN = 16
 #: a report line longer than this is dropped (bytes): the master's memory stays bounded
 MAX_REPORT_BYTES = 1 << 20
 #: a helper still there this long after its TERM is killed (seconds)
@@ -126,7 +128,7 @@ class HelperProcess:
         if self.report_fd is None:
             return []
         chunks = []
-        while True:
+        for _ in range(MAX_READS_PER_TURN):  # a helper that writes nonstop cannot hold the loop
             try:
                 data = os.read(self.report_fd, 65536)
             except (BlockingIOError, InterruptedError):
