@@ -70,10 +70,11 @@ def count_mysql(monkeypatch: pytest.MonkeyPatch) -> Counter:
     return seen
 
 
-def drain(entry: dict, seen: Counter) -> Counter:
-    """Insert JOBS jobs, open the worker's connection, then count what leasing and completing them costs."""
+def drain(entry: dict, seen: Counter, defer: bool = False) -> Counter:
+    """Insert JOBS jobs, open the worker's connection, then count what leasing and completing them
+    costs (`defer`: as a daemon child, whose completions wait for its next lease)."""
     Client([entry]).insert_jobs([(Present.funcname, {"n": n}) for n in range(JOBS)])
-    client = Client([entry])
+    client = Client([entry], defer_completions=defer)
     client.databases[0].connection()
     seen.clear()
     done = 0
@@ -91,6 +92,16 @@ def test_postgres_leases_and_completes_in_two_statements_per_job(postgres_db, mo
     # one lease statement per job (plus the final empty one), one DELETE; no funcmap query for
     # the absent funcname, no BEGIN/COMMIT
     assert seen == Counter({"WITH": JOBS + 1, "DELETE": JOBS})
+
+
+def test_postgres_completions_ride_inside_the_next_lease_statement(postgres_db, monkeypatch):
+    entry = entry_of(postgres_db)
+    init_db([entry])
+    seen = drain(entry, count_postgres(monkeypatch), defer=True)
+    # a daemon child's completion is deleted by its next lease (a CTE of the same statement), the
+    # last one by the final empty lease: one statement per job, no DELETE of its own
+    assert seen == Counter({"WITH": JOBS + 1})
+    assert Client([entry]).list_jobs(Present.funcname) == []
 
 
 def test_mysql_lease_needs_no_funcmap_query_and_completed_no_transaction(mariadb_db, monkeypatch):

@@ -190,7 +190,7 @@ class TheSchwartzJob(Job):
             return
         keeps_status = self._keep_exit_status_for() > 0
         if not keeps_status and self.client.defer_completions:  # see Database.defer_delete
-            self.db.defer_delete(self.jobid)
+            self.db.defer_delete(self.jobid, self.must_end_by)
             self.outcome = "completed"
             return
 

@@ -165,7 +165,9 @@ class MySQLDialect(Dialect):
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
+        # `completed` is never given here (completions_in_lease_statement is False)
         # In a transaction (lease_in_transaction): MySQL has no UPDATE ... RETURNING.
         # The funcid comes from a subquery on the funcmap: a locking read does not lock the rows
         # of a subquery, and a name the funcmap lacks simply matches nothing (no funcmap reload).

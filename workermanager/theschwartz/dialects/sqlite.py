@@ -164,7 +164,9 @@ class SQLiteDialect(Dialect):
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
+        # `completed` is never given here (completions_in_lease_statement is False)
         op, value = coalescing if coalescing is not None else (None, None)
         if prioritize and coalescing is None:  # across all the funcnames at once, by priority
             names = [name for name, _ in wanted]
