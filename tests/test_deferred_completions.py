@@ -33,7 +33,7 @@ def starts(daemons: list[Daemon], handle: str) -> list[int]:
     return [row.pid for daemon in daemons for row in daemon.ledger_rows() if row.handle == handle and row.what == "start"]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "mysql"])
 def test_a_completed_job_is_not_run_again_while_a_longer_job_leased_with_it_runs(kind, request, tmp_path, daemons):
     """A quick job of Brief (a 6 s lease) and a job of Lengthy (a 36 s lease) that runs longer
     than that, leased in one statement, Brief's first. Brief's completion must not wait for the

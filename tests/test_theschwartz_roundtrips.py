@@ -14,6 +14,8 @@ from workermanager.theschwartz import Client, init_db
 from workermanager.worker import Worker
 
 JOBS = 20
+#: jobs a daemon child leases at once in the tests of deferred completions (a divisor of JOBS)
+BATCH = 5
 
 
 class Present(Worker):
@@ -70,19 +72,24 @@ def count_mysql(monkeypatch: pytest.MonkeyPatch) -> Counter:
     return seen
 
 
-def drain(entry: dict, seen: Counter, defer: bool = False) -> Counter:
+def drain(entry: dict, seen: Counter, batch: int = 0) -> Counter:
     """Insert JOBS jobs, open the worker's connection, then count what leasing and completing them
-    costs (`defer`: as a daemon child, whose completions wait for its next lease)."""
+    costs: one job per lease, or (`batch`) as a daemon child leasing `batch` at once, whose
+    completions wait for its next lease."""
     Client([entry]).insert_jobs([(Present.funcname, {"n": n}) for n in range(JOBS)])
-    client = Client([entry], defer_completions=defer)
+    client = Client([entry], defer_completions=bool(batch))
     client.databases[0].connection()
+    most = {Present.funcname: batch or 1, Absent.funcname: batch or 1}
     seen.clear()
     done = 0
-    while (job := client.find_job_for_workers([Absent, Present])) is not None:
-        job.completed()
-        done += 1
+    while jobs := client.find_jobs_for_workers([Absent, Present], most):
+        for job in jobs:
+            job.completed()
+        done += len(jobs)
     assert done == JOBS
-    return seen
+    counted = Counter(seen)
+    assert Client([entry]).list_jobs(Present.funcname) == []  # the last lease, empty, deleted the last ones
+    return counted
 
 
 def test_postgres_leases_and_completes_in_two_statements_per_job(postgres_db, monkeypatch):
@@ -97,11 +104,10 @@ def test_postgres_leases_and_completes_in_two_statements_per_job(postgres_db, mo
 def test_postgres_completions_ride_inside_the_next_lease_statement(postgres_db, monkeypatch):
     entry = entry_of(postgres_db)
     init_db([entry])
-    seen = drain(entry, count_postgres(monkeypatch), defer=True)
-    # a daemon child's completion is deleted by its next lease (a CTE of the same statement), the
-    # last one by the final empty lease: one statement per job, no DELETE of its own
-    assert seen == Counter({"WITH": JOBS + 1})
-    assert Client([entry]).list_jobs(Present.funcname) == []
+    seen = drain(entry, count_postgres(monkeypatch), batch=BATCH)
+    # a daemon child's completions are deleted by its next lease (a CTE of the same statement),
+    # the last ones by the final empty lease: one statement per lease, no DELETE of their own
+    assert seen == Counter({"WITH": JOBS // BATCH + 1})
 
 
 def test_mysql_lease_needs_no_funcmap_query_and_completed_no_transaction(mariadb_db, monkeypatch):
@@ -114,3 +120,13 @@ def test_mysql_lease_needs_no_funcmap_query_and_completed_no_transaction(mariadb
     assert seen["BEGIN"] == seen["COMMIT"] == JOBS + 1  # one lease transaction per grab
     assert JOBS + 2 <= seen["SELECT"] <= 2 * (JOBS + 1)  # one probe per funcname tried
     assert set(seen) == {"DELETE", "UPDATE", "BEGIN", "COMMIT", "SELECT"}
+
+
+def test_mysql_completions_ride_in_the_next_lease_transaction_as_one_delete(mariadb_db, monkeypatch):
+    entry = entry_of(mariadb_db)
+    init_db([entry])
+    seen = drain(entry, count_mysql(monkeypatch), batch=BATCH)
+    leases = JOBS // BATCH + 1  # the last one finds nothing and carries the last completions
+    assert seen["BEGIN"] == seen["COMMIT"] == leases
+    assert seen["DELETE"] == leases - 1  # one per lease after the first, none in autocommit
+    assert seen["UPDATE"] == JOBS // BATCH

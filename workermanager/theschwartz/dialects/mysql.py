@@ -39,6 +39,7 @@ class MySQLDialect(Dialect):
     error_message_max = 255
     errors = (pymysql.MySQLError,)
     single_statement_autocommit = True
+    completions_ride_with_leases = True  # one DELETE per lease transaction, not one per job
 
     def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
                 io_timeout: float | None = None) -> Any:
