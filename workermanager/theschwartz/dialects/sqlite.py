@@ -7,7 +7,7 @@ lost commit can at worst make a job run again.
 A worker's lease is one autocommit statement, `UPDATE ... WHERE jobid IN (SELECT ... LIMIT n)
 RETURNING ...`: SQLite runs one writer at a time, so the jobs it picks cannot be taken by anyone
 else between the pick and the update, and no worker ever loses a race it has to retry. The
-completion is one DELETE, which a daemon child sends with its next lease. A daemon child leases
+completion is one DELETE, which a daemon child sends with its next lease (Database.defer_delete). A daemon child leases
 several short jobs at once (backends.leaseahead): the writer lock, which all workers share, is
 then taken once for several jobs.
 """
