@@ -130,3 +130,16 @@ def test_mysql_completions_ride_in_the_next_lease_transaction_as_one_delete(mari
     assert seen["BEGIN"] == seen["COMMIT"] == leases
     assert seen["DELETE"] == leases - 1  # one per lease after the first, none in autocommit
     assert seen["UPDATE"] == JOBS // BATCH
+
+
+def test_a_postgres_connection_sets_its_session_up_in_one_round_trip(postgres_db, monkeypatch):
+    entry = {**entry_of(postgres_db), "busy_timeout": 7}
+    db = Client([entry]).databases[0]
+    seen = count_postgres(monkeypatch)
+    conn = db.connection()
+    assert sum(seen.values()) == 1  # settings and clock in one string (a child's start pays it)
+    settings = {name: conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("TimeZone", "synchronous_commit", "lock_timeout")}
+    assert settings == {"TimeZone": "UTC", "synchronous_commit": "off", "lock_timeout": "7s"}
+    assert abs(conn.wm_clock_offset) < 1  # the server's clock, read in that round trip
+    db.close()
