@@ -136,15 +136,3 @@ class Brief(Worker):
         note(job, "start")
         note(job, "end")
 
-
-class Lengthy(Worker):
-    """Sleeps arg["sleep"] seconds, well within its timeout (and so its lease: 36 s)."""
-
-    funcname = "Lease::Lengthy"
-    grab_for = 1
-    timeout = 30
-
-    def work(self, job):
-        note(job, "start")
-        time.sleep(float(job.arg["sleep"]))
-        note(job, "end")
