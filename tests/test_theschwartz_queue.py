@@ -343,6 +343,19 @@ def test_a_deferred_completion_goes_with_the_next_lease_and_the_last_one_at_clos
     observer.close()
 
 
+def test_completions_wait_for_a_claim_only_on_sqlite(queue_db, queue_kind):
+    """Without the one-statement lease (an old server, or lease_by_names=False) a server's lease
+    is a conditional UPDATE in autocommit: a completion riding with it would add BEGIN and COMMIT."""
+    observer = Client([queue_db])
+    handle = observer.insert(Plain.funcname, 1)
+    worker = Client([queue_db], defer_completions=True, lease_by_names=False)
+    worker.find_job_for_workers([Plain]).completed()
+    assert (observer.lookup_job(handle) is None) == (queue_kind != "sqlite")
+    worker.close()
+    assert observer.lookup_job(handle) is None
+    observer.close()
+
+
 def test_completions_are_not_deferred_across_several_databases(tmp_path):
     entries = [{"path": str(tmp_path / f"q{n}.db")} for n in range(2)]
     init_db(entries)

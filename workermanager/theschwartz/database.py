@@ -136,6 +136,8 @@ class Database:
         #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)
         self.use_lease_by_names = True
         self._lease_by_names = False
+        #: completions of this connection may wait for its next lease (Dialect.completions_ride_on)
+        self.completions_ride = False
 
     @property
     def label(self) -> str:
@@ -164,6 +166,7 @@ class Database:
             self._funcid2name.clear()
             try:
                 self._lease_by_names = self.use_lease_by_names and self.dialect.supports_lease_by_names(conn)
+                self.completions_ride = self.dialect.completions_ride_on(self._lease_by_names)
             except BaseException:
                 conn.close()
                 raise

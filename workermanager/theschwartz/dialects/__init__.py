@@ -65,6 +65,13 @@ class Dialect(abc.ABC):
     #: transaction around it; False: Database frames the DELETE and the lease in one transaction)
     completions_in_lease_statement: bool = False
 
+    def completions_ride_on(self, lease_by_names: bool) -> bool:
+        """Whether completions ride with the leases of a connection that leases by names (or
+        not). On a server, only then: its other lease, a conditional UPDATE per job in
+        autocommit, would need BEGIN and COMMIT around it, two round trips more than the
+        DELETE saves."""
+        return self.completions_ride_with_leases and lease_by_names
+
     def prepare_autocommit_write(self, conn: Any) -> None:
         """Before a one-statement write in autocommit: set what `begin` would set for a write that
         need not be durable (SQLite: synchronous=NORMAL)."""

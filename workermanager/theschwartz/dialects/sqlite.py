@@ -161,6 +161,9 @@ class SQLiteDialect(Dialect):
     def supports_lease_by_names(self, conn: Any) -> bool:
         return sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
 
+    def completions_ride_on(self, lease_by_names: bool) -> bool:
+        return True  # one writer lock for the claim and the DELETE, whichever the lease: no round trips
+
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
