@@ -9,7 +9,7 @@ import pytest
 
 from workermanager.backends import BackendError, backend_class
 from workermanager.backends.theschwartz import TheSchwartzBackend
-from workermanager.theschwartz import Client, init_db
+from workermanager.theschwartz import Client, JobSpec, init_db
 from workermanager.worker import Worker, run_job
 
 
@@ -175,5 +175,43 @@ def test_lease_ahead_off_leases_one_job_at_a_time(queue_db):
     for _ in range(5):
         run_job(Mail(), backend.grab(1.0, most=100))
         assert len(backend.ahead) == 0
+    backend.close()
+    client.close()
+
+
+class Brief(Worker):
+    """A short lease (timeout 0.5 s: 6 s)."""
+
+    funcname = "Sandbox::Worker::Brief"
+    grab_for = 1
+    timeout = 0.5
+
+    def work(self, job):
+        return job.arg
+
+
+def test_a_waiting_completion_is_written_before_a_job_that_may_outlast_its_lease_starts(queue_db):
+    """Completions wait for the next write; a job leased with them and the same lease length
+    starts without one, a job with a longer lease (Mail's 60 s against Brief's 6 s) only after
+    they are written: it could still run when their leases end (docs/timeouts.md)."""
+    client = Client([queue_db])
+    backend = TheSchwartzBackend({"databases": [queue_db], "prioritize": True, "lease_ahead_ms": 60_000},
+                                 [Brief, Mail])
+    # one of each first: a function is leased several at a time once a child has seen its pace
+    client.insert_jobs([JobSpec(Brief.funcname, "warm", priority=5), JobSpec(Mail.funcname, "warm", priority=1)])
+    for _ in range(2):
+        warm = backend.grab(1.0, most=100)
+        run_job(warm.worker_class(), warm)
+    first, second, longer = client.insert_jobs([JobSpec(Brief.funcname, 1, priority=5),
+                                                JobSpec(Brief.funcname, 2, priority=5),
+                                                JobSpec(Mail.funcname, 3, priority=1)])
+    job = backend.grab(1.0, most=100)
+    assert (job.handle, [held.handle for held in backend.ahead]) == (str(first), [str(second), str(longer)])
+    run_job(Brief(), job)
+    assert client.lookup_job(first) is not None  # completed, its row waiting for the next write
+    run_job(Brief(), backend.grab(1.0, most=100))  # the same lease: no write before it
+    assert client.lookup_job(first) is not None and client.lookup_job(second) is not None
+    assert backend.grab(1.0, most=100).handle == str(longer)
+    assert client.lookup_job(first) is None and client.lookup_job(second) is None
     backend.close()
     client.close()

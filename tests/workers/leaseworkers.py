@@ -122,3 +122,17 @@ class Victim(Worker):
         note(job, "start")
         time.sleep(float(job.arg["sleep"]))
         note(job, "end")
+
+
+class Brief(Worker):
+    """A quick job with the shortest lease the daemon gives (timeout 0.5 s: a 6 s lease), for the
+    deferred-completion tests (tests/test_deferred_completions.py)."""
+
+    funcname = "Lease::Brief"
+    grab_for = 1
+    timeout = 0.5
+
+    def work(self, job):
+        note(job, "start")
+        note(job, "end")
+

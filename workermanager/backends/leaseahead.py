@@ -81,10 +81,17 @@ class LeaseAhead(Generic[J]):
         self._waiting.extend(jobs)
         self._leased_at = now
 
+    def peek(self, now: float) -> J | None:
+        """The job `next` would hand out, left waiting; None when there is none or they waited
+        too long (then `give_back` has them)."""
+        if not self._waiting or now - self._leased_at > self.stale:
+            return None
+        return self._waiting[0]
+
     def next(self, now: float) -> J | None:
         """The next job leased ahead, or None when there is none or they waited too long (then
         `give_back` has them)."""
-        if not self._waiting or now - self._leased_at > self.stale:
+        if self.peek(now) is None:
             return None
         return self.handed_out(self._waiting.popleft(), now)
 

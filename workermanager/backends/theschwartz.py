@@ -165,10 +165,12 @@ class TheSchwartzBackend(Backend):
         ahead = self.ahead
         ahead.back(now)
         if ahead:
-            job = ahead.next(now)
-            if job is not None:
-                return job
-            self._release_ahead()  # they waited too long behind a slow job: let another child run them
+            upcoming = ahead.peek(now)
+            if upcoming is not None and self._completions_safe_before(upcoming):
+                return ahead.next(now)
+            # they waited too long behind a slow job (let another child run them), or the
+            # completions before them cannot be written: give them back, lease afresh
+            self._release_ahead()
         deadline = now + max(0.0, timeout)
         self.wakeup.reset()
         asked = now  # no later than the lease's start: what is left of a lease is counted from here
@@ -198,6 +200,17 @@ class TheSchwartzBackend(Backend):
                 return None
             self.wakeup.wait(remaining)
             asked = time.monotonic()
+
+    def _completions_safe_before(self, job: TheSchwartzJob) -> bool:
+        """Completions still waiting for the next write are written now if `job` may run past
+        the lease of one of them (Database.flush_deferred_before says why that is enough);
+        False when they cannot be."""
+        assert self.client is not None
+        try:
+            self.client.flush_deferred_before(job.must_end_by)
+        except DatabaseError:  # the lease that follows says what is wrong
+            return False
+        return True
 
     def close(self) -> None:
         self._release_ahead()

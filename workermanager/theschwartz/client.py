@@ -111,6 +111,12 @@ class Client:
         for db in self.databases:
             db.finish()
 
+    def flush_deferred_before(self, must_end_by: float | None) -> None:
+        """Write the deferred completions now where the next job (deadline `must_end_by`) could
+        outlast one of their leases (Database.flush_deferred_before)."""
+        for db in self.databases:
+            db.flush_deferred_before(must_end_by)
+
     def locate(self, handle: JobHandle | str) -> tuple[Database, int]:
         """The database and jobid a handle names; ValueError for a malformed or foreign handle."""
         hashdsn, sep, jobid = str(handle).partition("-")
@@ -373,18 +379,26 @@ class Client:
         The statements resolve the funcnames themselves, so a name the funcmap lacks costs no
         funcmap query. PostgreSQL: one autocommit statement with SKIP LOCKED, one round trip;
         SQLite: one autocommit UPDATE ... RETURNING per funcname tried; MySQL: one short
-        transaction (BEGIN, a SKIP LOCKED probe per funcname until one has a job, UPDATE, COMMIT)."""
+        transaction (BEGIN, a SKIP LOCKED probe per funcname until one has a job, UPDATE, COMMIT).
+        Deferred completions (Database.defer_delete) go with it: inside PostgreSQL's statement,
+        else in its transaction (Database.run)."""
         pairs = [(name, seconds) for name, (_, seconds) in wanted.items()]
         if coalescing is not None:
             pairs = pairs[:1]
         elif not self.prioritize and len(pairs) > 1:
             random.shuffle(pairs)  # no function starves the others
         while True:
-            def work(cursor: Any) -> tuple[list[tuple[tuple, str]], int]:
+            completed = db.take_deferred() if db.dialect.completions_in_lease_statement else []
+
+            def work(cursor: Any, completed: list[int] = completed) -> tuple[list[tuple[tuple, str]], int]:
                 now = db.dialect.now(cursor)
                 return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now, prioritize=self.prioritize,
-                                                 coalescing=coalescing, limits=most), now
-            leased, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
+                                                 coalescing=coalescing, limits=most, completed=completed), now
+            try:
+                leased, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
+            except BaseException:
+                db.restore_deferred(completed)
+                raise
             if not leased:
                 return []
             jobs = []

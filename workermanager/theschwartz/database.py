@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
+import math
 import os
 import random
 import time
@@ -116,6 +117,8 @@ class Database:
         self._cursor: Any = None
         #: completed jobs whose rows this process deletes with its next write (see defer_delete)
         self._deferred: list[int] = []
+        #: the earliest must_end_by of those jobs (time.monotonic(); -inf: one came without)
+        self._deferred_by = math.inf
         #: connections opened so far in this object's life (tests and logs read it)
         self.opened = 0
         #: failed units of work in a row on the open connection (see FAILURES_BEFORE_RECONNECT)
@@ -133,6 +136,8 @@ class Database:
         #: lease in one statement where the database can (False: never; see Dialect.lease_by_names)
         self.use_lease_by_names = True
         self._lease_by_names = False
+        #: completions of this connection may wait for its next lease (Dialect.completions_ride_on)
+        self.completions_ride = False
 
     @property
     def label(self) -> str:
@@ -161,6 +166,7 @@ class Database:
             self._funcid2name.clear()
             try:
                 self._lease_by_names = self.use_lease_by_names and self.dialect.supports_lease_by_names(conn)
+                self.completions_ride = self.dialect.completions_ride_on(self._lease_by_names)
             except BaseException:
                 conn.close()
                 raise
@@ -209,7 +215,7 @@ class Database:
         if self._deferred:
             log.warning("database %s: %d completed job(s) of the old file not deleted there",
                         self.label, len(self._deferred))
-            self._deferred = []
+            self.take_deferred()
         self.close()
         return True
 
@@ -349,21 +355,62 @@ class Database:
 
     # --- completions that ride with the next write ------------------------------------------------
 
-    def defer_delete(self, jobid: int) -> None:
-        """Delete the row of completed job `jobid` in the transaction of this process's next write
-        (for a worker: its next lease, which follows at once), or at close.
+    def defer_delete(self, jobid: int, must_end_by: float | None = None) -> None:
+        """Delete the row of completed job `jobid` with this process's next write (for a worker:
+        its next lease, which follows at once), or at close. `must_end_by`: the job's own
+        deadline (time.monotonic(), Job.must_end_by), which its lease outlasts (see
+        flush_deferred_before); None: unknown, so any flush_deferred_before writes it.
 
-        SQLite runs one writer at a time, and every worker of the queue waits for that lock twice
-        per job, for the lease and for the completion; riding together, they take it once. Until
-        then the row stays leased to this worker: if the process dies in between, the job runs
-        again when the lease ends, as after any crash (at-least-once). The list is this process's:
-        only a worker defers, and the daemon forks its workers from a master that never does."""
+        Every worker of a queue pays a round trip (PostgreSQL, MySQL) or waits for the one writer
+        lock (SQLite) per write; riding with the lease, a completion costs neither. Until then the
+        row stays leased to this worker: if the process dies in between, the job runs again when
+        the lease ends, as after any crash (at-least-once). The list is this process's: only a
+        worker defers, and the daemon forks its workers from a master that never does."""
         self._deferred.append(jobid)
+        bound = -math.inf if must_end_by is None else must_end_by
+        if bound < self._deferred_by:
+            self._deferred_by = bound
+
+    def take_deferred(self) -> list[int]:
+        """The deferred jobids, now the caller's to delete (restore_deferred if that fails)."""
+        jobids, self._deferred, self._deferred_by = self._deferred, [], math.inf
+        return jobids
+
+    def restore_deferred(self, jobids: list[int]) -> None:
+        """Deleting `jobids` failed: they wait for the next write again, first of all (their
+        deadlines are forgotten: the next flush_deferred_before writes them whatever it is asked)."""
+        if jobids:
+            self._deferred[:0] = jobids
+            self._deferred_by = -math.inf
 
     def flush_deferred(self) -> None:
-        """Delete the deferred rows now."""
-        if self._deferred:
-            self.run(lambda cursor: None, write=True)
+        """Delete the deferred rows now, in one statement."""
+        if not self._deferred:
+            return
+        jobids = self.take_deferred()
+        try:
+            self.run(lambda cursor: self.dialect.delete_jobs(cursor, self.q.job, jobids), write=True,
+                     single_statement=True)
+        except BaseException:
+            self.restore_deferred(jobids)
+            raise
+
+    def flush_deferred_before(self, must_end_by: float | None) -> None:
+        """Delete the deferred rows now if the next job (whose deadline is `must_end_by`) may run
+        past the deadline of one of them; else they keep waiting for the next write.
+
+        Why this is safe: a deferred job's lease outlasts its must_end_by by the master's kill
+        grace and more (backends.theschwartz.lease_seconds). A job started here ends by its own
+        must_end_by (its timeout is cut to it; past it the alarm fails the job, which is a write
+        that carries the deletes, or the master kills this child: a crash, after which the jobs
+        run again, as after any crash). So while every job started after a deferred completion
+        has a deadline no later than that completion's, the next write (the lease after it, or the
+        close) comes before that completion's lease can end, and nobody can lease that job again.
+        A job leased in the same statement with the same lease length has the same deadline and
+        starts without a write; a job with a later deadline (another function's longer lease, or
+        a later lease) is started only after the deletes are written."""
+        if self._deferred and (must_end_by is None or must_end_by > self._deferred_by):
+            self.flush_deferred()
 
     def finish(self) -> None:
         """The client is done with this database: delete the deferred rows, then close."""
@@ -371,28 +418,28 @@ class Database:
             if self._deferred:
                 log.warning("database %s: %d completed job(s) not deleted, they will run again when "
                             "their leases end", self.label, len(self._deferred))
-            self._deferred = []
+            self.take_deferred()
             return
         try:
             self.flush_deferred()
         except DatabaseError as exc:  # the rows stay leased: those jobs run again when it ends
             log.warning("database %s: %d completed job(s) not deleted, they will run again: %s",
                         self.label, len(self._deferred), exc)
-        self._deferred = []
+        self.take_deferred()
         self.close()
 
     def _run_with_deferred(self, work: Callable[[Any], T], durable: bool, create: bool) -> T:
-        deferred, self._deferred = self._deferred, []
-        delete = self.q.delete_job
+        """`work` in one transaction after the DELETE of the deferred rows (one statement)."""
+        jobids = self.take_deferred()
+        delete_jobs, job_table = self.dialect.delete_jobs, self.q.job
 
         def deletes_then_work(cursor: Any) -> T:
-            for jobid in deferred:
-                cursor.execute(delete, (jobid,))
+            delete_jobs(cursor, job_table, jobids)
             return work(cursor)
         try:
             return self.run(deletes_then_work, write=True, durable=durable, create=create)
         except BaseException:
-            self._deferred[:0] = deferred  # still to delete, with the next write
+            self.restore_deferred(jobids)  # still to delete, with the next write
             raise
 
     def fetchone(self, sql: str, params: tuple = ()) -> tuple | None:

@@ -189,8 +189,8 @@ class TheSchwartzJob(Job):
         if self._repeated("completed"):
             return
         keeps_status = self._keep_exit_status_for() > 0
-        if not keeps_status and self.client.defer_completions:  # see Database.defer_delete
-            self.db.defer_delete(self.jobid)
+        if not keeps_status and self.client.defer_completions and self.db.completions_ride:  # Database.defer_delete
+            self.db.defer_delete(self.jobid, self.must_end_by)
             self.outcome = "completed"
             return
 

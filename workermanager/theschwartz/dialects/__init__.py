@@ -57,9 +57,20 @@ class Dialect(abc.ABC):
     single_statement_autocommit: bool = False
 
     #: a completed job's DELETE may wait for the worker's next lease and share its transaction
-    #: (Client(defer_completions=True)): where all writers queue for one lock, taking it once per
-    #: job instead of twice
+    #: (Client(defer_completions=True)): where all writers queue for one lock (SQLite), taking it
+    #: once per job instead of twice; where each statement is a round trip to a server, one per
+    #: lease instead of one per job
     completions_ride_with_leases: bool = False
+    #: lease_by_names deletes the completed rows it is given inside its one statement (no
+    #: transaction around it; False: Database frames the DELETE and the lease in one transaction)
+    completions_in_lease_statement: bool = False
+
+    def completions_ride_on(self, lease_by_names: bool) -> bool:
+        """Whether completions ride with the leases of a connection that leases by names (or
+        not). On a server, only then: its other lease, a conditional UPDATE per job in
+        autocommit, would need BEGIN and COMMIT around it, two round trips more than the
+        DELETE saves."""
+        return self.completions_ride_with_leases and lease_by_names
 
     def prepare_autocommit_write(self, conn: Any) -> None:
         """Before a one-statement write in autocommit: set what `begin` would set for a write that
@@ -74,6 +85,12 @@ class Dialect(abc.ABC):
 
     def rollback(self, conn: Any) -> None:
         conn.cursor().execute("ROLLBACK")
+
+    def delete_jobs(self, cursor: Any, job_table: str, jobids: Sequence[int]) -> None:
+        """Delete the rows of `jobids` (completed jobs), in one statement."""
+        if jobids:
+            marks = ", ".join("?" for _ in jobids)
+            cursor.execute(self.sql(f"DELETE FROM {job_table} WHERE jobid IN ({marks})"), tuple(jobids))
 
     # --- errors -----------------------------------------------------------------------------------
 
@@ -137,7 +154,8 @@ class Dialect(abc.ABC):
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
         """Lease free jobs of the (funcname, grab_for seconds) pairs, up to `limits[funcname]`
         (default 1) of a function, resolving the funcnames through the funcmap inside the
         statements (so no funcmap query and no cache miss per grab for a name the funcmap lacks yet). Tries the funcnames in the order given (or by
@@ -145,7 +163,8 @@ class Dialect(abc.ABC):
         Jobs come from the first function that has any; a lease across functions (`prioritize`,
         or PostgreSQL's one statement) takes the smallest of their limits. Returns (row, funcname)
         pairs in the order the jobs should run, empty when none is free; a row's grabbed_until may
-        be the old or the new value: the caller sets it itself."""
+        be the old or the new value: the caller sets it itself. `completed`: jobids whose rows the
+        same statement deletes (only where completions_in_lease_statement)."""
         raise NotImplementedError
 
     # --- wakeups ----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class MySQLDialect(Dialect):
     error_message_max = 255
     errors = (pymysql.MySQLError,)
     single_statement_autocommit = True
+    completions_ride_with_leases = True  # one DELETE per lease transaction, not one per job
 
     def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
                 io_timeout: float | None = None) -> Any:
@@ -165,7 +166,9 @@ class MySQLDialect(Dialect):
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
+        # `completed` is never given here (completions_in_lease_statement is False)
         # In a transaction (lease_in_transaction): MySQL has no UPDATE ... RETURNING.
         # The funcid comes from a subquery on the funcmap: a locking read does not lock the rows
         # of a subquery, and a name the funcmap lacks simply matches nothing (no funcmap reload).

@@ -48,6 +48,8 @@ class PostgresDialect(Dialect):
     errors = (psycopg.Error,)
     lease_in_transaction = False
     single_statement_autocommit = True  # the session's synchronous_commit (off) applies
+    completions_ride_with_leases = True
+    completions_in_lease_statement = True
     can_listen = True
 
     def connect(self, dsn: ParsedDSN, create: bool = False, busy_timeout: float = 30.0,
@@ -65,16 +67,21 @@ class PostgresDialect(Dialect):
             params.setdefault(key, value)
         conn = psycopg.connect(**params)
         try:
-            # Perl's DBD::Pg clients set UTC too; our columns are epoch integers either way.
-            conn.execute("SET TIME ZONE 'UTC'")
-            conn.execute("SET synchronous_commit TO off")
-            # a lock held longer than this fails the statement (55P03, retried until the
-            # Database's busy_timeout is spent) instead of blocking it for as long as it is held
-            conn.execute(f"SET lock_timeout = {max(1, int(busy_timeout * 1000))}")
-            # The queue's clock is the server's (Perl uses each host's own: a deliberate difference,
-            # docs/timeouts.md): hosts whose clocks differ still agree on when a lease ends. The
-            # offset is asked once per connection, to the microsecond.
-            server_now = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+            # One round trip for the session's settings and the clock (a child's connection is
+            # part of every recycle's cost): a string of several statements, without parameters,
+            # runs as one simple query; its last result is the clock's.
+            # - UTC: Perl's DBD::Pg clients set it too; our columns are epoch integers either way.
+            # - lock_timeout: a lock held longer than this fails the statement (55P03, retried until
+            #   the Database's busy_timeout is spent) instead of blocking it as long as it is held.
+            # - The queue's clock is the server's (Perl uses each host's own: a deliberate
+            #   difference, docs/timeouts.md): hosts whose clocks differ still agree on when a lease
+            #   ends. The offset is asked once per connection, to the microsecond.
+            cursor = conn.execute("SET TIME ZONE 'UTC'; SET synchronous_commit TO off;"
+                                  f" SET lock_timeout = {max(1, int(busy_timeout * 1000))};"
+                                  " SELECT extract(epoch FROM clock_timestamp())")
+            while cursor.nextset():
+                pass  # to the last result, the SELECT's
+            server_now = cursor.fetchone()[0]
             conn.wm_clock_offset = float(server_now) - time.time()
         except BaseException:
             conn.close()
@@ -183,19 +190,26 @@ class PostgresDialect(Dialect):
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
         names = [name for name, _ in wanted]
         seconds = [int(secs) for _, secs in wanted]
         op, value = coalescing if coalescing is not None else (None, None)
         prioritized = prioritize and coalescing is None
         limit = lease_limit(limits, names)
-        sql = _lease_sql(job_table, funcmap_table, prioritized, op)
+        sql = _lease_sql(job_table, funcmap_table, prioritized, op, bool(completed))
         picked = (now, now, limit) if prioritized else (now, now, limit, limit)
         params: tuple = (names, seconds, *picked, now) if op is None else (names, seconds, value, *picked, now)
+        if completed:
+            params = (list(completed), *params)
         cursor.execute(sql, params)
         width = len(JOB_COLUMNS)
         leased = [(tuple(row[:width]), row[width]) for row in cursor.fetchall()]
         return in_run_order(leased, names, prioritize=prioritized, by_jobid=op is not None)
+
+    def delete_jobs(self, cursor: Any, job_table: str, jobids: Sequence[int]) -> None:
+        if jobids:
+            cursor.execute(f"DELETE FROM {job_table} WHERE jobid = ANY(%s::bigint[])", (list(jobids),))
 
     def listen(self, conn: Any, prefix: str) -> None:
         conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel_for(prefix))))
@@ -214,14 +228,21 @@ class PostgresDialect(Dialect):
 
 
 @lru_cache(maxsize=64)
-def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None) -> str:
+def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None, deletes: bool = False) -> str:
     """The one-statement lease (see Dialect.lease_by_names). The names come as an array in the
     order to try: a LATERAL probe per name runs in a nested loop over that array, and the outer
     LIMIT stops it as soon as it has enough free rows, so only those rows are locked and nothing
     else is read.
     Funcnames missing from the funcmap simply match nothing. The UPDATE finds the locked row by its
     ctid (no index needed; the lock keeps it in place) and RETURNING hands back the rows as they
-    were, plus their funcnames."""
+    were, plus their funcnames.
+
+    With `deletes`, the first parameter is an array of completed jobids whose rows a
+    data-modifying CTE deletes in the same statement (autocommit: one round trip for a lease and
+    the completions before it). Those rows are leased to this worker, so the pick (grabbed_until
+    <= now) does not see them; should a lease have run out meanwhile and the pick take such a row,
+    PostgreSQL applies one of the two changes to it (the other skips a row this command already
+    changed): the row is either deleted or leased again to run again, at-least-once, never lost."""
     cols = ", ".join(JOB_COLUMNS)
     ready = "run_after <= %s AND grabbed_until <= %s"
     if prioritize:  # Perl's prioritize: across all the funcids, by priority (higher first), then age
@@ -240,6 +261,8 @@ def _lease_sql(job: str, funcmap: str, prioritize: bool, coalesce_op: str | None
                 f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) j LIMIT %s")
         names = "w AS (SELECT * FROM unnest(%s::text[], %s::int[]) AS w(name, secs)), "
     returning = ", ".join(f"c.{col}" for col in JOB_COLUMNS)
+    if deletes:
+        names = f"d AS (DELETE FROM {job} WHERE jobid = ANY(%s::bigint[])), {names}"
     return (f"WITH {names}c AS ({pick})"
             f" UPDATE {job} SET grabbed_until = %s + c.secs FROM c WHERE {job}.ctid = c.tid"
             f" RETURNING {returning}, c.name")

@@ -7,7 +7,7 @@ lost commit can at worst make a job run again.
 A worker's lease is one autocommit statement, `UPDATE ... WHERE jobid IN (SELECT ... LIMIT n)
 RETURNING ...`: SQLite runs one writer at a time, so the jobs it picks cannot be taken by anyone
 else between the pick and the update, and no worker ever loses a race it has to retry. The
-completion is one DELETE, which a daemon child sends with its next lease. A daemon child leases
+completion is one DELETE, which a daemon child sends with its next lease (Database.defer_delete). A daemon child leases
 several short jobs at once (backends.leaseahead): the writer lock, which all workers share, is
 then taken once for several jobs.
 """
@@ -161,10 +161,15 @@ class SQLiteDialect(Dialect):
     def supports_lease_by_names(self, conn: Any) -> bool:
         return sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
 
+    def completions_ride_on(self, lease_by_names: bool) -> bool:
+        return True  # one writer lock for the claim and the DELETE, whichever the lease: no round trips
+
     def lease_by_names(self, cursor: Any, job_table: str, funcmap_table: str,
                        wanted: Sequence[tuple[str, int]], now: int, *, prioritize: bool = False,
                        coalescing: tuple[str, str] | None = None,
-                       limits: Mapping[str, int] | None = None) -> list[tuple[tuple, str]]:
+                       limits: Mapping[str, int] | None = None,
+                       completed: Sequence[int] = ()) -> list[tuple[tuple, str]]:
+        # `completed` is never given here (completions_in_lease_statement is False)
         op, value = coalescing if coalescing is not None else (None, None)
         if prioritize and coalescing is None:  # across all the funcnames at once, by priority
             names = [name for name, _ in wanted]
