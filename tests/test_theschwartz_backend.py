@@ -41,6 +41,10 @@ def test_registry_names_the_backend():
     ({"databases": [{"path": "q.db"}], "retry_seconds": "soon"}, "retry_seconds"),
     ({"databases": [{"path": "q.db"}], "lease_ahead_ms": -1}, "lease_ahead_ms"),
     ({"databases": [{"path": "q.db"}], "lease_ahead_ms": "5ms"}, "lease_ahead_ms"),
+    # the servers take it in milliseconds as a 32-bit integer: refused here, not at every connect
+    ({"databases": [{"path": "q.db", "busy_timeout": float("inf")}]}, r"databases\[0\].*busy_timeout"),
+    ({"databases": [{"path": "q.db", "busy_timeout": 3_000_000}]}, r"databases\[0\].*busy_timeout"),
+    ({"databases": [{"path": "q.db", "busy_timeout": float("nan")}]}, r"databases\[0\].*busy_timeout"),
 ])
 def test_bad_options_fail_before_connecting(options, message):
     with pytest.raises(ValueError, match=message):
@@ -197,6 +201,7 @@ def test_a_waiting_completion_is_written_before_a_job_that_may_outlast_its_lease
     client = Client([queue_db])
     backend = TheSchwartzBackend({"databases": [queue_db], "prioritize": True, "lease_ahead_ms": 60_000},
                                  [Brief, Mail])
+    backend.ahead.stale = 3600  # a slow turn under load must not give the held jobs back
     # one of each first: a function is leased several at a time once a child has seen its pace
     client.insert_jobs([JobSpec(Brief.funcname, "warm", priority=5), JobSpec(Mail.funcname, "warm", priority=1)])
     for _ in range(2):
@@ -213,5 +218,24 @@ def test_a_waiting_completion_is_written_before_a_job_that_may_outlast_its_lease
     assert client.lookup_job(first) is not None and client.lookup_job(second) is not None
     assert backend.grab(1.0, most=100).handle == str(longer)
     assert client.lookup_job(first) is None and client.lookup_job(second) is None
+    backend.close()
+    client.close()
+
+
+def test_an_idle_child_writes_its_waiting_completions_before_it_waits(queue_db, queue_kind, monkeypatch):
+    """Where a lease that finds nothing carries no completions (SQLite before 3.35 reads candidates,
+    then claims one: simulated here on every database), they are written before the child waits
+    for work: left waiting past their leases, the completed jobs would run again elsewhere."""
+    client = Client([queue_db])
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Brief])
+    backend.open()
+    dialect = backend.client.databases[0].dialect
+    monkeypatch.setattr(type(dialect), "supports_lease_by_names", lambda self, conn: False)
+    handle = client.insert(Brief.funcname, 1)
+    job = backend.grab(1.0)
+    assert job.handle == str(handle)
+    run_job(Brief(), job)
+    assert backend.grab(0.0) is None  # nothing more: the child would now idle
+    assert client.lookup_job(handle) is None, "a completed job stayed leased while its child idled"
     backend.close()
     client.close()

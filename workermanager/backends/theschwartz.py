@@ -178,10 +178,7 @@ class TheSchwartzBackend(Backend):
             try:
                 jobs = self.client.find_jobs_for_workers(self.worker_classes, ahead.sizes(self.worker_by_funcname, most))
             except DatabaseError as exc:  # DatabaseUnavailable included
-                self.wakeup.close()
-                if isinstance(exc, ConnectionBroken):
-                    raise BackendBroken(f"TheSchwartz: {exc}") from exc
-                raise BackendError(f"TheSchwartz: {exc}") from exc
+                raise self._lease_failed(exc) from exc
             if jobs:
                 self.wakeup.busy()
                 room = self.room
@@ -195,11 +192,32 @@ class TheSchwartzBackend(Backend):
                     if self.on_held is not None:
                         self.on_held([f"{job.handle}@{job.grabbed_until}" for job in jobs[1:]])
                 return ahead.handed_out(jobs[0], now)
+            self._write_waiting_completions()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             self.wakeup.wait(remaining)
             asked = time.monotonic()
+
+    def _write_waiting_completions(self) -> None:
+        """Nothing to lease: completions still waiting are written before this child idles. A
+        lease that found nothing carried them where the dialect leases in one statement; where it
+        only read candidates (SQLite before 3.35, without RETURNING) they would wait past their
+        leases while the child idles, and another worker would run those completed jobs again."""
+        assert self.client is not None and self.wakeup is not None
+        try:
+            self.client.flush_deferred_before(None)
+        except DatabaseError as exc:
+            raise self._lease_failed(exc) from exc
+
+    def _lease_failed(self, exc: DatabaseError) -> BackendError:
+        """What grab raises when the database failed it: the child replaces itself for a broken
+        connection, and waits and tries again for anything else."""
+        assert self.wakeup is not None
+        self.wakeup.close()
+        if isinstance(exc, ConnectionBroken):
+            return BackendBroken(f"TheSchwartz: {exc}")
+        return BackendError(f"TheSchwartz: {exc}")
 
     def _completions_safe_before(self, job: TheSchwartzJob) -> bool:
         """Completions still waiting for the next write are written now if `job` may run past

@@ -15,7 +15,7 @@ from typing import Any
 
 from workermanager.theschwartz import failed
 from workermanager.theschwartz.args import as_bytes, encode_arg
-from workermanager.theschwartz.database import BUSY_TIMEOUT, Database
+from workermanager.theschwartz.database import BUSY_TIMEOUT, MOST_BUSY_TIMEOUT, Database
 from workermanager.theschwartz.dsn import parse_database
 from workermanager.theschwartz.errors import DatabaseUnavailable
 from workermanager.theschwartz.job import JobHandle, JobSpec, TheSchwartzJob
@@ -53,8 +53,8 @@ def build_databases(databases: Any, base_dir: str | None = None,
         if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "").isalnum()):
             raise ValueError(f"bad table prefix {prefix!r}: letters, digits and _ only")
         busy = entry.get("busy_timeout", busy_timeout)
-        if isinstance(busy, bool) or not isinstance(busy, (int, float)) or not busy > 0:
-            raise ValueError(f"bad busy_timeout {busy!r}: a positive number of seconds")
+        if isinstance(busy, bool) or not isinstance(busy, (int, float)) or not 0 < busy <= MOST_BUSY_TIMEOUT:
+            raise ValueError(f"bad busy_timeout {busy!r}: a positive number of seconds, at most {MOST_BUSY_TIMEOUT}")
         result.append(Database(parsed, prefix, retry_seconds, float(busy)))
     return result
 
@@ -388,13 +388,15 @@ class Client:
         elif not self.prioritize and len(pairs) > 1:
             random.shuffle(pairs)  # no function starves the others
         while True:
-            completed = db.take_deferred() if db.dialect.completions_in_lease_statement else []
+            completed: list[int] = []
 
             def work(cursor: Any, completed: list[int] = completed) -> tuple[list[tuple[tuple, str]], int]:
                 now = db.dialect.now(cursor)
                 return db.dialect.lease_by_names(cursor, db.q.job, db.q.funcmap, pairs, now, prioritize=self.prioritize,
                                                  coalescing=coalescing, limits=most, completed=completed), now
-            try:
+            try:  # taken inside the try (see Database.flush_deferred)
+                if db.dialect.completions_in_lease_statement:
+                    completed.extend(db.take_deferred())
                 leased, now = db.run(work, write=True, single_statement=not db.dialect.lease_in_transaction)
             except BaseException:
                 db.restore_deferred(completed)

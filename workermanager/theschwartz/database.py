@@ -34,6 +34,9 @@ MAX_ATTEMPTS = 60
 #: how long one unit of work may wait for a busy database before it is marked dead (seconds):
 #: DBD::SQLite's default busy timeout, after which Perl TheSchwartz marks the database dead
 BUSY_TIMEOUT = 30.0
+#: the longest busy_timeout (seconds): a day; PostgreSQL's lock_timeout and SQLite's busy timeout
+#: take it in milliseconds as a 32-bit integer, which ends at about 24.8 days
+MOST_BUSY_TIMEOUT = 86400
 #: units of work failing in a row on one connection (not busy, not unreachable, not broken for
 #: the whole process: see Dialect.is_broken_connection) before it is replaced
 FAILURES_BEFORE_RECONNECT = 3
@@ -387,8 +390,9 @@ class Database:
         """Delete the deferred rows now, in one statement."""
         if not self._deferred:
             return
-        jobids = self.take_deferred()
-        try:
+        jobids: list[int] = []
+        try:  # taken inside the try: a job's alarm may interrupt anywhere, and nothing may be dropped
+            jobids = self.take_deferred()
             self.run(lambda cursor: self.dialect.delete_jobs(cursor, self.q.job, jobids), write=True,
                      single_statement=True)
         except BaseException:
@@ -430,13 +434,14 @@ class Database:
 
     def _run_with_deferred(self, work: Callable[[Any], T], durable: bool, create: bool) -> T:
         """`work` in one transaction after the DELETE of the deferred rows (one statement)."""
-        jobids = self.take_deferred()
+        jobids: list[int] = []
         delete_jobs, job_table = self.dialect.delete_jobs, self.q.job
 
         def deletes_then_work(cursor: Any) -> T:
             delete_jobs(cursor, job_table, jobids)
             return work(cursor)
-        try:
+        try:  # taken inside the try, as in flush_deferred
+            jobids = self.take_deferred()
             return self.run(deletes_then_work, write=True, durable=durable, create=create)
         except BaseException:
             self.restore_deferred(jobids)  # still to delete, with the next write
