@@ -55,6 +55,7 @@ FILL_GEARMAN = ("import sys; sys.path.insert(0, sys.argv[3] + '/workers'); impor
 def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool, works_limit: int):
     """The master's plan for a child, built the way the master builds it (backend prepared)."""
     from workermanager import config as config_module
+    from workermanager.daemon import proctitle
     from workermanager.daemon.child import ChildPlan
     from workermanager.daemon.master import Master
     from workermanager.daemon.scoreboard import JobBoard
@@ -70,6 +71,8 @@ def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool
     config_module.apply_environment(config)
     master = Master(config, reload_config=lambda: config)
     master.backend.prepare()
+    # the master titles itself before it forks (setproctitle's set-up, done once per process)
+    proctitle.set_master_title(path, 0, 1)
     return ChildPlan(config=config, backend=master.backend, worker_classes=master.worker_classes, slot=1,
                      generation=1, works_limit=works_limit, report_fd=None, master_pid=os.getppid(),
                      board=JobBoard())
