@@ -158,6 +158,25 @@ def test_a_new_connection_touches_its_read_buffer_only_as_reads_fill_it():
     assert faults < READ_SIZE // mmap.PAGESIZE // 2  # a zeroed buffer faults in all its pages
 
 
+def test_a_connection_forked_into_another_process_reads_into_its_own_buffer():
+    """A Client or Worker made before a fork and reconnected on both sides must not share the
+    buffer its reads land in."""
+    connection = Connection(("127.0.0.1", 4730))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            connection._buffer[:4] = b"kid!"
+            os.write(write_fd, b"written")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    assert os.read(read_fd, 100) == b"written"
+    os.close(read_fd)
+    assert connection._buffer[:4] == bytes(4)
+
+
 # --- a fake job server that sends what it is told ------------------------------------------------
 
 
