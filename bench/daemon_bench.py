@@ -81,7 +81,7 @@ class Daemon:
     def start(self, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "workermanager", *self.args, "-f", self.conf],
                                         env={**os.environ, "PYTHONPATH": TREE, **(env or {})},
-                                        start_new_session=True)
+                                        cwd=TREE, start_new_session=True)  # -m puts the cwd first on sys.path
 
     def wait_children(self, count: int, timeout: float = 20) -> list[psutil.Process]:
         deadline = time.monotonic() + timeout

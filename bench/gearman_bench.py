@@ -117,8 +117,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _spawn(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Started in TREE: `-m` and `-c` put the current folder first on sys.path, ahead of PYTHONPATH."""
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env, cwd=TREE)
 
 
 #: the source tree whose daemon and library run (--tree: compare another checkout, such as main)

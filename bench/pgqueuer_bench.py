@@ -100,7 +100,7 @@ def run_ours(server: PostgresServer, folder: str, jobs: int, works: int, tree: s
     watch = LifeWatch(folder, f"pg-w{works}")
     process = subprocess.Popen([sys.executable, "-m", "workermanager", "-n", "-c", str(PROCESSES), "-w", str(works),
                                 "-f", conf], env={**os.environ, "PYTHONPATH": tree, **watch.env},
-                               start_new_session=True)
+                               cwd=tree, start_new_session=True)  # -m puts the cwd first on sys.path
     try:
         started, left = first_job_taken(server, db, jobs, 300)
         watch.start(process.pid, time.time())
