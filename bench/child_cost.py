@@ -15,7 +15,8 @@ With --lives N it forks N one-job children the way the master does (the plan bui
 fork, gc.freeze around it) and prints, per child life, the child's CPU (user and system) and its
 minor page faults, each phase's faults, and the parent's CPU for the fork. Faults are a count and
 repeat within a few per cent; on a virtual machine each costs several microseconds of system time,
-which makes them most of what a recycle costs (docs/performance.md).
+which makes them most of what a recycle costs (docs/performance.md). With --warm-parent each
+measured child is forked by a child that ran a whole life first (the zygote question).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ FILL_GEARMAN = ("import sys; sys.path.insert(0, sys.argv[3] + '/workers'); impor
 def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool, works_limit: int):
     """The master's plan for a child, built the way the master builds it (backend prepared)."""
     from workermanager import config as config_module
+    from workermanager.daemon import proctitle
     from workermanager.daemon.child import ChildPlan
     from workermanager.daemon.master import Master
     from workermanager.daemon.scoreboard import JobBoard
@@ -70,6 +72,8 @@ def child_plan(kind: str, options: dict, jobs: int, folder: str, realistic: bool
     config_module.apply_environment(config)
     master = Master(config, reload_config=lambda: config)
     master.backend.prepare()
+    # the master titles itself before it forks (setproctitle's set-up, done once per process)
+    proctitle.set_master_title(path, 0, 1)
     return ChildPlan(config=config, backend=master.backend, worker_classes=master.worker_classes, slot=1,
                      generation=1, works_limit=works_limit, report_fd=None, master_pid=os.getppid(),
                      board=JobBoard())
@@ -154,72 +158,100 @@ def fault_cost(pages: int = 2000) -> tuple[float, float]:
     return zero, copied
 
 
-def lives(plan, count: int) -> None:
-    """Fork `count` one-job children; print per-life CPU and minor faults (medians)."""
-    rows = []
-    for _ in range(count):
-        read_fd, write_fd = os.pipe()
-        gc.collect(1)
-        gc.freeze()
-        before_self, before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            status = 1
-            try:
-                os.write(write_fd, " ".join(map(str, one_life(plan))).encode())
-                status = 0
-            finally:
-                os._exit(status)
-        gc.unfreeze()
-        after_self = resource.getrusage(resource.RUSAGE_SELF)
-        os.close(write_fd)
-        os.waitpid(pid, 0)
-        phases = [int(n) for n in os.read(read_fd, 4096).split()]
+def measured_life(plan) -> list[float]:
+    """Fork one one-job child as the master does; its [user ms, system ms, minor faults, the
+    parent's fork ms, *faults per phase]."""
+    read_fd, write_fd = os.pipe()
+    gc.collect(1)
+    gc.freeze()
+    before_self, before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    pid = os.fork()
+    if pid == 0:
         os.close(read_fd)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        rows.append([(after.ru_utime - before.ru_utime) * 1e3, (after.ru_stime - before.ru_stime) * 1e3,
-                     after.ru_minflt - before.ru_minflt,
-                     (after_self.ru_utime - before_self.ru_utime + after_self.ru_stime - before_self.ru_stime) * 1e3,
-                     *phases])
+        status = 1
+        try:
+            os.write(write_fd, " ".join(map(str, one_life(plan))).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    gc.unfreeze()
+    after_self = resource.getrusage(resource.RUSAGE_SELF)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    phases = [int(n) for n in os.read(read_fd, 4096).split()]
+    os.close(read_fd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return [(after.ru_utime - before.ru_utime) * 1e3, (after.ru_stime - before.ru_stime) * 1e3,
+            after.ru_minflt - before.ru_minflt,
+            (after_self.ru_utime - before_self.ru_utime + after_self.ru_stime - before_self.ru_stime) * 1e3,
+            *phases]
+
+
+def warm_parent_life(plan) -> list[float]:
+    """The experiment behind the zygote question (docs/performance.md): fork a child that runs a
+    whole life of its own (connect, lease, job, close), then, from inside it, measure a child it
+    forks (measured_life): what a child costs when forked from a parent that ran a child's code."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        status = 1
+        try:
+            one_life(plan)
+            os.write(write_fd, " ".join(map(str, measured_life(plan))).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    row = [float(n) for n in os.read(read_fd, 4096).split()]
+    os.close(read_fd)
+    return row
+
+
+def lives(plan, count: int, warm_parent: bool = False) -> None:
+    """Fork `count` one-job children; print per-life CPU and minor faults (medians)."""
+    rows = [(warm_parent_life if warm_parent else measured_life)(plan) for _ in range(count)]
     median = [statistics.median(column) for column in zip(*rows, strict=True)]
     user, system, faults, fork_ms, *phases = median
-    print(f"per child life (median of {count}): child CPU {user + system:.2f} ms (user {user:.2f}, system "
-          f"{system:.2f}), {faults:.0f} minor faults; the parent's fork {fork_ms:.2f} ms CPU")
+    parent = "by a warm parent" if warm_parent else "as the master forks it"
+    print(f"per child life, forked {parent} (median of {count}): child CPU {user + system:.2f} ms (user {user:.2f}, "
+          f"system {system:.2f}), {faults:.0f} minor faults; the parent's fork {fork_ms:.2f} ms CPU")
     print("  faults per phase: " + ", ".join(f"{name} {n:.0f}" for name, n in zip(PHASES, phases, strict=True))
           + f"; fork, after-fork hooks and exit {faults - sum(phases):.0f}")
     zero, copied = fault_cost()
     print(f"  one minor fault costs {zero:.1f} us (zero page) / {copied:.1f} us (copy-on-write) of CPU here")
 
 
-def measure(kind: str, jobs: int, realistic: bool, life_count: int = 0) -> None:
+def measure(kind: str, jobs: int, realistic: bool, life_count: int = 0, warm_parent: bool = False) -> None:
     folder = tempfile.mkdtemp(prefix="wm-child-cost-")
     env = {**os.environ, "PYTHONPATH": ROOT}
     funcname = WORKERS[realistic][1]
-    queued = jobs + life_count
+    queued = jobs + life_count * (2 if warm_parent else 1)
     try:
         if kind == "sqlite":
             db = os.path.join(folder, "q.db")
             subprocess.run([sys.executable, "-c", FILL_SQLITE, db, str(queued), os.path.join(ROOT, "bench"), funcname],
                            check=True, env=env)
             options = {"databases": [{"dsn": f"dbi:SQLite:dbname={db}"}]}
-            run(kind, options, jobs, folder, realistic, life_count)
+            run(kind, options, jobs, folder, realistic, life_count, warm_parent)
         else:
             from support.gearmand_server import GearmandServer
 
             with GearmandServer() as server:
                 subprocess.run([sys.executable, "-c", FILL_GEARMAN, server.address, str(queued),
                                 os.path.join(ROOT, "bench"), funcname], check=True, env=env)
-                run(kind, {"job_servers": [server.address]}, jobs, folder, realistic, life_count)
+                run(kind, {"job_servers": [server.address]}, jobs, folder, realistic, life_count, warm_parent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(kind: str, options: dict, jobs: int, folder: str, realistic: bool, life_count: int) -> None:
+def run(kind: str, options: dict, jobs: int, folder: str, realistic: bool, life_count: int,
+        warm_parent: bool = False) -> None:
     job = "realistic" if realistic else "no-op"
     if life_count:
         print(f"{kind}, {job} jobs: ", end="")
-        lives(child_plan(kind, options, jobs, folder, realistic, 1), life_count)
+        lives(child_plan(kind, options, jobs, folder, realistic, 1), life_count, warm_parent)
         return
     rate, cpu = run_child(child_plan(kind, options, jobs, folder, realistic, jobs))
     print(f"{kind}: {jobs} {job} jobs, {rate:,.0f} jobs/s, {cpu * 1e6:.1f} us CPU per job", flush=True)
@@ -252,11 +284,13 @@ def main() -> None:
     parser.add_argument("--realistic", action="store_true", help="the realistic job (about 1 ms of work) instead of no-op")
     parser.add_argument("--lives", type=int, default=0, metavar="N",
                         help="fork N one-job children; print each life's CPU and minor faults")
+    parser.add_argument("--warm-parent", action="store_true",
+                        help="with --lives: fork each measured child from a child that ran a whole life first")
     args = parser.parse_args()
     if args.instructions:
         instructions(args.kind, args.jobs or 500, args.realistic)
     elif args.lives:
-        measure(args.kind, 0, args.realistic, args.lives)
+        measure(args.kind, 0, args.realistic, args.lives, args.warm_parent)
     else:
         measure(args.kind, args.jobs or 20000, args.realistic)
 

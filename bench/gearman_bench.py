@@ -116,9 +116,10 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def _spawn(args: list[str], env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
+def _spawn(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Started in TREE: `-m` and `-c` put the current folder first on sys.path, ahead of PYTHONPATH."""
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env, cwd=cwd)
+                            start_new_session=True, env=env, cwd=TREE)
 
 
 #: the source tree whose daemon and library run (--tree: compare another checkout, such as main)
@@ -140,8 +141,7 @@ def daemon_starter(server: GearmandServer, folder: str, processes: int, works: i
                         "logfile": os.path.join(folder, "job.log"),
                         "errorlogfile": os.path.join(folder, "error.log")}, handle)
     return lambda: [_spawn([sys.executable, "-m", "workermanager", "-n", "-c", str(processes),
-                            "-w", str(works), "-f", config], {**_env(), **watch.env},
-                           cwd=TREE)]  # `python -m` puts the cwd ahead of PYTHONPATH: run from the tree
+                            "-w", str(works), "-f", config], {**_env(), **watch.env})]
 
 
 def latencies_ours(server: GearmandServer, count: int) -> list[float]:
@@ -202,7 +202,7 @@ def main() -> int:
             daemon("w1000000", 1000000),
             daemon("w1", 1, jobs=args.w1_jobs),
             ("lib", f"{n} x our gearman.Worker", lambda: [
-                _spawn([sys.executable, "-c", LIB_WORKER, addr, FUNC], _env(), cwd=TREE) for _ in range(n)]),
+                _spawn([sys.executable, "-c", LIB_WORKER, addr, FUNC], _env()) for _ in range(n)]),
             ("perl", f"{n} x Perl Gearman::Worker", lambda: [
                 _spawn(["perl", PERL_WORKER, addr, FUNC, "0"]) for _ in range(n)]),
             ("c", f"{n} x gearman -w (C)", lambda: [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+import resource
 import struct
 import time
 
@@ -23,6 +26,7 @@ from workermanager.gearman.codec import (
     response,
     work_complete,
 )
+from workermanager.gearman.connection import READ_SIZE, Connection
 
 from support.fake_gearman import FakeServer
 
@@ -130,6 +134,47 @@ def test_the_workers_own_work_complete_is_the_packet_request_spells(handle, resu
 
 def test_packet_types_hash_like_the_numbers_they_equal():
     assert {13: "x"}[PacketType.WORK_COMPLETE] == "x" and hash(PacketType.NOOP) == hash(6)
+
+
+def test_a_new_connection_touches_its_read_buffer_only_as_reads_fill_it():
+    """Every daemon child opens its job-server connections anew, just forked: a read buffer zeroed
+    up front would cost each child 64 page faults before its first job (docs/performance.md)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a process just forked, as a daemon child is
+        try:
+            first = Connection(("127.0.0.1", 4730))  # runs the code for the first time in this process
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            second = Connection(("127.0.0.1", 4730))
+            faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+            os.write(write_fd, f"{faults} {len(first._buffer)} {len(second._buffer)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    faults, *sizes = map(int, os.read(read_fd, 100).split())
+    os.close(read_fd)
+    assert sizes == [READ_SIZE, READ_SIZE]
+    assert faults < READ_SIZE // mmap.PAGESIZE // 2  # a zeroed buffer faults in all its pages
+
+
+def test_a_connection_forked_into_another_process_reads_into_its_own_buffer():
+    """A Client or Worker made before a fork and reconnected on both sides must not share the
+    buffer its reads land in."""
+    connection = Connection(("127.0.0.1", 4730))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            connection._buffer[:4] = b"kid!"
+            os.write(write_fd, b"written")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    assert os.read(read_fd, 100) == b"written"
+    os.close(read_fd)
+    assert connection._buffer[:4] == bytes(4)
 
 
 # --- a fake job server that sends what it is told ------------------------------------------------

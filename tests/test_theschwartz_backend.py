@@ -122,6 +122,25 @@ def test_a_client_prepared_in_the_parent_serves_each_forked_child_on_its_own_con
     assert Client([queue_db]).list_jobs(Mail.funcname) == []
 
 
+def test_the_master_works_out_the_lease_table_so_that_a_childs_first_grab_does_not(queue_db):
+    """prepare() (in the master) works out what a grab leases, which funcnames for how long; a
+    child's grab takes that table as it is. Worked out after fork it would cost every child about
+    30 copied pages (its first ABC checks; docs/performance.md)."""
+    Client([queue_db]).insert(Mail.funcname, {"n": 1})
+    backend = TheSchwartzBackend({"databases": [queue_db]}, [Mail])
+    backend.prepare()
+
+    def worked_out_again(*args):
+        raise AssertionError("the grab worked the lease table out again")
+
+    backend.client._work_out_wanted = worked_out_again
+    backend.open()
+    job = backend.grab(5.0)
+    assert job is not None and job.arg == {"n": 1} and run_job(Mail(), job) == "completed"
+    backend.close()
+    assert Client([queue_db]).list_jobs(Mail.funcname) == []
+
+
 def leased_ahead(client, funcname):
     """Rows of `funcname` leased and still queued (a job deferred as completed stays leased too)."""
     now = time.time()

@@ -154,6 +154,7 @@ class TheSchwartzBackend(Backend):
                              lease_for=lambda cls: self.lease_for[cls.function_name()],
                              keep_failed=self.keep_failed)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
+        self.client.plan_leases(self.worker_classes)
 
     def grab(self, timeout: float, most: int = 1) -> Job | None:
         """Lease one job, waiting up to `timeout` seconds (see theschwartz.wakeup for how); short

@@ -8,6 +8,7 @@ that no caller can hang on a silent server, and every failure surfaces as `Gearm
 from __future__ import annotations
 
 import errno
+import mmap
 import select
 import socket
 import struct
@@ -66,8 +67,11 @@ class Connection:
         self.pending: deque[Packet] = deque()
         self._decoder = Decoder(RES, max_payload, self.name)
         # One read buffer for the connection's life: recv(READ_SIZE) would allocate (mmap, mremap,
-        # munmap: three system calls) a quarter megabyte for every packet read.
-        self._buffer = bytearray(READ_SIZE)
+        # munmap: three system calls) a quarter megabyte for every packet read. An anonymous map
+        # rather than a bytearray: its pages are mapped only when a read fills them, where
+        # bytearray() zeroes, and so faults in, all 64 of them in every new child. Private, not
+        # mmap's default shared: a process forked later reads into its own copy.
+        self._buffer = mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE)
         self._view = memoryview(self._buffer)
         #: packets held back to travel with the next send (see send_later)
         self._outbox = b""

@@ -316,6 +316,13 @@ class Client:
                 return jobs[0]
         return None
 
+    def plan_leases(self, funcnames: Funcnames, grab_for: int | Mapping[str, int] | None = None) -> None:
+        """Work out now what find_jobs_for_workers(funcnames, ..., grab_for) leases (see _wanted):
+        the daemon's master calls this before it forks, so that each child inherits the table
+        instead of working it out after fork, where its first ABC checks (isinstance against
+        Mapping and Worker) copy about 30 pages of the master's memory."""
+        self._wanted(funcnames, grab_for)
+
     def _wanted(self, funcnames: Funcnames, grab_for: Any) -> dict[str, tuple[type[Worker] | None, int]]:
         """funcname -> (worker class or None, lease seconds); worked out once per set of funcnames
         (a daemon child asks with the same classes thousands of times a second)."""
