@@ -88,8 +88,17 @@ def queue_left(server: PostgresServer, database: str, table: str) -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-def run_ours(server: PostgresServer, folder: str, jobs: int, works: int, tree: str) -> RunFigures:
+def over_socket(server: PostgresServer, db: dict) -> dict:
+    """`db` reached over the server's Unix socket (trust there: no password exchange), as a
+    daemon on the database's own host would; TCP with SCRAM otherwise (the default here)."""
+    return {**db, "dsn": f"dbi:Pg:dbname={db['database']};host={server.socket};port={server.port}", "pass": "",
+            "url": f"postgresql://{server.user}@/{db['database']}?host={server.socket}&port={server.port}"}
+
+
+def run_ours(server: PostgresServer, folder: str, jobs: int, works: int, tree: str, socket: bool) -> RunFigures:
     db = server.create_database(f"ours_w{works}")
+    if socket:
+        db = over_socket(server, db)
     bulk_load(server, db, "Bench::Noop", jobs)
     conf = os.path.join(folder, f"ours-w{works}.yml")
     with open(conf, "w") as handle:
@@ -112,9 +121,11 @@ def run_ours(server: PostgresServer, folder: str, jobs: int, works: int, tree: s
         process.wait(60)
 
 
-def run_pgqueuer(server: PostgresServer, jobs: int) -> RunFigures:
+def run_pgqueuer(server: PostgresServer, jobs: int, socket: bool) -> RunFigures:
     python = venv_python()
     db = server.create_database("pgqueuer")
+    if socket:
+        db = over_socket(server, db)
     url = db["url"]
     subprocess.run([python, "-c", PGQUEUER_SCRIPT, "setup", url, str(jobs)], check=True)
     procs = [subprocess.Popen([python, "-c", PGQUEUER_SCRIPT, "work", url], stdout=subprocess.DEVNULL,
@@ -145,15 +156,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--tree", default=ROOT, help="run the daemon of this checkout (default: this one)")
+    parser.add_argument("--socket", action="store_true",
+                        help="every contender connects over the Unix socket (trust) instead of TCP with SCRAM")
     options = parser.parse_args()
     runs: dict[str, RunFigures] = {}
     with tempfile.TemporaryDirectory(prefix="wm-pgq-") as folder, PostgresServer() as server:
         runs[f"workermanager -c {PROCESSES} -w 100"] = run_ours(server, folder, options.jobs, 100,
-                                                               os.path.abspath(options.tree))
+                                                               os.path.abspath(options.tree), options.socket)
         runs[f"workermanager -c {PROCESSES} -w 1000000"] = run_ours(server, folder, options.jobs, 1000000,
-                                                                   os.path.abspath(options.tree))
-        runs[f"pgqueuer {PGQUEUER_VERSION}, {PROCESSES} processes"] = run_pgqueuer(server, options.jobs)
-    print(f"PostgreSQL, {options.jobs} no-op jobs, {PROCESSES} worker processes each ({os.cpu_count()} CPUs)")
+                                                                   os.path.abspath(options.tree), options.socket)
+        runs[f"pgqueuer {PGQUEUER_VERSION}, {PROCESSES} processes"] = run_pgqueuer(server, options.jobs, options.socket)
+    how = "the Unix socket (trust)" if options.socket else "TCP (SCRAM)"
+    print(f"PostgreSQL over {how}, {options.jobs} no-op jobs, {PROCESSES} worker processes each "
+          f"({os.cpu_count()} CPUs)")
     print(f"  {'contender':34} {'jobs/s':>9} {'CPU us/job':>11} {'life p50/p99 ms':>16} {'master ms/child':>16}")
     for label, run in runs.items():
         print(f"  {label:34} {run.jobs_per_s:9.0f} {run.cpu_text():>11} {run.lives_text():>16} {run.master_text():>16}")
