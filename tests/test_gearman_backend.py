@@ -127,33 +127,6 @@ def test_a_worker_class_serves_our_client_with_results_status_and_delay(gearmand
         backend.close()
 
 
-def test_the_master_builds_the_worker_and_each_child_connects_it_under_its_own_pid(gearmand):
-    """prepare() (in the master) builds the worker and registers its functions, without a
-    connection; a forked child's open() connects that same worker, named after the child."""
-    backend = backend_class("Gearman")({"job_servers": [gearmand.address]}, [Echo])
-    backend.prepare()
-    prepared = backend._unopened
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a daemon child
-        try:
-            backend.open()
-            named = f"-{os.getpid()}"
-            wait_for(lambda: [w for w in Admin(gearmand.address).workers()
-                              if w.client_id.endswith(named) and "Test::Echo" in w.functions], 10,
-                     what="this child among gearmand's workers")
-            os.write(write_fd, json.dumps({"same worker": backend.worker is prepared}).encode())
-            backend.close()
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
-    answer = os.read(read_fd, 1000)
-    os.close(read_fd)
-    assert json.loads(answer or b"{}") == {"same worker": True}
-    assert prepared is not None and not any(server.conn.connected for server in prepared.servers)
-
-
 def test_jobs_of_other_clients_have_no_insert_time(gearmand):
     backend = backend_for(gearmand.address)
     try:

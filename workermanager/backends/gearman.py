@@ -46,8 +46,6 @@ logs a warning when a server is lost and when it is back.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -213,8 +211,6 @@ class GearmanBackend(Backend):
         self.prefix = prefix or None
         self.max_packet_size = max_packet_size(self.options)
         self._worker: Worker | None = None
-        #: the worker prepare() built in the master, not yet connected (see open)
-        self._unopened: Worker | None = None
         self._client: Client | None = None
         #: the failed-jobs store (see keep_failed_job), opened on first use; False: not usable
         self._failed_db: Any = None
@@ -222,6 +218,8 @@ class GearmanBackend(Backend):
     def check(self, config_path: str) -> list:
         """Each job server accepts a connection within GEARMAN_CONNECT_TIMEOUT. One that does not
         is a warning: children wait for job servers that are down, as for any outage."""
+        import socket
+
         from workermanager.startcheck import GEARMAN_CONNECT_TIMEOUT, OK, WARNING, Finding
 
         findings = []
@@ -235,20 +233,11 @@ class GearmanBackend(Backend):
                 findings.append(Finding(OK, f"job server {spec}: answers"))
         return findings
 
-    def prepare(self) -> None:
-        """The worker, its functions registered, built once in the master: each child connects it
-        (and names itself to the servers) instead of building it again after fork."""
-        self._unopened = self._build_worker()
-
-    def _build_worker(self) -> Worker:
+    def open(self) -> None:
         worker = Worker(self.job_servers, prefix=self.prefix, max_payload=self.max_packet_size)
+        worker.client_id = f"workermanager-{worker.client_id}"
         for cls in self.worker_classes:
             worker.register(cls.function_name(), timeout=cls.job_timeout() + SERVER_TIMEOUT_GRACE)
-        return worker
-
-    def open(self) -> None:
-        worker, self._unopened = self._unopened or self._build_worker(), None
-        worker.client_id = f"workermanager-{socket.gethostname()}-{os.getpid()}"  # this process's
         worker.connect()
         self._worker = worker
 
@@ -289,6 +278,9 @@ class GearmanBackend(Backend):
         A store that cannot be written is reported once; the failure itself goes on."""
         if not (self.keep_failed and self.failed_store and job.resubmittable) or self._failed_db is False:
             return
+        import os
+        import socket
+
         from workermanager.theschwartz import failed
         from workermanager.theschwartz.client import build_databases
         from workermanager.theschwartz.job import _handled_traceback
