@@ -15,6 +15,7 @@ import psutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workermanager.backends.gearman import SERVER_TIMEOUT_GRACE
 from workermanager.backends.leaseahead import STALE
 from workermanager.backends.theschwartz import CLOCK_SLACK, KILL_SLACK, TheSchwartzBackend, lease_seconds
 from workermanager.config import from_mapping
@@ -203,6 +204,23 @@ def test_on_gearman_a_timed_out_job_never_runs_twice_at_once(tmp_path, gearmand,
     assert not second["holders"], f"the deaf job started again while {second['holders']} still ran it"
     assert second["start"] - first["start"] >= 1 + KILL_GRACE_SECONDS
     assert "past its timeout 1s: killing the child" in daemon.error_log()
+
+
+def test_on_gearman_the_servers_timeout_is_the_one_the_workers_setup_left(tmp_path, gearmand, daemons):
+    """A worker class may set its timeout in setup(), in the child: the CAN_DO_TIMEOUT the child
+    registers must be that one, or gearmand takes the job back after the class's (1 s + the
+    server grace) and hands it to the other child while the first still runs it."""
+    daemon = Daemon(str(tmp_path), {"type": "Gearman", "workers": ["leaseworkers.SetsTimeoutInSetup"],
+                                    "worker_options": {"job_servers": [gearmand.address]}}, ("-n", "-c", "2"))
+    daemons.append(daemon)
+    daemon.start(wait_children=2)
+    client = GearmanClient(gearmand.address)
+    client.submit_background("Lease::SetsTimeoutInSetup", json.dumps({"sleep": 1 + SERVER_TIMEOUT_GRACE + 2}))
+    client.close()
+    daemon.wait_ledger(lambda rows: any(r.what == "end" for r in rows), 30, "the job's end")
+    rows = daemon.ledger_rows()
+    assert [r.what for r in rows] == ["start", "end"], f"the job ran more than once: {rows}"
+    assert not rows[0].holders
 
 
 class Napper(Worker):

@@ -258,3 +258,22 @@ def test_an_idle_child_writes_its_waiting_completions_before_it_waits(queue_db, 
     assert client.lookup_job(handle) is None, "a completed job stayed leased while its child idled"
     backend.close()
     client.close()
+
+
+def test_a_prepared_backend_is_freed_without_the_cycle_collector(db_path):
+    """Each HUP builds a backend in the master; one held in a reference cycle would wait for a full
+    collection, which the master's gc.freeze around each fork makes rare: its memory grew with
+    every reload (150 HUPs: +1.3 MB)."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        backend = TheSchwartzBackend({"databases": [{"path": db_path}]}, [Mail])
+        backend.prepare()
+        gone = weakref.ref(backend)
+        del backend
+        assert gone() is None, "the backend outlived its last reference (a reference cycle)"
+    finally:
+        gc.enable()

@@ -136,3 +136,19 @@ class Brief(Worker):
         note(job, "start")
         note(job, "end")
 
+
+
+class SetsTimeoutInSetup(Worker):
+    """Its timeout comes from its own settings, read in setup() (a child's, after fork): the
+    job server's CAN_DO_TIMEOUT must be the one setup() left, not the class's (1 s)."""
+
+    funcname = "Lease::SetsTimeoutInSetup"
+    grab_for = 1
+
+    def setup(self):
+        type(self).timeout = 30
+
+    def work(self, job):
+        note(job, "start")
+        time.sleep(float(job.arg["sleep"]))
+        note(job, "end")

@@ -148,10 +148,11 @@ class TheSchwartzBackend(Backend):
 
     def _build(self) -> None:
         # defer_completions: a child leases again straight after each job (and closes the client
-        # before it exits), so a completion rides with that lease
+        # before it exits), so a completion rides with that lease. lease_for holds the table, not
+        # self: a backend in a reference cycle outlived each HUP in the master until a full collection.
         self.client = Client(self.databases, prioritize=self.prioritize, base_dir=self.options.get("base_dir"),
                              retry_seconds=self.retry_seconds, defer_completions=True,
-                             lease_for=lambda cls: self.lease_for[cls.function_name()],
+                             lease_for=lambda cls, table=self.lease_for: table[cls.function_name()],
                              keep_failed=self.keep_failed)
         self.wakeup = Wakeup(self.client.databases, list(self.worker_by_funcname), self.listeners)
         self.client.plan_leases(self.worker_classes)
