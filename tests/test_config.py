@@ -2,6 +2,7 @@
 
 import os
 import textwrap
+import zlib
 
 import pytest
 
@@ -107,6 +108,44 @@ def test_worker_classes_import_with_clear_errors(tmp_path):
             cfg.import_worker_classes(config)
         assert written in str(caught.value) and message in str(caught.value)
         assert str(caught.value).startswith(os.path.join(str(tmp_path), "bad.yml"))
+
+
+@pytest.mark.parametrize("attribute, message", [
+    ("timeout = 'ten minutes'", "timeout = 'ten minutes': a number of seconds above 0"),
+    ("timeout = 0", "timeout = 0: a number of seconds above 0"),
+    ("timeout = float('inf')", "timeout = inf: a number of seconds above 0"),
+    ("grab_for = None", "grab_for = None: a number of seconds above 0"),
+    ("grab_for = True", "grab_for = True: a number of seconds above 0"),
+    ("max_retries = 2.5", "max_retries = 2.5: a whole number, 0 or more"),
+    ("max_retries = -1", "max_retries = -1: a whole number, 0 or more"),
+    ("retry_delay = 'soon'", "retry_delay = 'soon': a number of seconds, 0 or more"),
+    ("keep_exit_status_for = float('nan')", "keep_exit_status_for = nan: a number of seconds, 0 or more"),
+    ("funcname = 'two\\nlines'", "funcname = 'two\\nlines': a non-empty name on one line"),
+    ("funcname = ''", "funcname = '': a non-empty name on one line"),
+])
+def test_a_worker_class_attribute_the_daemon_reads_is_checked_at_import(tmp_path, attribute, message):
+    """One line naming the class, the attribute and what it must be, at start and in `check`, not
+    an error in every child (or in the master's lease arithmetic) at every job."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    module = f"odd_{zlib.crc32(attribute.encode()):08x}"  # one per case: imported modules stay cached
+    (lib / f"{module}.py").write_text("from workermanager import Worker\n"
+                                      f"class W(Worker):\n    {attribute}\n    def work(self, job):\n        return 1\n")
+    path = write(tmp_path, f"inc_path: lib\nworkers: [{module}.W]\n")
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.import_worker_classes(cfg.load(path))
+    assert str(caught.value) == f"{path}: worker '{module}.W': {message}"
+
+
+def test_a_worker_class_with_a_retry_delay_method_and_fractional_times_imports(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "fine.py").write_text("from workermanager import Worker\n"
+                                 "class W(Worker):\n    timeout = 0.5\n    grab_for = 1.5\n    max_retries = 3\n"
+                                 "    def retry_delay(self, failures):\n        return failures\n"
+                                 "    def work(self, job):\n        return 1\n")
+    classes = cfg.import_worker_classes(cfg.load(write(tmp_path, "inc_path: lib\nworkers: [fine.W]\n")))
+    assert classes[0].job_timeout() == 0.5 and classes[0].retry_delay_for(2) == 2
 
 
 @pytest.mark.parametrize("typo, meant", [("concurency", "concurrency"), ("work_per_child", "works_per_child"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -352,12 +353,37 @@ def import_worker_classes(config: Config) -> list[type[Worker]]:
                               f"({detail})") from None
         if cls.funcname is None and "::" in written:
             cls.funcname = written
+        _check_worker_attributes(cls, written, config.path)
         classes.append(cls)
     names = [cls.function_name() for cls in classes]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{config.path}: key 'workers' lists function {name!r} twice")
     return classes
+
+
+def _check_worker_attributes(cls: type[Worker], written: str, path: str) -> None:
+    """The class attributes the daemon reads (timeouts, leases, retries), checked where the class
+    is imported: a wrong one is one line at start and in `check`, not an error in every child, or
+    in the master's lease arithmetic, at every job."""
+    def number(name: str, value: Any, *, positive: bool) -> None:
+        fine = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+            (value > 0 if positive else value >= 0)
+        if not fine:
+            wanted = "a number of seconds above 0" if positive else "a number of seconds, 0 or more"
+            raise ConfigError(f"{path}: worker {written!r}: {name} = {value!r}: {wanted}")
+
+    if cls.funcname is not None and (not isinstance(cls.funcname, str) or not cls.funcname.strip()
+                                     or any(c in cls.funcname for c in "\0\r\n")):
+        raise ConfigError(f"{path}: worker {written!r}: funcname = {cls.funcname!r}: a non-empty name on one line")
+    number("grab_for", cls.grab_for, positive=True)
+    if cls.timeout is not None:
+        number("timeout", cls.timeout, positive=True)
+    number("keep_exit_status_for", cls.keep_exit_status_for, positive=False)
+    if not callable(cls.retry_delay):
+        number("retry_delay", cls.retry_delay, positive=False)
+    if isinstance(cls.max_retries, bool) or not isinstance(cls.max_retries, int) or cls.max_retries < 0:
+        raise ConfigError(f"{path}: worker {written!r}: max_retries = {cls.max_retries!r}: a whole number, 0 or more")
 
 
 def import_class(written: str, path: str) -> type[Worker]:
