@@ -277,3 +277,31 @@ def test_master_memory_stays_flat_across_child_lives(tmp_path):
 
     before, after = master_memory.measure(str(tmp_path), warmup=100, lives=400, timeout=150)
     assert after - before < 48, f"master RSS grew {after - before} KiB over 400 child lives"
+
+
+def test_a_child_that_writes_without_pause_cannot_hold_the_master_in_one_read_loop():
+    """Job code (or a process it left behind with the pipe) may write to the report pipe faster
+    than the master reads it: the master reads a bounded amount per turn, then minds the rest of
+    its loop; the selector brings it back for what is left."""
+    from workermanager.daemon.master import DRAIN_READS, Master
+    from workermanager.daemon.scoreboard import ChildState
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    reads = []
+
+    class Writer:
+        def _apply_messages(self, child, data):
+            reads.append(len(data))
+            if len(reads) > 10 * DRAIN_READS:
+                raise AssertionError("the master kept reading one child's pipe")
+            os.write(write_fd, b"x" * 4096)  # the child writes again before the next read
+
+    try:
+        os.write(write_fd, b"x" * 4096)
+        Master._drain_child(Writer(), ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=read_fd))
+        assert len(reads) == DRAIN_READS
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -272,3 +272,23 @@ def test_a_real_daemons_log_counts_a_retried_job_once(tmp_path, sqlite_queue, da
     assert [line.rsplit(" ", 1)[1] for line in lines()] == ["retry:yes", "retry:no"]
     row = json.loads(report("--json", daemon.joblog).stdout)["funcnames"]["Lease::FailsTwice"]
     assert (row["jobs"], row["attempts"], row["failed"], row["retried"]) == (1, 2, 1, 1)
+
+
+def test_a_teed_job_log_writes_the_same_line_to_the_file_and_the_terminal(tmp_path):
+    from workermanager.daemon import joblog
+
+    read_fd, write_fd = os.pipe()
+    joblog.tee_to(write_fd)
+    try:
+        log = joblog.JobLog(str(tmp_path / "jobs.log"), "ltsv")
+    finally:
+        joblog.tee_to(None)
+    try:
+        log.write(record(1))
+        log.close()
+        on_file = (tmp_path / "jobs.log").read_bytes()
+        assert on_file == format_record(record(1), "ltsv").encode()
+        assert os.read(read_fd, 65536) == on_file
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from workermanager.daemon.scoreboard import BOARD_TEXT, ChildState, JobBoard, Reporter
+from workermanager.daemon.scoreboard import BOARD_TEXT, MAX_MESSAGE, ChildState, JobBoard, Reporter
 
 
 def read_back(write, report_jobs: bool = True) -> list[dict]:
@@ -97,6 +97,18 @@ def test_garbled_lines_are_skipped_and_a_partial_line_waits_for_its_end():
     state = ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1)
     got = state.feed(b'{"event":"ready"}\n{not json}\n\xff\xfe\n[1, 2]\n{"event":"done"} tail\n\n{"event":"st')
     assert got == [{"event": "ready"}]
+    assert state.feed(b'art"}\n') == [{"event": "start"}]
+
+
+def test_a_child_that_never_ends_its_line_cannot_grow_the_masters_memory():
+    """Job code runs in the child and may write to the report pipe: a line without end is
+    dropped once it outgrows any message, up to its end, and the next line is read again."""
+    state = ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=-1)
+    chunk = b"x" * 65536
+    for _ in range(64):
+        assert state.feed(chunk) == []
+        assert len(state.buffer) <= MAX_MESSAGE
+    assert state.feed(b'x"}\n{"event":"ready"}\n{"event":"st') == [{"event": "ready"}]
     assert state.feed(b'art"}\n') == [{"event": "start"}]
 
 

@@ -129,7 +129,9 @@ class JobLog:
             log.error("cannot reopen job log %s: %s", self.path, exc.strerror)
 
     def write(self, record: JobRecord) -> None:
-        line = format_record(record, self.log_format).encode("utf-8", "replace")
+        self._write_line(format_record(record, self.log_format).encode("utf-8", "replace"))
+
+    def _write_line(self, line: bytes) -> None:
         try:
             if self._fd is None:
                 self.open()
@@ -146,9 +148,10 @@ class JobLog:
             self._failing = False
 
     def _write_and_tee(self, record: JobRecord) -> None:
-        JobLog.write(self, record)
+        line = format_record(record, self.log_format).encode("utf-8", "replace")  # once for both
+        self._write_line(line)
         try:
-            os.write(self._tee, format_record(record, self.log_format).encode("utf-8", "replace"))  # type: ignore[arg-type]
+            os.write(self._tee, line)  # type: ignore[arg-type]
         except OSError:
             pass  # the terminal went away: the file still has the line
 

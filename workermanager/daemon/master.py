@@ -689,8 +689,10 @@ class Master:
                 child.board.close()
 
     def _drain_child(self, child: ChildState) -> None:
-        """Read and apply what the child wrote so far (its pipe is non-blocking)."""
-        while True:
+        """Read and apply what the child wrote so far (its pipe is non-blocking), at most
+        DRAIN_READS reads a turn: job code, or a process it left behind holding the pipe, may
+        write without pause, and the master has other children to mind (the rest waits)."""
+        for _ in range(DRAIN_READS):
             try:
                 data = os.read(child.read_fd, 65536)
             except (BlockingIOError, OSError):
@@ -892,6 +894,11 @@ def _kill(pid: int, signum: int) -> None:
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             raise
+
+
+#: reads of 64 KiB from one child's pipe per turn of the master's loop (or at its reaping): far
+#: more than a pipe buffer holds, so a well-behaved child's messages are all read at once
+DRAIN_READS = 16
 
 
 def _drain(fd: int) -> bytes:

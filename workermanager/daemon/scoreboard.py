@@ -323,6 +323,10 @@ class Reporter:
             self.broken = True
 
 
+#: the longest line the master buffers from a child's pipe (its messages are a few hundred bytes)
+MAX_MESSAGE = 65536
+
+
 @dataclasses.dataclass
 class ChildState:
     pid: int
@@ -343,6 +347,8 @@ class ChildState:
     ready: bool = False  # its workers are set up (it said "ready")
     kill_reason: str | None = None
     buffer: bytes = b""
+    #: the line being read outgrew MAX_MESSAGE: the rest of it is dropped
+    overlong: bool = False
     completed: int = 0
     failed: int = 0
     board: JobBoard | None = None
@@ -377,9 +383,18 @@ class ChildState:
         return grew
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Split pipe bytes into messages; a garbled line is skipped, not fatal to the master."""
+        """Split pipe bytes into messages; a garbled line is skipped, not fatal to the master. A
+        line longer than MAX_MESSAGE (job code may write to the pipe) is dropped up to its end,
+        so that the master never buffers more than that per child."""
+        if self.overlong:
+            end = data.find(b"\n")
+            if end < 0:
+                return []
+            data, self.overlong = data[end + 1:], False
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
+        if len(self.buffer) > MAX_MESSAGE:
+            self.buffer, self.overlong = b"", True
         messages = []
         for line in lines:
             try:
