@@ -283,7 +283,8 @@ def test_a_child_that_writes_without_pause_cannot_hold_the_master_in_one_read_lo
     """Job code (or a process it left behind with the pipe) may write to the report pipe faster
     than the master reads it: the master reads a bounded amount per turn, then minds the rest of
     its loop; the selector brings it back for what is left."""
-    from workermanager.daemon.master import DRAIN_READS, Master
+    from workermanager.daemon.helperprocess import MAX_READS_PER_TURN
+    from workermanager.daemon.master import Master
     from workermanager.daemon.scoreboard import ChildState
 
     read_fd, write_fd = os.pipe()
@@ -294,14 +295,14 @@ def test_a_child_that_writes_without_pause_cannot_hold_the_master_in_one_read_lo
     class Writer:
         def _apply_messages(self, child, data):
             reads.append(len(data))
-            if len(reads) > 10 * DRAIN_READS:
+            if len(reads) > 10 * MAX_READS_PER_TURN:
                 raise AssertionError("the master kept reading one child's pipe")
             os.write(write_fd, b"x" * 4096)  # the child writes again before the next read
 
     try:
         os.write(write_fd, b"x" * 4096)
         Master._drain_child(Writer(), ChildState(pid=1, slot=1, generation=1, started_at=0.0, read_fd=read_fd))
-        assert len(reads) == DRAIN_READS
+        assert len(reads) == MAX_READS_PER_TURN
     finally:
         os.close(read_fd)
         os.close(write_fd)

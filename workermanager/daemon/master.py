@@ -37,7 +37,7 @@ from workermanager.daemon.child import (
     flush_log_handlers,
     run_child,
 )
-from workermanager.daemon.helperprocess import HelperProcess
+from workermanager.daemon.helperprocess import MAX_READS_PER_TURN, HelperProcess
 from workermanager.daemon.scheduleprocess import ScheduleView, first_horizon
 from workermanager.daemon.scoreboard import EXIT_BOOT_FAILURE, ChildState, DeadJob, DeathNotes, JobBoard
 from workermanager.jobs.pruner import Pruner
@@ -690,9 +690,10 @@ class Master:
 
     def _drain_child(self, child: ChildState) -> None:
         """Read and apply what the child wrote so far (its pipe is non-blocking), at most
-        DRAIN_READS reads a turn: job code, or a process it left behind holding the pipe, may
-        write without pause, and the master has other children to mind (the rest waits)."""
-        for _ in range(DRAIN_READS):
+        MAX_READS_PER_TURN reads a turn, as for a helper process: job code, or a process it left
+        behind holding the pipe, may write without pause, and the master has other children to
+        mind (the rest waits)."""
+        for _ in range(MAX_READS_PER_TURN):
             try:
                 data = os.read(child.read_fd, 65536)
             except (BlockingIOError, OSError):
@@ -894,11 +895,6 @@ def _kill(pid: int, signum: int) -> None:
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             raise
-
-
-#: reads of 64 KiB from one child's pipe per turn of the master's loop (or at its reaping): far
-#: more than a pipe buffer holds, so a well-behaved child's messages are all read at once
-DRAIN_READS = 16
 
 
 def _drain(fd: int) -> bytes:
