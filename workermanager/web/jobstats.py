@@ -14,14 +14,13 @@ A log rotated within the hour shows only what the current file holds.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from workermanager import safefiles
-from workermanager.logparse import MAX_LINE, BadLine, LogEntry, parse_line
+from workermanager.logparse import MAX_LINE, BadLine, LogEntry, parse_line, percentile
 
 WINDOW_SECONDS = 3600
 BUCKET_SECONDS = 60
@@ -75,12 +74,6 @@ class LogHour:
     problem: str | None = None
     #: the window's end, epoch seconds
     until: float = 0.0
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest rank, as `workermanager report` computes it."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _percentiles(values: list[float]) -> Percentiles | None:
