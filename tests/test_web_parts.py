@@ -132,6 +132,8 @@ def test_last_hour_per_function_with_minute_series(tmp_path):
     lines = [log_line(now - 7200, "A", "completed", 5, 5)]  # older than the hour: left out
     lines += [log_line(now - 30, "A", "completed", ms, 10) for ms in range(1, 101)]
     lines += [log_line(now - 90, "A", "failed", 1000, None), "not a job line\n",
+              # the Perl daemon's own line beside its job lines: read, not unreadable (as in report)
+              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - 20)) + " WorkerManager 3 started with PID 2346\n",
               log_line(now - 10, "B", "completed", 7, None)]
     path = tmp_path / "job.log"
     path.write_text("".join(lines))

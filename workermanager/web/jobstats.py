@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 
 from workermanager import safefiles
-from workermanager.logparse import MAX_LINE, BadLine, LogEntry, parse_line, percentile
+from workermanager.logparse import MAX_LINE, BadLine, LogEntry, OtherLine, parse_line, percentile
 
 WINDOW_SECONDS = 3600
 BUCKET_SECONDS = 60
@@ -163,6 +163,8 @@ def last_hour(path: str | None, now: float | None = None) -> LogHour:
     for line in lines:
         try:
             entries.append(parse_line(line))
+        except OtherLine:  # the Perl daemon's own lines: not job lines, not unreadable (as in report)
+            pass
         except BadLine:
             skipped += 1
     return LogHour(path, summarize(entries, until), len(lines), skipped, until=until)
