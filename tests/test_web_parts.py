@@ -312,3 +312,24 @@ def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqli
     assert row is not None, page
     assert "every-second" in row.group(1) and "Test::Noop" in row.group(1)
     assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.group(1)), row.group(1)
+
+
+def test_a_post_naming_more_jobs_than_a_page_holds_is_refused_before_the_store(tmp_path, monkeypatch):
+    """/act takes at most MAX_PAGE_SIZE handles: a client cannot make the console retry or delete
+    (or hold a store connection for) an unbounded list in one request."""
+    from workermanager import jobs as jobs_module
+    from workermanager.web.app import create_app
+
+    config = web_config(tmp_path, token=TOKEN)
+    client = create_app(config, settings.load(config)).test_client()
+
+    def csrf() -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True))[1]
+
+    assert client.post("/login", data={"csrf_token": csrf(), "token": TOKEN}).status_code == 302
+    opened = []
+    monkeypatch.setattr(jobs_module, "open_store", lambda *a: opened.append(a))
+    too_many = [f"h{i}" for i in range(settings.MAX_PAGE_SIZE + 1)]
+    answer = client.post("/act", data={"csrf_token": csrf(), "action": "delete", "handle": too_many})
+    assert answer.status_code == 400 and f"at most {settings.MAX_PAGE_SIZE} jobs" in answer.get_data(as_text=True)
+    assert opened == []
