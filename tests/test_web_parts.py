@@ -333,3 +333,17 @@ def test_a_post_naming_more_jobs_than_a_page_holds_is_refused_before_the_store(t
     answer = client.post("/act", data={"csrf_token": csrf(), "action": "delete", "handle": too_many})
     assert answer.status_code == 400 and f"at most {settings.MAX_PAGE_SIZE} jobs" in answer.get_data(as_text=True)
     assert opened == []
+
+
+def test_the_log_hour_is_read_once_per_log_state_and_again_when_the_log_grows(tmp_path, monkeypatch):
+    """A burst of page views reads the (up to 16 MB) log tail once; a line written since is seen."""
+    path = tmp_path / "job.log"
+    path.write_text(log_line(time.time() - 5, "A", "completed", 5, 5))
+    reads = []
+    real = jobstats.last_hour
+    monkeypatch.setattr(jobstats, "last_hour", lambda p: reads.append(p) or real(p))
+    cache = jobstats.LogHourCache(str(path))
+    assert [cache.get().functions[0].jobs for _ in range(5)] == [1] * 5 and len(reads) == 1
+    with path.open("a") as log:
+        log.write(log_line(time.time() - 1, "A", "completed", 5, 5))
+    assert cache.get().functions[0].jobs == 2 and len(reads) == 2
