@@ -126,7 +126,7 @@ def _function_hour(funcname: str, entries: list[LogEntry], since: float, span: f
     )
 
 
-def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[list[str], os.stat_result] | None:
+def read_tail(path: str, limit: int = TAIL_BYTES) -> list[str] | None:
     """The whole lines in the last `limit` bytes of `path` (None when there is no file); opened as
     safefiles.open_regular opens (the log folder is the service account's)."""
     fd = safefiles.open_regular(path, "job log")
@@ -142,7 +142,7 @@ def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[list[str], os.stat_re
     lines = text.split("\n")
     if start > 0:
         lines = lines[1:]  # begins mid-line
-    return [line for line in lines if line.strip() and len(line) < MAX_LINE], info
+    return [line for line in lines if line.strip() and len(line) < MAX_LINE]
 
 
 def last_hour(path: str | None, now: float | None = None) -> LogHour:
@@ -152,12 +152,11 @@ def last_hour(path: str | None, now: float | None = None) -> LogHour:
         return LogHour(None, [], problem="the config sets no logfile: the job log goes to standard output, "
                                          "so there are no figures to chart (set logfile:)", until=until)
     try:
-        tail = read_tail(path)
+        lines = read_tail(path)
     except OSError as exc:
         return LogHour(path, [], problem=f"{path}: {exc.strerror or exc}", until=until)
-    if tail is None:
+    if lines is None:
         return LogHour(path, [], problem=f"{path}: no job log yet", until=until)
-    lines, _ = tail
     entries: list[LogEntry] = []
     skipped = 0
     for line in lines:
