@@ -438,3 +438,23 @@ def test_a_tick_over_its_time_budget_leaves_the_rest_due_for_the_next(sqlite_que
     assert scheduler.tick(t0 + 1.2, 1.2) == 3  # still due: late, not lost
     scheduler.close()
     assert len(uniqkeys(client, "F")) == 3
+
+
+def test_schedule_escapes_what_the_running_masters_status_file_says(tmp_path, monkeypatch, capsys):
+    """On Gearman the last slot comes from the status file (the service account writes it): root's
+    `schedule` prints it with its control characters escaped, as `status` and `jobs` do."""
+    import yaml
+
+    from workermanager.commands import schedule as schedule_command
+    from workermanager.commands import status as status_command
+
+    path = tmp_path / "conf.yml"
+    path.write_text(yaml.safe_dump({"type": "Gearman", "workers": ["x.Y"],
+                                    "worker_options": {"job_servers": ["127.0.0.1:1"]},
+                                    "schedule": [{"name": "tick", "funcname": "F", "interval": 60}]}))
+    planted = "\x1b]0;owned\x07"
+    monkeypatch.setattr(status_command, "daemon_status",
+                        lambda config: (0, "running", {"schedule": [{"name": "tick", "last_enqueued": planted}]}))
+    assert schedule_command.main(["-f", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "last enqueued \\x1b]0;owned\\x07" in out and "\x1b" not in out and "\x07" not in out

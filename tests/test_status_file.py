@@ -230,3 +230,18 @@ def test_a_pid_file_naming_no_possible_pid_names_none(tmp_path, queue_path, cont
     result = status_bounded(config)
     assert result.returncode == 3 and result.stderr == "", result.stdout + result.stderr
     assert "not running" in result.stdout
+
+
+def test_job_data_cannot_drive_the_terminal_of_whoever_runs_status(tmp_path, queue_path):
+    """An error message is job data (a client's arg, a worker's exception text); root's `status`
+    prints it as `jobs` does: ESC and other controls as \\xNN escapes, never raw."""
+    import sqlite3
+
+    with sqlite3.connect(queue_path) as db:
+        db.execute("INSERT INTO funcmap (funcname) VALUES ('Test::Esc')")
+        db.execute("INSERT INTO error (error_time, jobid, message, funcid) VALUES (?, 1, ?, 1)",
+                   (int(time.time()), "boom \x1b]0;owned\x07 \x9b2J"))
+    result = status(config_at(tmp_path, queue_path), "--timeout", "20")
+    assert "Test::Esc" in result.stdout, (result.stdout, result.stderr)
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\x9b" not in result.stdout
+    assert "boom \\x1b]0;owned\\x07 \\x9b2J" in result.stdout

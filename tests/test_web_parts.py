@@ -132,6 +132,8 @@ def test_last_hour_per_function_with_minute_series(tmp_path):
     lines = [log_line(now - 7200, "A", "completed", 5, 5)]  # older than the hour: left out
     lines += [log_line(now - 30, "A", "completed", ms, 10) for ms in range(1, 101)]
     lines += [log_line(now - 90, "A", "failed", 1000, None), "not a job line\n",
+              # the Perl daemon's own line beside its job lines: read, not unreadable (as in report)
+              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - 20)) + " WorkerManager 3 started with PID 2346\n",
               log_line(now - 10, "B", "completed", 7, None)]
     path = tmp_path / "job.log"
     path.write_text("".join(lines))
@@ -148,7 +150,7 @@ def test_last_hour_per_function_with_minute_series(tmp_path):
 def test_only_the_tail_of_a_big_log_is_read(tmp_path):
     path = tmp_path / "job.log"
     path.write_text("x" * 1000 + "\n" + "a line\n")
-    lines, _ = jobstats.read_tail(str(path), limit=20)
+    lines = jobstats.read_tail(str(path), limit=20)
     assert lines == ["a line"]  # the cut first line is dropped, not parsed half
 
 
@@ -310,3 +312,38 @@ def test_the_overview_shows_the_periodic_jobs_of_a_running_master(tmp_path, sqli
     assert row is not None, page
     assert "every-second" in row.group(1) and "Test::Noop" in row.group(1)
     assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.group(1)), row.group(1)
+
+
+def test_a_post_naming_more_jobs_than_a_page_holds_is_refused_before_the_store(tmp_path, monkeypatch):
+    """/act takes at most MAX_PAGE_SIZE handles: a client cannot make the console retry or delete
+    (or hold a store connection for) an unbounded list in one request."""
+    from workermanager import jobs as jobs_module
+    from workermanager.web.app import create_app
+
+    config = web_config(tmp_path, token=TOKEN)
+    client = create_app(config, settings.load(config)).test_client()
+
+    def csrf() -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True))[1]
+
+    assert client.post("/login", data={"csrf_token": csrf(), "token": TOKEN}).status_code == 302
+    opened = []
+    monkeypatch.setattr(jobs_module, "open_store", lambda *a: opened.append(a))
+    too_many = [f"h{i}" for i in range(settings.MAX_PAGE_SIZE + 1)]
+    answer = client.post("/act", data={"csrf_token": csrf(), "action": "delete", "handle": too_many})
+    assert answer.status_code == 400 and f"at most {settings.MAX_PAGE_SIZE} jobs" in answer.get_data(as_text=True)
+    assert opened == []
+
+
+def test_the_log_hour_is_read_once_per_log_state_and_again_when_the_log_grows(tmp_path, monkeypatch):
+    """A burst of page views reads the (up to 16 MB) log tail once; a line written since is seen."""
+    path = tmp_path / "job.log"
+    path.write_text(log_line(time.time() - 5, "A", "completed", 5, 5))
+    reads = []
+    real = jobstats.last_hour
+    monkeypatch.setattr(jobstats, "last_hour", lambda p: reads.append(p) or real(p))
+    cache = jobstats.LogHourCache(str(path))
+    assert [cache.get().functions[0].jobs for _ in range(5)] == [1] * 5 and len(reads) == 1
+    with path.open("a") as log:
+        log.write(log_line(time.time() - 1, "A", "completed", 5, 5))
+    assert cache.get().functions[0].jobs == 2 and len(reads) == 2

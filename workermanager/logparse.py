@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from workermanager import safefiles
 
@@ -60,8 +60,12 @@ class OtherLine(BadLine):
     """A line the Perl WorkerManager wrote beside its job lines: skipped without counting."""
 
 
-def percentile(sorted_values: Sequence[int], pct: float) -> int:
-    """Nearest-rank percentile of an ascending, non-empty sequence (a value that occurred)."""
+_Number = TypeVar("_Number", int, float)
+
+
+def percentile(sorted_values: Sequence[_Number], pct: float) -> _Number:
+    """Nearest-rank percentile of an ascending, non-empty sequence (a value that occurred): what
+    `workermanager report`, its charts and the web console's hour all show."""
     rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
 

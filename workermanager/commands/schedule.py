@@ -54,11 +54,16 @@ def main(argv: list[str]) -> int:
     if not entries:
         print(f"no periodic jobs in {config.path} (key 'schedule')")
         return 0
-    print(f"periodic jobs of {config.path} (times in UTC; last enqueued from {source})")
+    # the last slots may come from the running master's status file (the service account's):
+    # control characters escaped, as `status` and `jobs` print (display.printable)
+    from workermanager.jobs.display import printable
+
+    lines = [f"periodic jobs of {config.path} (times in UTC; last enqueued from {source})"]
     for item in entries:
-        print(f"\n  {item['name']}: {item['funcname']}, {item['when']}, missed slots: {item['missed']}")
-        print(f"    last enqueued {item['last_enqueued'] or '-'}")
-        print(f"    next {', '.join(item['next']) or '-'}")
+        lines += [f"\n  {item['name']}: {item['funcname']}, {item['when']}, missed slots: {item['missed']}",
+                  f"    last enqueued {item['last_enqueued'] or '-'}",
+                  f"    next {', '.join(item['next']) or '-'}"]
+    print(printable("\n".join(lines)))
     return 0
 
 

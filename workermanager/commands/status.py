@@ -393,5 +393,9 @@ def main(argv: list[str]) -> int:
         lines = format_daemon(message, state, path)
         if queue is not None:
             lines.extend(format_queue(queue))
-        print("\n".join(lines))
+        # funcnames, error messages and schedule slots are job data or the service account's
+        # file: their control characters escaped, as `jobs` prints (display.printable)
+        from workermanager.jobs.display import printable
+
+        print(printable("\n".join(lines)))
     return code

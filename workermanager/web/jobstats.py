@@ -14,14 +14,13 @@ A log rotated within the hour shows only what the current file holds.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from workermanager import safefiles
-from workermanager.logparse import MAX_LINE, BadLine, LogEntry, parse_line
+from workermanager.logparse import MAX_LINE, BadLine, LogEntry, OtherLine, parse_line, percentile
 
 WINDOW_SECONDS = 3600
 BUCKET_SECONDS = 60
@@ -77,12 +76,6 @@ class LogHour:
     until: float = 0.0
 
 
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest rank, as `workermanager report` computes it."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def _percentiles(values: list[float]) -> Percentiles | None:
     if not values:
         return None
@@ -133,7 +126,7 @@ def _function_hour(funcname: str, entries: list[LogEntry], since: float, span: f
     )
 
 
-def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[list[str], os.stat_result] | None:
+def read_tail(path: str, limit: int = TAIL_BYTES) -> list[str] | None:
     """The whole lines in the last `limit` bytes of `path` (None when there is no file); opened as
     safefiles.open_regular opens (the log folder is the service account's)."""
     fd = safefiles.open_regular(path, "job log")
@@ -149,7 +142,7 @@ def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[list[str], os.stat_re
     lines = text.split("\n")
     if start > 0:
         lines = lines[1:]  # begins mid-line
-    return [line for line in lines if line.strip() and len(line) < MAX_LINE], info
+    return [line for line in lines if line.strip() and len(line) < MAX_LINE]
 
 
 def last_hour(path: str | None, now: float | None = None) -> LogHour:
@@ -159,17 +152,18 @@ def last_hour(path: str | None, now: float | None = None) -> LogHour:
         return LogHour(None, [], problem="the config sets no logfile: the job log goes to standard output, "
                                          "so there are no figures to chart (set logfile:)", until=until)
     try:
-        tail = read_tail(path)
+        lines = read_tail(path)
     except OSError as exc:
         return LogHour(path, [], problem=f"{path}: {exc.strerror or exc}", until=until)
-    if tail is None:
+    if lines is None:
         return LogHour(path, [], problem=f"{path}: no job log yet", until=until)
-    lines, _ = tail
     entries: list[LogEntry] = []
     skipped = 0
     for line in lines:
         try:
             entries.append(parse_line(line))
+        except OtherLine:  # the Perl daemon's own lines: not job lines, not unreadable (as in report)
+            pass
         except BadLine:
             skipped += 1
     return LogHour(path, summarize(entries, until), len(lines), skipped, until=until)
