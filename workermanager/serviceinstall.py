@@ -331,11 +331,23 @@ def make_folders(path: str, owner: Owner, mode: int, say: Callable[[str], None],
             raise
     finally:
         os.close(parent_fd)
+    if created and not _as_made(fd):
+        os.close(fd)
+        raise safefiles.UnsafePath(f"{path}: refusing the {why}: another folder took its name while it "
+                                   "was made (someone else can write the folder above)")
     if created:
         os.fchown(fd, owner.uid, owner.gid)
         os.fchmod(fd, mode)
         say(f"created {why} {describe(Folder(path, owner, mode, why))}")
     return fd
+
+
+def _as_made(fd: int) -> bool:
+    """Whether the folder open on `fd` can be the one mkdir just made (ours, closed to others,
+    empty), so that handing it over gives nothing else away: in a folder the account can write,
+    it may rename another folder into the name between the mkdir and the open."""
+    info = os.fstat(fd)
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o077 and not os.listdir(fd)
 
 
 def _apply_file(file: File, force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
