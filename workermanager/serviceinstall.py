@@ -262,8 +262,9 @@ def describe(action: Action) -> str:
 
 def apply(actions: list[Action], force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
     """Make each folder and write each file, saying what was done (or would be, with dry_run).
-    A link or a stranger where one of them goes refuses the whole installation before anything
-    is made."""
+    A link, or something of the wrong kind (a file where a folder goes, a FIFO where a file goes),
+    where one of them goes refuses the whole installation before anything is made; an existing
+    folder is used whoever owns it (the line says when owner or mode differ)."""
     for action in actions:
         refuse_unusable(action)
     for action in actions:
