@@ -320,3 +320,26 @@ def test_a_pid_folder_others_can_reach_is_warned_about(venv_bin, root):
     shown = install(venv_bin, root, "--init").stdout
     assert (f"workermanager: warning: a start as root will refuse the pid folder {root}/run/workermanager: "
             f"{root} is writable by others than root (mode 0777)\n") in shown, shown
+
+
+def test_a_folder_swapped_in_while_it_is_made_is_not_handed_over(tmp_path, monkeypatch):
+    """In a folder the account can write, it may rename another folder into the name between the
+    mkdir and the open: that folder (here root's, with a file in it) is refused, not chowned to it."""
+    nobody = pwd.getpwnam("nobody")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    elsewhere = tmp_path / "roots"
+    elsewhere.mkdir(mode=0o700)
+    (elsewhere / "secret").write_text("root's\n")
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        os.rmdir(parent / name)
+        os.rename(elsewhere, parent / name)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    account = serviceinstall.Owner(nobody.pw_uid, nobody.pw_gid, "nobody:nogroup")
+    with pytest.raises(serviceinstall.safefiles.UnsafePath, match="another folder took its name"):
+        serviceinstall.make_folders(str(parent / "log"), account, 0o750, print, "log folder")
+    assert owner_and_mode(str(parent / "log")) == ("root", 0o700)

@@ -42,3 +42,20 @@ def test_a_private_folder_is_made_0700_and_a_planted_one_is_refused(tmp_path):
     os.symlink(tmp_path / "mine", tmp_path / "link")
     with pytest.raises(safefiles.UnsafePath, match="link: not usable for testing: a symbolic link"):
         safefiles.open_private_folder(str(tmp_path), "link", "testing")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: root's link, the account's folder")
+def test_a_hard_link_to_roots_symbolic_link_in_the_accounts_folder_is_not_followed(tmp_path):
+    """Where fs.protected_hardlinks is off, the account can give any root-owned symbolic link
+    (/lib -> usr/lib) a second name in its own folder: still root's, but root did not put it there."""
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    roots_link = tmp_path / "roots-link"
+    roots_link.symlink_to(secret)
+    account = tmp_path / "account"
+    account.mkdir()
+    os.chown(account, 65534, 65534)
+    os.link(roots_link, account / "logs", follow_symlinks=False)  # root makes it, for the systems that stop the account
+    with pytest.raises(safefiles.UnsafePath, match=r"account/logs is a symbolic link with 2 names"):
+        os.close(safefiles.open_folder(str(account / "logs")))
+    os.close(safefiles.open_folder(str(roots_link)))  # root's link with one name, in root's folder: followed

@@ -8,7 +8,8 @@ hand over. So every file the daemon writes is reached like this:
 
 - the folder is opened component by component with O_DIRECTORY|O_NOFOLLOW; a link on the way is
   followed only when root (or the account we run as) owns it, since nobody else can make such a
-  link (/var/run -> /run is root's);
+  link (/var/run -> /run is root's), and, in a folder another account can write, only when it has
+  one name (a hard link gives root's link a second name there);
 - the file is opened relative to that folder descriptor with O_NOFOLLOW: a link where a file is
   expected is refused, never followed; new files are created with O_EXCL and given their mode
   with fchmod; an existing file must be a regular file with one link, owned by root, by us or by
@@ -112,6 +113,10 @@ def _trusted_link(fd: int, name: str, shown: str, path: str) -> str:
     if before.st_uid not in _link_owners():
         raise UnsafePath(f"{path}: refused: {shown} is a symbolic link owned by uid {before.st_uid}, "
                          "not by root; links in the path are followed only when root made them")
+    if before.st_nlink != 1 and _others_can_write(os.fstat(fd)):
+        # a second name of root's link (where fs.protected_hardlinks is off, anyone can make one)
+        raise UnsafePath(f"{path}: refused: {shown} is a symbolic link with {before.st_nlink} names, in a "
+                         "folder another account can write: root may not have put it there")
     target = os.readlink(name, dir_fd=fd)
     after = os.stat(name, dir_fd=fd, follow_symlinks=False)
     if (after.st_ino, after.st_dev, after.st_uid) != (before.st_ino, before.st_dev, before.st_uid):

@@ -262,8 +262,9 @@ def describe(action: Action) -> str:
 
 def apply(actions: list[Action], force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
     """Make each folder and write each file, saying what was done (or would be, with dry_run).
-    A link or a stranger where one of them goes refuses the whole installation before anything
-    is made."""
+    A link, or something of the wrong kind (a file where a folder goes, a FIFO where a file goes),
+    where one of them goes refuses the whole installation before anything is made; an existing
+    folder is used whoever owns it (the line says when owner or mode differ)."""
     for action in actions:
         refuse_unusable(action)
     for action in actions:
@@ -331,11 +332,23 @@ def make_folders(path: str, owner: Owner, mode: int, say: Callable[[str], None],
             raise
     finally:
         os.close(parent_fd)
+    if created and not _as_made(fd):
+        os.close(fd)
+        raise safefiles.UnsafePath(f"{path}: refusing the {why}: another folder took its name while it "
+                                   "was made (someone else can write the folder above)")
     if created:
         os.fchown(fd, owner.uid, owner.gid)
         os.fchmod(fd, mode)
         say(f"created {why} {describe(Folder(path, owner, mode, why))}")
     return fd
+
+
+def _as_made(fd: int) -> bool:
+    """Whether the folder open on `fd` can be the one mkdir just made (ours, closed to others,
+    empty), so that handing it over gives nothing else away: in a folder the account can write,
+    it may rename another folder into the name between the mkdir and the open."""
+    info = os.fstat(fd)
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o077 and not os.listdir(fd)
 
 
 def _apply_file(file: File, force: bool, dry_run: bool, say: Callable[[str], None]) -> None:
