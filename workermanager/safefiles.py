@@ -34,7 +34,8 @@ from collections.abc import Iterable
 #: how many links a folder path may pass through (the kernel's own limit is 40)
 MAX_LINKS = 40
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: how a folder is opened on a path where a planted link may be: a link is refused (ELOOP)
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: how a file is opened where a planted one may be: a link is refused (ELOOP), a FIFO or a device
 #: cannot block the open, a terminal never becomes ours; the one spelling of these flags
 NO_FOLLOW_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -73,7 +74,7 @@ def open_folder(path: str) -> int:
     a link owned by anyone else is refused with UnsafePath.
     """
     parts = path.split("/")
-    fd = os.open("/" if path.startswith("/") else ".", _FOLDER_FLAGS)
+    fd = os.open("/" if path.startswith("/") else ".", FOLDER_FLAGS)
     walked = "/" if path.startswith("/") else ""
     links = 0
     try:
@@ -82,7 +83,7 @@ def open_folder(path: str) -> int:
             if name in ("", "."):
                 continue
             try:
-                next_fd = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+                next_fd = os.open(name, FOLDER_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise OSError(exc.errno, f"{os.path.join(walked, name)}: {exc.strerror}") from None
@@ -93,7 +94,7 @@ def open_folder(path: str) -> int:
                 parts[:0] = target.split("/")
                 if target.startswith("/"):
                     os.close(fd)
-                    fd = os.open("/", _FOLDER_FLAGS)
+                    fd = os.open("/", FOLDER_FLAGS)
                     walked = "/"
                 continue
             os.close(fd)
@@ -353,7 +354,7 @@ def open_private_folder(parent: str, name: str, what: str) -> int:
         except FileExistsError:
             pass
         try:
-            fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
         except OSError as exc:  # O_NOFOLLOW|O_DIRECTORY on a link: ELOOP or ENOTDIR
             reason = "a symbolic link" if _is_link(parent_fd, name) else exc.strerror
             raise UnsafePath(f"{path}: not usable for {what}: {reason}") from None

@@ -47,9 +47,6 @@ GROUP_LINE = "# group: workermanager"
 LOGROTATE_SU_LINE = "    # su workermanager workermanager"
 RUNTIME_DIRECTORY_LINES = ("RuntimeDirectory=workermanager\n", "RuntimeDirectoryMode=0755\n")
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 class InstallError(Exception):
     """The installation cannot go on; str() is the one line the operator sees."""
 
@@ -325,7 +322,7 @@ def make_folders(path: str, owner: Owner, mode: int, say: Callable[[str], None],
         except FileExistsError:
             pass
         try:
-            fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, safefiles.FOLDER_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise safefiles.UnsafePath(f"{path}: refusing the {why}: a symbolic link or not a folder") from None
